@@ -1,0 +1,16 @@
+//! Shared library of the pyoco-server daemons (gateway, worker, pyococtl).
+//!
+//! One module per concern; every binary links this crate so that configuration, resource
+//! names and the JSON documents on the wire are defined exactly once.
+
+pub mod apikey;
+pub mod config;
+pub mod dotenv;
+pub mod flow_yaml;
+pub mod json;
+pub mod logging;
+pub mod nats;
+pub mod resources;
+pub mod systemd;
+pub mod time;
+pub mod wire;
