@@ -1,1 +1,1568 @@
-//! (in progress)
+//! The flow.yaml policy (contract §4): the check the gateway runs on `POST /runs/yaml` and the
+//! worker runs again before it hands a YAML job to the Python runner.
+//!
+//! [`parse_workflow_yaml`] answers the same accept/reject as the original's
+//! `parse_workflow_yaml_bytes` and names the same reason code, checked in the same order:
+//! `invalid_utf8`, `invalid_yaml`, `invalid_yaml_root`, `unsupported_key_flows`,
+//! `unsupported_key_discovery`, `unknown_top_level_keys`, `missing_flow`, `invalid_flow`,
+//! `unknown_flow_keys`, `missing_flow_graph`, `invalid_flow_defaults`, `invalid_tasks`,
+//! `invalid_task_name`, `invalid_task_config`, `unknown_task_keys`, `invalid_task_callable`,
+//! `invalid_task_inputs`, `invalid_task_outputs`, `invalid_runtime`, `unknown_runtime_keys`,
+//! `invalid_runtime_expose_env`, `invalid_version`. One code is ours alone:
+//! `unserializable_flow_defaults` (see below).
+//!
+//! # YAML semantics
+//!
+//! The original reads the file with PyYAML's `yaml.safe_load`, which implements YAML 1.1, while
+//! `serde_norway` resolves plain scalars by YAML 1.2 rules. Since `flow.defaults` becomes the run's
+//! `params` and the accept/reject must match, this module re-resolves scalars the PyYAML way:
+//! `serde_norway` (libyaml) does the parsing; a first pass records the node tree and serde's typed
+//! scalars, a second pass fetches every scalar's source text and position, and the PyYAML resolver
+//! and constructors are then applied to that text. What that gives, as PyYAML does:
+//!
+//! * `yes`/`no`/`on`/`off` (any of their three casings) are booleans; `y`/`n` stay strings;
+//! * `0755` is octal (493), `0o17` is a string, `1_000` is 1000, `0x_1F` is 31, `1:30` is 90
+//!   (base 60), `08` is a string;
+//! * floats need a dot and a signed exponent: `1.0e+3` is 1000.0 but `1e3`, `1.0e3` and `-.5` are
+//!   strings; `.inf`, `-.inf`, `.nan` are floats;
+//! * `2024-01-01` is a date and `2024-01-01 10:00:00` a datetime (an impossible date such as
+//!   `2024-13-01` makes the whole file invalid YAML);
+//! * quoted and block scalars are always strings; `!!str` forces a string;
+//! * merge keys (`<<: *anchor`, `<<: [*a, *b]`) are applied, including PyYAML 6's rule that when
+//!   several merged mappings share a key, the later one wins unless the key is one character long
+//!   (an artefact of CPython interning one-character strings, reproduced on purpose);
+//! * duplicate keys are allowed, the last value wins and keeps the first position; keys that are
+//!   equal in Python (`1`, `1.0`, `true`) are one key;
+//! * a plain `<<` or `=` used as a value, an explicit `!!python/...` or other unknown `!!` tag, any
+//!   local tag (`!foo`), a sequence or mapping used as a key: invalid YAML.
+//!
+//! `flow.defaults` is converted to JSON as `json.dumps` would (non-string keys: `1` → `"1"`,
+//! `true` → `"true"`, `null` → `"null"`, `1.5` → `"1.5"`).
+//!
+//! # Known differences from the original
+//!
+//! * Values `json.dumps` cannot write (dates, binary, sets) or that only Python's JSON dialect
+//!   accepts (`NaN`, `Infinity`), and integers beyond the 64-bit range, in `flow.defaults`: the
+//!   original accepts the file and then fails when it stores the run (HTTP 500, or a NaN token
+//!   in KV that strict JSON readers reject); here the file is rejected with the code
+//!   `unserializable_flow_defaults` (HTTP 422 like every other policy failure).
+//! * The original crashes with `TypeError` when a set of unknown keys mixes strings and
+//!   non-strings (it sorts them); here the regular `unknown_*_keys` code is returned.
+//! * `version` must fit in an `i64`, and only ASCII digits are read from a string (Python's
+//!   `int()` also reads other Unicode decimal digits).
+//! * Explicit tags on sequences and mappings (`!!set`, `!!omap`, `!!python/tuple [...]`) are not
+//!   seen; the node is read as a plain sequence or mapping. Tags on block scalars (`!!binary |`)
+//!   are not seen either (the value stays a string). Explicit standard tags whose text is only
+//!   valid in YAML 1.1 (`!!bool yes`, `!!int 0755`) and the non-specific tag `!` are rejected by
+//!   libyaml/serde_norway as invalid YAML; PyYAML accepts them. Verbatim tags (`!<...>`) are
+//!   only recognised when they contain no comma.
+//! * A multi-line plain scalar is always a string (PyYAML would still resolve e.g. a timestamp
+//!   folded over two lines).
+//! * Nesting deeper than 128 levels is invalid YAML here (serde_norway's recursion limit).
+//! * Where libyaml and PyYAML's pure-Python scanner disagree on exotic syntax, libyaml decides.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Top-level keys a flow.yaml may hold.
+pub const ALLOWED_TOP_LEVEL_KEYS: [&str; 4] = ["flow", "runtime", "tasks", "version"];
+/// Keys allowed under `flow`.
+pub const ALLOWED_FLOW_KEYS: [&str; 2] = ["defaults", "graph"];
+/// Keys allowed under `tasks.<name>`.
+pub const ALLOWED_TASK_KEYS: [&str; 3] = ["callable", "inputs", "outputs"];
+/// Keys allowed under `runtime`.
+pub const ALLOWED_RUNTIME_KEYS: [&str; 1] = ["expose_env"];
+
+/// Why a flow.yaml was refused. `code` is the original's reason code (the part before `:` of
+/// its `WorkflowYamlValidationError.reason`); `detail` says what was wrong, for logs and CLIs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlPolicyError {
+    pub code: String,
+    pub detail: String,
+}
+
+impl YamlPolicyError {
+    fn new(code: &str, detail: impl Into<String>) -> Self {
+        YamlPolicyError { code: code.to_string(), detail: detail.into() }
+    }
+}
+
+impl fmt::Display for YamlPolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+impl std::error::Error for YamlPolicyError {}
+
+/// One entry of `tasks`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub name: String,
+    /// `module:function`, or `None` when the task is only named (pyoco then resolves it).
+    pub callable: Option<String>,
+    /// `inputs` as JSON, `{}` when absent. Best effort: values JSON cannot hold (dates, NaN,
+    /// huge integers) appear as their YAML text; only the Python runner interprets inputs.
+    pub inputs: Map<String, Value>,
+    pub outputs: Vec<String>,
+}
+
+/// A flow.yaml that passed the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowYaml {
+    /// SHA-256 of the raw bytes, lowercase hex (`workflow_yaml_sha256`).
+    pub sha256_hex: String,
+    /// Length of the raw bytes (`workflow_yaml_bytes`).
+    pub size_bytes: usize,
+    /// The file as text (the job message carries it in `workflow_yaml`).
+    pub text: String,
+    /// `version`, 1 when absent.
+    pub version: i64,
+    /// `flow.graph`; empty only when `flow` is absent, which `require_flow = false` allows.
+    pub graph: String,
+    /// `flow.defaults` as JSON (the run's `params`); `{}` when absent or null.
+    pub defaults: Map<String, Value>,
+    /// `tasks`, in file order.
+    pub tasks: Vec<TaskSpec>,
+    /// `runtime.expose_env`.
+    pub expose_env: Vec<String>,
+}
+
+impl WorkflowYaml {
+    /// Whether the file had a `flow` section (always true when parsed with `require_flow`).
+    pub fn has_flow(&self) -> bool {
+        !self.graph.is_empty()
+    }
+}
+
+/// Apply the flow.yaml policy to `raw` (contract §4). With `require_flow = false` a file
+/// without `flow` (or with `flow: null`) is accepted, with an empty `graph` and `defaults`.
+pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYaml, YamlPolicyError> {
+    // Size and hash come from the bytes as received, before any decoding.
+    let size_bytes = raw.len();
+    let sha256_hex = hex::encode(Sha256::digest(raw));
+
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        YamlPolicyError::new(
+            "invalid_utf8",
+            format!("flow.yaml must be UTF-8 text; invalid byte sequence at byte offset {}", e.valid_up_to()),
+        )
+    })?;
+
+    let root = safe_load(text)
+        .map_err(|e| YamlPolicyError::new("invalid_yaml", format!("flow.yaml is not valid YAML: {e}")))?;
+
+    let data = match &root {
+        Py::Map(d) => d,
+        other => {
+            return Err(YamlPolicyError::new(
+                "invalid_yaml_root",
+                format!("the top level of flow.yaml must be a mapping, found {}", other.type_name()),
+            ))
+        }
+    };
+
+    if data.get("flows").is_some() {
+        return Err(YamlPolicyError::new(
+            "unsupported_key_flows",
+            "top-level key 'flows' is not supported: a flow.yaml holds one workflow, under 'flow:'",
+        ));
+    }
+    if data.get("discovery").is_some() {
+        return Err(YamlPolicyError::new(
+            "unsupported_key_discovery",
+            "top-level key 'discovery' is not supported: discovery scope cannot be set in flow.yaml; \
+             name each task's 'callable' instead",
+        ));
+    }
+    check_keys(data, &ALLOWED_TOP_LEVEL_KEYS, "unknown_top_level_keys", "unknown top-level keys")?;
+
+    // flow
+    let mut graph = String::new();
+    let mut defaults_py: Option<&Dict> = None;
+    match data.get("flow") {
+        None | Some(Py::Null) => {
+            if require_flow {
+                return Err(YamlPolicyError::new(
+                    "missing_flow",
+                    "'flow' is required (a mapping with 'graph' and optional 'defaults')",
+                ));
+            }
+        }
+        Some(Py::Map(flow)) => {
+            check_keys(flow, &ALLOWED_FLOW_KEYS, "unknown_flow_keys", "unknown keys in 'flow'")?;
+            match flow.get("graph") {
+                Some(Py::Str(g)) if !py_strip(g).is_empty() => graph = g.clone(),
+                other => {
+                    return Err(YamlPolicyError::new(
+                        "missing_flow_graph",
+                        format!(
+                            "'flow.graph' must be a non-empty string, found {}",
+                            other.map_or_else(|| "nothing".to_string(), describe_short)
+                        ),
+                    ))
+                }
+            }
+            match flow.get("defaults") {
+                Some(d) if d.truthy() => match d {
+                    Py::Map(m) => defaults_py = Some(m),
+                    other => {
+                        return Err(YamlPolicyError::new(
+                            "invalid_flow_defaults",
+                            format!("'flow.defaults' must be a mapping or null, found {}", other.type_name()),
+                        ))
+                    }
+                },
+                _ => {}
+            }
+        }
+        Some(other) => {
+            return Err(YamlPolicyError::new(
+                "invalid_flow",
+                format!("'flow' must be a mapping, found {}", other.type_name()),
+            ))
+        }
+    }
+
+    // tasks
+    let mut tasks = Vec::new();
+    let empty = Dict::default();
+    let tasks_map = match data.get("tasks") {
+        Some(t) if t.truthy() => match t {
+            Py::Map(m) => m,
+            other => {
+                return Err(YamlPolicyError::new(
+                    "invalid_tasks",
+                    format!("'tasks' must be a mapping of task name to task settings, found {}", other.type_name()),
+                ))
+            }
+        },
+        _ => &empty,
+    };
+    for (name, conf) in &tasks_map.entries {
+        let name = match name {
+            Py::Str(s) if !py_strip(s).is_empty() => s.clone(),
+            other => {
+                return Err(YamlPolicyError::new(
+                    "invalid_task_name",
+                    format!("task names must be non-empty strings, found {}", describe_short(other)),
+                ))
+            }
+        };
+        let conf = match conf {
+            Py::Map(m) => m,
+            other => {
+                return Err(YamlPolicyError::new(
+                    "invalid_task_config",
+                    format!("tasks.{name} must be a mapping, found {}", other.type_name()),
+                ))
+            }
+        };
+        check_keys(conf, &ALLOWED_TASK_KEYS, "unknown_task_keys", &format!("unknown keys in tasks.{name}"))?;
+        let callable = match conf.get("callable") {
+            None | Some(Py::Null) => None,
+            Some(Py::Str(c)) if c.contains(':') => Some(c.clone()),
+            Some(other) => {
+                return Err(YamlPolicyError::new(
+                    "invalid_task_callable",
+                    format!(
+                        "tasks.{name}.callable must be a string 'module:function', found {}",
+                        describe_short(other)
+                    ),
+                ))
+            }
+        };
+        let inputs = match conf.get("inputs") {
+            Some(i) if i.truthy() => match i {
+                Py::Map(m) => json_object(m, false).unwrap_or_default(),
+                other => {
+                    return Err(YamlPolicyError::new(
+                        "invalid_task_inputs",
+                        format!("tasks.{name}.inputs must be a mapping, found {}", other.type_name()),
+                    ))
+                }
+            },
+            _ => Map::new(),
+        };
+        let outputs = match conf.get("outputs") {
+            Some(o) if o.truthy() => string_list(o).ok_or_else(|| {
+                YamlPolicyError::new(
+                    "invalid_task_outputs",
+                    format!("tasks.{name}.outputs must be a list of strings, found {}", describe_list(o)),
+                )
+            })?,
+            _ => Vec::new(),
+        };
+        tasks.push(TaskSpec { name, callable, inputs, outputs });
+    }
+
+    // runtime
+    let runtime = match data.get("runtime") {
+        Some(r) if r.truthy() => match r {
+            Py::Map(m) => m,
+            other => {
+                return Err(YamlPolicyError::new(
+                    "invalid_runtime",
+                    format!("'runtime' must be a mapping, found {}", other.type_name()),
+                ))
+            }
+        },
+        _ => &empty,
+    };
+    check_keys(runtime, &ALLOWED_RUNTIME_KEYS, "unknown_runtime_keys", "unknown keys in 'runtime'")?;
+    let expose_env = match runtime.get("expose_env") {
+        Some(e) if e.truthy() => string_list(e).ok_or_else(|| {
+            YamlPolicyError::new(
+                "invalid_runtime_expose_env",
+                format!("'runtime.expose_env' must be a list of strings, found {}", describe_list(e)),
+            )
+        })?,
+        _ => Vec::new(),
+    };
+
+    // version
+    let version = match data.get("version") {
+        None => 1,
+        Some(v) => py_int(v).ok_or_else(|| {
+            YamlPolicyError::new(
+                "invalid_version",
+                format!("'version' must be an integer, found {}", describe_short(v)),
+            )
+        })?,
+    };
+
+    // Ours alone: the defaults become JSON documents (KV snapshot, job message).
+    let defaults = match defaults_py {
+        None => Map::new(),
+        Some(d) => json_object(d, true).map_err(|e| {
+            YamlPolicyError::new(
+                "unserializable_flow_defaults",
+                format!("'flow.defaults' cannot be stored as JSON: {e}"),
+            )
+        })?,
+    };
+
+    Ok(WorkflowYaml {
+        sha256_hex,
+        size_bytes,
+        text: text.to_string(),
+        version,
+        graph,
+        defaults,
+        tasks,
+        expose_env,
+    })
+}
+
+fn check_keys(map: &Dict, allowed: &[&str], code: &str, what: &str) -> Result<(), YamlPolicyError> {
+    let mut unknown: Vec<String> = map
+        .entries
+        .iter()
+        .filter(|(k, _)| !matches!(k, Py::Str(s) if allowed.contains(&s.as_str())))
+        .map(|(k, _)| k.key_display())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort();
+    Err(YamlPolicyError::new(
+        code,
+        format!("{what}: {} (allowed: {})", unknown.join(", "), allowed.join(", ")),
+    ))
+}
+
+fn string_list(v: &Py) -> Option<Vec<String>> {
+    match v {
+        Py::Seq(items) => items
+            .iter()
+            .map(|i| match i {
+                Py::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn describe_list(v: &Py) -> String {
+    match v {
+        Py::Seq(items) => match items.iter().find(|i| !matches!(i, Py::Str(_))) {
+            Some(bad) => format!("a list containing {}", describe_short(bad)),
+            None => "a list".to_string(),
+        },
+        other => other.type_name().to_string(),
+    }
+}
+
+fn describe_short(v: &Py) -> String {
+    match v {
+        Py::Null | Py::Bool(_) | Py::Int(_) | Py::BigInt(_) | Py::Float(_) => {
+            format!("{} {}", v.type_name(), v.key_display())
+        }
+        Py::Str(s) if s.chars().count() <= 40 => format!("string {s:?}"),
+        other => other.type_name().to_string(),
+    }
+}
+
+/// Python's `str.isspace` (Rust's `char::is_whitespace` plus the four ASCII separators).
+fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+/// Python's `str.strip()`.
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_isspace)
+}
+
+/// Python's `int(value)` for the value kinds YAML yields, limited to `i64`.
+fn py_int(v: &Py) -> Option<i64> {
+    match v {
+        Py::Bool(b) => Some(i64::from(*b)),
+        Py::Int(i) => i64::try_from(*i).ok(),
+        Py::Float(f) => {
+            if !f.is_finite() {
+                return None;
+            }
+            let t = f.trunc();
+            // i64::MIN is exactly representable; the exclusive upper bound 2^63 as well.
+            if t >= -9_223_372_036_854_775_808.0 && t < 9_223_372_036_854_775_808.0 {
+                Some(t as i64)
+            } else {
+                None
+            }
+        }
+        Py::Str(s) => py_int_str(s),
+        _ => None,
+    }
+}
+
+/// Python's `int(str)` in base 10: surrounding whitespace, an optional sign, digits with single
+/// underscores between them.
+fn py_int_str(s: &str) -> Option<i64> {
+    let t = py_strip(s);
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let b = digits.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_digit() || !b[b.len() - 1].is_ascii_digit() {
+        return None;
+    }
+    if b.iter().any(|c| !c.is_ascii_digit() && *c != b'_') || digits.contains("__") {
+        return None;
+    }
+    let clean: String = digits.chars().filter(|c| *c != '_').collect();
+    let n: i128 = clean.parse().ok()?;
+    i64::try_from(if neg { -n } else { n }).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON conversion (json.dumps semantics)
+// ---------------------------------------------------------------------------------------------
+
+/// Convert a mapping to a JSON object. `strict`: fail where `json.dumps(..., allow_nan=False)`
+/// would, and on integers outside the 64-bit range; otherwise substitute the YAML text.
+fn json_object(d: &Dict, strict: bool) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for (k, v) in &d.entries {
+        let key = json_key(k, strict)?;
+        let value = to_json(v, strict).map_err(|e| format!("key {key:?}: {e}"))?;
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn to_json(v: &Py, strict: bool) -> Result<Value, String> {
+    Ok(match v {
+        Py::Null => Value::Null,
+        Py::Bool(b) => Value::Bool(*b),
+        Py::Int(i) => {
+            if let Ok(x) = i64::try_from(*i) {
+                Value::from(x)
+            } else if let Ok(x) = u64::try_from(*i) {
+                Value::from(x)
+            } else if strict {
+                return Err(format!("integer {i} is outside the 64-bit range"));
+            } else {
+                Value::String(i.to_string())
+            }
+        }
+        Py::BigInt(text) => {
+            if strict {
+                return Err(format!("integer {text} is outside the 64-bit range"));
+            }
+            Value::String(text.clone())
+        }
+        Py::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => Value::Number(n),
+            None if strict => return Err(format!("{} is not a JSON number", py_float_repr(*f))),
+            None => Value::Null,
+        },
+        Py::Str(s) => Value::String(s.clone()),
+        Py::Seq(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| to_json(x, strict).map_err(|e| format!("item {i}: {e}")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Py::Map(d) => Value::Object(json_object(d, strict)?),
+        Py::Opaque { kind, text, .. } => {
+            if strict {
+                return Err(format!("{} {text:?} has no JSON form; quote it to pass a string", kind.name()));
+            }
+            Value::String(text.clone())
+        }
+    })
+}
+
+/// Mapping keys as `json.dumps` writes them.
+fn json_key(k: &Py, strict: bool) -> Result<String, String> {
+    Ok(match k {
+        Py::Str(s) => s.clone(),
+        Py::Null => "null".into(),
+        Py::Bool(true) => "true".into(),
+        Py::Bool(false) => "false".into(),
+        Py::Int(i) => i.to_string(),
+        Py::BigInt(t) => t.clone(),
+        Py::Float(f) => py_float_repr(*f),
+        Py::Opaque { kind, text, .. } => {
+            if strict {
+                return Err(format!("{} {text:?} cannot be a JSON object key", kind.name()));
+            }
+            text.clone()
+        }
+        Py::Seq(_) | Py::Map(_) => unreachable!("unhashable keys are refused while loading"),
+    })
+}
+
+/// Python's `float.__repr__` (`json.dumps` spelling for the non-finite values).
+fn py_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    // Shortest round-trip digits, as Python's repr uses.
+    let e = format!("{:e}", f.abs());
+    let (mantissa, exp) = e.split_once('e').expect("LowerExp has an exponent");
+    let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let decpt = exp + 1;
+    let sign = if f < 0.0 { "-" } else { "" };
+    let body = if -4 < decpt && decpt <= 16 {
+        let n = digits.len() as i32;
+        if decpt <= 0 {
+            format!("0.{}{}", "0".repeat((-decpt) as usize), digits)
+        } else if decpt >= n {
+            format!("{}{}.0", digits, "0".repeat((decpt - n) as usize))
+        } else {
+            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
+        }
+    } else {
+        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    };
+    format!("{sign}{body}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Python values `yaml.safe_load` produces
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpaqueKind {
+    Date,
+    DateTime,
+    Bytes,
+}
+
+impl OpaqueKind {
+    fn name(self) -> &'static str {
+        match self {
+            OpaqueKind::Date => "date",
+            OpaqueKind::DateTime => "datetime",
+            OpaqueKind::Bytes => "binary value",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Py {
+    Null,
+    Bool(bool),
+    Int(i128),
+    /// An integer beyond `i128`, kept as written.
+    BigInt(String),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Py>),
+    Map(Dict),
+    /// Values with no JSON form (dates, datetimes, bytes), kept as written.
+    Opaque { kind: OpaqueKind, text: String, truthy: bool },
+}
+
+impl Py {
+    /// Python truthiness (`x or default`).
+    fn truthy(&self) -> bool {
+        match self {
+            Py::Null => false,
+            Py::Bool(b) => *b,
+            Py::Int(i) => *i != 0,
+            Py::BigInt(_) => true,
+            Py::Float(f) => *f != 0.0,
+            Py::Str(s) => !s.is_empty(),
+            Py::Seq(v) => !v.is_empty(),
+            Py::Map(d) => !d.entries.is_empty(),
+            Py::Opaque { truthy, .. } => *truthy,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Py::Null => "null",
+            Py::Bool(_) => "boolean",
+            Py::Int(_) | Py::BigInt(_) => "integer",
+            Py::Float(_) => "float",
+            Py::Str(_) => "string",
+            Py::Seq(_) => "list",
+            Py::Map(_) => "mapping",
+            Py::Opaque { kind, .. } => kind.name(),
+        }
+    }
+
+    /// How a key is named in messages (Python's `str()` of it).
+    fn key_display(&self) -> String {
+        match self {
+            Py::Null => "None".into(),
+            Py::Bool(true) => "True".into(),
+            Py::Bool(false) => "False".into(),
+            Py::Int(i) => i.to_string(),
+            Py::BigInt(t) => t.clone(),
+            Py::Float(f) => match py_float_repr(*f).as_str() {
+                "NaN" => "nan".into(),
+                "Infinity" => "inf".into(),
+                "-Infinity" => "-inf".into(),
+                other => other.to_string(),
+            },
+            Py::Str(s) => s.clone(),
+            Py::Seq(_) => "[...]".into(),
+            Py::Map(_) => "{...}".into(),
+            Py::Opaque { text, .. } => text.clone(),
+        }
+    }
+
+    /// Python `hash`/`==` class of a hashable value; `None` when unhashable.
+    fn hash_key(&self) -> Option<HashKey> {
+        Some(match self {
+            Py::Null => HashKey::Null,
+            Py::Bool(b) => HashKey::Int(i128::from(*b)),
+            Py::Int(i) => HashKey::Int(*i),
+            Py::BigInt(t) => HashKey::Other(format!("int:{t}")),
+            Py::Float(f) => {
+                if f.is_nan() {
+                    // PyYAML returns one shared NaN object, and dicts compare by identity first.
+                    HashKey::Nan
+                } else if f.fract() == 0.0 && f.abs() < 1.0e38 {
+                    HashKey::Int(*f as i128)
+                } else {
+                    HashKey::Float(f.to_bits())
+                }
+            }
+            Py::Str(s) => HashKey::Str(s.clone()),
+            Py::Opaque { kind, text, .. } => HashKey::Other(format!("{}:{text}", kind.name())),
+            Py::Seq(_) | Py::Map(_) => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum HashKey {
+    Null,
+    Int(i128),
+    Float(u64),
+    Nan,
+    Str(String),
+    Other(String),
+}
+
+/// A Python dict: insertion order, later duplicates replace the value in place.
+#[derive(Debug, Clone, Default)]
+struct Dict {
+    entries: Vec<(Py, Py)>,
+}
+
+impl Dict {
+    fn get(&self, key: &str) -> Option<&Py> {
+        self.entries.iter().find(|(k, _)| matches!(k, Py::Str(s) if s == key)).map(|(_, v)| v)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading: serde_norway events → node tree → PyYAML semantics
+// ---------------------------------------------------------------------------------------------
+
+/// A scalar as serde_norway resolved it (YAML 1.2 core schema plus standard tags).
+#[derive(Debug, Clone)]
+enum Typed {
+    Null,
+    Bool(bool),
+    Int(i128),
+    BigInt,
+    Float(f64),
+    Str,
+}
+
+#[derive(Debug)]
+struct ScalarNode {
+    typed: Typed,
+    /// Scalar value (after unquoting/folding), from the second pass.
+    raw: String,
+    /// Byte offset of `raw` in the source when serde could borrow it (plain and simple quoted
+    /// scalars); `None` for block scalars and scalars with escapes or line folding.
+    offset: Option<usize>,
+}
+
+#[derive(Debug)]
+enum Node {
+    /// Empty document.
+    Void,
+    Scalar(ScalarNode),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Clone, Copy)]
+struct Source {
+    base: usize,
+    len: usize,
+}
+
+impl Source {
+    fn offset_of(self, s: &str) -> Option<usize> {
+        let p = s.as_ptr() as usize;
+        (p >= self.base && p + s.len() <= self.base + self.len).then(|| p - self.base)
+    }
+}
+
+/// First pass: shape of the document and serde's typed scalars.
+#[derive(Clone, Copy)]
+struct ShapePass;
+
+impl<'de> DeserializeSeed<'de> for ShapePass {
+    type Value = Node;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ShapePass {
+    fn scalar(typed: Typed) -> Node {
+        Node::Scalar(ScalarNode { typed, raw: String::new(), offset: None })
+    }
+}
+
+impl<'de> Visitor<'de> for ShapePass {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Node::Void)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Null))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Int(v.into())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Int(v.into())))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Int(v)))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
+        Ok(Self::scalar(i128::try_from(v).map_or(Typed::BigInt, Typed::Int)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Float(v)))
+    }
+    fn visit_str<E: de::Error>(self, _v: &str) -> Result<Node, E> {
+        Ok(Self::scalar(Typed::Str))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(ShapePass)? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(k) = map.next_key_seed(ShapePass)? {
+            let v = map.next_value_seed(ShapePass)?;
+            pairs.push((k, v));
+        }
+        Ok(Node::Map(pairs))
+    }
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Node, A::Error> {
+        // serde_norway reports local tags (`!foo value`) as enum variants.
+        let (tag, _variant): (String, A::Variant) = data.variant()?;
+        Err(de::Error::custom(format!("could not determine a constructor for the tag '!{tag}'")))
+    }
+}
+
+/// Second pass: walk the same events again, reading each scalar as text.
+struct TextPass<'a> {
+    node: &'a mut Node,
+    src: Source,
+}
+
+impl<'de> DeserializeSeed<'de> for TextPass<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let src = self.src;
+        match self.node {
+            Node::Void => Ok(()),
+            Node::Scalar(s) => {
+                let (raw, offset) = d.deserialize_str(StrVisitor { src })?;
+                s.raw = raw;
+                s.offset = offset;
+                Ok(())
+            }
+            Node::Seq(items) => d.deserialize_seq(FillSeq { items, src }),
+            Node::Map(pairs) => d.deserialize_map(FillMap { pairs, src }),
+        }
+    }
+}
+
+struct StrVisitor {
+    src: Source,
+}
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = (String, Option<usize>);
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a scalar")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok((v.to_string(), self.src.offset_of(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((v.to_string(), None))
+    }
+}
+
+struct FillSeq<'a> {
+    items: &'a mut Vec<Node>,
+    src: Source,
+}
+
+impl<'de> Visitor<'de> for FillSeq<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for node in self.items.iter_mut() {
+            seq.next_element_seed(TextPass { node, src: self.src })?
+                .ok_or_else(|| de::Error::custom("document changed between passes"))?;
+        }
+        Ok(())
+    }
+}
+
+struct FillMap<'a> {
+    pairs: &'a mut Vec<(Node, Node)>,
+    src: Source,
+}
+
+impl<'de> Visitor<'de> for FillMap<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a mapping")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        for (k, v) in self.pairs.iter_mut() {
+            map.next_key_seed(TextPass { node: k, src: self.src })?
+                .ok_or_else(|| de::Error::custom("document changed between passes"))?;
+            map.next_value_seed(TextPass { node: v, src: self.src })?;
+        }
+        Ok(())
+    }
+}
+
+/// `yaml.safe_load(text)`, as far as this module emulates it.
+fn safe_load(text: &str) -> Result<Py, String> {
+    let mut root = ShapePass
+        .deserialize(serde_norway::Deserializer::from_str(text))
+        .map_err(|e| e.to_string())?;
+    if matches!(root, Node::Void) {
+        return Ok(Py::Null);
+    }
+    let src = Source { base: text.as_ptr() as usize, len: text.len() };
+    TextPass { node: &mut root, src }
+        .deserialize(serde_norway::Deserializer::from_str(text))
+        .map_err(|e| e.to_string())?;
+    Loader { text }.construct(&root)
+}
+
+struct Loader<'t> {
+    text: &'t str,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Style {
+    Plain,
+    Quoted,
+    /// Block scalar, or a scalar with escapes or folded lines: always a string.
+    Other,
+}
+
+enum Implicit {
+    Bool,
+    Float,
+    Int,
+    Merge,
+    Null,
+    Timestamp,
+    Value,
+    Str,
+}
+
+const YAML_TAG_PREFIX: &str = "tag:yaml.org,2002:";
+
+impl Loader<'_> {
+    fn construct(&self, node: &Node) -> Result<Py, String> {
+        match node {
+            Node::Void => Ok(Py::Null),
+            Node::Scalar(s) => self.scalar(s, false),
+            Node::Seq(items) => Ok(Py::Seq(items.iter().map(|n| self.construct(n)).collect::<Result<_, _>>()?)),
+            Node::Map(pairs) => self.mapping(pairs),
+        }
+    }
+
+    /// Style of a scalar and where its node starts (for finding a tag in front of it).
+    fn style(&self, s: &ScalarNode) -> (Style, Option<usize>) {
+        let Some(o) = s.offset else {
+            return match s.typed {
+                Typed::Str => (Style::Other, None),
+                _ => (Style::Plain, None),
+            };
+        };
+        let after = self.text.as_bytes().get(o + s.raw.len()).copied();
+        if !s.raw.is_empty() && matches!(after, Some(b'"') | Some(b'\'')) {
+            return (Style::Quoted, o.checked_sub(1));
+        }
+        if s.raw.is_empty() && matches!(s.typed, Typed::Str) {
+            // An empty plain scalar is null for serde too; an empty string came from quotes.
+            return (Style::Quoted, None);
+        }
+        (Style::Plain, Some(o))
+    }
+
+    /// The explicit tag written in front of the node starting at `start`, if any (only tags of
+    /// the `!!` family or verbatim `!<...>` tags; local tags were refused by the first pass).
+    /// Properties of a block mapping key sit on the key's line, so for keys the search stops at
+    /// the line start (a tag on the line above belongs to the mapping).
+    fn explicit_tag(&self, start: usize, is_key: bool) -> Option<String> {
+        let b = self.text.as_bytes();
+        let mut end = start;
+        loop {
+            let mut i = end;
+            while i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\r' | b'\n') {
+                if is_key && matches!(b[i - 1], b'\r' | b'\n') {
+                    return None;
+                }
+                i -= 1;
+            }
+            if i == end {
+                return None;
+            }
+            let mut j = i;
+            while j > 0 && !matches!(b[j - 1], b' ' | b'\t' | b'\r' | b'\n' | b'[' | b'{' | b',') {
+                j -= 1;
+            }
+            let token = &self.text[j..i];
+            if token.starts_with('!') {
+                if self.in_comment(j) {
+                    return None;
+                }
+                if let Some(suffix) = token.strip_prefix("!!") {
+                    return Some(format!("{YAML_TAG_PREFIX}{suffix}"));
+                }
+                if let Some(verbatim) = token.strip_prefix("!<").and_then(|t| t.strip_suffix('>')) {
+                    return Some(verbatim.to_string());
+                }
+                return None;
+            } else if token.starts_with('&') {
+                end = j;
+            } else {
+                return None;
+            }
+        }
+    }
+
+    /// Whether byte `pos` is inside a `#` comment on its line (approximate: quotes not tracked).
+    fn in_comment(&self, pos: usize) -> bool {
+        let line_start = self.text[..pos].rfind('\n').map_or(0, |p| p + 1);
+        let line = self.text[line_start..pos].as_bytes();
+        line.iter()
+            .enumerate()
+            .any(|(i, c)| *c == b'#' && (i == 0 || matches!(line[i - 1], b' ' | b'\t')))
+    }
+
+    fn scalar(&self, s: &ScalarNode, is_key: bool) -> Result<Py, String> {
+        let (style, start) = self.style(s);
+        if let Some(tag) = start.and_then(|st| self.explicit_tag(st, is_key)) {
+            return self.tagged(&tag, s);
+        }
+        match style {
+            Style::Plain => self.implicit(s),
+            Style::Quoted | Style::Other => Ok(Py::Str(s.raw.clone())),
+        }
+    }
+
+    fn from_typed(s: &ScalarNode) -> Option<Py> {
+        Some(match s.typed {
+            Typed::Null => Py::Null,
+            Typed::Bool(b) => Py::Bool(b),
+            Typed::Int(i) => Py::Int(i),
+            Typed::BigInt => Py::BigInt(s.raw.clone()),
+            Typed::Float(f) => Py::Float(f),
+            Typed::Str => return None,
+        })
+    }
+
+    fn tagged(&self, tag: &str, s: &ScalarNode) -> Result<Py, String> {
+        let no_constructor = || format!("could not determine a constructor for the tag '{tag}'");
+        let Some(name) = tag.strip_prefix(YAML_TAG_PREFIX) else {
+            return Err(no_constructor());
+        };
+        match name {
+            "str" => Ok(Py::Str(s.raw.clone())),
+            "null" | "bool" | "int" | "float" => Self::from_typed(s).ok_or_else(no_constructor),
+            "binary" => Ok(Py::Opaque {
+                kind: OpaqueKind::Bytes,
+                text: s.raw.clone(),
+                truthy: s.raw.bytes().any(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/'),
+            }),
+            "timestamp" => timestamp(&s.raw),
+            "map" | "seq" | "set" | "omap" | "pairs" => {
+                Err(format!("expected a collection node for the tag '{tag}', but found a scalar"))
+            }
+            _ => Err(no_constructor()),
+        }
+    }
+
+    fn implicit(&self, s: &ScalarNode) -> Result<Py, String> {
+        let v = s.raw.as_str();
+        match resolve_plain(v) {
+            Implicit::Null => Ok(Py::Null),
+            Implicit::Bool => Ok(Py::Bool(matches!(v, "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON"))),
+            Implicit::Int => construct_int(v),
+            Implicit::Float => construct_float(v),
+            Implicit::Timestamp => timestamp(v),
+            Implicit::Str => Ok(Py::Str(v.to_string())),
+            Implicit::Merge => Err("could not determine a constructor for the tag 'tag:yaml.org,2002:merge'".into()),
+            Implicit::Value => Err("could not determine a constructor for the tag 'tag:yaml.org,2002:value'".into()),
+        }
+    }
+
+    /// Plain, untagged `<<` as a mapping key.
+    fn is_merge_key(&self, node: &Node) -> bool {
+        match node {
+            Node::Scalar(s) if s.raw == "<<" => {
+                let (style, start) = self.style(s);
+                style == Style::Plain && start.and_then(|st| self.explicit_tag(st, true)).is_none()
+            }
+            _ => false,
+        }
+    }
+
+    /// PyYAML's `flatten_mapping`: merged pairs first (deduplicated by key node identity), then
+    /// the mapping's own pairs.
+    fn flatten<'n>(&self, pairs: &'n [(Node, Node)], out: &mut Vec<(&'n Node, &'n Node)>) -> Result<(), String> {
+        let mut merged: Vec<(&Node, &Node)> = Vec::new();
+        let mut seen: Vec<KeyIdentity> = Vec::new();
+        let mut own: Vec<(&Node, &Node)> = Vec::new();
+        for (k, v) in pairs {
+            if !self.is_merge_key(k) {
+                own.push((k, v));
+                continue;
+            }
+            let sources: Vec<&[(Node, Node)]> = match v {
+                Node::Map(sub) => vec![sub.as_slice()],
+                Node::Seq(items) => items
+                    .iter()
+                    .map(|item| match item {
+                        Node::Map(sub) => Ok(sub.as_slice()),
+                        _ => Err("while constructing a mapping: expected a mapping for merging".to_string()),
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => {
+                    return Err(
+                        "while constructing a mapping: expected a mapping or list of mappings for merging".into()
+                    )
+                }
+            };
+            for sub in sources {
+                let mut flat = Vec::new();
+                self.flatten(sub, &mut flat)?;
+                for (sk, sv) in flat {
+                    let id = KeyIdentity::of(sk);
+                    if id.as_ref().is_some_and(|id| seen.contains(id)) {
+                        continue;
+                    }
+                    if let Some(id) = id {
+                        seen.push(id);
+                    }
+                    merged.push((sk, sv));
+                }
+            }
+        }
+        out.extend(merged);
+        out.extend(own);
+        Ok(())
+    }
+
+    fn mapping(&self, pairs: &[(Node, Node)]) -> Result<Py, String> {
+        let mut flat = Vec::new();
+        self.flatten(pairs, &mut flat)?;
+        let mut dict = Dict::default();
+        let mut index: HashMap<HashKey, usize> = HashMap::new();
+        for (k, v) in flat {
+            let key = match k {
+                Node::Scalar(s) => {
+                    if s.raw == "=" && self.is_plain_untagged(s) {
+                        // PyYAML's `value` key: a plain `=` key is the string "=".
+                        Py::Str("=".into())
+                    } else {
+                        self.scalar(s, true)?
+                    }
+                }
+                other => self.construct(other)?,
+            };
+            let Some(hk) = key.hash_key() else {
+                return Err("while constructing a mapping: found unhashable key".into());
+            };
+            let value = self.construct(v)?;
+            match index.get(&hk) {
+                Some(&i) => dict.entries[i].1 = value,
+                None => {
+                    index.insert(hk, dict.entries.len());
+                    dict.entries.push((key, value));
+                }
+            }
+        }
+        Ok(Py::Map(dict))
+    }
+
+    fn is_plain_untagged(&self, s: &ScalarNode) -> bool {
+        let (style, start) = self.style(s);
+        style == Style::Plain && start.and_then(|st| self.explicit_tag(st, true)).is_none()
+    }
+}
+
+/// PyYAML 6 deduplicates merged keys by the identity of the key's text object: the same node
+/// (reached through an alias) or a string CPython interns (empty or one Latin-1 character).
+#[derive(Debug, PartialEq, Eq)]
+enum KeyIdentity {
+    Node(usize),
+    Interned(String),
+}
+
+impl KeyIdentity {
+    fn of(node: &Node) -> Option<KeyIdentity> {
+        match node {
+            Node::Scalar(s) => {
+                let mut chars = s.raw.chars();
+                match (chars.next(), chars.next()) {
+                    (None, _) => return Some(KeyIdentity::Interned(String::new())),
+                    (Some(c), None) if (c as u32) < 256 => return Some(KeyIdentity::Interned(s.raw.clone())),
+                    _ => {}
+                }
+                s.offset.map(KeyIdentity::Node)
+            }
+            _ => None,
+        }
+    }
+}
+
+struct Resolvers {
+    bool_: Regex,
+    float: Regex,
+    int: Regex,
+    null: Regex,
+    timestamp: Regex,
+    timestamp_parts: Regex,
+}
+
+fn resolvers() -> &'static Resolvers {
+    static R: OnceLock<Resolvers> = OnceLock::new();
+    R.get_or_init(|| Resolvers {
+        // PyYAML's implicit resolvers (yaml/resolver.py), verbatim.
+        bool_: Regex::new(r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$")
+            .unwrap(),
+        float: Regex::new(
+            r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        )
+        .unwrap(),
+        int: Regex::new(
+            r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$",
+        )
+        .unwrap(),
+        null: Regex::new(r"^(?:~|null|Null|NULL|)$").unwrap(),
+        timestamp: Regex::new(
+            r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$",
+        )
+        .unwrap(),
+        // SafeConstructor.timestamp_regexp.
+        timestamp_parts: Regex::new(
+            r"^(?P<year>[0-9][0-9][0-9][0-9])-(?P<month>[0-9][0-9]?)-(?P<day>[0-9][0-9]?)(?:(?:[Tt]|[ \t]+)(?P<hour>[0-9][0-9]?):(?P<minute>[0-9][0-9]):(?P<second>[0-9][0-9])(?:\.(?P<fraction>[0-9]*))?(?:[ \t]*(?P<tz>Z|(?P<tz_sign>[-+])(?P<tz_hour>[0-9][0-9]?)(?::(?P<tz_minute>[0-9][0-9]))?))?)?$",
+        )
+        .unwrap(),
+    })
+}
+
+/// PyYAML's implicit tag for a plain scalar (resolvers tried by first character, in
+/// registration order: bool, float, int, merge, null, timestamp, value).
+fn resolve_plain(v: &str) -> Implicit {
+    let r = resolvers();
+    let Some(first) = v.chars().next() else {
+        return Implicit::Null;
+    };
+    match first {
+        'y' | 'Y' | 'n' | 'N' | 't' | 'T' | 'f' | 'F' | 'o' | 'O' => {
+            if r.bool_.is_match(v) {
+                Implicit::Bool
+            } else if matches!(first, 'n' | 'N') && r.null.is_match(v) {
+                Implicit::Null
+            } else {
+                Implicit::Str
+            }
+        }
+        '-' | '+' | '.' | '0'..='9' => {
+            if r.float.is_match(v) {
+                Implicit::Float
+            } else if first != '.' && r.int.is_match(v) {
+                Implicit::Int
+            } else if first.is_ascii_digit() && r.timestamp.is_match(v) {
+                Implicit::Timestamp
+            } else {
+                Implicit::Str
+            }
+        }
+        '<' if v == "<<" => Implicit::Merge,
+        '~' if v == "~" => Implicit::Null,
+        '=' if v == "=" => Implicit::Value,
+        _ => Implicit::Str,
+    }
+}
+
+/// SafeConstructor.construct_yaml_int.
+fn construct_int(v: &str) -> Result<Py, String> {
+    let s: String = v.chars().filter(|c| *c != '_').collect();
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s.as_str()),
+    };
+    let parsed: Result<i128, String> = if body == "0" {
+        Ok(0)
+    } else if let Some(bits) = body.strip_prefix("0b") {
+        radix(bits, 2)
+    } else if let Some(hex) = body.strip_prefix("0x") {
+        radix(hex, 16)
+    } else if body.starts_with('0') {
+        radix(body, 8)
+    } else if body.contains(':') {
+        let mut value: i128 = 0;
+        for part in body.split(':') {
+            let d = radix(part, 10)?;
+            value = value.checked_mul(60).and_then(|x| x.checked_add(d)).ok_or_else(|| "overflow".to_string())?;
+        }
+        Ok(value)
+    } else {
+        radix(body, 10)
+    };
+    match parsed {
+        Ok(n) => Ok(Py::Int(if neg { -n } else { n })),
+        Err(e) if e == "overflow" => Ok(Py::BigInt(v.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+fn radix(digits: &str, base: u32) -> Result<i128, String> {
+    if digits.is_empty() {
+        return Err(format!("invalid literal for int() with base {base}: ''"));
+    }
+    i128::from_str_radix(digits, base).map_err(|e| match e.kind() {
+        std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => "overflow".to_string(),
+        _ => format!("invalid literal for int() with base {base}: {digits:?}"),
+    })
+}
+
+/// SafeConstructor.construct_yaml_float.
+fn construct_float(v: &str) -> Result<Py, String> {
+    let s: String = v.chars().filter(|c| *c != '_').collect::<String>().to_lowercase();
+    let (sign, body) = match s.as_bytes().first() {
+        Some(b'-') => (-1.0, &s[1..]),
+        Some(b'+') => (1.0, &s[1..]),
+        _ => (1.0, s.as_str()),
+    };
+    let parse = |t: &str| t.parse::<f64>().map_err(|_| format!("could not convert string to float: {t:?}"));
+    let value = if body == ".inf" {
+        f64::INFINITY
+    } else if body == ".nan" {
+        return Ok(Py::Float(f64::NAN));
+    } else if body.contains(':') {
+        let mut value = 0.0;
+        for part in body.split(':') {
+            value = value * 60.0 + parse(part)?;
+        }
+        value
+    } else {
+        parse(body)?
+    };
+    Ok(Py::Float(sign * value))
+}
+
+/// SafeConstructor.construct_yaml_timestamp: validates like `datetime.date`/`datetime.datetime`.
+fn timestamp(v: &str) -> Result<Py, String> {
+    let caps = resolvers()
+        .timestamp_parts
+        .captures(v)
+        .ok_or_else(|| format!("{v:?} is not a timestamp"))?;
+    let num = |name: &str| caps.name(name).map(|m| m.as_str().parse::<u32>().unwrap_or(u32::MAX));
+    let (year, month, day) = (num("year").unwrap_or(0), num("month").unwrap_or(0), num("day").unwrap_or(0));
+    if !(1..=9999).contains(&year) {
+        return Err(format!("year {year} is out of range"));
+    }
+    if !(1..=12).contains(&month) {
+        return Err("month must be in 1..12".into());
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=days).contains(&day) {
+        return Err("day is out of range for month".into());
+    }
+    let Some(hour) = num("hour") else {
+        return Ok(Py::Opaque { kind: OpaqueKind::Date, text: v.to_string(), truthy: true });
+    };
+    let (minute, second) = (num("minute").unwrap_or(0), num("second").unwrap_or(0));
+    if hour > 23 {
+        return Err("hour must be in 0..23".into());
+    }
+    if minute > 59 {
+        return Err("minute must be in 0..59".into());
+    }
+    if second > 59 {
+        return Err("second must be in 0..59".into());
+    }
+    if caps.name("tz_sign").is_some() {
+        let minutes = num("tz_hour").unwrap_or(0) * 60 + num("tz_minute").unwrap_or(0);
+        if minutes >= 24 * 60 {
+            return Err("offset must be a timedelta strictly between -timedelta(hours=24) and timedelta(hours=24)".into());
+        }
+    }
+    Ok(Py::Opaque { kind: OpaqueKind::DateTime, text: v.to_string(), truthy: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const EXAMPLE: &str = "version: 1
+flow:
+  graph: |
+    add_one >> to_text
+  defaults:
+    x: 1
+tasks:
+  add_one: {callable: pyoco_server._workflow_test_tasks:add_one}
+  to_text: {callable: pyoco_server._workflow_test_tasks:to_text}
+";
+
+    fn code(yaml: &str) -> String {
+        parse_workflow_yaml(yaml.as_bytes(), true).expect_err("must be refused").code
+    }
+
+    fn defaults(yaml: &str) -> Value {
+        Value::Object(parse_workflow_yaml(yaml.as_bytes(), true).expect("accepted").defaults)
+    }
+
+    #[test]
+    fn flow_yaml_accepts_contract_example() {
+        let w = parse_workflow_yaml(EXAMPLE.as_bytes(), true).unwrap();
+        assert_eq!(w.version, 1);
+        assert_eq!(w.graph, "add_one >> to_text\n");
+        assert_eq!(Value::Object(w.defaults.clone()), json!({"x": 1}));
+        assert_eq!(w.size_bytes, EXAMPLE.len());
+        assert_eq!(w.sha256_hex, hex::encode(Sha256::digest(EXAMPLE.as_bytes())));
+        assert_eq!(w.text, EXAMPLE);
+        assert_eq!(w.tasks.len(), 2);
+        assert_eq!(w.tasks[0].name, "add_one");
+        assert_eq!(w.tasks[0].callable.as_deref(), Some("pyoco_server._workflow_test_tasks:add_one"));
+        assert_eq!(w.tasks[1].name, "to_text");
+        assert!(w.tasks[1].inputs.is_empty() && w.tasks[1].outputs.is_empty());
+        assert!(w.expose_env.is_empty());
+        assert!(w.has_flow());
+    }
+
+    #[test]
+    fn flow_yaml_reason_codes() {
+        let g = "flow: {graph: a}\n";
+        let cases: &[(&[u8], &str)] = &[
+            (b"flow: {graph: \xff}\n", "invalid_utf8"),
+            (b"flow: [unclosed\n", "invalid_yaml"),
+            (b"- a\n- b\n", "invalid_yaml_root"),
+            (b"", "invalid_yaml_root"),
+            (b"flows: {}\nflow: {graph: a}\n", "unsupported_key_flows"),
+            (b"discovery: {}\nflow: {graph: a}\n", "unsupported_key_discovery"),
+            (b"flows2: {}\nflow: {graph: a}\n", "unknown_top_level_keys"),
+            (b"version: 1\n", "missing_flow"),
+            (b"flow: a >> b\n", "invalid_flow"),
+            (b"flow: {graph: a, name: x}\n", "unknown_flow_keys"),
+            (b"flow: {graph: '  '}\n", "missing_flow_graph"),
+            (b"flow: {graph: a, defaults: [1]}\n", "invalid_flow_defaults"),
+            (b"flow: {graph: a}\ntasks: [a]\n", "invalid_tasks"),
+            (b"flow: {graph: a}\ntasks: {1: {}}\n", "invalid_task_name"),
+            (b"flow: {graph: a}\ntasks: {a: m:f}\n", "invalid_task_config"),
+            (b"flow: {graph: a}\ntasks: {a: {use: x}}\n", "unknown_task_keys"),
+            (b"flow: {graph: a}\ntasks: {a: {callable: nocolon}}\n", "invalid_task_callable"),
+            (b"flow: {graph: a}\ntasks: {a: {inputs: [x]}}\n", "invalid_task_inputs"),
+            (b"flow: {graph: a}\ntasks: {a: {outputs: [1]}}\n", "invalid_task_outputs"),
+            (b"flow: {graph: a}\nruntime: [x]\n", "invalid_runtime"),
+            (b"flow: {graph: a}\nruntime: {env: [x]}\n", "unknown_runtime_keys"),
+            (b"flow: {graph: a}\nruntime: {expose_env: HOME}\n", "invalid_runtime_expose_env"),
+            (b"flow: {graph: a}\nversion: one\n", "invalid_version"),
+            (b"flow: {graph: a, defaults: {d: 2024-01-01}}\n", "unserializable_flow_defaults"),
+        ];
+        for (yaml, want) in cases {
+            let got = parse_workflow_yaml(yaml, true).expect_err(&String::from_utf8_lossy(yaml)).code;
+            assert_eq!(&got, want, "for {:?}", String::from_utf8_lossy(yaml));
+        }
+        assert!(parse_workflow_yaml(g.as_bytes(), true).is_ok());
+    }
+
+    #[test]
+    fn flow_yaml_error_display_and_detail() {
+        let e = parse_workflow_yaml(b"flows2: 1\nflow: {graph: a}\n", true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown_top_level_keys: unknown top-level keys: flows2 (allowed: flow, runtime, tasks, version)"
+        );
+        let e = parse_workflow_yaml(b"flow: {graph: a}\ntasks: {a: 1}\n", true).unwrap_err();
+        assert_eq!(e.code, "invalid_task_config");
+        assert!(e.detail.contains("tasks.a"), "{e}");
+    }
+
+    #[test]
+    fn flow_yaml_require_flow_false() {
+        let w = parse_workflow_yaml(b"tasks: {a: {callable: 'm:f'}}\n", false).unwrap();
+        assert_eq!(w.graph, "");
+        assert!(!w.has_flow());
+        assert!(w.defaults.is_empty());
+        assert_eq!(w.tasks.len(), 1);
+        // A present flow is still checked.
+        assert_eq!(parse_workflow_yaml(b"flow: 1\n", false).unwrap_err().code, "invalid_flow");
+        assert_eq!(parse_workflow_yaml(b"flow: null\n", true).unwrap_err().code, "missing_flow");
+    }
+
+    #[test]
+    fn flow_yaml_falsy_sections_default() {
+        let w = parse_workflow_yaml(
+            b"flow: {graph: a, defaults: 0}\ntasks: []\nruntime: ''\n",
+            true,
+        )
+        .unwrap();
+        assert!(w.defaults.is_empty() && w.tasks.is_empty());
+        let w = parse_workflow_yaml(b"flow: {graph: a}\ntasks: {t: {inputs: [], outputs: 0}}\n", true).unwrap();
+        assert!(w.tasks[0].inputs.is_empty() && w.tasks[0].outputs.is_empty());
+    }
+
+    #[test]
+    fn flow_yaml_version_coercion() {
+        let v = |s: &str| parse_workflow_yaml(format!("flow: {{graph: a}}\nversion: {s}\n").as_bytes(), true);
+        assert_eq!(v("2").unwrap().version, 2);
+        assert_eq!(v("'3'").unwrap().version, 3);
+        assert_eq!(v("' 1_0 '").unwrap().version, 10);
+        assert_eq!(v("true").unwrap().version, 1);
+        assert_eq!(v("1.9").unwrap().version, 1);
+        assert_eq!(v("-1.9").unwrap().version, -1);
+        assert_eq!(v("'1.0'").unwrap_err().code, "invalid_version");
+        assert_eq!(v("null").unwrap_err().code, "invalid_version");
+        assert_eq!(v(".inf").unwrap_err().code, "invalid_version");
+        assert_eq!(v("[1]").unwrap_err().code, "invalid_version");
+        assert_eq!(v("2024-01-01").unwrap_err().code, "invalid_version");
+    }
+
+    #[test]
+    fn flow_yaml_yaml11_scalars() {
+        let d = defaults(
+            "flow:\n  graph: a\n  defaults:\n    a: yes\n    b: 'yes'\n    c: Off\n    d: y\n    e: 0755\n    f: 0o17\n    g: 1e3\n    h: 1.0e+3\n    i: 1:30\n    j: 0x_1F\n    k: -.5\n    l: .5\n    m: !!str 10\n    n: ~\n    o: 08\n    p: 1_000\n",
+        );
+        assert_eq!(
+            d,
+            json!({"a": true, "b": "yes", "c": false, "d": "y", "e": 493, "f": "0o17", "g": "1e3",
+                   "h": 1000.0, "i": 90, "j": 31, "k": "-.5", "l": 0.5, "m": "10", "n": null,
+                   "o": "08", "p": 1000})
+        );
+    }
+
+    #[test]
+    fn flow_yaml_keys_and_merges() {
+        let d = defaults("flow:\n  graph: a\n  defaults: {1: a, 1.5: b, true: c, null: d, 1e3: e}\n");
+        assert_eq!(d, json!({"1": "c", "1.5": "b", "null": "d", "1e3": "e"}));
+        let d = defaults(
+            "flow:\n  graph: a\n  defaults:\n    <<: [{x: 1, yy: 1}, {x: 2, yy: 2, z: 2}]\n    z: 3\n",
+        );
+        assert_eq!(d, json!({"x": 1, "yy": 2, "z": 3}));
+        assert_eq!(code("flow: {graph: a, defaults: {? [a] : 1}}\n"), "invalid_yaml");
+        assert_eq!(code("flow: {graph: a, defaults: {x: !foo 1}}\n"), "invalid_yaml");
+        assert_eq!(code("flow: {graph: a, defaults: {x: !!python/tuple 1}}\n"), "invalid_yaml");
+        assert_eq!(code("flow: {graph: a, defaults: {x: =}}\n"), "invalid_yaml");
+        assert_eq!(code("flow: {graph: a, defaults: {x: 2024-02-30}}\n"), "invalid_yaml");
+        assert_eq!(code("flow: {graph: a}\n---\nflow: {graph: b}\n"), "invalid_yaml");
+    }
+
+    #[test]
+    fn flow_yaml_float_repr() {
+        for (f, want) in [
+            (1.0, "1.0"),
+            (1.5, "1.5"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (1e-5, "1e-05"),
+            (0.0001, "0.0001"),
+            (-2.5e-7, "-2.5e-07"),
+            (123456789.125, "123456789.125"),
+            (1.2345e20, "1.2345e+20"),
+        ] {
+            assert_eq!(py_float_repr(f), want);
+        }
+    }
+}

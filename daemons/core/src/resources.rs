@@ -1,1 +1,266 @@
-//! (in progress)
+//! JetStream resources of the product (contract §0): names, creation, drift reporting.
+//!
+//! Like the original, an existing resource is never changed. Unlike the original, a resource
+//! whose configuration differs from what this process would create is reported (with both
+//! values) so an operator sees the drift instead of a silently ignored setting.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, context::GetStreamErrorKind, kv, object_store, stream, Context,
+};
+
+use crate::config::Config;
+
+/// Work-queue stream name; fixed in the original (not configurable).
+pub const WORK_STREAM: &str = "PYOCO_WORK";
+/// Durable consumer name prefix; fixed in the original.
+pub const CONSUMER_PREFIX: &str = "pyoco_workers";
+
+/// Every resource name, resolved from the configuration once.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub work_stream: String,
+    pub work_subject_prefix: String,
+    pub dlq_stream: String,
+    pub dlq_subject_prefix: String,
+    pub runs_bucket: String,
+    pub workers_bucket: String,
+    pub auth_bucket: String,
+    pub wheels_bucket: String,
+    pub wheel_history_bucket: String,
+    pub idempotency_bucket: String,
+}
+
+impl Names {
+    pub fn from_config(cfg: &Config) -> Names {
+        Names {
+            work_stream: WORK_STREAM.to_string(),
+            work_subject_prefix: cfg.work_subject_prefix.clone(),
+            dlq_stream: cfg.dlq_stream.clone(),
+            dlq_subject_prefix: cfg.dlq_subject_prefix.clone(),
+            runs_bucket: cfg.runs_kv_bucket.clone(),
+            workers_bucket: cfg.workers_kv_bucket.clone(),
+            auth_bucket: cfg.auth_kv_bucket.clone(),
+            wheels_bucket: cfg.wheel_object_store_bucket.clone(),
+            wheel_history_bucket: cfg.wheel_history_kv_bucket.clone(),
+            idempotency_bucket: cfg.idempotency_kv_bucket.clone(),
+        }
+    }
+
+    pub fn work_subject(&self, tag: &str) -> String {
+        format!("{}.{}", self.work_subject_prefix, tag)
+    }
+
+    pub fn dlq_subject(&self, tag: &str) -> String {
+        format!("{}.{}", self.dlq_subject_prefix, tag)
+    }
+
+    pub fn consumer_name(tag: &str) -> String {
+        format!("{CONSUMER_PREFIX}_{tag}")
+    }
+
+    /// The product's streams, for backup and doctor: work queue, DLQ, KV and object stores.
+    pub fn all_streams(&self) -> Vec<String> {
+        let mut v = vec![self.work_stream.clone(), self.dlq_stream.clone()];
+        for b in [
+            &self.runs_bucket, &self.workers_bucket, &self.auth_bucket,
+            &self.wheel_history_bucket, &self.idempotency_bucket,
+        ] {
+            v.push(format!("KV_{b}"));
+        }
+        v.push(format!("OBJ_{}", self.wheels_bucket));
+        v
+    }
+}
+
+/// One difference between an existing resource and what this process expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drift {
+    pub resource: String,
+    pub field: &'static str,
+    pub expected: String,
+    pub actual: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} has {}={} but this configuration expects {} (kept as is; recreate it or change the configuration to match)",
+            self.resource, self.field, self.actual, self.expected
+        )
+    }
+}
+
+/// Handles on the buckets the daemons use, bound after `ensure`.
+#[derive(Clone)]
+pub struct Resources {
+    pub js: Context,
+    pub names: Names,
+    pub runs: kv::Store,
+    pub workers: kv::Store,
+    pub auth: kv::Store,
+    pub wheel_history: kv::Store,
+    pub idempotency: kv::Store,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{resource}: {message}")]
+pub struct EnsureError {
+    pub resource: String,
+    pub message: String,
+}
+
+fn secs(v: f64) -> Duration {
+    if v > 0.0 { Duration::from_secs_f64(v) } else { Duration::ZERO }
+}
+
+/// Stream configurations as the original creates them.
+pub fn work_stream_config(n: &Names) -> stream::Config {
+    stream::Config {
+        name: n.work_stream.clone(),
+        subjects: vec![format!("{}.>", n.work_subject_prefix)],
+        retention: stream::RetentionPolicy::WorkQueue,
+        // Nats-Msg-Id = run_id makes a re-sent submit harmless within this window.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+pub fn dlq_stream_config(n: &Names, cfg: &Config) -> stream::Config {
+    stream::Config {
+        name: n.dlq_stream.clone(),
+        subjects: vec![format!("{}.>", n.dlq_subject_prefix)],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: secs(cfg.dlq_max_age_sec),
+        max_messages: cfg.dlq_max_msgs,
+        max_bytes: cfg.dlq_max_bytes,
+        ..Default::default()
+    }
+}
+
+/// (bucket, ttl) of every KV bucket, history 1 like the original.
+pub fn kv_buckets(n: &Names, cfg: &Config) -> Vec<(String, Duration)> {
+    vec![
+        (n.runs_bucket.clone(), Duration::ZERO),
+        (n.workers_bucket.clone(), secs(cfg.workers_kv_ttl_sec)),
+        (n.auth_bucket.clone(), Duration::ZERO),
+        (n.wheel_history_bucket.clone(), secs(cfg.wheel_history_ttl_sec)),
+        (n.idempotency_bucket.clone(), secs(cfg.idempotency_ttl_sec)),
+    ]
+}
+
+fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), GetStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Looks a stream up; `Ok(None)` when it does not exist.
+async fn stream_info(js: &Context, name: &str) -> Result<Option<stream::Info>, EnsureError> {
+    match js.get_stream(name).await {
+        Ok(s) => Ok(Some(s.cached_info().clone())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(EnsureError { resource: name.to_string(), message: e.to_string() }),
+    }
+}
+
+fn compare(resource: &str, expected: &stream::Config, actual: &stream::Config, out: &mut Vec<Drift>) {
+    let mut push = |field: &'static str, e: String, a: String| {
+        if e != a {
+            out.push(Drift { resource: resource.to_string(), field, expected: e, actual: a });
+        }
+    };
+    if !expected.subjects.is_empty() {
+        push("subjects", format!("{:?}", expected.subjects), format!("{:?}", actual.subjects));
+    }
+    push("retention", format!("{:?}", expected.retention), format!("{:?}", actual.retention));
+    push("max_age", format!("{:?}", expected.max_age), format!("{:?}", actual.max_age));
+    push("max_messages", expected.max_messages.to_string(), actual.max_messages.to_string());
+    push("max_bytes", expected.max_bytes.to_string(), actual.max_bytes.to_string());
+    push(
+        "max_messages_per_subject",
+        expected.max_messages_per_subject.to_string(),
+        actual.max_messages_per_subject.to_string(),
+    );
+}
+
+/// Creates what is missing, reports drift of what exists, and binds the buckets.
+pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>), EnsureError> {
+    let names = Names::from_config(cfg);
+    let mut drift = Vec::new();
+    let err = |resource: &str, e: &dyn std::fmt::Display| EnsureError {
+        resource: resource.to_string(),
+        message: e.to_string(),
+    };
+
+    for expected in [work_stream_config(&names), dlq_stream_config(&names, cfg)] {
+        match stream_info(js, &expected.name).await? {
+            Some(info) => {
+                // The duplicate window is ours alone; an original-created stream has 2 min too.
+                compare(&expected.name, &expected, &info.config, &mut drift)
+            }
+            None => {
+                if let Err(e) = js.create_stream(expected.clone()).await {
+                    // Another process may have created it between our look-up and create.
+                    if stream_info(js, &expected.name).await?.is_none() {
+                        return Err(err(&expected.name, &e));
+                    }
+                }
+            }
+        }
+    }
+
+    for (bucket, ttl) in kv_buckets(&names, cfg) {
+        let stream_name = format!("KV_{bucket}");
+        let kv_config = kv::Config { bucket: bucket.clone(), history: 1, max_age: ttl, ..Default::default() };
+        match stream_info(js, &stream_name).await? {
+            Some(info) => {
+                let expected = stream::Config {
+                    max_age: ttl,
+                    max_messages_per_subject: 1,
+                    max_messages: info.config.max_messages,
+                    max_bytes: info.config.max_bytes,
+                    retention: info.config.retention,
+                    ..Default::default()
+                };
+                compare(&stream_name, &expected, &info.config, &mut drift);
+            }
+            None => {
+                if let Err(e) = js.create_key_value(kv_config).await {
+                    if stream_info(js, &stream_name).await?.is_none() {
+                        return Err(err(&stream_name, &e));
+                    }
+                }
+            }
+        }
+    }
+
+    let obj_stream = format!("OBJ_{}", names.wheels_bucket);
+    if stream_info(js, &obj_stream).await?.is_none() {
+        let oc = object_store::Config {
+            bucket: names.wheels_bucket.clone(),
+            max_bytes: cfg.wheel_max_bytes,
+            ..Default::default()
+        };
+        if let Err(e) = js.create_object_store(oc).await {
+            if stream_info(js, &obj_stream).await?.is_none() {
+                return Err(err(&obj_stream, &e));
+            }
+        }
+    }
+
+    let bind = |bucket: String| async move {
+        js.get_key_value(bucket.clone()).await.map_err(|e| err(&format!("KV_{bucket}"), &e))
+    };
+    let resources = Resources {
+        js: js.clone(),
+        runs: bind(names.runs_bucket.clone()).await?,
+        workers: bind(names.workers_bucket.clone()).await?,
+        auth: bind(names.auth_bucket.clone()).await?,
+        wheel_history: bind(names.wheel_history_bucket.clone()).await?,
+        idempotency: bind(names.idempotency_bucket.clone()).await?,
+        names,
+    };
+    Ok((resources, drift))
+}

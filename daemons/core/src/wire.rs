@@ -1,1 +1,240 @@
-//! (in progress)
+//! The JSON documents on the wire (contract §2, §3.6), shared by gateway, worker and pyococtl.
+//!
+//! Documents are handled as ordered JSON maps, not typed structs: a document written by another
+//! version (the Python original, a newer release) is read, changed and written back without
+//! dropping or reordering the fields this code does not know.
+
+use serde_json::{json, Map, Value};
+
+pub type Doc = Map<String, Value>;
+
+/// Run states (contract §2.2).
+pub mod run_status {
+    pub const PENDING: &str = "PENDING";
+    pub const RUNNING: &str = "RUNNING";
+    pub const COMPLETED: &str = "COMPLETED";
+    pub const FAILED: &str = "FAILED";
+    pub const CANCELLING: &str = "CANCELLING";
+    pub const CANCELLED: &str = "CANCELLED";
+    pub const ALL: [&str; 6] = [PENDING, RUNNING, COMPLETED, FAILED, CANCELLING, CANCELLED];
+
+    /// Terminal states are final: nothing may move a run out of them.
+    /// Case-insensitive like the original's `status.upper()` check.
+    pub fn is_terminal(status: &str) -> bool {
+        matches!(status.to_ascii_uppercase().as_str(), COMPLETED | FAILED | CANCELLED)
+    }
+}
+
+/// Worker states (contract §2.2, §3.7).
+pub mod worker_state {
+    pub const RUNNING: &str = "RUNNING";
+    pub const IDLE: &str = "IDLE";
+    pub const STOPPED_GRACEFUL: &str = "STOPPED_GRACEFUL";
+    pub const DISCONNECTED: &str = "DISCONNECTED";
+    pub const ALL: [&str; 4] = [RUNNING, IDLE, STOPPED_GRACEFUL, DISCONNECTED];
+}
+
+/// Keys of a list summary item, in the original's order (contract §1.3 `GET /runs`).
+pub const SUMMARY_KEYS: [&str; 11] = [
+    "run_id", "flow_name", "tag", "tags", "tenant_id", "api_key_id", "status", "updated_at",
+    "heartbeat_at", "worker_id", "error",
+];
+
+/// Tag rule of the HTTP API: one subject token of `[A-Za-z0-9_-]`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// NATS KV key rule (`[-/_=.a-zA-Z0-9]+`, no leading or trailing dot).
+pub fn is_valid_kv_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+}
+
+pub fn str_field<'a>(doc: &'a Doc, key: &str) -> Option<&'a str> {
+    doc.get(key).and_then(Value::as_str)
+}
+
+/// A float field the way Python reads it: ints and floats count, anything else is absent.
+pub fn f64_field(doc: &Doc, key: &str) -> Option<f64> {
+    doc.get(key).and_then(Value::as_f64)
+}
+
+/// Fields the gateway puts on a new run and its job, shared by both submit endpoints.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub run_id: String,
+    pub flow_name: String,
+    pub tag: String,
+    pub tags: Vec<String>,
+    pub tenant_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub params: Map<String, Value>,
+    /// (sha256 hex, size) of a submitted flow.yaml
+    pub workflow_yaml: Option<(String, usize)>,
+    pub workflow_yaml_text: Option<String>,
+    /// Optional run timeout (ours; the original ignores the field)
+    pub timeout_sec: Option<f64>,
+    pub now: f64,
+}
+
+impl NewRun {
+    /// The gateway's initial PENDING snapshot, keys in the original's order (contract §2.1).
+    pub fn initial_snapshot(&self) -> Doc {
+        let mut d = Doc::new();
+        d.insert("run_id".into(), json!(self.run_id));
+        d.insert("flow_name".into(), json!(self.flow_name));
+        d.insert("tag".into(), json!(self.tag));
+        d.insert("tags".into(), json!(self.tags));
+        d.insert("tenant_id".into(), json!(self.tenant_id));
+        d.insert("api_key_id".into(), json!(self.api_key_id));
+        if let Some((sha, size)) = &self.workflow_yaml {
+            d.insert("workflow_yaml_sha256".into(), json!(sha));
+            d.insert("workflow_yaml_bytes".into(), json!(size));
+        }
+        d.insert("status".into(), json!(run_status::PENDING));
+        d.insert("params".into(), Value::Object(self.params.clone()));
+        d.insert("tasks".into(), json!({}));
+        d.insert("task_records".into(), json!({}));
+        d.insert("start_time".into(), Value::Null);
+        d.insert("end_time".into(), Value::Null);
+        d.insert("heartbeat_at".into(), json!(self.now));
+        d.insert("updated_at".into(), json!(self.now));
+        d.insert("error".into(), Value::Null);
+        if let Some(t) = self.timeout_sec {
+            d.insert("timeout_sec".into(), json!(t));
+        }
+        d
+    }
+
+    /// The job message published to `pyoco.work.<tag>` (contract §2.5).
+    pub fn job_message(&self) -> Doc {
+        let mut d = Doc::new();
+        d.insert("run_id".into(), json!(self.run_id));
+        d.insert("flow_name".into(), json!(self.flow_name));
+        d.insert("tag".into(), json!(self.tag));
+        d.insert("tags".into(), json!(self.tags));
+        d.insert("tenant_id".into(), json!(self.tenant_id));
+        d.insert("api_key_id".into(), json!(self.api_key_id));
+        d.insert("params".into(), Value::Object(self.params.clone()));
+        d.insert("submitted_at".into(), json!(self.now));
+        if let (Some(text), Some((sha, size))) = (&self.workflow_yaml_text, &self.workflow_yaml) {
+            d.insert("workflow_yaml".into(), json!(text));
+            d.insert("workflow_yaml_sha256".into(), json!(sha));
+            d.insert("workflow_yaml_bytes".into(), json!(size));
+        }
+        if let Some(t) = self.timeout_sec {
+            d.insert("timeout_sec".into(), json!(t));
+        }
+        d
+    }
+}
+
+/// What `GET /runs` shows of a run without `include=full` (only the keys present).
+pub fn run_summary(snapshot: &Doc) -> Doc {
+    SUMMARY_KEYS
+        .iter()
+        .filter_map(|k| snapshot.get(*k).map(|v| ((*k).to_string(), v.clone())))
+        .collect()
+}
+
+/// The snapshot as `GET /runs/{id}` returns it: `task_records` only when asked for.
+pub fn run_view(snapshot: &Doc, with_records: bool) -> Doc {
+    let mut out = snapshot.clone();
+    if !with_records {
+        out.remove("task_records");
+        out.remove("task_records_truncated");
+    }
+    out
+}
+
+/// A worker record normalized as the original does (contract §3.7), with its effective state.
+pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &'static str) {
+    let mut d = raw.clone();
+    let stored = match str_field(raw, "state").map(str::to_ascii_uppercase).as_deref() {
+        Some("RUNNING") => worker_state::RUNNING,
+        Some("STOPPED_GRACEFUL") => worker_state::STOPPED_GRACEFUL,
+        Some("DISCONNECTED") => worker_state::DISCONNECTED,
+        _ => worker_state::IDLE,
+    };
+    let truthy = |k: &str| f64_field(raw, k).filter(|v| *v != 0.0);
+    let last_seen = truthy("last_seen_at").or_else(|| truthy("heartbeat_at")).unwrap_or(0.0);
+    let last_hb = truthy("last_heartbeat_at").or_else(|| truthy("heartbeat_at")).unwrap_or(last_seen);
+    d.insert("state".into(), json!(stored));
+    d.insert("hidden".into(), json!(raw.get("hidden").map(is_truthy).unwrap_or(false)));
+    let tags: Vec<Value> = match raw.get("tags") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(str::trim).filter(|s| !s.is_empty()).map(|s| json!(s)))
+            .collect(),
+        _ => vec![],
+    };
+    d.insert("tags".into(), Value::Array(tags));
+    d.insert("last_seen_at".into(), json!(last_seen));
+    d.insert("last_heartbeat_at".into(), json!(last_hb));
+    d.insert("heartbeat_at".into(), json!(last_hb));
+    for k in [
+        "current_run_id", "last_run_id", "last_run_status", "last_run_started_at",
+        "last_run_finished_at", "stopped_at", "stop_reason",
+    ] {
+        d.entry(k.to_string()).or_insert(Value::Null);
+    }
+    let updated = f64_field(raw, "updated_at").unwrap_or(0.0);
+    d.insert("updated_at".into(), json!(updated));
+    let effective = match stored {
+        worker_state::STOPPED_GRACEFUL | worker_state::DISCONNECTED => stored,
+        _ if disconnect_timeout > 0.0 && now - last_seen > disconnect_timeout => {
+            worker_state::DISCONNECTED
+        }
+        _ => stored,
+    };
+    (d, effective)
+}
+
+/// Python truthiness of a JSON value.
+pub fn is_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0).unwrap_or(true),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+pub fn worker_alive(effective: &str) -> bool {
+    matches!(effective, worker_state::RUNNING | worker_state::IDLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys() {
+        assert!(is_valid_kv_key("0b8f6c1e-7c1d-4d0e-9a49-0e0e6c1f0d2a"));
+        assert!(!is_valid_kv_key("a b"));
+        assert!(!is_valid_kv_key(".a"));
+        assert!(!is_valid_kv_key("a*"));
+        assert!(!is_valid_kv_key(""));
+    }
+
+    #[test]
+    fn worker_disconnected_after_timeout() {
+        let raw: Doc = serde_json::from_value(json!({"worker_id":"w","state":"IDLE","last_seen_at":100.0})).unwrap();
+        assert_eq!(normalize_worker(&raw, 110.0, 20.0).1, "IDLE");
+        assert_eq!(normalize_worker(&raw, 121.0, 20.0).1, "DISCONNECTED");
+        let raw: Doc = serde_json::from_value(json!({"state":"STOPPED_GRACEFUL","last_seen_at":1.0})).unwrap();
+        assert_eq!(normalize_worker(&raw, 1000.0, 20.0).1, "STOPPED_GRACEFUL");
+    }
+
+    #[test]
+    fn summary_keeps_only_present_keys_in_order() {
+        let snap: Doc = serde_json::from_value(json!({"status":"PENDING","run_id":"r","params":{},"tag":"t"})).unwrap();
+        let s = run_summary(&snap);
+        assert_eq!(s.keys().collect::<Vec<_>>(), vec!["run_id", "tag", "status"]);
+    }
+}

@@ -1,0 +1,114 @@
+//! Shared state of the gateway and its router.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use async_nats::jetstream::kv;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use pyoco_core::config::Config;
+use pyoco_core::resources::Resources;
+use serde_json::json;
+
+use crate::auth::{Auth, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::index::{RunIndex, WorkerIndex};
+use crate::metrics::Metrics;
+use crate::{runs, sse, workers};
+
+pub struct AppState {
+    pub cfg: Config,
+    pub client: async_nats::Client,
+    /// Bound once the resources are ensured; `None` while NATS has not been reached yet.
+    pub resources: RwLock<Option<Resources>>,
+    pub runs: Arc<RunIndex>,
+    pub workers: Arc<WorkerIndex>,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// The bound resources, or 503 `nats unavailable: …` while NATS is unreachable.
+    pub fn res(&self) -> ApiResult<Resources> {
+        if !pyoco_core::nats::is_connected(&self.client) {
+            return Err(ApiError::nats("not connected"));
+        }
+        self.resources.read().unwrap().clone().ok_or_else(|| ApiError::nats("resources not ready"))
+    }
+
+    fn auth_store(&self) -> Option<kv::Store> {
+        self.resources.read().unwrap().as_ref().map(|r| r.auth.clone())
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Option<Principal>> {
+        if !self.auth.enabled {
+            return Ok(None);
+        }
+        let store = self.auth_store();
+        self.auth.check(headers, store.as_ref()).await
+    }
+
+    pub fn nats_connected(&self) -> bool {
+        pyoco_core::nats::is_connected(&self.client)
+    }
+}
+
+pub fn router(state: SharedState) -> Router {
+    let yaml_limit = (state.cfg.workflow_yaml_max_bytes.max(0) as usize) + 1024 * 1024;
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/runs", post(runs::submit).get(runs::list))
+        .route(
+            "/runs/yaml",
+            post(runs::submit_yaml).layer(axum::extract::DefaultBodyLimit::max(yaml_limit)),
+        )
+        .route("/runs/{run_id}", get(runs::get_run))
+        .route("/runs/{run_id}/tasks", get(runs::get_tasks))
+        .route("/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/runs/{run_id}/watch", get(sse::watch))
+        .route("/workers", get(workers::list))
+        .route("/workers/{worker_id}", axum::routing::patch(workers::patch))
+        .route("/metrics", get(crate::metrics_route::metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track_http))
+        .with_state(state)
+}
+
+async fn health(State(state): State<SharedState>) -> Response {
+    let nats = if state.nats_connected() { "connected" } else { "disconnected" };
+    axum::Json(json!({"status": "ok", "nats": nats})).into_response()
+}
+
+/// The OpenAPI document, kept in `docs/openapi.json` and compiled in.
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../../../docs/openapi.json"),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("Not Found")
+}
+
+/// Counts every request by route template, method and status for `/metrics`.
+async fn track_http(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.on_http(&route, &method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}

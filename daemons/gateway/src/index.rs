@@ -1,0 +1,391 @@
+//! In-memory indexes of the runs and workers buckets, kept current by KV watches.
+//!
+//! At start (and after any watch failure) a watch with `LastPerSubject` delivery replays the
+//! current value of every key, then follows changes. Listing, filtering, paging, `/metrics` and
+//! `/workers` read these indexes; no request scans a bucket. Another gateway's writes arrive
+//! through the same watch within milliseconds.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures::StreamExt;
+use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// Sort key of `GET /runs`: `(updated_at, run_id)` descending, so iteration order is list order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    pub updated_at: f64,
+    pub run_id: String,
+}
+
+impl Eq for SortKey {}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .updated_at
+            .total_cmp(&self.updated_at)
+            .then_with(|| other.run_id.cmp(&self.run_id))
+    }
+}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    pub snapshot: Arc<Doc>,
+    pub revision: u64,
+    pub updated_at: f64,
+    pub status: String,
+    /// `updated_at` of the first PENDING snapshot seen: the submit time, for queue-wait metrics.
+    pub pending_since: Option<f64>,
+    generation: u64,
+}
+
+/// Equality filters of `GET /runs` (empty = no filter) plus the tenant of the caller.
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub status: Option<String>,
+    pub flow: Option<String>,
+    pub tag: Option<String>,
+    pub workflow_yaml_sha256: Option<String>,
+    /// Some(tenant) when auth is on: only that tenant's runs.
+    pub tenant: Option<Option<String>>,
+}
+
+impl RunFilter {
+    fn matches(&self, snap: &Doc) -> bool {
+        let eq = |want: &Option<String>, key: &str| match want {
+            None => true,
+            Some(w) => str_field(snap, key) == Some(w.as_str()),
+        };
+        if let Some(tenant) = &self.tenant {
+            if str_field(snap, "tenant_id").map(str::to_string) != *tenant {
+                return false;
+            }
+        }
+        eq(&self.status, "status") && eq(&self.flow, "flow_name") && eq(&self.tag, "tag")
+            && eq(&self.workflow_yaml_sha256, "workflow_yaml_sha256")
+    }
+}
+
+#[derive(Default)]
+struct RunsInner {
+    by_id: HashMap<String, RunEntry>,
+    order: BTreeSet<SortKey>,
+    status_counts: HashMap<String, u64>,
+    generation: u64,
+}
+
+/// The runs index plus per-run change notifications for SSE.
+pub struct RunIndex {
+    inner: RwLock<RunsInner>,
+    /// run_id → revision of the latest change; SSE connections subscribe here.
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    loaded: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn status_of(snap: &Doc) -> String {
+    str_field(snap, "status").unwrap_or("UNKNOWN").to_string()
+}
+
+impl RunIndex {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<RunIndex> {
+        Arc::new(RunIndex {
+            inner: RwLock::default(),
+            watchers: Mutex::default(),
+            loaded: watch::channel(false).0,
+            metrics,
+        })
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap().by_id.len()
+    }
+
+    /// Waits until the initial replay finished (for readiness and tests).
+    pub async fn wait_loaded(&self) {
+        let mut rx = self.loaded.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
+    pub fn get(&self, run_id: &str) -> Option<RunEntry> {
+        self.inner.read().unwrap().by_id.get(run_id).cloned()
+    }
+
+    /// Applies one KV change. `live` is false during the initial replay (no metric events then).
+    fn apply(&self, key: &str, op: Operation, value: &[u8], revision: u64, live: bool) {
+        let mut inner = self.inner.write().unwrap();
+        let generation = inner.generation;
+        let old = inner.by_id.remove(key);
+        if let Some(old) = &old {
+            inner.order.remove(&SortKey { updated_at: old.updated_at, run_id: key.to_string() });
+            if let Some(c) = inner.status_counts.get_mut(&old.status) {
+                *c = c.saturating_sub(1);
+            }
+        }
+        if op == Operation::Put {
+            let Ok(snapshot) = serde_json::from_slice::<Doc>(value) else {
+                // Not a JSON object: skipped like the original skips undecodable entries.
+                drop(inner);
+                self.notify(key, revision);
+                return;
+            };
+            let status = status_of(&snapshot);
+            let updated_at = f64_field(&snapshot, "updated_at").unwrap_or(0.0);
+            let pending_since = old.as_ref().and_then(|o| o.pending_since).or_else(|| {
+                (status == run_status::PENDING).then_some(updated_at)
+            });
+            if live {
+                self.metrics.on_run_change(old.as_ref().map(|o| (o.status.as_str(), o.snapshot.as_ref())), &snapshot, pending_since);
+            }
+            *inner.status_counts.entry(status.clone()).or_default() += 1;
+            inner.order.insert(SortKey { updated_at, run_id: key.to_string() });
+            inner.by_id.insert(
+                key.to_string(),
+                RunEntry { snapshot: Arc::new(snapshot), revision, updated_at, status, pending_since, generation },
+            );
+        }
+        drop(inner);
+        self.notify(key, revision);
+    }
+
+    fn notify(&self, key: &str, revision: u64) {
+        let mut watchers = self.watchers.lock().unwrap();
+        if let Some(tx) = watchers.get(key) {
+            if tx.send(revision).is_err() {
+                watchers.remove(key);
+            }
+        }
+    }
+
+    /// A receiver that changes whenever the run's key changes (value = new revision).
+    pub fn subscribe(&self, run_id: &str) -> watch::Receiver<u64> {
+        let mut watchers = self.watchers.lock().unwrap();
+        watchers.retain(|_, tx| tx.receiver_count() > 0);
+        watchers.entry(run_id.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// One page of `GET /runs`: items in `(updated_at, run_id)` descending order, after the
+    /// cursor, newer than `updated_after`; `more` says whether another matching item follows.
+    pub fn page(
+        &self,
+        filter: &RunFilter,
+        updated_after: Option<f64>,
+        cursor: Option<&SortKey>,
+        limit: usize,
+    ) -> (Vec<Arc<Doc>>, bool) {
+        let inner = self.inner.read().unwrap();
+        let iter: Box<dyn Iterator<Item = &SortKey>> = match cursor {
+            Some(c) => Box::new(inner.order.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))),
+            None => Box::new(inner.order.iter()),
+        };
+        let mut out = Vec::with_capacity(limit.min(256));
+        for key in iter {
+            if let Some(after) = updated_after {
+                // Sorted descending: nothing newer than `after` follows.
+                if key.updated_at.partial_cmp(&after) != Some(Ordering::Greater) {
+                    break;
+                }
+            }
+            let entry = &inner.by_id[&key.run_id];
+            if !filter.matches(&entry.snapshot) {
+                continue;
+            }
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(entry.snapshot.clone());
+        }
+        (out, false)
+    }
+
+    /// Count of runs per status.
+    pub fn status_counts(&self) -> Vec<(String, u64)> {
+        let inner = self.inner.read().unwrap();
+        let mut v: Vec<_> = inner.status_counts.iter().filter(|(_, n)| **n > 0).map(|(s, n)| (s.clone(), *n)).collect();
+        v.sort();
+        v
+    }
+
+    /// Count per status of runs updated at or after `since` (newest first, so this stops early).
+    pub fn status_counts_since(&self, since: f64) -> Vec<(String, u64)> {
+        let inner = self.inner.read().unwrap();
+        let mut m: HashMap<String, u64> = HashMap::new();
+        for key in inner.order.iter() {
+            if key.updated_at < since {
+                break;
+            }
+            *m.entry(inner.by_id[&key.run_id].status.clone()).or_default() += 1;
+        }
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// PENDING runs per tag (queue depth as the gateway sees it).
+    pub fn pending_by_tag(&self) -> Vec<(String, u64)> {
+        let inner = self.inner.read().unwrap();
+        let mut m: HashMap<String, u64> = HashMap::new();
+        for e in inner.by_id.values().filter(|e| e.status == run_status::PENDING) {
+            *m.entry(str_field(&e.snapshot, "tag").unwrap_or("").to_string()).or_default() += 1;
+        }
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// Terminal runs last updated before `cutoff`, with their revision (for retention).
+    pub fn terminal_before(&self, cutoff: f64, max: usize) -> Vec<(String, u64)> {
+        let inner = self.inner.read().unwrap();
+        inner
+            .order
+            .iter()
+            .rev()
+            .take_while(|k| k.updated_at < cutoff)
+            .filter_map(|k| {
+                let e = &inner.by_id[&k.run_id];
+                run_status::is_terminal(&e.status).then(|| (k.run_id.clone(), e.revision))
+            })
+            .take(max)
+            .collect()
+    }
+
+    fn begin_replay(&self) -> u64 {
+        let mut inner = self.inner.write().unwrap();
+        inner.generation += 1;
+        inner.generation
+    }
+
+    /// Drops entries the last replay did not deliver (deleted while the watch was down).
+    fn finish_replay(&self, generation: u64) {
+        let mut inner = self.inner.write().unwrap();
+        let stale: Vec<String> = inner.by_id.iter().filter(|(_, e)| e.generation < generation).map(|(k, _)| k.clone()).collect();
+        for key in &stale {
+            if let Some(e) = inner.by_id.remove(key) {
+                inner.order.remove(&SortKey { updated_at: e.updated_at, run_id: key.clone() });
+                if let Some(c) = inner.status_counts.get_mut(&e.status) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        }
+        drop(inner);
+        for key in &stale {
+            self.notify(key, 0);
+        }
+        self.loaded.send_replace(true);
+    }
+}
+
+/// The workers index: raw stored records, normalized at read time (the effective state
+/// depends on the current time).
+#[derive(Default)]
+pub struct WorkerIndex {
+    inner: RwLock<HashMap<String, (Arc<Doc>, u64, u64)>>,
+    generation: Mutex<u64>,
+}
+
+impl WorkerIndex {
+    pub fn all(&self) -> Vec<(Arc<Doc>, u64)> {
+        self.inner.read().unwrap().values().map(|(d, rev, _)| (d.clone(), *rev)).collect()
+    }
+
+    pub fn get(&self, worker_id: &str) -> Option<Arc<Doc>> {
+        self.inner.read().unwrap().get(worker_id).map(|(d, _, _)| d.clone())
+    }
+
+    fn apply(&self, key: &str, op: Operation, value: &[u8], revision: u64) {
+        let generation = *self.generation.lock().unwrap();
+        let mut inner = self.inner.write().unwrap();
+        match (op, serde_json::from_slice::<Doc>(value)) {
+            (Operation::Put, Ok(doc)) => {
+                inner.insert(key.to_string(), (Arc::new(doc), revision, generation));
+            }
+            _ => {
+                inner.remove(key);
+            }
+        }
+    }
+}
+
+/// What a follower feeds: the run index, the worker index, or a callback (auth cache).
+pub trait Follower: Send + Sync + 'static {
+    fn begin(&self) -> u64;
+    fn entry(&self, key: &str, op: Operation, value: &[u8], revision: u64, live: bool);
+    fn finish(&self, generation: u64);
+}
+
+impl Follower for RunIndex {
+    fn begin(&self) -> u64 {
+        self.begin_replay()
+    }
+    fn entry(&self, key: &str, op: Operation, value: &[u8], revision: u64, live: bool) {
+        self.apply(key, op, value, revision, live)
+    }
+    fn finish(&self, generation: u64) {
+        self.finish_replay(generation)
+    }
+}
+
+impl Follower for WorkerIndex {
+    fn begin(&self) -> u64 {
+        let mut g = self.generation.lock().unwrap();
+        *g += 1;
+        *g
+    }
+    fn entry(&self, key: &str, op: Operation, value: &[u8], revision: u64, _live: bool) {
+        self.apply(key, op, value, revision)
+    }
+    fn finish(&self, generation: u64) {
+        self.inner.write().unwrap().retain(|_, (_, _, g)| *g >= generation);
+    }
+}
+
+/// Follows a bucket forever: replay, then live changes; any failure restarts with a replay.
+pub async fn follow_bucket<F: Follower>(store: kv::Store, follower: Arc<F>, label: &'static str) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match follow_once(&store, follower.as_ref()).await {
+            Ok(()) => tracing::warn!(bucket = label, "KV watch ended; restarting"),
+            Err(e) => tracing::warn!(bucket = label, error = %e, "KV watch failed; restarting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn follow_once<F: Follower>(store: &kv::Store, follower: &F) -> Result<(), String> {
+    let mut stream = store.stream.clone();
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    let empty = info.state.messages == 0;
+    let mut watch = store.watch_with_history(">").await.map_err(|e| e.to_string())?;
+    let generation = follower.begin();
+    let mut replaying = !empty;
+    if empty {
+        follower.finish(generation);
+    }
+    while let Some(next) = watch.next().await {
+        let entry = next.map_err(|e| e.to_string())?;
+        follower.entry(&entry.key, entry.operation, &entry.value, entry.revision, !replaying);
+        if replaying && entry.delta == 0 {
+            replaying = false;
+            follower.finish(generation);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! `GET /metrics`: the original's four gauges first (same names, help texts and order, contract
+//! §7), then what operators need: submit/finish counters, run duration and queue-wait
+//! histograms, queue depth per tag, HTTP request counts and latencies. Everything comes from
+//! memory: the run index, the worker index and counters updated by the KV watch.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
+
+const RUN_BUCKETS: [f64; 14] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+struct Inner {
+    submitted: BTreeMap<String, u64>,
+    finished: BTreeMap<(String, String), u64>,
+    run_duration: Histogram,
+    queue_wait: Histogram,
+    http_requests: BTreeMap<(String, String, u16), u64>,
+    http_duration: BTreeMap<String, Histogram>,
+}
+
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            inner: Mutex::new(Inner {
+                submitted: BTreeMap::new(),
+                finished: BTreeMap::new(),
+                run_duration: Histogram::new(&RUN_BUCKETS),
+                queue_wait: Histogram::new(&RUN_BUCKETS),
+                http_requests: BTreeMap::new(),
+                http_duration: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+/// What the original's gauges and our queue gauge need from the indexes.
+pub struct Gauges {
+    pub runs_by_status: Vec<(String, u64)>,
+    pub runs_today_by_status: Vec<(String, u64)>,
+    pub workers_alive: u64,
+    pub dlq_messages: Option<u64>,
+    pub pending_by_tag: Vec<(String, u64)>,
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Called by the run index for every live change (not during the initial replay).
+    pub fn on_run_change(&self, old: Option<(&str, &Doc)>, new: &Doc, pending_since: Option<f64>) {
+        let status = str_field(new, "status").unwrap_or("UNKNOWN");
+        let tag = str_field(new, "tag").unwrap_or("").to_string();
+        let mut m = self.inner.lock().unwrap();
+        let old_status = old.map(|(s, _)| s);
+        if old.is_none() && status == run_status::PENDING {
+            *m.submitted.entry(tag.clone()).or_default() += 1;
+        }
+        let was_terminal = old_status.map(run_status::is_terminal).unwrap_or(false);
+        if run_status::is_terminal(status) && !was_terminal {
+            *m.finished.entry((status.to_ascii_uppercase(), tag)).or_default() += 1;
+            if let (Some(s), Some(e)) = (f64_field(new, "start_time"), f64_field(new, "end_time")) {
+                if e >= s {
+                    m.run_duration.observe(e - s);
+                }
+            }
+        }
+        let had_start = old.map(|(_, d)| f64_field(d, "start_time").is_some()).unwrap_or(false);
+        if let (false, Some(start), Some(since)) = (had_start, f64_field(new, "start_time"), pending_since) {
+            if start >= since {
+                m.queue_wait.observe(start - since);
+            }
+        }
+    }
+
+    pub fn on_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let mut m = self.inner.lock().unwrap();
+        *m.http_requests.entry((route.to_string(), method.to_string(), status)).or_default() += 1;
+        m.http_duration
+            .entry(route.to_string())
+            .or_insert_with(|| Histogram::new(&HTTP_BUCKETS))
+            .observe(seconds);
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let o = &mut out;
+        // The original's four gauges, byte for byte.
+        o.push_str("# HELP pyoco_runs_total Count of runs by status (best-effort from KV).\n# TYPE pyoco_runs_total gauge\n");
+        for (s, n) in &g.runs_by_status {
+            let _ = writeln!(o, "pyoco_runs_total{{status=\"{}\"}} {n}", esc(s));
+        }
+        o.push_str("# HELP pyoco_runs_today_total Count of runs updated today by status (best-effort from KV).\n# TYPE pyoco_runs_today_total gauge\n");
+        for (s, n) in &g.runs_today_by_status {
+            let _ = writeln!(o, "pyoco_runs_today_total{{status=\"{}\"}} {n}", esc(s));
+        }
+        o.push_str("# HELP pyoco_workers_alive_total Count of workers present in TTL KV (best-effort).\n# TYPE pyoco_workers_alive_total gauge\n");
+        let _ = writeln!(o, "pyoco_workers_alive_total {}", g.workers_alive);
+        o.push_str("# HELP pyoco_dlq_messages_total Total DLQ messages in the DLQ stream (best-effort).\n# TYPE pyoco_dlq_messages_total gauge\n");
+        if let Some(n) = g.dlq_messages {
+            let _ = writeln!(o, "pyoco_dlq_messages_total {n}");
+        }
+
+        o.push_str("# HELP pyoco_queue_depth Runs waiting (PENDING) per routing tag.\n# TYPE pyoco_queue_depth gauge\n");
+        for (t, n) in &g.pending_by_tag {
+            let _ = writeln!(o, "pyoco_queue_depth{{tag=\"{}\"}} {n}", esc(t));
+        }
+        let m = self.inner.lock().unwrap();
+        o.push_str("# HELP pyoco_runs_submitted_total Runs submitted since this gateway started (seen on the runs bucket).\n# TYPE pyoco_runs_submitted_total counter\n");
+        for (t, n) in &m.submitted {
+            let _ = writeln!(o, "pyoco_runs_submitted_total{{tag=\"{}\"}} {n}", esc(t));
+        }
+        o.push_str("# HELP pyoco_runs_finished_total Runs that reached a terminal status since this gateway started.\n# TYPE pyoco_runs_finished_total counter\n");
+        for ((s, t), n) in &m.finished {
+            let _ = writeln!(o, "pyoco_runs_finished_total{{status=\"{}\",tag=\"{}\"}} {n}", esc(s), esc(t));
+        }
+        o.push_str("# HELP pyoco_run_duration_seconds Run execution time (end_time - start_time).\n# TYPE pyoco_run_duration_seconds histogram\n");
+        m.run_duration.render(o, "pyoco_run_duration_seconds", "");
+        o.push_str("# HELP pyoco_run_queue_wait_seconds Time from submit to a worker starting the run.\n# TYPE pyoco_run_queue_wait_seconds histogram\n");
+        m.queue_wait.render(o, "pyoco_run_queue_wait_seconds", "");
+        o.push_str("# HELP pyoco_http_requests_total HTTP requests by route, method and status.\n# TYPE pyoco_http_requests_total counter\n");
+        for ((r, meth, s), n) in &m.http_requests {
+            let _ = writeln!(o, "pyoco_http_requests_total{{route=\"{}\",method=\"{meth}\",status=\"{s}\"}} {n}", esc(r));
+        }
+        o.push_str("# HELP pyoco_http_request_duration_seconds HTTP request latency by route.\n# TYPE pyoco_http_request_duration_seconds histogram\n");
+        for (r, h) in &m.http_duration {
+            h.render(o, "pyoco_http_request_duration_seconds", &format!("route=\"{}\"", esc(r)));
+        }
+        out
+    }
+}

@@ -1,0 +1,485 @@
+//! Run endpoints: submit (JSON and flow.yaml), list, get, tasks, cancel (contract §1.3).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use axum::body::Bytes;
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use pyoco_core::flow_yaml;
+use pyoco_core::json::to_ascii_vec;
+use pyoco_core::resources::Resources;
+use pyoco_core::time::now;
+use pyoco_core::wire::{self, f64_field, is_valid_kv_key, is_valid_tag, run_status, str_field, Doc, NewRun};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::app::SharedState;
+use crate::auth::Principal;
+use crate::error::{item, ApiError, ApiResult};
+use crate::index::{RunFilter, SortKey};
+use crate::params::{self, Errors, Query};
+
+const TAG_PATTERN: &str = "^[A-Za-z0-9_-]+$";
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+// ---------------------------------------------------------------------------------------------
+// Submit
+
+/// `POST /runs`: validate like the original's pydantic model, then create the run.
+pub async fn submit(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let obj = params::json_object_body(&headers, &body)?;
+    let mut errs = Errors::default();
+    let flow_name = match obj.get("flow_name") {
+        None => {
+            errs.0.push(item::missing(json!(["body", "flow_name"]), Value::Object(obj.clone())));
+            String::new()
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            errs.0.push(item::too_short(json!(["body", "flow_name"]), json!(s)));
+            String::new()
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            errs.0.push(item::string_type(json!(["body", "flow_name"]), other.clone()));
+            String::new()
+        }
+    };
+    let params_obj = match obj.get("params") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            errs.0.push(item::dict_type(json!(["body", "params"]), other.clone()));
+            Map::new()
+        }
+    };
+    let tag = match obj.get("tag") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if is_valid_tag(s) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            errs.0.push(item::pattern(json!(["body", "tag"]), json!(s), TAG_PATTERN));
+            None
+        }
+        Some(other) => {
+            errs.0.push(item::string_type(json!(["body", "tag"]), other.clone()));
+            None
+        }
+    };
+    let tags: Vec<String> = match obj.get("tags") {
+        None => vec![],
+        Some(Value::Array(a)) => {
+            let mut v = vec![];
+            for (i, t) in a.iter().enumerate() {
+                match t {
+                    Value::String(s) => v.push(s.clone()),
+                    other => errs.0.push(item::string_type(json!(["body", "tags", i]), other.clone())),
+                }
+            }
+            v
+        }
+        Some(other) => {
+            errs.0.push(item::list_type(json!(["body", "tags"]), other.clone()));
+            vec![]
+        }
+    };
+    let timeout_sec = match obj.get("timeout_sec") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(t) if t > 0.0 => Some(t),
+            _ => {
+                errs.0.push(item::gt_float(json!(["body", "timeout_sec"]), Value::Number(n.clone()), 0.0));
+                None
+            }
+        },
+        Some(other) => {
+            errs.0.push(item::float_type(json!(["body", "timeout_sec"]), other.clone()));
+            None
+        }
+    };
+    errs.finish()?;
+    let principal = state.authenticate(&headers).await?;
+    let tag = tag.unwrap_or_else(|| state.cfg.default_tag.clone());
+    let tags = if tags.is_empty() { vec![tag.clone()] } else { tags };
+    let run = new_run(&principal, flow_name, tag, tags, params_obj, None, None, timeout_sec);
+    create_run(&state, &headers, &principal, run).await
+}
+
+/// `POST /runs/yaml`: multipart `workflow` (file), `flow_name`, optional `tag`.
+pub async fn submit_yaml(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let mut workflow: Option<Bytes> = None;
+    let mut flow_name: Option<String> = None;
+    let mut tag: Option<String> = None;
+    let mut too_large = false;
+    if let Ok(mut mp) = multipart {
+        loop {
+            let field = match mp.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    too_large = true;
+                    break;
+                }
+                Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("invalid multipart body: {}", e.body_text()))),
+            };
+            let name = field.name().unwrap_or("").to_string();
+            let data = match field.bytes().await {
+                Ok(d) => d,
+                Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    too_large = true;
+                    break;
+                }
+                Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("invalid multipart body: {}", e.body_text()))),
+            };
+            match name.as_str() {
+                "workflow" => workflow = Some(data),
+                "flow_name" => flow_name = Some(String::from_utf8_lossy(&data).into_owned()),
+                "tag" => tag = Some(String::from_utf8_lossy(&data).into_owned()),
+                _ => {}
+            }
+        }
+    }
+    if too_large {
+        let _ = state.authenticate(&headers).await?;
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "workflow too large"));
+    }
+    let mut errs = Errors::default();
+    if workflow.is_none() {
+        errs.0.push(item::missing(json!(["body", "workflow"]), Value::Null));
+    }
+    if flow_name.is_none() {
+        errs.0.push(item::missing(json!(["body", "flow_name"]), Value::Null));
+    }
+    errs.finish()?;
+    let (workflow, flow_name) = (workflow.unwrap_or_default(), flow_name.unwrap_or_default());
+
+    let principal = state.authenticate(&headers).await?;
+    let tag = tag.filter(|t| !t.is_empty()).unwrap_or_else(|| state.cfg.default_tag.clone()).trim().to_string();
+    if !is_valid_tag(&tag) {
+        return Err(ApiError::unprocessable("invalid tag"));
+    }
+    let max = state.cfg.workflow_yaml_max_bytes;
+    if max > 0 && workflow.len() as i64 > max {
+        tracing::warn!(err_id = "ERR-PYOCO-0016", size_bytes = workflow.len(), max_bytes = max, "workflow yaml too large");
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "workflow too large"));
+    }
+    let parsed = flow_yaml::parse_workflow_yaml(&workflow, true).map_err(|e| {
+        tracing::info!(err_id = "ERR-PYOCO-0002", reason = %e.code, "invalid workflow yaml");
+        ApiError::unprocessable(format!("invalid workflow yaml: {e}"))
+    })?;
+    let flow_name = flow_name.trim().to_string();
+    if flow_name.is_empty() {
+        return Err(ApiError::unprocessable("missing flow_name"));
+    }
+    let run = new_run(
+        &principal,
+        flow_name,
+        tag.clone(),
+        vec![tag],
+        parsed.defaults.clone(),
+        Some((parsed.sha256_hex.clone(), parsed.size_bytes)),
+        Some(parsed.text.clone()),
+        None,
+    );
+    create_run(&state, &headers, &principal, run).await
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_run(
+    principal: &Option<Principal>,
+    flow_name: String,
+    tag: String,
+    tags: Vec<String>,
+    params: Map<String, Value>,
+    workflow_yaml: Option<(String, usize)>,
+    workflow_yaml_text: Option<String>,
+    timeout_sec: Option<f64>,
+) -> NewRun {
+    NewRun {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        flow_name,
+        tag,
+        tags,
+        tenant_id: principal.as_ref().map(|p| p.tenant_id.clone()),
+        api_key_id: principal.as_ref().map(|p| p.api_key_id.clone()),
+        params,
+        workflow_yaml,
+        workflow_yaml_text,
+        timeout_sec,
+        now: now(),
+    }
+}
+
+/// Stores the PENDING snapshot and queues the job. With an `Idempotency-Key` header, a key seen
+/// before (same tenant, within the TTL) returns the first run instead of creating another.
+async fn create_run(state: &SharedState, headers: &HeaderMap, principal: &Option<Principal>, run: NewRun) -> ApiResult<Response> {
+    let res = state.res()?;
+    let job = to_ascii_vec(&run.job_message());
+    let max_payload = state.client.server_info().max_payload;
+    if max_payload > 0 && job.len() > max_payload {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("run too large: the job message is {} bytes, above the NATS max_payload of {max_payload} bytes; send smaller params", job.len()),
+        ));
+    }
+
+    let idem_key = headers
+        .get(IDEMPOTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            let tenant = principal.as_ref().map(|p| p.tenant_id.as_str()).unwrap_or("_");
+            format!("{tenant}.{}", hex::encode(Sha256::digest(k.as_bytes())))
+        });
+    if let Some(key) = &idem_key {
+        if let Some(existing) = claim_idempotency_key(&res.idempotency, key, &run.run_id).await? {
+            let status = match res.runs.get(existing.clone()).await {
+                Ok(Some(b)) => serde_json::from_slice::<Doc>(&b).ok().and_then(|d| str_field(&d, "status").map(str::to_string)),
+                _ => None,
+            }
+            .unwrap_or_else(|| run_status::PENDING.to_string());
+            return Ok(Json(json!({"run_id": existing, "status": status})).into_response());
+        }
+    }
+
+    let snapshot = to_ascii_vec(&run.initial_snapshot());
+    let stored = res.runs.create(&run.run_id, snapshot.into()).await;
+    if let Err(e) = stored {
+        if let Some(key) = &idem_key {
+            let _ = res.idempotency.delete(key).await;
+        }
+        tracing::error!(err_id = "ERR-PYOCO-0003", run_id = %run.run_id, error = %e, "storing the run snapshot failed");
+        return Err(ApiError::nats(e.kind()));
+    }
+    if let Err(e) = publish_job(&res, &run.tag, &run.run_id, job).await {
+        let _ = res.runs.delete(&run.run_id).await;
+        if let Some(key) = &idem_key {
+            let _ = res.idempotency.delete(key).await;
+        }
+        tracing::error!(err_id = "ERR-PYOCO-0003", run_id = %run.run_id, tag = %run.tag, error = %e, "queueing the job failed");
+        return Err(ApiError::nats(e));
+    }
+    tracing::info!(run_id = %run.run_id, flow_name = %run.flow_name, tag = %run.tag, "run submitted");
+    Ok(Json(json!({"run_id": run.run_id, "status": run_status::PENDING})).into_response())
+}
+
+/// Claims `key` for `run_id`; returns the run id that already holds it, if any.
+async fn claim_idempotency_key(store: &kv::Store, key: &str, run_id: &str) -> ApiResult<Option<String>> {
+    for _ in 0..3 {
+        match store.create(key, run_id.to_string().into()).await {
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match store.get(key).await {
+                Ok(Some(v)) => return Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+                // Expired or deleted between create and get: try to claim again.
+                Ok(None) => continue,
+                Err(e) => return Err(ApiError::nats(e.kind())),
+            },
+            Err(e) => return Err(ApiError::nats(e.kind())),
+        }
+    }
+    Err(ApiError::nats("idempotency key contention"))
+}
+
+/// Publishes with `Nats-Msg-Id = run_id`, so a retry after a lost ack is deduplicated by the stream.
+async fn publish_job(res: &Resources, tag: &str, run_id: &str, job: Vec<u8>) -> Result<(), String> {
+    let subject = res.names.work_subject(tag);
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(job.clone().into())
+            .message_id(run_id)
+            .expected_stream(&res.names.work_stream);
+        match res.js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.kind().to_string(),
+            },
+            Err(e) if e.kind() == PublishErrorKind::TimedOut => last = e.kind().to_string(),
+            Err(e) => return Err(e.kind().to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+    Err(last)
+}
+
+// ---------------------------------------------------------------------------------------------
+// List
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    u: f64,
+    r: String,
+}
+
+pub fn encode_cursor(updated_at: f64, run_id: &str) -> String {
+    let text = serde_json::to_string(&Cursor { u: updated_at, r: run_id.to_string() }).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(c: &str) -> Option<SortKey> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok()?;
+    let cur: Cursor = serde_json::from_slice(&raw).ok()?;
+    Some(SortKey { updated_at: cur.u, run_id: cur.r })
+}
+
+fn non_empty(q: &Query, key: &str) -> Option<String> {
+    q.last(key).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+fn wants(include: &[String], words: &[&str]) -> bool {
+    include.iter().any(|i| words.contains(&i.trim().to_ascii_lowercase().as_str()))
+}
+
+/// `GET /runs`: answered from the in-memory index.
+pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let mut errs = Errors::default();
+    let limit = params::query_int(&q, "limit", 50, 1, 200, &mut errs) as usize;
+    let updated_after = params::query_float(&q, "updated_after", &mut errs);
+    errs.finish()?;
+    let principal = state.authenticate(&headers).await?;
+    let cursor = match q.last("cursor") {
+        Some(c) if !c.is_empty() => Some(decode_cursor(c).ok_or_else(|| {
+            tracing::info!(err_id = "ERR-PYOCO-0017", "undecodable list cursor");
+            ApiError::unprocessable("invalid list query")
+        })?),
+        _ => None,
+    };
+    let filter = RunFilter {
+        status: non_empty(&q, "status"),
+        flow: non_empty(&q, "flow"),
+        tag: non_empty(&q, "tag"),
+        workflow_yaml_sha256: non_empty(&q, "workflow_yaml_sha256"),
+        tenant: principal.as_ref().map(|p| Some(p.tenant_id.clone())),
+    };
+    let vnext = q.has("updated_after") || q.has("cursor") || filter.workflow_yaml_sha256.is_some();
+    let full = wants(q.all("include"), &["full", "all"]);
+    let (items, more) = state.runs.page(&filter, updated_after, cursor.as_ref(), limit);
+    let next_cursor = match (more, items.last()) {
+        (true, Some(last)) => Some(encode_cursor(
+            f64_field(last, "updated_at").unwrap_or(0.0),
+            str_field(last, "run_id").unwrap_or(""),
+        )),
+        _ => None,
+    };
+    let items: Vec<Value> = items
+        .iter()
+        .map(|s| Value::Object(if full { s.as_ref().clone() } else { wire::run_summary(s) }))
+        .collect();
+    Ok(if vnext {
+        Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
+    } else {
+        Json(Value::Array(items)).into_response()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single run
+
+/// Reads a run the caller may see: 404 for a missing run, an impossible id, or another tenant.
+pub async fn load_run(state: &SharedState, principal: &Option<Principal>, run_id: &str) -> ApiResult<(Doc, u64)> {
+    if !is_valid_kv_key(run_id) {
+        return Err(ApiError::not_found("run not found"));
+    }
+    let res = state.res()?;
+    let entry = res.runs.entry(run_id).await.map_err(|e| ApiError::nats(e.kind()))?;
+    let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+        tracing::info!(err_id = "ERR-PYOCO-0005", run_id = %run_id, "run not found");
+        return Err(ApiError::not_found("run not found"));
+    };
+    let doc: Doc = serde_json::from_slice(&entry.value).map_err(|_| ApiError::not_found("run not found"))?;
+    check_tenant(principal, &doc)?;
+    Ok((doc, entry.revision))
+}
+
+pub fn check_tenant(principal: &Option<Principal>, doc: &Doc) -> ApiResult<()> {
+    if let Some(p) = principal {
+        if str_field(doc, "tenant_id") != Some(p.tenant_id.as_str()) {
+            return Err(ApiError::not_found("run not found"));
+        }
+    }
+    Ok(())
+}
+
+pub fn include_records(q: &Query) -> bool {
+    wants(q.all("include"), &["records", "task_records", "full", "all"])
+}
+
+/// `GET /runs/{run_id}` with `include` and the worker enrichment.
+pub async fn get_run(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let principal = state.authenticate(&headers).await?;
+    let (doc, _) = load_run(&state, &principal, &run_id).await?;
+    let mut view = wire::run_view(&doc, include_records(&q));
+    if let Some(worker_id) = doc.get("worker_id").filter(|v| wire::is_truthy(v)).and_then(Value::as_str) {
+        crate::workers::enrich_run(&state, worker_id, &mut view);
+    }
+    Ok(Json(Value::Object(view)).into_response())
+}
+
+/// `GET /runs/{run_id}/tasks`.
+pub async fn get_tasks(State(state): State<SharedState>, headers: HeaderMap, Path(run_id): Path<String>) -> ApiResult<Response> {
+    let principal = state.authenticate(&headers).await?;
+    let (doc, _) = load_run(&state, &principal, &run_id).await?;
+    Ok(Json(json!({
+        "run_id": doc.get("run_id").cloned().unwrap_or(json!(run_id)),
+        "flow_name": doc.get("flow_name").cloned().unwrap_or(Value::Null),
+        "status": doc.get("status").cloned().unwrap_or(Value::Null),
+        "tasks": doc.get("tasks").cloned().unwrap_or(json!({})),
+        "task_records": doc.get("task_records").cloned().unwrap_or(json!({})),
+        "task_records_truncated": doc.get("task_records_truncated").map(wire::is_truthy).unwrap_or(false),
+    }))
+    .into_response())
+}
+
+/// `POST /runs/{run_id}/cancel`: compare-and-set on the snapshot's revision, retried on conflict,
+/// so no concurrent worker write can erase the request. A PENDING run is cancelled at once.
+pub async fn cancel(State(state): State<SharedState>, headers: HeaderMap, Path(run_id): Path<String>) -> ApiResult<Response> {
+    let principal = state.authenticate(&headers).await?;
+    for _ in 0..50 {
+        let (mut doc, revision) = load_run(&state, &principal, &run_id).await?;
+        let status = str_field(&doc, "status").unwrap_or("").to_string();
+        if run_status::is_terminal(&status) {
+            return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
+        }
+        let t = now();
+        if doc.get("cancel_requested_at").map(|v| !wire::is_truthy(v)).unwrap_or(true) {
+            doc.insert("cancel_requested_at".into(), json!(t));
+        }
+        if let Some(p) = &principal {
+            doc.insert("cancel_requested_by".into(), json!(format!("api_key:{}", p.api_key_id)));
+        }
+        if status.eq_ignore_ascii_case(run_status::PENDING) {
+            // No worker has it: cancel now. The worker that later receives the job sees a
+            // terminal run and acknowledges it without running it.
+            doc.insert("status".into(), json!(run_status::CANCELLED));
+            doc.insert("end_time".into(), json!(t));
+        } else {
+            doc.insert("status".into(), json!(run_status::CANCELLING));
+        }
+        doc.insert("updated_at".into(), json!(t));
+        let res = state.res()?;
+        match res.runs.update(&run_id, to_ascii_vec(&doc).into(), revision).await {
+            Ok(_) => {
+                tracing::info!(run_id = %run_id, status = %str_field(&doc, "status").unwrap_or(""), "cancel requested");
+                return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(ApiError::nats(e.kind())),
+        }
+    }
+    Err(ApiError::nats("cancel kept conflicting with concurrent writes; retry"))
+}

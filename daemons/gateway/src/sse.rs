@@ -1,0 +1,132 @@
+//! `GET /runs/{run_id}/watch`: Server-Sent Events pushed from the runs KV watch.
+//!
+//! The original polls KV every 0.5 s per connection and never ends the stream. Here each change
+//! of the run's key (delivered by the gateway's KV watch) is sent at once with `id:` = the KV
+//! revision; `Last-Event-ID` resumes (a snapshot is sent only when newer than that revision); the
+//! stream ends after the terminal snapshot, or after `timeout_sec`. A `heartbeat` event follows
+//! 5 s without a snapshot, as in the original.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use pyoco_core::json::to_ascii_vec;
+use pyoco_core::time::now;
+use pyoco_core::wire::{self, f64_field, run_status, str_field, Doc};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::app::SharedState;
+use crate::error::ApiResult;
+use crate::params::{self, Errors, Query};
+use crate::runs::{check_tenant, include_records, load_run};
+
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub async fn watch(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let mut errs = Errors::default();
+    let since = params::query_float(&q, "since", &mut errs);
+    let timeout_sec = params::query_int(&q, "timeout_sec", 60, 1, 600, &mut errs);
+    errs.finish()?;
+    let principal = state.authenticate(&headers).await?;
+    // Subscribe before reading, so no change between the read and the subscription is missed.
+    let mut changes = state.runs.subscribe(&run_id);
+    let (doc, revision) = load_run(&state, &principal, &run_id).await?;
+    let with_records = include_records(&q);
+    let resume_after: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+    let runs = state.runs.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(timeout_sec as u64);
+        let mut last_sent = resume_after;
+        let mut last_event = Instant::now();
+        let emit = |doc: &Doc, rev: u64| -> Option<Bytes> {
+            let updated = f64_field(doc, "updated_at").unwrap_or(0.0);
+            if since.map(|s| updated < s).unwrap_or(false) {
+                return None;
+            }
+            let data = json!({"run_id": run_id, "snapshot": Value::Object(wire::run_view(doc, with_records)), "ts": now()});
+            let mut frame = format!("event: snapshot\nid: {rev}\ndata: ").into_bytes();
+            frame.extend(to_ascii_vec(&data));
+            frame.extend_from_slice(b"\n\n");
+            Some(Bytes::from(frame))
+        };
+        let terminal = |doc: &Doc| run_status::is_terminal(str_field(doc, "status").unwrap_or(""));
+
+        if revision > last_sent {
+            last_sent = revision;
+            if let Some(frame) = emit(&doc, revision) {
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+                last_event = Instant::now();
+            }
+        }
+        if terminal(&doc) {
+            return;
+        }
+        loop {
+            let heartbeat_at = last_event + HEARTBEAT;
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(entry) = runs.get(&run_id) else {
+                        return; // deleted: the original also stops silently
+                    };
+                    if entry.revision <= last_sent {
+                        continue;
+                    }
+                    last_sent = entry.revision;
+                    if check_tenant(&principal, &entry.snapshot).is_err() {
+                        return;
+                    }
+                    if let Some(frame) = emit(&entry.snapshot, entry.revision) {
+                        if tx.send(Ok(frame)).await.is_err() {
+                            return;
+                        }
+                        last_event = Instant::now();
+                    }
+                    if terminal(&entry.snapshot) {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(heartbeat_at) => {
+                    let data = json!({"run_id": run_id, "ts": now()});
+                    let mut frame = b"event: heartbeat\ndata: ".to_vec();
+                    frame.extend(to_ascii_vec(&data));
+                    frame.extend_from_slice(b"\n\n");
+                    if tx.send(Ok(Bytes::from(frame))).await.is_err() {
+                        return;
+                    }
+                    last_event = Instant::now();
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    });
+
+    let mut resp = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}

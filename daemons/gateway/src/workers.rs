@@ -1,0 +1,126 @@
+//! `GET /workers`, `PATCH /workers/{id}` and the run→worker enrichment (contract §1.3, §3.7).
+
+use async_nats::jetstream::kv;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pyoco_core::json::to_ascii_vec;
+use pyoco_core::time::now;
+use pyoco_core::wire::{self, f64_field, is_valid_kv_key, normalize_worker, worker_alive, worker_state, Doc};
+use serde_json::{json, Value};
+
+use crate::app::SharedState;
+use crate::error::{item, ApiError, ApiResult};
+use crate::params::{self, Errors, Query};
+
+/// Adds `worker_alive`, `worker_state`, … to a run view from the worker index.
+pub fn enrich_run(state: &SharedState, worker_id: &str, view: &mut Doc) {
+    match state.workers.get(worker_id) {
+        Some(raw) => {
+            let (rec, effective) = normalize_worker(&raw, now(), state.cfg.worker_disconnect_timeout_sec);
+            view.insert("worker_alive".into(), json!(worker_alive(effective)));
+            view.insert("worker_state".into(), json!(effective));
+            view.insert("worker_heartbeat_at".into(), rec.get("last_heartbeat_at").cloned().unwrap_or(Value::Null));
+            view.insert("worker_hidden".into(), rec.get("hidden").cloned().unwrap_or(json!(false)));
+            view.insert("worker_tags".into(), rec.get("tags").cloned().unwrap_or(json!([])));
+        }
+        None => {
+            view.insert("worker_alive".into(), json!(false));
+            view.insert("worker_state".into(), json!(worker_state::DISCONNECTED));
+            view.insert("worker_heartbeat_at".into(), Value::Null);
+        }
+    }
+}
+
+pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let q = Query::parse(raw.as_deref());
+    let mut errs = Errors::default();
+    let include_hidden = params::query_bool(&q, "include_hidden", false, &mut errs);
+    let limit = params::query_int(&q, "limit", 100, 1, 500, &mut errs) as usize;
+    errs.finish()?;
+    let invalid = || {
+        tracing::info!(err_id = "ERR-PYOCO-0019", "invalid workers request");
+        ApiError::unprocessable("invalid workers request")
+    };
+    let scope = q.last("scope").map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).unwrap_or_else(|| "active".into());
+    if scope != "active" && scope != "all" {
+        return Err(invalid());
+    }
+    let state_filter = q.last("state").map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty());
+    if let Some(s) = &state_filter {
+        if !worker_state::ALL.contains(&s.as_str()) {
+            return Err(invalid());
+        }
+    }
+    // A documented difference: the original leaves /workers open even in api_key mode.
+    state.authenticate(&headers).await?;
+    let t = now();
+    let mut items: Vec<(f64, Doc)> = state
+        .workers
+        .all()
+        .into_iter()
+        .filter_map(|(raw, _)| {
+            let (mut rec, effective) = normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
+            if !include_hidden && rec.get("hidden").map(wire::is_truthy).unwrap_or(false) {
+                return None;
+            }
+            if scope == "active" && !worker_alive(effective) {
+                return None;
+            }
+            if state_filter.as_deref().map(|s| s != effective).unwrap_or(false) {
+                return None;
+            }
+            rec.insert("state".into(), json!(effective));
+            Some((f64_field(&rec, "last_seen_at").unwrap_or(0.0), rec))
+        })
+        .collect();
+    items.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let items: Vec<Value> = items.into_iter().take(limit).map(|(_, d)| Value::Object(d)).collect();
+    Ok(Json(Value::Array(items)).into_response())
+}
+
+/// `PATCH /workers/{id}` `{"hidden": bool}`: compare-and-set, so a concurrent heartbeat write
+/// neither loses the flag nor is lost.
+pub async fn patch(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(worker_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let obj = params::json_object_body(&headers, &body)?;
+    let hidden = match obj.get("hidden") {
+        None => return Err(ApiError::validation(vec![item::missing(json!(["body", "hidden"]), Value::Object(obj.clone()))])),
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => n.as_i64() == Some(1),
+        Some(Value::String(s)) if params::parse_lax_bool(s).is_some() => params::parse_lax_bool(s).unwrap_or(false),
+        Some(other) => return Err(ApiError::validation(vec![item::bool_parsing(json!(["body", "hidden"]), other.clone())])),
+    };
+    state.authenticate(&headers).await?;
+    let not_found = || {
+        tracing::info!(err_id = "ERR-PYOCO-0020", worker_id = %worker_id, "worker not found");
+        ApiError::not_found("worker not found")
+    };
+    if !is_valid_kv_key(&worker_id) {
+        return Err(not_found());
+    }
+    let res = state.res()?;
+    for _ in 0..50 {
+        let entry = res.workers.entry(&worker_id).await.map_err(|e| ApiError::nats(e.kind()))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Err(not_found());
+        };
+        let raw: Doc = serde_json::from_slice(&entry.value).map_err(|_| not_found())?;
+        let t = now();
+        let (mut rec, _) = normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
+        rec.insert("hidden".into(), json!(hidden));
+        rec.insert("updated_at".into(), json!(t));
+        match res.workers.update(&worker_id, to_ascii_vec(&rec).into(), entry.revision).await {
+            Ok(_) => return Ok(Json(json!({"worker_id": worker_id, "hidden": hidden, "updated_at": t})).into_response()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(ApiError::nats(e.kind())),
+        }
+    }
+    Err(ApiError::nats("worker record kept conflicting with concurrent writes; retry"))
+}
