@@ -208,6 +208,9 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    if args.scenario == Scenario::Rss && args.rss_pids.is_empty() {
+        bail!("--scenario rss needs at least one --rss-pid");
+    }
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = cli.api_key.as_deref().filter(|k| !k.is_empty()) {
         headers.insert(

@@ -17,6 +17,7 @@ pub mod dirs;
 pub mod env;
 pub mod gateway;
 pub mod http;
+pub mod jetstream;
 pub mod nats;
 pub mod ports;
 pub mod process;
@@ -31,6 +32,7 @@ pub use gateway::{
     spawn_workspace_bin, wait_healthy, AnyGateway, Gateway, GatewayKind, OrigGateway, OrigWorker,
 };
 pub use http::{get_run, http, wait_for_run_status, wait_until};
+pub use jetstream::{account_info_json, create_kv};
 pub use nats::{nats_binary, NatsServer};
 pub use ports::free_port;
 pub use process::{scrub_pyoco_env, Daemon, OutputExt};

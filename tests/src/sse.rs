@@ -120,11 +120,7 @@ impl SseParser {
                 }
                 None => self.data = Some(value.to_string()),
             },
-            "id" => {
-                if !value.contains('\0') {
-                    self.id = Some(value.to_string());
-                }
-            }
+            "id" if !value.contains('\0') => self.id = Some(value.to_string()),
             "retry" => self.retry = Some(value.to_string()),
             _ => {}
         }

@@ -93,7 +93,7 @@ async fn submit_stores_the_contract_documents() {
     assert_eq!(job["flow_name"], "main");
     assert_eq!(job["params"], json!({"x": 1}));
     assert!(job["submitted_at"].is_f64());
-    let headers = msg.headers.expect("job has headers");
+    let headers = msg.headers;
     assert_eq!(headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(run_id.as_str()));
 
     // GET /runs/{id}: snapshot without task_records unless asked for.
@@ -585,7 +585,7 @@ async fn reports_resource_drift_and_keeps_the_resource() {
     let nats = NatsServer::start().await;
     let js = nats.jetstream().await;
     // The original's workers bucket: 15 s TTL; ours defaults to a day.
-    js.create_key_value(async_nats::jetstream::kv::Config { bucket: "pyoco_workers".into(), history: 1, max_age: Duration::from_secs(15), ..Default::default() }).await.unwrap();
+    create_kv(&js, async_nats::jetstream::kv::Config { bucket: "pyoco_workers".into(), history: 1, max_age: Duration::from_secs(15), ..Default::default() }).await;
     let gw = Gateway::start(&nats.url(), &[]).await;
     assert!(gw.daemon_log_contains("resource configuration drift", Duration::from_secs(5)).await, "log:\n{}", gw.log_text());
     let log = gw.log_text();

@@ -110,7 +110,10 @@ macro_rules! field_type {
             fn from_value(v: Value) -> Self {
                 match v {
                     Value::$kind(x) => x,
-                    other => unreachable!("config value {other:?} assigned to a {:?} field", Kind::$kind),
+                    other => unreachable!(
+                        "config value {other:?} assigned to a {:?} field",
+                        Kind::$kind
+                    ),
                 }
             }
         }
@@ -133,7 +136,10 @@ struct Opts {
 }
 
 impl Opts {
-    const NEW: Opts = Opts { min: None, process_env_only: false };
+    const NEW: Opts = Opts {
+        min: None,
+        process_env_only: false,
+    };
 
     const fn min(mut self, min: f64) -> Self {
         self.min = Some(min);
@@ -399,7 +405,10 @@ fn parse_toml(kind: Kind, v: &toml::Value) -> Result<Value, (String, Option<Stri
     match (kind, v) {
         (Kind::Str | Kind::Secret, toml::Value::String(s)) => {
             if py_strip(s).is_empty() {
-                Err(("an empty string".into(), Some("it must not be empty (remove the key to use the default)".into())))
+                Err((
+                    "an empty string".into(),
+                    Some("it must not be empty (remove the key to use the default)".into()),
+                ))
             } else if kind == Kind::Str {
                 Ok(Value::Str(s.clone()))
             } else {
@@ -407,15 +416,19 @@ fn parse_toml(kind: Kind, v: &toml::Value) -> Result<Value, (String, Option<Stri
             }
         }
         (Kind::Float, toml::Value::Float(x)) if x.is_finite() => Ok(Value::Float(*x)),
-        (Kind::Float, toml::Value::Float(_)) => {
-            Err(("a non-finite float".into(), Some("it must be a finite number".into())))
-        }
+        (Kind::Float, toml::Value::Float(_)) => Err((
+            "a non-finite float".into(),
+            Some("it must be a finite number".into()),
+        )),
         (Kind::Float, toml::Value::Integer(i)) => Ok(Value::Float(*i as f64)),
         (Kind::Int, toml::Value::Integer(i)) => Ok(Value::Int(*i)),
         (Kind::Bool, toml::Value::Boolean(b)) => Ok(Value::Bool(*b)),
-        (Kind::Port, toml::Value::Integer(i)) => u16::try_from(*i)
-            .map(Value::Port)
-            .map_err(|_| (format!("{i}"), Some("it is out of the port range 0-65535".into()))),
+        (Kind::Port, toml::Value::Integer(i)) => u16::try_from(*i).map(Value::Port).map_err(|_| {
+            (
+                format!("{i}"),
+                Some("it is out of the port range 0-65535".into()),
+            )
+        }),
         _ => Err(wrong()),
     }
 }
@@ -464,13 +477,20 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { config_file: None, flags: Vec::new(), use_process_env: true, env_overrides: None }
+        LoadOptions {
+            config_file: None,
+            flags: Vec::new(),
+            use_process_env: true,
+            env_overrides: None,
+        }
     }
 }
 
 impl LoadOptions {
     /// Hermetic options for tests: `env` replaces the process environment.
-    pub fn with_env<K: Into<String>, V: Into<String>>(env: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn with_env<K: Into<String>, V: Into<String>>(
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         LoadOptions {
             env_overrides: Some(env.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
             ..LoadOptions::default()
@@ -514,7 +534,11 @@ impl Loaded {
                 key: f.name,
                 env: f.env.to_string(),
                 value: render((f.get)(&self.config)),
-                source: self.sources.get(f.name).unwrap_or(&Source::Default).to_string(),
+                source: self
+                    .sources
+                    .get(f.name)
+                    .unwrap_or(&Source::Default)
+                    .to_string(),
             })
             .collect()
     }
@@ -534,13 +558,31 @@ pub enum ConfigError {
     #[error("config file {} is not valid TOML: {message}; fix: use flat `key = value` lines, e.g. nats_url = \"nats://127.0.0.1:4222\"", path.display())]
     TomlSyntax { path: PathBuf, message: String },
     #[error("config file {}: unknown key `{key}`{}; fix: remove or rename it (valid keys are the field names, e.g. nats_url, consumer_ack_wait_sec)", path.display(), suggest(.suggestions))]
-    UnknownKey { path: PathBuf, key: String, suggestions: Vec<String> },
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        suggestions: Vec<String>,
+    },
     #[error("config file {}: key `{key}` must be {expected}, found {found}; fix: change the value in the file", path.display())]
-    WrongType { path: PathBuf, key: String, expected: String, found: String },
+    WrongType {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        found: String,
+    },
     #[error("{origin}: invalid value {value:?} for `{key}`: {reason}; fix: {fix}")]
-    InvalidValue { origin: String, key: String, value: String, reason: String, fix: String },
+    InvalidValue {
+        origin: String,
+        key: String,
+        value: String,
+        reason: String,
+        fix: String,
+    },
     #[error("unknown configuration flag `{name}`{}; fix: use one of the field names", suggest(.suggestions))]
-    UnknownFlag { name: String, suggestions: Vec<String> },
+    UnknownFlag {
+        name: String,
+        suggestions: Vec<String>,
+    },
     #[error("cannot read secret file {} given by {origin}: {source}; fix: make the file readable or unset {origin}", path.display())]
     SecretFile {
         origin: String,
@@ -549,14 +591,25 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{origin}: both {first} and {second} are set; fix: set only one of them")]
-    Conflict { origin: String, first: String, second: String },
+    Conflict {
+        origin: String,
+        first: String,
+        second: String,
+    },
 }
 
 fn suggest(suggestions: &[String]) -> String {
     if suggestions.is_empty() {
         String::new()
     } else {
-        format!(" (did you mean {}?)", suggestions.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+        format!(
+            " (did you mean {}?)",
+            suggestions
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -577,7 +630,12 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// All accepted keys: field names plus `<secret>_file`.
 fn accepted_keys() -> Vec<String> {
     let mut keys: Vec<String> = FIELDS.iter().map(|f| f.name.to_string()).collect();
-    keys.extend(FIELDS.iter().filter(|f| f.kind == Kind::Secret).map(|f| format!("{}{FILE_SUFFIX_KEY}", f.name)));
+    keys.extend(
+        FIELDS
+            .iter()
+            .filter(|f| f.kind == Kind::Secret)
+            .map(|f| format!("{}{FILE_SUFFIX_KEY}", f.name)),
+    );
     keys
 }
 
@@ -633,13 +691,19 @@ impl Builder {
     }
 
     fn current(&self, f: &Field) -> String {
-        format!("{} ({})", render((f.get)(&self.config)), self.sources[f.name])
+        format!(
+            "{} ({})",
+            render((f.get)(&self.config)),
+            self.sources[f.name]
+        )
     }
 
     /// Apply the TOML file.
     fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::ConfigFileRead { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ConfigFileRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::TomlSyntax {
             path: path.to_path_buf(),
             message: e.to_string().trim().replace('\n', " | "),
@@ -649,7 +713,9 @@ impl Builder {
             if let Some(f) = field(key) {
                 match parse_toml(f.kind, value) {
                     Ok(v) => {
-                        if f.kind == Kind::Secret && table.contains_key(&format!("{key}{FILE_SUFFIX_KEY}")) {
+                        if f.kind == Kind::Secret
+                            && table.contains_key(&format!("{key}{FILE_SUFFIX_KEY}"))
+                        {
                             return Err(ConfigError::Conflict {
                                 origin: format!("config file {}", path.display()),
                                 first: key.clone(),
@@ -672,7 +738,10 @@ impl Builder {
                             key: key.clone(),
                             value: value.to_string(),
                             reason,
-                            fix: format!("change the value in the file ({})", f.kind.expected_toml()),
+                            fix: format!(
+                                "change the value in the file ({})",
+                                f.kind.expected_toml()
+                            ),
                         })
                     }
                 }
@@ -688,7 +757,9 @@ impl Builder {
                 let origin = format!("`{key}` in {}", path.display());
                 match read_secret_file(Path::new(file), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), source.clone()),
-                    None => self.warnings.push(format!("{origin}: secret file {file} is empty; ignored")),
+                    None => self
+                        .warnings
+                        .push(format!("{origin}: secret file {file} is empty; ignored")),
                 }
             } else {
                 return Err(ConfigError::UnknownKey {
@@ -702,7 +773,11 @@ impl Builder {
     }
 
     /// Apply one environment-like layer (`.env` values or the process environment).
-    fn apply_env(&mut self, values: &HashMap<String, String>, source: Source) -> Result<(), ConfigError> {
+    fn apply_env(
+        &mut self,
+        values: &HashMap<String, String>,
+        source: Source,
+    ) -> Result<(), ConfigError> {
         let is_dotenv = matches!(source, Source::DotEnv(_));
         let label = match &source {
             Source::DotEnv(p) => format!(".env file {}", p.display()),
@@ -762,7 +837,9 @@ impl Builder {
                 let origin = format!("{file_var} in {label}");
                 match read_secret_file(Path::new(path), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), source.clone()),
-                    None => self.warnings.push(format!("{origin}: secret file {path} is empty; ignored")),
+                    None => self
+                        .warnings
+                        .push(format!("{origin}: secret file {path} is empty; ignored")),
                 }
                 Ok(())
             }
@@ -774,7 +851,11 @@ impl Builder {
     fn apply_flags(&mut self, flags: &[(String, String)]) -> Result<(), ConfigError> {
         for (name, raw) in flags {
             if let Some(f) = field(name) {
-                let v = if raw.is_empty() { None } else { parse_text(f.kind, raw) };
+                let v = if raw.is_empty() {
+                    None
+                } else {
+                    parse_text(f.kind, raw)
+                };
                 let Some(v) = v else {
                     return Err(ConfigError::InvalidValue {
                         origin: "command line".to_string(),
@@ -789,10 +870,15 @@ impl Builder {
                 let origin = format!("command-line flag `{name}`");
                 match read_secret_file(Path::new(raw), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), Source::Flag),
-                    None => self.warnings.push(format!("{origin}: secret file {raw} is empty; ignored")),
+                    None => self
+                        .warnings
+                        .push(format!("{origin}: secret file {raw} is empty; ignored")),
                 }
             } else {
-                return Err(ConfigError::UnknownFlag { name: name.clone(), suggestions: close_matches(name) });
+                return Err(ConfigError::UnknownFlag {
+                    name: name.clone(),
+                    suggestions: close_matches(name),
+                });
             }
         }
         Ok(())
@@ -801,7 +887,9 @@ impl Builder {
     /// Raise values below their minimum (the original's workers do `max(min, value)`).
     fn apply_minimums(&mut self) {
         for f in FIELDS {
-            let (Some(min), Value::Float(x)) = (f.opts.min, (f.get)(&self.config)) else { continue };
+            let (Some(min), Value::Float(x)) = (f.opts.min, (f.get)(&self.config)) else {
+                continue;
+            };
             if x < min {
                 self.warnings.push(format!(
                     "{} = {x:?} ({}) is below the minimum {min:?}; using {min:?}",
@@ -820,14 +908,24 @@ fn resolve_config_file(
 ) -> Result<Option<PathBuf>, ConfigError> {
     if let Some(path) = &opts.config_file {
         if !path.exists() {
-            return Err(ConfigError::ConfigFileMissing { path: path.clone(), origin: "--config".into() });
+            return Err(ConfigError::ConfigFileMissing {
+                path: path.clone(),
+                origin: "--config".into(),
+            });
         }
         return Ok(Some(path.clone()));
     }
-    if let Some(path) = env.get(CONFIG_FILE_ENV).map(|v| py_strip(v)).filter(|v| !v.is_empty()) {
+    if let Some(path) = env
+        .get(CONFIG_FILE_ENV)
+        .map(|v| py_strip(v))
+        .filter(|v| !v.is_empty())
+    {
         let path = PathBuf::from(path);
         if !path.exists() {
-            return Err(ConfigError::ConfigFileMissing { path, origin: CONFIG_FILE_ENV.into() });
+            return Err(ConfigError::ConfigFileMissing {
+                path,
+                origin: CONFIG_FILE_ENV.into(),
+            });
         }
         return Ok(Some(path));
     }
@@ -950,7 +1048,10 @@ mod tests {
 
     #[test]
     fn load_without_anything_gives_defaults() {
-        let opts = LoadOptions { use_process_env: false, ..LoadOptions::default() };
+        let opts = LoadOptions {
+            use_process_env: false,
+            ..LoadOptions::default()
+        };
         let l = load(&opts).unwrap();
         assert_eq!(l.config, Config::defaults());
         assert!(l.warnings.is_empty());
@@ -1014,8 +1115,14 @@ mod tests {
         assert_eq!(c.runs_kv_bucket, "pyoco_runs");
         assert_eq!(l.sources["nats_url"], Source::Flag);
         assert_eq!(l.sources["default_tag"], Source::Env);
-        assert_eq!(l.sources["dashboard_lang"], Source::DotEnv(env_path.clone()));
-        assert_eq!(l.sources["consumer_ack_wait_sec"], Source::File(toml_path.clone()));
+        assert_eq!(
+            l.sources["dashboard_lang"],
+            Source::DotEnv(env_path.clone())
+        );
+        assert_eq!(
+            l.sources["consumer_ack_wait_sec"],
+            Source::File(toml_path.clone())
+        );
         assert_eq!(l.sources["runs_kv_bucket"], Source::Default);
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
 
@@ -1024,10 +1131,19 @@ mod tests {
         let row = |k: &str| rows.iter().find(|r| r.key == k).unwrap().clone();
         assert_eq!(row("nats_url").source, "flag");
         assert_eq!(row("default_tag").source, "env");
-        assert_eq!(row("dashboard_lang").source, format!(".env {}", env_path.display()));
-        assert_eq!(row("consumer_ack_wait_sec").source, format!("file {}", toml_path.display()));
+        assert_eq!(
+            row("dashboard_lang").source,
+            format!(".env {}", env_path.display())
+        );
+        assert_eq!(
+            row("consumer_ack_wait_sec").source,
+            format!("file {}", toml_path.display())
+        );
         assert_eq!(row("consumer_ack_wait_sec").value, "45.0");
-        assert_eq!(row("consumer_ack_wait_sec").env, "PYOCO_CONSUMER_ACK_WAIT_SEC");
+        assert_eq!(
+            row("consumer_ack_wait_sec").env,
+            "PYOCO_CONSUMER_ACK_WAIT_SEC"
+        );
         assert_eq!(row("runs_kv_bucket").source, "default");
         assert_eq!(row("auth_pepper").value, "<unset>");
     }
@@ -1036,7 +1152,11 @@ mod tests {
     fn empty_env_value_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let env_path = dir.path().join(".env");
-        fs::write(&env_path, "PYOCO_DEFAULT_TAG=fromdotenv\nPYOCO_RUNS_KV_BUCKET=\n").unwrap();
+        fs::write(
+            &env_path,
+            "PYOCO_DEFAULT_TAG=fromdotenv\nPYOCO_RUNS_KV_BUCKET=\n",
+        )
+        .unwrap();
         let opts = LoadOptions::with_env([
             ("PYOCO_ENV_FILE", env_path.to_str().unwrap()),
             ("PYOCO_DEFAULT_TAG", ""),
@@ -1070,18 +1190,28 @@ mod tests {
         assert_eq!(c.consumer_max_deliver, 20);
         // Falls back to the next source (.env), not straight to the default.
         assert_eq!(c.consumer_max_ack_pending, 300);
-        assert_eq!(l.sources["consumer_max_ack_pending"], Source::DotEnv(env_path.clone()));
+        assert_eq!(
+            l.sources["consumer_max_ack_pending"],
+            Source::DotEnv(env_path.clone())
+        );
         assert_eq!(c.consumer_ack_wait_sec, 30.0);
         assert!(!c.wheel_sync_enabled);
         assert_eq!(c.http_port, 8000);
         assert_eq!(c.dlq_max_age_sec, 604800.0);
         assert_eq!(l.warnings.len(), 6, "{:?}", l.warnings);
         let w = &l.warnings[..];
-        assert!(w.iter().any(|w| w.contains("PYOCO_CONSUMER_MAX_DELIVER=\"1.5\"")
-            && w.contains("an integer")
-            && w.contains("keeping 20 (default)")));
-        assert!(w.iter().any(|w| w.contains("PYOCO_CONSUMER_MAX_ACK_PENDING=\"lots\"") && w.contains("keeping 300 (.env")));
-        assert!(w.iter().any(|w| w.contains("PYOCO_WHEEL_SYNC_ENABLED") && w.contains("a boolean")));
+        assert!(w
+            .iter()
+            .any(|w| w.contains("PYOCO_CONSUMER_MAX_DELIVER=\"1.5\"")
+                && w.contains("an integer")
+                && w.contains("keeping 20 (default)")));
+        assert!(w
+            .iter()
+            .any(|w| w.contains("PYOCO_CONSUMER_MAX_ACK_PENDING=\"lots\"")
+                && w.contains("keeping 300 (.env")));
+        assert!(w
+            .iter()
+            .any(|w| w.contains("PYOCO_WHEEL_SYNC_ENABLED") && w.contains("a boolean")));
     }
 
     #[test]
@@ -1091,7 +1221,18 @@ mod tests {
         assert_eq!(parse_int("-7"), Some(-7));
         assert_eq!(parse_int("1_000"), Some(1000));
         assert_eq!(parse_int("007"), Some(7));
-        for bad in ["1.5", "", " ", "1e3", "_1", "1_", "1__0", "0x10", "+", "99999999999999999999"] {
+        for bad in [
+            "1.5",
+            "",
+            " ",
+            "1e3",
+            "_1",
+            "1_",
+            "1__0",
+            "0x10",
+            "+",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_int(bad), None, "{bad:?}");
         }
         assert_eq!(parse_float(" 2.5 "), Some(2.5));
@@ -1109,8 +1250,11 @@ mod tests {
             assert_eq!(parse_bool(f), Some(false), "{f}");
         }
         assert_eq!(parse_bool("2"), None);
-        let l = load(&env_opts(&[("PYOCO_WHEEL_SYNC_ENABLED", "YES"), ("PYOCO_DLQ_PUBLISH_EXECUTION_ERROR", "off")]))
-            .unwrap();
+        let l = load(&env_opts(&[
+            ("PYOCO_WHEEL_SYNC_ENABLED", "YES"),
+            ("PYOCO_DLQ_PUBLISH_EXECUTION_ERROR", "off"),
+        ]))
+        .unwrap();
         assert!(l.config.wheel_sync_enabled);
         assert!(!l.config.dlq_publish_execution_error);
     }
@@ -1119,14 +1263,24 @@ mod tests {
     fn unknown_toml_key_is_an_error_with_suggestions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pyoco.toml");
-        fs::write(&path, "nats_url = \"nats://x:4222\"\nconsumer_ack_wait = 30\n").unwrap();
-        let opts = LoadOptions { config_file: Some(path.clone()), ..env_opts(&[]) };
+        fs::write(
+            &path,
+            "nats_url = \"nats://x:4222\"\nconsumer_ack_wait = 30\n",
+        )
+        .unwrap();
+        let opts = LoadOptions {
+            config_file: Some(path.clone()),
+            ..env_opts(&[])
+        };
         let err = load(&opts).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownKey { .. }));
         let msg = err.to_string();
         assert!(msg.contains("unknown key `consumer_ack_wait`"), "{msg}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
-        assert!(msg.contains("did you mean `consumer_ack_wait_sec`"), "{msg}");
+        assert!(
+            msg.contains("did you mean `consumer_ack_wait_sec`"),
+            "{msg}"
+        );
 
         fs::write(&path, "PYOCO_NATS_URL = \"nats://x:4222\"\n").unwrap();
         let msg = load(&opts).unwrap_err().to_string();
@@ -1138,14 +1292,20 @@ mod tests {
 
         // Sections are not accepted either.
         fs::write(&path, "[pyoco]\nnats_url = \"nats://x:4222\"\n").unwrap();
-        assert!(matches!(load(&opts).unwrap_err(), ConfigError::UnknownKey { .. }));
+        assert!(matches!(
+            load(&opts).unwrap_err(),
+            ConfigError::UnknownKey { .. }
+        ));
     }
 
     #[test]
     fn toml_types() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pyoco.toml");
-        let opts = LoadOptions { config_file: Some(path.clone()), ..env_opts(&[]) };
+        let opts = LoadOptions {
+            config_file: Some(path.clone()),
+            ..env_opts(&[])
+        };
 
         fs::write(
             &path,
@@ -1164,32 +1324,50 @@ mod tests {
         let err = load(&opts).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ConfigError::WrongType { .. }));
-        assert!(msg.contains("`consumer_max_deliver` must be an integer"), "{msg}");
+        assert!(
+            msg.contains("`consumer_max_deliver` must be an integer"),
+            "{msg}"
+        );
         assert!(msg.contains("found float"), "{msg}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
 
         fs::write(&path, "wheel_sync_enabled = \"yes\"\n").unwrap();
         let msg = load(&opts).unwrap_err().to_string();
-        assert!(msg.contains("must be a boolean (true or false), found string"), "{msg}");
+        assert!(
+            msg.contains("must be a boolean (true or false), found string"),
+            "{msg}"
+        );
 
         fs::write(&path, "http_port = 123456\n").unwrap();
         let msg = load(&opts).unwrap_err().to_string();
         assert!(msg.contains("port range"), "{msg}");
 
         fs::write(&path, "nats_url = \"\"\n").unwrap();
-        assert!(matches!(load(&opts).unwrap_err(), ConfigError::InvalidValue { .. }));
+        assert!(matches!(
+            load(&opts).unwrap_err(),
+            ConfigError::InvalidValue { .. }
+        ));
 
         fs::write(&path, "nats_url = \n").unwrap();
-        assert!(matches!(load(&opts).unwrap_err(), ConfigError::TomlSyntax { .. }));
+        assert!(matches!(
+            load(&opts).unwrap_err(),
+            ConfigError::TomlSyntax { .. }
+        ));
     }
 
     #[test]
     fn config_file_resolution() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.toml");
-        let opts = LoadOptions { config_file: Some(missing.clone()), ..env_opts(&[]) };
+        let opts = LoadOptions {
+            config_file: Some(missing.clone()),
+            ..env_opts(&[])
+        };
         let msg = load(&opts).unwrap_err().to_string();
-        assert!(msg.contains("does not exist") && msg.contains("--config"), "{msg}");
+        assert!(
+            msg.contains("does not exist") && msg.contains("--config"),
+            "{msg}"
+        );
 
         let err = load(&env_opts(&[("PYOCO_CONFIG", missing.to_str().unwrap())])).unwrap_err();
         assert!(err.to_string().contains("PYOCO_CONFIG"));
@@ -1203,7 +1381,10 @@ mod tests {
 
     #[test]
     fn flags_override_and_errors() {
-        let mut opts = env_opts(&[("PYOCO_CONSUMER_MAX_DELIVER", "7"), ("PYOCO_HTTP_PORT", "9001")]);
+        let mut opts = env_opts(&[
+            ("PYOCO_CONSUMER_MAX_DELIVER", "7"),
+            ("PYOCO_HTTP_PORT", "9001"),
+        ]);
         opts.flags = vec![
             ("consumer_max_deliver".into(), "9".into()),
             ("wheel_sync_enabled".into(), "on".into()),
@@ -1220,14 +1401,20 @@ mod tests {
         opts.flags = vec![("consumer_max_deliver".into(), "1.5".into())];
         let err = load(&opts).unwrap_err();
         assert!(matches!(err, ConfigError::InvalidValue { .. }));
-        assert!(err.to_string().contains("consumer_max_deliver") && err.to_string().contains("an integer"));
+        assert!(
+            err.to_string().contains("consumer_max_deliver")
+                && err.to_string().contains("an integer")
+        );
 
         opts.flags = vec![("nats_url".into(), String::new())];
         assert!(load(&opts).is_err());
 
         opts.flags = vec![("nats-url".into(), "x".into())];
         let msg = load(&opts).unwrap_err().to_string();
-        assert!(msg.contains("unknown configuration flag `nats-url`") && msg.contains("`nats_url`"), "{msg}");
+        assert!(
+            msg.contains("unknown configuration flag `nats-url`") && msg.contains("`nats_url`"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1235,28 +1422,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pep = dir.path().join("pepper");
         fs::write(&pep, "s3cret\n").unwrap();
-        let l = load(&env_opts(&[("PYOCO_AUTH_PEPPER_FILE", pep.to_str().unwrap())])).unwrap();
+        let l = load(&env_opts(&[(
+            "PYOCO_AUTH_PEPPER_FILE",
+            pep.to_str().unwrap(),
+        )]))
+        .unwrap();
         assert_eq!(l.config.auth_pepper.as_deref(), Some("s3cret"));
         assert_eq!(l.sources["auth_pepper"], Source::Env);
-        let row = l.describe().into_iter().find(|r| r.key == "auth_pepper").unwrap();
+        let row = l
+            .describe()
+            .into_iter()
+            .find(|r| r.key == "auth_pepper")
+            .unwrap();
         assert_eq!(row.value, "<set>");
         assert!(!format!("{:?}", l.config).contains("s3cret"));
 
         // Both at the same level: error.
-        let err = load(&env_opts(&[("PYOCO_AUTH_PEPPER", "x"), ("PYOCO_AUTH_PEPPER_FILE", pep.to_str().unwrap())]))
-            .unwrap_err();
+        let err = load(&env_opts(&[
+            ("PYOCO_AUTH_PEPPER", "x"),
+            ("PYOCO_AUTH_PEPPER_FILE", pep.to_str().unwrap()),
+        ]))
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
 
         // Env var beats a _FILE given in .env.
         let env_path = dir.path().join(".env");
-        fs::write(&env_path, format!("PYOCO_AUTH_PEPPER_FILE={}\n", pep.display())).unwrap();
+        fs::write(
+            &env_path,
+            format!("PYOCO_AUTH_PEPPER_FILE={}\n", pep.display()),
+        )
+        .unwrap();
         let l = load(&LoadOptions::with_env([
             ("PYOCO_ENV_FILE", env_path.to_str().unwrap()),
             ("PYOCO_AUTH_PEPPER", "direct"),
         ]))
         .unwrap();
         assert_eq!(l.config.auth_pepper.as_deref(), Some("direct"));
-        let l = load(&LoadOptions::with_env([("PYOCO_ENV_FILE", env_path.to_str().unwrap())])).unwrap();
+        let l = load(&LoadOptions::with_env([(
+            "PYOCO_ENV_FILE",
+            env_path.to_str().unwrap(),
+        )]))
+        .unwrap();
         assert_eq!(l.config.auth_pepper.as_deref(), Some("s3cret"));
         assert_eq!(l.sources["auth_pepper"], Source::DotEnv(env_path.clone()));
 
@@ -1264,14 +1470,26 @@ mod tests {
         let l = load(&env_opts(&[("PYOCO_AUTH_PEPPER", "   ")])).unwrap();
         assert_eq!(l.config.auth_pepper, None);
         let missing = dir.path().join("nope");
-        let err = load(&env_opts(&[("PYOCO_AUTH_PEPPER_FILE", missing.to_str().unwrap())])).unwrap_err();
+        let err = load(&env_opts(&[(
+            "PYOCO_AUTH_PEPPER_FILE",
+            missing.to_str().unwrap(),
+        )]))
+        .unwrap_err();
         assert!(matches!(err, ConfigError::SecretFile { .. }));
         assert!(err.to_string().contains("PYOCO_AUTH_PEPPER_FILE"));
 
         // TOML and flag forms.
         let toml_path = dir.path().join("c.toml");
-        fs::write(&toml_path, format!("auth_pepper_file = {:?}\n", pep.to_str().unwrap())).unwrap();
-        let l = load(&LoadOptions { config_file: Some(toml_path), ..env_opts(&[]) }).unwrap();
+        fs::write(
+            &toml_path,
+            format!("auth_pepper_file = {:?}\n", pep.to_str().unwrap()),
+        )
+        .unwrap();
+        let l = load(&LoadOptions {
+            config_file: Some(toml_path),
+            ..env_opts(&[])
+        })
+        .unwrap();
         assert_eq!(l.config.auth_pepper.as_deref(), Some("s3cret"));
         let mut opts = env_opts(&[("PYOCO_AUTH_PEPPER", "env")]);
         opts.flags = vec![("auth_pepper_file".into(), pep.to_str().unwrap().into())];
@@ -1284,13 +1502,24 @@ mod tests {
     fn log_vars_ignore_dotenv() {
         let dir = tempfile::tempdir().unwrap();
         let env_path = dir.path().join(".env");
-        fs::write(&env_path, "PYOCO_LOG_LEVEL=DEBUG\nPYOCO_LOG_UTC=false\nPYOCO_DASHBOARD_LANG=ja\n").unwrap();
-        let l = load(&LoadOptions::with_env([("PYOCO_ENV_FILE", env_path.to_str().unwrap())])).unwrap();
+        fs::write(
+            &env_path,
+            "PYOCO_LOG_LEVEL=DEBUG\nPYOCO_LOG_UTC=false\nPYOCO_DASHBOARD_LANG=ja\n",
+        )
+        .unwrap();
+        let l = load(&LoadOptions::with_env([(
+            "PYOCO_ENV_FILE",
+            env_path.to_str().unwrap(),
+        )]))
+        .unwrap();
         assert_eq!(l.config.log_level, "INFO");
         assert!(l.config.log_utc);
         assert_eq!(l.config.dashboard_lang, "ja");
         assert_eq!(l.sources["log_level"], Source::Default);
-        assert!(l.warnings.iter().any(|w| w.contains("PYOCO_LOG_LEVEL") && w.contains("process environment only")));
+        assert!(l
+            .warnings
+            .iter()
+            .any(|w| w.contains("PYOCO_LOG_LEVEL") && w.contains("process environment only")));
 
         let l = load(&LoadOptions::with_env([
             ("PYOCO_ENV_FILE", env_path.to_str().unwrap()),
@@ -1315,12 +1544,18 @@ mod tests {
         assert_eq!(l.config.wheel_install_timeout_sec, 1.0);
         assert_eq!(l.config.worker_heartbeat_interval_sec, 0.1);
         assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
-        assert!(l.warnings[0].contains("run_heartbeat_interval_sec = 0.01 (env) is below the minimum 0.1"));
+        assert!(l.warnings[0]
+            .contains("run_heartbeat_interval_sec = 0.01 (env) is below the minimum 0.1"));
     }
 
     #[test]
     fn api_key_auth_and_workers_ttl() {
-        for (mode, on) in [("api_key", true), (" API_KEY ", true), ("none", false), ("apikey", false)] {
+        for (mode, on) in [
+            ("api_key", true),
+            (" API_KEY ", true),
+            ("none", false),
+            ("apikey", false),
+        ] {
             let l = load(&env_opts(&[("PYOCO_HTTP_AUTH_MODE", mode)])).unwrap();
             assert_eq!(l.config.api_key_auth(), on, "{mode}");
         }
@@ -1331,8 +1566,14 @@ mod tests {
     #[test]
     fn close_matches_work() {
         assert_eq!(close_matches("nats_ur"), vec!["nats_url".to_string()]);
-        assert_eq!(close_matches("PYOCO_HTTP_PORT"), vec!["http_port".to_string()]);
-        assert_eq!(close_matches("auth-pepper-file"), vec!["auth_pepper_file".to_string()]);
+        assert_eq!(
+            close_matches("PYOCO_HTTP_PORT"),
+            vec!["http_port".to_string()]
+        );
+        assert_eq!(
+            close_matches("auth-pepper-file"),
+            vec!["auth_pepper_file".to_string()]
+        );
         assert!(close_matches("zzzzzzzzzzzz").is_empty());
         assert_eq!(levenshtein("kitten", "sitting"), 3);
     }

@@ -105,7 +105,11 @@ pub fn parse_dotenv_line(line: &str) -> Option<(String, String)> {
     if let (Some(first), Some(last)) = (value.chars().next(), value.chars().last()) {
         if first == last && (first == '\'' || first == '"') {
             // Same rule as Python's value[1:-1]: a lone quote gives an empty body.
-            let body = if value.len() >= 2 { &value[1..value.len() - 1] } else { "" };
+            let body = if value.len() >= 2 {
+                &value[1..value.len() - 1]
+            } else {
+                ""
+            };
             let body = if first == '"' {
                 decode_python_escapes(body).unwrap_or_else(|| body.to_string())
             } else {
@@ -124,15 +128,19 @@ pub fn parse_dotenv_line(line: &str) -> Option<(String, String)> {
 /// Parse a whole `.env` text; entries are returned in file order (duplicates included, the last
 /// one wins when collected into a map).
 pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
-    py_splitlines(text).into_iter().filter_map(parse_dotenv_line).collect()
+    py_splitlines(text)
+        .into_iter()
+        .filter_map(parse_dotenv_line)
+        .collect()
 }
 
 /// Decode backslash escapes like Python's `unicode_escape` codec.
 ///
 /// Supported: `\\ \' \" \a \b \f \n \r \t \v`, backslash-newline (removed), octal `\o`..`\ooo`,
-/// `\xHH`, `\uHHHH`, `\UHHHHHHHH`. Unknown escapes (e.g. `\q`, `\N{...}`) are kept verbatim.
+/// `\xHH`, `\uHHHH`, `\UHHHHHHHH`. Unknown escapes (e.g. `\q`) and `\N{NAME}` are kept verbatim.
 /// Returns `None` where Python raises (truncated `\x`/`\u`/`\U`, code point above U+10FFFF,
-/// trailing lone backslash); the caller then keeps the raw text, as the original does.
+/// `\N` without `{NAME}`, trailing lone backslash); the caller then keeps the raw text, as the
+/// original does.
 pub fn decode_python_escapes(s: &str) -> Option<String> {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -185,6 +193,26 @@ pub fn decode_python_escapes(s: &str) -> Option<String> {
                 // Surrogates cannot live in a Rust string.
                 out.push(char::from_u32(value).unwrap_or('\u{FFFD}'));
             }
+            'N' => {
+                // `\N{NAME}`: no Unicode name table here, keep it verbatim. Python rejects a
+                // `\N` without a braced, non-empty name, so that is a decoding failure.
+                if chars.next() != Some('{') {
+                    return None;
+                }
+                let mut name = String::new();
+                loop {
+                    match chars.next()? {
+                        '}' => break,
+                        c => name.push(c),
+                    }
+                }
+                if name.is_empty() {
+                    return None;
+                }
+                out.push_str("\\N{");
+                out.push_str(&name);
+                out.push('}');
+            }
             other => {
                 out.push('\\');
                 out.push(other);
@@ -195,7 +223,10 @@ pub fn decode_python_escapes(s: &str) -> Option<String> {
 }
 
 fn is_off(raw: &str) -> bool {
-    matches!(py_strip(raw).to_lowercase().as_str(), "0" | "false" | "no" | "off")
+    matches!(
+        py_strip(raw).to_lowercase().as_str(),
+        "0" | "false" | "no" | "off"
+    )
 }
 
 /// Where the `.env` file would be read from, given an environment lookup and the current
@@ -213,7 +244,11 @@ pub fn dotenv_path_with(lookup: &dyn Fn(&str) -> Option<String>, cwd: &Path) -> 
         return None;
     }
     let expanded = expand_home(name, lookup);
-    Some(if expanded.is_absolute() { expanded } else { cwd.join(expanded) })
+    Some(if expanded.is_absolute() {
+        expanded
+    } else {
+        cwd.join(expanded)
+    })
 }
 
 /// Expand a leading `~` / `~/` with `HOME` (`~user` forms are left as written).
@@ -330,6 +365,9 @@ mod tests {
         assert_eq!(p(r#"K="\1234""#), kv("K", "S4"));
         // Unknown escapes are kept.
         assert_eq!(p(r#"K="\q""#), kv("K", "\\q"));
+        assert_eq!(p(r#"K="\N{BULLET}\t""#), kv("K", "\\N{BULLET}\t"));
+        assert_eq!(p(r#"K="\N\t""#), kv("K", "\\N\\t"));
+        assert_eq!(p(r#"K="\N{}""#), kv("K", "\\N{}"));
         // Decoding errors keep the whole body verbatim.
         assert_eq!(p(r#"K="\x4""#), kv("K", "\\x4"));
         assert_eq!(p(r#"K="ok\n\x4""#), kv("K", "ok\\n\\x4"));
@@ -344,7 +382,8 @@ mod tests {
 
     #[test]
     fn whole_text_and_line_splitting() {
-        let text = "# header\n\nA=1\r\nexport B='two'\rC=\"x\\ty\"\u{0b}D=4 # c\nbad line\nA=override\n";
+        let text =
+            "# header\n\nA=1\r\nexport B='two'\rC=\"x\\ty\"\u{0b}D=4 # c\nbad line\nA=override\n";
         let parsed = parse_dotenv(text);
         let expected: Vec<(String, String)> = [
             ("A", "1"),
@@ -357,9 +396,10 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(parsed, expected);
-        assert_eq!(py_splitlines("a\x1cb\u{85}c\u{2028}d\re\r\nf\x0bg\x0ch"), vec![
-            "a", "b", "c", "d", "e", "f", "g", "h"
-        ]);
+        assert_eq!(
+            py_splitlines("a\x1cb\u{85}c\u{2028}d\re\r\nf\x0bg\x0ch"),
+            vec!["a", "b", "c", "d", "e", "f", "g", "h"]
+        );
         assert_eq!(py_splitlines("a\n"), vec!["a"]);
         assert_eq!(py_splitlines("a\n\nb"), vec!["a", "", "b"]);
         // Python's strip() also removes 0x1C..0x1F.
@@ -367,8 +407,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k: &str| map.get(k).cloned()
     }
 
@@ -387,10 +429,16 @@ mod tests {
         assert_eq!(values.get("B").map(String::as_str), Some("x"));
 
         for off in ["0", "false", "No", " OFF "] {
-            assert!(load_dotenv_with(&env(&[(LOAD_DOTENV_VAR, off)]), cwd).is_none(), "{off}");
+            assert!(
+                load_dotenv_with(&env(&[(LOAD_DOTENV_VAR, off)]), cwd).is_none(),
+                "{off}"
+            );
         }
         for on in ["1", "true", "", "whatever"] {
-            assert!(load_dotenv_with(&env(&[(LOAD_DOTENV_VAR, on)]), cwd).is_some(), "{on}");
+            assert!(
+                load_dotenv_with(&env(&[(LOAD_DOTENV_VAR, on)]), cwd).is_some(),
+                "{on}"
+            );
         }
 
         let (path, values) = load_dotenv_with(&env(&[(ENV_FILE_VAR, "other.env")]), cwd).unwrap();
@@ -398,7 +446,10 @@ mod tests {
         assert_eq!(values.get("O").map(String::as_str), Some("other"));
 
         let home = cwd.join("home");
-        let lookup = env(&[(ENV_FILE_VAR, " ~/my.env "), ("HOME", home.to_str().unwrap())]);
+        let lookup = env(&[
+            (ENV_FILE_VAR, " ~/my.env "),
+            ("HOME", home.to_str().unwrap()),
+        ]);
         let (path, values) = load_dotenv_with(&lookup, Path::new("/nonexistent")).unwrap();
         assert_eq!(path, home.join("my.env"));
         assert_eq!(values.get("H").map(String::as_str), Some("home"));

@@ -58,9 +58,11 @@
 //!   only recognised when they contain no comma.
 //! * A multi-line plain scalar is always a string (PyYAML would still resolve e.g. a timestamp
 //!   folded over two lines).
-//! * Nesting deeper than 128 levels is invalid YAML here (serde_norway's recursion limit).
+//! * Nesting deeper than 128 levels is invalid YAML here (serde_norway's recursion limit), and so
+//!   is a document that expands, through aliases, to more than 100 000 + 2 × its size in nodes.
 //! * Where libyaml and PyYAML's pure-Python scanner disagree on exotic syntax, libyaml decides.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
@@ -89,7 +91,10 @@ pub struct YamlPolicyError {
 
 impl YamlPolicyError {
     fn new(code: &str, detail: impl Into<String>) -> Self {
-        YamlPolicyError { code: code.to_string(), detail: detail.into() }
+        YamlPolicyError {
+            code: code.to_string(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -143,7 +148,10 @@ impl WorkflowYaml {
 
 /// Apply the flow.yaml policy to `raw` (contract §4). With `require_flow = false` a file
 /// without `flow` (or with `flow: null`) is accepted, with an empty `graph` and `defaults`.
-pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYaml, YamlPolicyError> {
+pub fn parse_workflow_yaml(
+    raw: &[u8],
+    require_flow: bool,
+) -> Result<WorkflowYaml, YamlPolicyError> {
     // Size and hash come from the bytes as received, before any decoding.
     let size_bytes = raw.len();
     let sha256_hex = hex::encode(Sha256::digest(raw));
@@ -151,19 +159,26 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
     let text = std::str::from_utf8(raw).map_err(|e| {
         YamlPolicyError::new(
             "invalid_utf8",
-            format!("flow.yaml must be UTF-8 text; invalid byte sequence at byte offset {}", e.valid_up_to()),
+            format!(
+                "flow.yaml must be UTF-8 text; invalid byte sequence at byte offset {}",
+                e.valid_up_to()
+            ),
         )
     })?;
 
-    let root = safe_load(text)
-        .map_err(|e| YamlPolicyError::new("invalid_yaml", format!("flow.yaml is not valid YAML: {e}")))?;
+    let root = safe_load(text).map_err(|e| {
+        YamlPolicyError::new("invalid_yaml", format!("flow.yaml is not valid YAML: {e}"))
+    })?;
 
     let data = match &root {
         Py::Map(d) => d,
         other => {
             return Err(YamlPolicyError::new(
                 "invalid_yaml_root",
-                format!("the top level of flow.yaml must be a mapping, found {}", other.type_name()),
+                format!(
+                    "the top level of flow.yaml must be a mapping, found {}",
+                    other.type_name()
+                ),
             ))
         }
     };
@@ -181,7 +196,12 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
              name each task's 'callable' instead",
         ));
     }
-    check_keys(data, &ALLOWED_TOP_LEVEL_KEYS, "unknown_top_level_keys", "unknown top-level keys")?;
+    check_keys(
+        data,
+        &ALLOWED_TOP_LEVEL_KEYS,
+        "unknown_top_level_keys",
+        "unknown top-level keys",
+    )?;
 
     // flow
     let mut graph = String::new();
@@ -196,7 +216,12 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
             }
         }
         Some(Py::Map(flow)) => {
-            check_keys(flow, &ALLOWED_FLOW_KEYS, "unknown_flow_keys", "unknown keys in 'flow'")?;
+            check_keys(
+                flow,
+                &ALLOWED_FLOW_KEYS,
+                "unknown_flow_keys",
+                "unknown keys in 'flow'",
+            )?;
             match flow.get("graph") {
                 Some(Py::Str(g)) if !py_strip(g).is_empty() => graph = g.clone(),
                 other => {
@@ -215,7 +240,10 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
                     other => {
                         return Err(YamlPolicyError::new(
                             "invalid_flow_defaults",
-                            format!("'flow.defaults' must be a mapping or null, found {}", other.type_name()),
+                            format!(
+                                "'flow.defaults' must be a mapping or null, found {}",
+                                other.type_name()
+                            ),
                         ))
                     }
                 },
@@ -239,7 +267,10 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
             other => {
                 return Err(YamlPolicyError::new(
                     "invalid_tasks",
-                    format!("'tasks' must be a mapping of task name to task settings, found {}", other.type_name()),
+                    format!(
+                        "'tasks' must be a mapping of task name to task settings, found {}",
+                        other.type_name()
+                    ),
                 ))
             }
         },
@@ -251,7 +282,10 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
             other => {
                 return Err(YamlPolicyError::new(
                     "invalid_task_name",
-                    format!("task names must be non-empty strings, found {}", describe_short(other)),
+                    format!(
+                        "task names must be non-empty strings, found {}",
+                        describe_short(other)
+                    ),
                 ))
             }
         };
@@ -260,11 +294,19 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
             other => {
                 return Err(YamlPolicyError::new(
                     "invalid_task_config",
-                    format!("tasks.{name} must be a mapping, found {}", other.type_name()),
+                    format!(
+                        "tasks.{name} must be a mapping, found {}",
+                        other.type_name()
+                    ),
                 ))
             }
         };
-        check_keys(conf, &ALLOWED_TASK_KEYS, "unknown_task_keys", &format!("unknown keys in tasks.{name}"))?;
+        check_keys(
+            conf,
+            &ALLOWED_TASK_KEYS,
+            "unknown_task_keys",
+            &format!("unknown keys in tasks.{name}"),
+        )?;
         let callable = match conf.get("callable") {
             None | Some(Py::Null) => None,
             Some(Py::Str(c)) if c.contains(':') => Some(c.clone()),
@@ -284,7 +326,10 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
                 other => {
                     return Err(YamlPolicyError::new(
                         "invalid_task_inputs",
-                        format!("tasks.{name}.inputs must be a mapping, found {}", other.type_name()),
+                        format!(
+                            "tasks.{name}.inputs must be a mapping, found {}",
+                            other.type_name()
+                        ),
                     ))
                 }
             },
@@ -294,12 +339,20 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
             Some(o) if o.truthy() => string_list(o).ok_or_else(|| {
                 YamlPolicyError::new(
                     "invalid_task_outputs",
-                    format!("tasks.{name}.outputs must be a list of strings, found {}", describe_list(o)),
+                    format!(
+                        "tasks.{name}.outputs must be a list of strings, found {}",
+                        describe_list(o)
+                    ),
                 )
             })?,
             _ => Vec::new(),
         };
-        tasks.push(TaskSpec { name, callable, inputs, outputs });
+        tasks.push(TaskSpec {
+            name,
+            callable,
+            inputs,
+            outputs,
+        });
     }
 
     // runtime
@@ -315,12 +368,20 @@ pub fn parse_workflow_yaml(raw: &[u8], require_flow: bool) -> Result<WorkflowYam
         },
         _ => &empty,
     };
-    check_keys(runtime, &ALLOWED_RUNTIME_KEYS, "unknown_runtime_keys", "unknown keys in 'runtime'")?;
+    check_keys(
+        runtime,
+        &ALLOWED_RUNTIME_KEYS,
+        "unknown_runtime_keys",
+        "unknown keys in 'runtime'",
+    )?;
     let expose_env = match runtime.get("expose_env") {
         Some(e) if e.truthy() => string_list(e).ok_or_else(|| {
             YamlPolicyError::new(
                 "invalid_runtime_expose_env",
-                format!("'runtime.expose_env' must be a list of strings, found {}", describe_list(e)),
+                format!(
+                    "'runtime.expose_env' must be a list of strings, found {}",
+                    describe_list(e)
+                ),
             )
         })?,
         _ => Vec::new(),
@@ -373,7 +434,11 @@ fn check_keys(map: &Dict, allowed: &[&str], code: &str, what: &str) -> Result<()
     unknown.sort();
     Err(YamlPolicyError::new(
         code,
-        format!("{what}: {} (allowed: {})", unknown.join(", "), allowed.join(", ")),
+        format!(
+            "{what}: {} (allowed: {})",
+            unknown.join(", "),
+            allowed.join(", ")
+        ),
     ))
 }
 
@@ -431,7 +496,7 @@ fn py_int(v: &Py) -> Option<i64> {
             }
             let t = f.trunc();
             // i64::MIN is exactly representable; the exclusive upper bound 2^63 as well.
-            if t >= -9_223_372_036_854_775_808.0 && t < 9_223_372_036_854_775_808.0 {
+            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&t) {
                 Some(t as i64)
             } else {
                 None
@@ -516,7 +581,10 @@ fn to_json(v: &Py, strict: bool) -> Result<Value, String> {
         Py::Map(d) => Value::Object(json_object(d, strict)?),
         Py::Opaque { kind, text, .. } => {
             if strict {
-                return Err(format!("{} {text:?} has no JSON form; quote it to pass a string", kind.name()));
+                return Err(format!(
+                    "{} {text:?} has no JSON form; quote it to pass a string",
+                    kind.name()
+                ));
             }
             Value::String(text.clone())
         }
@@ -535,7 +603,10 @@ fn json_key(k: &Py, strict: bool) -> Result<String, String> {
         Py::Float(f) => py_float_repr(*f),
         Py::Opaque { kind, text, .. } => {
             if strict {
-                return Err(format!("{} {text:?} cannot be a JSON object key", kind.name()));
+                return Err(format!(
+                    "{} {text:?} cannot be a JSON object key",
+                    kind.name()
+                ));
             }
             text.clone()
         }
@@ -549,10 +620,18 @@ fn py_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // Shortest round-trip digits, as Python's repr uses.
     let e = format!("{:e}", f.abs());
@@ -568,10 +647,18 @@ fn py_float_repr(f: f64) -> String {
         } else if decpt >= n {
             format!("{}{}.0", digits, "0".repeat((decpt - n) as usize))
         } else {
-            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
+            format!(
+                "{}.{}",
+                &digits[..decpt as usize],
+                &digits[decpt as usize..]
+            )
         }
     } else {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     };
     format!("{sign}{body}")
@@ -610,7 +697,11 @@ enum Py {
     Seq(Vec<Py>),
     Map(Dict),
     /// Values with no JSON form (dates, datetimes, bytes), kept as written.
-    Opaque { kind: OpaqueKind, text: String, truthy: bool },
+    Opaque {
+        kind: OpaqueKind,
+        text: String,
+        truthy: bool,
+    },
 }
 
 impl Py {
@@ -705,7 +796,10 @@ struct Dict {
 
 impl Dict {
     fn get(&self, key: &str) -> Option<&Py> {
-        self.entries.iter().find(|(k, _)| matches!(k, Py::Str(s) if s == key)).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| matches!(k, Py::Str(s) if s == key))
+            .map(|(_, v)| v)
     }
 }
 
@@ -756,24 +850,40 @@ impl Source {
     }
 }
 
-/// First pass: shape of the document and serde's typed scalars.
+/// First pass: shape of the document and serde's typed scalars. `budget` counts the nodes still
+/// allowed: serde replays an alias's events, so the tree is the alias-expanded document, and a
+/// small file of nested aliases could otherwise expand to billions of nodes (PyYAML shares the
+/// aliased object instead).
 #[derive(Clone, Copy)]
-struct ShapePass;
+struct ShapePass<'b> {
+    budget: &'b Cell<usize>,
+}
 
-impl<'de> DeserializeSeed<'de> for ShapePass {
+impl<'de> DeserializeSeed<'de> for ShapePass<'_> {
     type Value = Node;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        let left = self.budget.get();
+        if left == 0 {
+            return Err(de::Error::custom(
+                "document too large once aliases are expanded (refused to protect the server)",
+            ));
+        }
+        self.budget.set(left - 1);
         d.deserialize_any(self)
     }
 }
 
-impl ShapePass {
+impl ShapePass<'_> {
     fn scalar(typed: Typed) -> Node {
-        Node::Scalar(ScalarNode { typed, raw: String::new(), offset: None })
+        Node::Scalar(ScalarNode {
+            typed,
+            raw: String::new(),
+            offset: None,
+        })
     }
 }
 
-impl<'de> Visitor<'de> for ShapePass {
+impl<'de> Visitor<'de> for ShapePass<'_> {
     type Value = Node;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -798,7 +908,9 @@ impl<'de> Visitor<'de> for ShapePass {
         Ok(Self::scalar(Typed::Int(v)))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Node, E> {
-        Ok(Self::scalar(i128::try_from(v).map_or(Typed::BigInt, Typed::Int)))
+        Ok(Self::scalar(
+            i128::try_from(v).map_or(Typed::BigInt, Typed::Int),
+        ))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
         Ok(Self::scalar(Typed::Float(v)))
@@ -808,15 +920,15 @@ impl<'de> Visitor<'de> for ShapePass {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(ShapePass)? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Node::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut pairs = Vec::new();
-        while let Some(k) = map.next_key_seed(ShapePass)? {
-            let v = map.next_value_seed(ShapePass)?;
+        while let Some(k) = map.next_key_seed(self)? {
+            let v = map.next_value_seed(self)?;
             pairs.push((k, v));
         }
         Ok(Node::Map(pairs))
@@ -824,7 +936,9 @@ impl<'de> Visitor<'de> for ShapePass {
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Node, A::Error> {
         // serde_norway reports local tags (`!foo value`) as enum variants.
         let (tag, _variant): (String, A::Variant) = data.variant()?;
-        Err(de::Error::custom(format!("could not determine a constructor for the tag '!{tag}'")))
+        Err(de::Error::custom(format!(
+            "could not determine a constructor for the tag '!{tag}'"
+        )))
     }
 }
 
@@ -881,8 +995,11 @@ impl<'de> Visitor<'de> for FillSeq<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         for node in self.items.iter_mut() {
-            seq.next_element_seed(TextPass { node, src: self.src })?
-                .ok_or_else(|| de::Error::custom("document changed between passes"))?;
+            seq.next_element_seed(TextPass {
+                node,
+                src: self.src,
+            })?
+            .ok_or_else(|| de::Error::custom("document changed between passes"))?;
         }
         Ok(())
     }
@@ -900,27 +1017,144 @@ impl<'de> Visitor<'de> for FillMap<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         for (k, v) in self.pairs.iter_mut() {
-            map.next_key_seed(TextPass { node: k, src: self.src })?
-                .ok_or_else(|| de::Error::custom("document changed between passes"))?;
-            map.next_value_seed(TextPass { node: v, src: self.src })?;
+            map.next_key_seed(TextPass {
+                node: k,
+                src: self.src,
+            })?
+            .ok_or_else(|| de::Error::custom("document changed between passes"))?;
+            map.next_value_seed(TextPass {
+                node: v,
+                src: self.src,
+            })?;
         }
         Ok(())
     }
 }
 
+/// Nodes a document may have after alias expansion: a fixed allowance plus a multiple of its
+/// size (without aliases a document has fewer nodes than bytes).
+const MAX_NODES_BASE: usize = 100_000;
+const MAX_NODES_PER_BYTE: usize = 2;
+
 /// `yaml.safe_load(text)`, as far as this module emulates it.
 fn safe_load(text: &str) -> Result<Py, String> {
-    let mut root = ShapePass
+    let budget = Cell::new(MAX_NODES_BASE + MAX_NODES_PER_BYTE * text.len());
+    let mut root = ShapePass { budget: &budget }
         .deserialize(serde_norway::Deserializer::from_str(text))
         .map_err(|e| e.to_string())?;
     if matches!(root, Node::Void) {
         return Ok(Py::Null);
     }
-    let src = Source { base: text.as_ptr() as usize, len: text.len() };
-    TextPass { node: &mut root, src }
-        .deserialize(serde_norway::Deserializer::from_str(text))
-        .map_err(|e| e.to_string())?;
+    let src = Source {
+        base: text.as_ptr() as usize,
+        len: text.len(),
+    };
+    TextPass {
+        node: &mut root,
+        src,
+    }
+    .deserialize(serde_norway::Deserializer::from_str(text))
+    .map_err(|e| e.to_string())?;
+    check_tabs(text)?;
     Loader { text }.construct(&root)
+}
+
+/// PyYAML's scanner skips only spaces between tokens and ends plain scalars at a tab, so it
+/// refuses a tab anywhere but inside a quoted scalar, the content of a block scalar, or a
+/// comment; libyaml is more lenient (`key:<TAB>value`, trailing tabs). Refuse what PyYAML
+/// refuses. The scan is approximate in the lenient direction only: where it cannot tell,
+/// the tab is let through.
+fn check_tabs(text: &str) -> Result<(), String> {
+    if !text.contains('\t') {
+        return Ok(());
+    }
+    let mut quote: Option<u8> = None;
+    // Inside block scalar content: the column its lines must be indented beyond.
+    let mut block_parent: Option<usize> = None;
+    for (lineno, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let b = line.as_bytes();
+        let indent = b.iter().take_while(|c| **c == b' ').count();
+        if quote.is_none() {
+            if let Some(parent) = block_parent {
+                if indent == b.len() || indent > parent {
+                    continue;
+                }
+                block_parent = None;
+            }
+        }
+        let mut code_end = b.len();
+        let mut i = 0;
+        while i < b.len() {
+            let ch = b[i];
+            if let Some(q) = quote {
+                if q == b'"' && ch == b'\\' {
+                    i += 2;
+                    continue;
+                }
+                if ch == q {
+                    if q == b'\'' && b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    quote = None;
+                }
+                i += 1;
+                continue;
+            }
+            match ch {
+                b'\t' => {
+                    return Err(format!(
+                        "found character '\\t' that cannot start any token at line {}, column {}",
+                        lineno + 1,
+                        i + 1
+                    ))
+                }
+                b'#' if i == 0 || b[i - 1] == b' ' => {
+                    code_end = i;
+                    break;
+                }
+                b'\'' | b'"' if i == 0 || matches!(b[i - 1], b' ' | b'[' | b'{' | b',' | b':') => {
+                    quote = Some(ch)
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        if quote.is_none() {
+            block_parent = block_header_parent(&line[..code_end], indent);
+        }
+    }
+    Ok(())
+}
+
+/// When `code` (a line without its comment) ends with a block scalar header (`|`, `>-`, ...),
+/// the column its content must be indented beyond.
+fn block_header_parent(code: &str, indent: usize) -> Option<usize> {
+    let last = code.split_whitespace().last()?;
+    let mut chars = last.chars();
+    if !matches!(chars.next(), Some('|') | Some('>'))
+        || !chars.all(|c| c.is_ascii_digit() || c == '+' || c == '-')
+    {
+        return None;
+    }
+    let b = code.as_bytes();
+    let mut col = indent;
+    let mut seq_col = None;
+    while b.get(col) == Some(&b'-') && matches!(b.get(col + 1), Some(b' ')) {
+        seq_col = Some(col);
+        col += 1;
+        while b.get(col) == Some(&b' ') {
+            col += 1;
+        }
+    }
+    if code[col..].contains(": ") {
+        Some(col)
+    } else if let Some(c) = seq_col {
+        Some(c)
+    } else {
+        Some(indent.saturating_sub(1))
+    }
 }
 
 struct Loader<'t> {
@@ -953,7 +1187,12 @@ impl Loader<'_> {
         match node {
             Node::Void => Ok(Py::Null),
             Node::Scalar(s) => self.scalar(s, false),
-            Node::Seq(items) => Ok(Py::Seq(items.iter().map(|n| self.construct(n)).collect::<Result<_, _>>()?)),
+            Node::Seq(items) => Ok(Py::Seq(
+                items
+                    .iter()
+                    .map(|n| self.construct(n))
+                    .collect::<Result<_, _>>()?,
+            )),
             Node::Map(pairs) => self.mapping(pairs),
         }
     }
@@ -981,9 +1220,11 @@ impl Loader<'_> {
     /// the `!!` family or verbatim `!<...>` tags; local tags were refused by the first pass).
     /// Properties of a block mapping key sit on the key's line, so for keys the search stops at
     /// the line start (a tag on the line above belongs to the mapping).
-    fn explicit_tag(&self, start: usize, is_key: bool) -> Option<String> {
+    /// `adjacent`: the node is an empty scalar, whose position is the end of its properties.
+    fn explicit_tag(&self, start: usize, is_key: bool, adjacent: bool) -> Option<String> {
         let b = self.text.as_bytes();
         let mut end = start;
+        let mut first = true;
         loop {
             let mut i = end;
             while i > 0 && matches!(b[i - 1], b' ' | b'\t' | b'\r' | b'\n') {
@@ -992,9 +1233,10 @@ impl Loader<'_> {
                 }
                 i -= 1;
             }
-            if i == end {
+            if i == end && !(first && adjacent) {
                 return None;
             }
+            first = false;
             let mut j = i;
             while j > 0 && !matches!(b[j - 1], b' ' | b'\t' | b'\r' | b'\n' | b'[' | b'{' | b',') {
                 j -= 1;
@@ -1022,7 +1264,7 @@ impl Loader<'_> {
     /// Whether byte `pos` is inside a `#` comment on its line (approximate: quotes not tracked).
     fn in_comment(&self, pos: usize) -> bool {
         let line_start = self.text[..pos].rfind('\n').map_or(0, |p| p + 1);
-        let line = self.text[line_start..pos].as_bytes();
+        let line = &self.text.as_bytes()[line_start..pos];
         line.iter()
             .enumerate()
             .any(|(i, c)| *c == b'#' && (i == 0 || matches!(line[i - 1], b' ' | b'\t')))
@@ -1030,7 +1272,11 @@ impl Loader<'_> {
 
     fn scalar(&self, s: &ScalarNode, is_key: bool) -> Result<Py, String> {
         let (style, start) = self.style(s);
-        if let Some(tag) = start.and_then(|st| self.explicit_tag(st, is_key)) {
+        let tag = match s.offset {
+            Some(o) if s.raw.is_empty() => self.explicit_tag(o, is_key, true),
+            _ => start.and_then(|st| self.explicit_tag(st, is_key, false)),
+        };
+        if let Some(tag) = tag {
             return self.tagged(&tag, s);
         }
         match style {
@@ -1061,12 +1307,15 @@ impl Loader<'_> {
             "binary" => Ok(Py::Opaque {
                 kind: OpaqueKind::Bytes,
                 text: s.raw.clone(),
-                truthy: s.raw.bytes().any(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/'),
+                truthy: s
+                    .raw
+                    .bytes()
+                    .any(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/'),
             }),
             "timestamp" => timestamp(&s.raw),
-            "map" | "seq" | "set" | "omap" | "pairs" => {
-                Err(format!("expected a collection node for the tag '{tag}', but found a scalar"))
-            }
+            "map" | "seq" | "set" | "omap" | "pairs" => Err(format!(
+                "expected a collection node for the tag '{tag}', but found a scalar"
+            )),
             _ => Err(no_constructor()),
         }
     }
@@ -1075,13 +1324,20 @@ impl Loader<'_> {
         let v = s.raw.as_str();
         match resolve_plain(v) {
             Implicit::Null => Ok(Py::Null),
-            Implicit::Bool => Ok(Py::Bool(matches!(v, "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON"))),
+            Implicit::Bool => Ok(Py::Bool(matches!(
+                v,
+                "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON"
+            ))),
             Implicit::Int => construct_int(v),
             Implicit::Float => construct_float(v),
             Implicit::Timestamp => timestamp(v),
             Implicit::Str => Ok(Py::Str(v.to_string())),
-            Implicit::Merge => Err("could not determine a constructor for the tag 'tag:yaml.org,2002:merge'".into()),
-            Implicit::Value => Err("could not determine a constructor for the tag 'tag:yaml.org,2002:value'".into()),
+            Implicit::Merge => Err(
+                "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'".into(),
+            ),
+            Implicit::Value => Err(
+                "could not determine a constructor for the tag 'tag:yaml.org,2002:value'".into(),
+            ),
         }
     }
 
@@ -1090,7 +1346,10 @@ impl Loader<'_> {
         match node {
             Node::Scalar(s) if s.raw == "<<" => {
                 let (style, start) = self.style(s);
-                style == Style::Plain && start.and_then(|st| self.explicit_tag(st, true)).is_none()
+                style == Style::Plain
+                    && start
+                        .and_then(|st| self.explicit_tag(st, true, false))
+                        .is_none()
             }
             _ => false,
         }
@@ -1098,7 +1357,11 @@ impl Loader<'_> {
 
     /// PyYAML's `flatten_mapping`: merged pairs first (deduplicated by key node identity), then
     /// the mapping's own pairs.
-    fn flatten<'n>(&self, pairs: &'n [(Node, Node)], out: &mut Vec<(&'n Node, &'n Node)>) -> Result<(), String> {
+    fn flatten<'n>(
+        &self,
+        pairs: &'n [(Node, Node)],
+        out: &mut Vec<(&'n Node, &'n Node)>,
+    ) -> Result<(), String> {
         let mut merged: Vec<(&Node, &Node)> = Vec::new();
         let mut seen: Vec<KeyIdentity> = Vec::new();
         let mut own: Vec<(&Node, &Node)> = Vec::new();
@@ -1176,7 +1439,10 @@ impl Loader<'_> {
 
     fn is_plain_untagged(&self, s: &ScalarNode) -> bool {
         let (style, start) = self.style(s);
-        style == Style::Plain && start.and_then(|st| self.explicit_tag(st, true)).is_none()
+        style == Style::Plain
+            && start
+                .and_then(|st| self.explicit_tag(st, true, false))
+                .is_none()
     }
 }
 
@@ -1195,7 +1461,9 @@ impl KeyIdentity {
                 let mut chars = s.raw.chars();
                 match (chars.next(), chars.next()) {
                     (None, _) => return Some(KeyIdentity::Interned(String::new())),
-                    (Some(c), None) if (c as u32) < 256 => return Some(KeyIdentity::Interned(s.raw.clone())),
+                    (Some(c), None) if (c as u32) < 256 => {
+                        return Some(KeyIdentity::Interned(s.raw.clone()))
+                    }
                     _ => {}
                 }
                 s.offset.map(KeyIdentity::Node)
@@ -1296,7 +1564,10 @@ fn construct_int(v: &str) -> Result<Py, String> {
         let mut value: i128 = 0;
         for part in body.split(':') {
             let d = radix(part, 10)?;
-            value = value.checked_mul(60).and_then(|x| x.checked_add(d)).ok_or_else(|| "overflow".to_string())?;
+            value = value
+                .checked_mul(60)
+                .and_then(|x| x.checked_add(d))
+                .ok_or_else(|| "overflow".to_string())?;
         }
         Ok(value)
     } else {
@@ -1314,20 +1585,29 @@ fn radix(digits: &str, base: u32) -> Result<i128, String> {
         return Err(format!("invalid literal for int() with base {base}: ''"));
     }
     i128::from_str_radix(digits, base).map_err(|e| match e.kind() {
-        std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => "overflow".to_string(),
+        std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+            "overflow".to_string()
+        }
         _ => format!("invalid literal for int() with base {base}: {digits:?}"),
     })
 }
 
 /// SafeConstructor.construct_yaml_float.
 fn construct_float(v: &str) -> Result<Py, String> {
-    let s: String = v.chars().filter(|c| *c != '_').collect::<String>().to_lowercase();
+    let s: String = v
+        .chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_lowercase();
     let (sign, body) = match s.as_bytes().first() {
         Some(b'-') => (-1.0, &s[1..]),
         Some(b'+') => (1.0, &s[1..]),
         _ => (1.0, s.as_str()),
     };
-    let parse = |t: &str| t.parse::<f64>().map_err(|_| format!("could not convert string to float: {t:?}"));
+    let parse = |t: &str| {
+        t.parse::<f64>()
+            .map_err(|_| format!("could not convert string to float: {t:?}"))
+    };
     let value = if body == ".inf" {
         f64::INFINITY
     } else if body == ".nan" {
@@ -1350,8 +1630,15 @@ fn timestamp(v: &str) -> Result<Py, String> {
         .timestamp_parts
         .captures(v)
         .ok_or_else(|| format!("{v:?} is not a timestamp"))?;
-    let num = |name: &str| caps.name(name).map(|m| m.as_str().parse::<u32>().unwrap_or(u32::MAX));
-    let (year, month, day) = (num("year").unwrap_or(0), num("month").unwrap_or(0), num("day").unwrap_or(0));
+    let num = |name: &str| {
+        caps.name(name)
+            .map(|m| m.as_str().parse::<u32>().unwrap_or(u32::MAX))
+    };
+    let (year, month, day) = (
+        num("year").unwrap_or(0),
+        num("month").unwrap_or(0),
+        num("day").unwrap_or(0),
+    );
     if !(1..=9999).contains(&year) {
         return Err(format!("year {year} is out of range"));
     }
@@ -1369,7 +1656,11 @@ fn timestamp(v: &str) -> Result<Py, String> {
         return Err("day is out of range for month".into());
     }
     let Some(hour) = num("hour") else {
-        return Ok(Py::Opaque { kind: OpaqueKind::Date, text: v.to_string(), truthy: true });
+        return Ok(Py::Opaque {
+            kind: OpaqueKind::Date,
+            text: v.to_string(),
+            truthy: true,
+        });
     };
     let (minute, second) = (num("minute").unwrap_or(0), num("second").unwrap_or(0));
     if hour > 23 {
@@ -1387,7 +1678,11 @@ fn timestamp(v: &str) -> Result<Py, String> {
             return Err("offset must be a timedelta strictly between -timedelta(hours=24) and timedelta(hours=24)".into());
         }
     }
-    Ok(Py::Opaque { kind: OpaqueKind::DateTime, text: v.to_string(), truthy: true })
+    Ok(Py::Opaque {
+        kind: OpaqueKind::DateTime,
+        text: v.to_string(),
+        truthy: true,
+    })
 }
 
 #[cfg(test)]
@@ -1407,11 +1702,17 @@ tasks:
 ";
 
     fn code(yaml: &str) -> String {
-        parse_workflow_yaml(yaml.as_bytes(), true).expect_err("must be refused").code
+        parse_workflow_yaml(yaml.as_bytes(), true)
+            .expect_err("must be refused")
+            .code
     }
 
     fn defaults(yaml: &str) -> Value {
-        Value::Object(parse_workflow_yaml(yaml.as_bytes(), true).expect("accepted").defaults)
+        Value::Object(
+            parse_workflow_yaml(yaml.as_bytes(), true)
+                .expect("accepted")
+                .defaults,
+        )
     }
 
     #[test]
@@ -1421,11 +1722,17 @@ tasks:
         assert_eq!(w.graph, "add_one >> to_text\n");
         assert_eq!(Value::Object(w.defaults.clone()), json!({"x": 1}));
         assert_eq!(w.size_bytes, EXAMPLE.len());
-        assert_eq!(w.sha256_hex, hex::encode(Sha256::digest(EXAMPLE.as_bytes())));
+        assert_eq!(
+            w.sha256_hex,
+            hex::encode(Sha256::digest(EXAMPLE.as_bytes()))
+        );
         assert_eq!(w.text, EXAMPLE);
         assert_eq!(w.tasks.len(), 2);
         assert_eq!(w.tasks[0].name, "add_one");
-        assert_eq!(w.tasks[0].callable.as_deref(), Some("pyoco_server._workflow_test_tasks:add_one"));
+        assert_eq!(
+            w.tasks[0].callable.as_deref(),
+            Some("pyoco_server._workflow_test_tasks:add_one")
+        );
         assert_eq!(w.tasks[1].name, "to_text");
         assert!(w.tasks[1].inputs.is_empty() && w.tasks[1].outputs.is_empty());
         assert!(w.expose_env.is_empty());
@@ -1441,28 +1748,60 @@ tasks:
             (b"- a\n- b\n", "invalid_yaml_root"),
             (b"", "invalid_yaml_root"),
             (b"flows: {}\nflow: {graph: a}\n", "unsupported_key_flows"),
-            (b"discovery: {}\nflow: {graph: a}\n", "unsupported_key_discovery"),
+            (
+                b"discovery: {}\nflow: {graph: a}\n",
+                "unsupported_key_discovery",
+            ),
             (b"flows2: {}\nflow: {graph: a}\n", "unknown_top_level_keys"),
             (b"version: 1\n", "missing_flow"),
             (b"flow: a >> b\n", "invalid_flow"),
             (b"flow: {graph: a, name: x}\n", "unknown_flow_keys"),
             (b"flow: {graph: '  '}\n", "missing_flow_graph"),
-            (b"flow: {graph: a, defaults: [1]}\n", "invalid_flow_defaults"),
+            (
+                b"flow: {graph: a, defaults: [1]}\n",
+                "invalid_flow_defaults",
+            ),
             (b"flow: {graph: a}\ntasks: [a]\n", "invalid_tasks"),
             (b"flow: {graph: a}\ntasks: {1: {}}\n", "invalid_task_name"),
-            (b"flow: {graph: a}\ntasks: {a: m:f}\n", "invalid_task_config"),
-            (b"flow: {graph: a}\ntasks: {a: {use: x}}\n", "unknown_task_keys"),
-            (b"flow: {graph: a}\ntasks: {a: {callable: nocolon}}\n", "invalid_task_callable"),
-            (b"flow: {graph: a}\ntasks: {a: {inputs: [x]}}\n", "invalid_task_inputs"),
-            (b"flow: {graph: a}\ntasks: {a: {outputs: [1]}}\n", "invalid_task_outputs"),
+            (
+                b"flow: {graph: a}\ntasks: {a: m:f}\n",
+                "invalid_task_config",
+            ),
+            (
+                b"flow: {graph: a}\ntasks: {a: {use: x}}\n",
+                "unknown_task_keys",
+            ),
+            (
+                b"flow: {graph: a}\ntasks: {a: {callable: nocolon}}\n",
+                "invalid_task_callable",
+            ),
+            (
+                b"flow: {graph: a}\ntasks: {a: {inputs: [x]}}\n",
+                "invalid_task_inputs",
+            ),
+            (
+                b"flow: {graph: a}\ntasks: {a: {outputs: [1]}}\n",
+                "invalid_task_outputs",
+            ),
             (b"flow: {graph: a}\nruntime: [x]\n", "invalid_runtime"),
-            (b"flow: {graph: a}\nruntime: {env: [x]}\n", "unknown_runtime_keys"),
-            (b"flow: {graph: a}\nruntime: {expose_env: HOME}\n", "invalid_runtime_expose_env"),
+            (
+                b"flow: {graph: a}\nruntime: {env: [x]}\n",
+                "unknown_runtime_keys",
+            ),
+            (
+                b"flow: {graph: a}\nruntime: {expose_env: HOME}\n",
+                "invalid_runtime_expose_env",
+            ),
             (b"flow: {graph: a}\nversion: one\n", "invalid_version"),
-            (b"flow: {graph: a, defaults: {d: 2024-01-01}}\n", "unserializable_flow_defaults"),
+            (
+                b"flow: {graph: a, defaults: {d: 2024-01-01}}\n",
+                "unserializable_flow_defaults",
+            ),
         ];
         for (yaml, want) in cases {
-            let got = parse_workflow_yaml(yaml, true).expect_err(&String::from_utf8_lossy(yaml)).code;
+            let got = parse_workflow_yaml(yaml, true)
+                .expect_err(&String::from_utf8_lossy(yaml))
+                .code;
             assert_eq!(&got, want, "for {:?}", String::from_utf8_lossy(yaml));
         }
         assert!(parse_workflow_yaml(g.as_bytes(), true).is_ok());
@@ -1488,8 +1827,14 @@ tasks:
         assert!(w.defaults.is_empty());
         assert_eq!(w.tasks.len(), 1);
         // A present flow is still checked.
-        assert_eq!(parse_workflow_yaml(b"flow: 1\n", false).unwrap_err().code, "invalid_flow");
-        assert_eq!(parse_workflow_yaml(b"flow: null\n", true).unwrap_err().code, "missing_flow");
+        assert_eq!(
+            parse_workflow_yaml(b"flow: 1\n", false).unwrap_err().code,
+            "invalid_flow"
+        );
+        assert_eq!(
+            parse_workflow_yaml(b"flow: null\n", true).unwrap_err().code,
+            "missing_flow"
+        );
     }
 
     #[test]
@@ -1500,13 +1845,22 @@ tasks:
         )
         .unwrap();
         assert!(w.defaults.is_empty() && w.tasks.is_empty());
-        let w = parse_workflow_yaml(b"flow: {graph: a}\ntasks: {t: {inputs: [], outputs: 0}}\n", true).unwrap();
+        let w = parse_workflow_yaml(
+            b"flow: {graph: a}\ntasks: {t: {inputs: [], outputs: 0}}\n",
+            true,
+        )
+        .unwrap();
         assert!(w.tasks[0].inputs.is_empty() && w.tasks[0].outputs.is_empty());
     }
 
     #[test]
     fn flow_yaml_version_coercion() {
-        let v = |s: &str| parse_workflow_yaml(format!("flow: {{graph: a}}\nversion: {s}\n").as_bytes(), true);
+        let v = |s: &str| {
+            parse_workflow_yaml(
+                format!("flow: {{graph: a}}\nversion: {s}\n").as_bytes(),
+                true,
+            )
+        };
         assert_eq!(v("2").unwrap().version, 2);
         assert_eq!(v("'3'").unwrap().version, 3);
         assert_eq!(v("' 1_0 '").unwrap().version, 10);
@@ -1535,18 +1889,73 @@ tasks:
 
     #[test]
     fn flow_yaml_keys_and_merges() {
-        let d = defaults("flow:\n  graph: a\n  defaults: {1: a, 1.5: b, true: c, null: d, 1e3: e}\n");
+        let d =
+            defaults("flow:\n  graph: a\n  defaults: {1: a, 1.5: b, true: c, null: d, 1e3: e}\n");
         assert_eq!(d, json!({"1": "c", "1.5": "b", "null": "d", "1e3": "e"}));
         let d = defaults(
             "flow:\n  graph: a\n  defaults:\n    <<: [{x: 1, yy: 1}, {x: 2, yy: 2, z: 2}]\n    z: 3\n",
         );
         assert_eq!(d, json!({"x": 1, "yy": 2, "z": 3}));
-        assert_eq!(code("flow: {graph: a, defaults: {? [a] : 1}}\n"), "invalid_yaml");
-        assert_eq!(code("flow: {graph: a, defaults: {x: !foo 1}}\n"), "invalid_yaml");
-        assert_eq!(code("flow: {graph: a, defaults: {x: !!python/tuple 1}}\n"), "invalid_yaml");
+        assert_eq!(
+            code("flow: {graph: a, defaults: {? [a] : 1}}\n"),
+            "invalid_yaml"
+        );
+        assert_eq!(
+            code("flow: {graph: a, defaults: {x: !foo 1}}\n"),
+            "invalid_yaml"
+        );
+        assert_eq!(
+            code("flow: {graph: a, defaults: {x: !!python/tuple 1}}\n"),
+            "invalid_yaml"
+        );
         assert_eq!(code("flow: {graph: a, defaults: {x: =}}\n"), "invalid_yaml");
-        assert_eq!(code("flow: {graph: a, defaults: {x: 2024-02-30}}\n"), "invalid_yaml");
-        assert_eq!(code("flow: {graph: a}\n---\nflow: {graph: b}\n"), "invalid_yaml");
+        assert_eq!(
+            code("flow: {graph: a, defaults: {x: 2024-02-30}}\n"),
+            "invalid_yaml"
+        );
+        assert_eq!(
+            code("flow: {graph: a}\n---\nflow: {graph: b}\n"),
+            "invalid_yaml"
+        );
+    }
+
+    #[test]
+    fn flow_yaml_alias_bomb_refused() {
+        let mut y = String::from(
+            "flow:\n  graph: a\n  defaults:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+        );
+        for i in 1..9 {
+            let p = i - 1;
+            y.push_str(&format!(
+                "    a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert_eq!(code(&y), "invalid_yaml");
+        // Modest alias use is fine.
+        let d = defaults("flow:\n  graph: a\n  defaults:\n    a: &a [1, 2]\n    b: [*a, *a]\n");
+        assert_eq!(d, json!({"a": [1, 2], "b": [[1, 2], [1, 2]]}));
+    }
+
+    #[test]
+    fn flow_yaml_large_file() {
+        // A file at the gateway's default size limit (256 KiB) parses in reasonable time.
+        let mut y = String::from("flow:\n  graph: a\n  defaults:\n");
+        let mut i = 0;
+        while y.len() < 256 * 1024 - 64 {
+            y.push_str(&format!(
+                "    key_{i}: [yes, 0755, 1.5, 'text', {{k: v}}]\n"
+            ));
+            i += 1;
+        }
+        let start = std::time::Instant::now();
+        let w = parse_workflow_yaml(y.as_bytes(), true).unwrap();
+        assert_eq!(w.defaults.len(), i);
+        assert_eq!(
+            w.defaults["key_0"],
+            json!([true, 493, 1.5, "text", {"k": "v"}])
+        );
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
     }
 
     #[test]

@@ -151,6 +151,24 @@ pub fn kv_buckets(n: &Names, cfg: &Config) -> Vec<(String, Duration)> {
     ]
 }
 
+/// The `KV_<bucket>` stream of a KV bucket, as the NATS clients build it (history 1).
+///
+/// Built here rather than with async-nats' `create_key_value`, which first asks
+/// `$JS.API.INFO` and cannot parse nats-server 2.9's answer (the version Debian ships).
+pub fn kv_stream_config(bucket: &str, ttl: Duration) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
     matches!(err.kind(), GetStreamErrorKind::JetStream(e)
         if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
@@ -213,7 +231,6 @@ pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>
 
     for (bucket, ttl) in kv_buckets(&names, cfg) {
         let stream_name = format!("KV_{bucket}");
-        let kv_config = kv::Config { bucket: bucket.clone(), history: 1, max_age: ttl, ..Default::default() };
         match stream_info(js, &stream_name).await? {
             Some(info) => {
                 let expected = stream::Config {
@@ -227,7 +244,7 @@ pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>
                 compare(&stream_name, &expected, &info.config, &mut drift);
             }
             None => {
-                if let Err(e) = js.create_key_value(kv_config).await {
+                if let Err(e) = js.create_stream(kv_stream_config(&bucket, ttl)).await {
                     if stream_info(js, &stream_name).await?.is_none() {
                         return Err(err(&stream_name, &e));
                     }
