@@ -29,28 +29,61 @@ pub struct AppState {
     pub workers: Arc<WorkerIndex>,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
+    /// Becomes true once the resources were ensured the first time.
+    pub ready: tokio::sync::watch::Sender<bool>,
 }
 
 pub type SharedState = Arc<AppState>;
 
+const FIRST_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const INDEX_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl AppState {
-    /// The bound resources, or 503 `nats unavailable: …` while NATS is unreachable.
-    pub fn res(&self) -> ApiResult<Resources> {
+    /// The bound resources when NATS is connected.
+    pub fn current(&self) -> Option<Resources> {
         if !pyoco_core::nats::is_connected(&self.client) {
-            return Err(ApiError::nats("not connected"));
+            return None;
         }
-        self.resources.read().unwrap().clone().ok_or_else(|| ApiError::nats("resources not ready"))
+        self.resources.read().unwrap().clone()
     }
 
-    fn auth_store(&self) -> Option<kv::Store> {
-        self.resources.read().unwrap().as_ref().map(|r| r.auth.clone())
+    /// The bound resources, or 503 `nats unavailable: …` while NATS is unreachable. Right after
+    /// start (before the first connection) a request waits up to 2 s instead of failing at once.
+    pub async fn res(&self) -> ApiResult<Resources> {
+        if let Some(r) = self.current() {
+            return Ok(r);
+        }
+        let mut ready = self.ready.subscribe();
+        if !*ready.borrow() {
+            let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, ready.wait_for(|r| *r)).await;
+            if let Some(r) = self.current() {
+                return Ok(r);
+            }
+        }
+        if pyoco_core::nats::is_connected(&self.client) {
+            Err(ApiError::nats("resources not ready"))
+        } else {
+            Err(ApiError::nats("not connected"))
+        }
+    }
+
+    /// Waits (bounded) until the run and worker indexes finished their first replay, so a
+    /// listing right after start is complete rather than empty.
+    pub async fn indexes_loaded(&self) -> ApiResult<()> {
+        let wait = async {
+            self.runs.wait_loaded().await;
+            self.workers.wait_loaded().await;
+        };
+        tokio::time::timeout(INDEX_LOAD_WAIT, wait)
+            .await
+            .map_err(|_| ApiError::nats("run index still loading; retry"))
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Option<Principal>> {
         if !self.auth.enabled {
             return Ok(None);
         }
-        let store = self.auth_store();
+        let store: Option<kv::Store> = self.res().await.ok().map(|r| r.auth);
         self.auth.check(headers, store.as_ref()).await
     }
 
@@ -82,7 +115,8 @@ pub fn router(state: SharedState) -> Router {
 }
 
 async fn health(State(state): State<SharedState>) -> Response {
-    let nats = if state.nats_connected() { "connected" } else { "disconnected" };
+    // "connected" once the resources are ensured too: the gateway can then serve every request.
+    let nats = if state.current().is_some() { "connected" } else { "disconnected" };
     axum::Json(json!({"status": "ok", "nats": nats})).into_response()
 }
 

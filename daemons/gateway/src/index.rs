@@ -294,13 +294,24 @@ impl RunIndex {
 
 /// The workers index: raw stored records, normalized at read time (the effective state
 /// depends on the current time).
-#[derive(Default)]
 pub struct WorkerIndex {
     inner: RwLock<HashMap<String, (Arc<Doc>, u64, u64)>>,
     generation: Mutex<u64>,
+    loaded: watch::Sender<bool>,
+}
+
+impl Default for WorkerIndex {
+    fn default() -> Self {
+        WorkerIndex { inner: RwLock::default(), generation: Mutex::default(), loaded: watch::channel(false).0 }
+    }
 }
 
 impl WorkerIndex {
+    pub async fn wait_loaded(&self) {
+        let mut rx = self.loaded.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
     pub fn all(&self) -> Vec<(Arc<Doc>, u64)> {
         self.inner.read().unwrap().values().map(|(d, rev, _)| (d.clone(), *rev)).collect()
     }
@@ -353,6 +364,7 @@ impl Follower for WorkerIndex {
     }
     fn finish(&self, generation: u64) {
         self.inner.write().unwrap().retain(|_, (_, _, g)| *g >= generation);
+        self.loaded.send_replace(true);
     }
 }
 

@@ -159,6 +159,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         workers: Arc::new(WorkerIndex::default()),
         metrics,
         resources: RwLock::new(None),
+        ready: tokio::sync::watch::channel(false).0,
         client,
         cfg,
     });
@@ -206,6 +207,7 @@ async fn supervise_nats(state: Arc<AppState>, address: String) {
                         followers_started = true;
                     }
                     *state.resources.write().unwrap() = Some(res);
+                    state.ready.send_replace(true);
                     tracing::info!(nats_url = %state.cfg.nats_url, "NATS connected; resources ensured");
                     was_connected = true;
                     backoff = Duration::from_millis(200);

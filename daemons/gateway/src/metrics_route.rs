@@ -24,6 +24,7 @@ fn start_of_today() -> f64 {
 pub async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> ApiResult<Response> {
     // A documented difference: protected in api_key mode (the original leaves it open).
     state.authenticate(&headers).await?;
+    state.indexes_loaded().await?;
     let t = now();
     let workers_alive = state
         .workers
@@ -31,7 +32,7 @@ pub async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Ap
         .iter()
         .filter(|(raw, _)| worker_alive(normalize_worker(raw, t, state.cfg.worker_disconnect_timeout_sec).1))
         .count() as u64;
-    let dlq_messages = match state.res() {
+    let dlq_messages = match state.res().await {
         Ok(res) => match res.js.get_stream(&res.names.dlq_stream).await {
             Ok(s) => Some(s.cached_info().state.messages),
             Err(_) => None,

@@ -25,7 +25,7 @@ pub async fn run(state: SharedState) {
 }
 
 pub async fn sweep(state: &SharedState, retention: f64) -> usize {
-    let Ok(res) = state.res() else { return 0 };
+    let Ok(res) = state.res().await else { return 0 };
     let expired = state.runs.terminal_before(now() - retention, BATCH);
     let mut deleted = 0;
     for (run_id, revision) in expired {

@@ -220,7 +220,7 @@ fn new_run(
 /// Stores the PENDING snapshot and queues the job. With an `Idempotency-Key` header, a key seen
 /// before (same tenant, within the TTL) returns the first run instead of creating another.
 async fn create_run(state: &SharedState, headers: &HeaderMap, principal: &Option<Principal>, run: NewRun) -> ApiResult<Response> {
-    let res = state.res()?;
+    let res = state.res().await?;
     let job = to_ascii_vec(&run.job_message());
     let max_payload = state.client.server_info().max_payload;
     if max_payload > 0 && job.len() > max_payload {
@@ -346,6 +346,7 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
     let updated_after = params::query_float(&q, "updated_after", &mut errs);
     errs.finish()?;
     let principal = state.authenticate(&headers).await?;
+    state.indexes_loaded().await?;
     let cursor = match q.last("cursor") {
         Some(c) if !c.is_empty() => Some(decode_cursor(c).ok_or_else(|| {
             tracing::info!(err_id = "ERR-PYOCO-0017", "undecodable list cursor");
@@ -389,7 +390,7 @@ pub async fn load_run(state: &SharedState, principal: &Option<Principal>, run_id
     if !is_valid_kv_key(run_id) {
         return Err(ApiError::not_found("run not found"));
     }
-    let res = state.res()?;
+    let res = state.res().await?;
     let entry = res.runs.entry(run_id).await.map_err(|e| ApiError::nats(e.kind()))?;
     let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
         tracing::info!(err_id = "ERR-PYOCO-0005", run_id = %run_id, "run not found");
@@ -471,7 +472,7 @@ pub async fn cancel(State(state): State<SharedState>, headers: HeaderMap, Path(r
             doc.insert("status".into(), json!(run_status::CANCELLING));
         }
         doc.insert("updated_at".into(), json!(t));
-        let res = state.res()?;
+        let res = state.res().await?;
         match res.runs.update(&run_id, to_ascii_vec(&doc).into(), revision).await {
             Ok(_) => {
                 tracing::info!(run_id = %run_id, status = %str_field(&doc, "status").unwrap_or(""), "cancel requested");

@@ -56,6 +56,7 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
     }
     // A documented difference: the original leaves /workers open even in api_key mode.
     state.authenticate(&headers).await?;
+    state.indexes_loaded().await?;
     let t = now();
     let mut items: Vec<(f64, Doc)> = state
         .workers
@@ -105,7 +106,7 @@ pub async fn patch(
     if !is_valid_kv_key(&worker_id) {
         return Err(not_found());
     }
-    let res = state.res()?;
+    let res = state.res().await?;
     for _ in 0..50 {
         let entry = res.workers.entry(&worker_id).await.map_err(|e| ApiError::nats(e.kind()))?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
