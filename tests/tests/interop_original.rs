@@ -1,0 +1,82 @@
+//! Interoperability with the Python original (pyoco-server 0.5.1): its worker executes runs
+//! submitted to this gateway, and its `pyoco-client` works against this gateway.
+
+use std::time::Duration;
+
+use pyoco_tests::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn original_worker_executes_runs_submitted_here() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let worker = OrigWorker::start(&nats.url(), "interop", &unique("orig-worker"), &[], None).await;
+    let dir = TestDir::new("interop-flow");
+    let flow = dir.write("flow.yaml", example_flow_yaml());
+
+    let out = orig_client(&gw.base_url(), &["submit-yaml", "--workflow-file", flow.to_str().unwrap(), "--flow-name", "main", "--tag", "interop"], &[]).await;
+    out.assert_success();
+    let run_id = out.stdout_json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_for_run_status(&gw.base_url(), &run_id, &["COMPLETED", "FAILED"], Duration::from_secs(60), None).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}\nworker log:\n{}", worker.log_text());
+    let (_, full) = get_run(&gw.base_url(), &format!("{run_id}?include=records"), None).await;
+    assert_eq!(full["task_records"]["to_text"]["output"], "v=2");
+    assert_eq!(full["tasks"], json!({"add_one": "SUCCEEDED", "to_text": "SUCCEEDED"}));
+
+    // The worker's record is served by /workers, and the run is enriched while worker_id is set.
+    let r = http().get(gw.url("/workers")).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(r[0]["worker_id"].as_str(), Some(worker.worker_id()));
+    assert_eq!(r[0]["tags"], json!(["interop"]));
+}
+
+#[tokio::test]
+async fn original_client_works_against_this_gateway() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let _worker = OrigWorker::start(&nats.url(), "cli", &unique("orig-worker"), &[], None).await;
+    let dir = TestDir::new("interop-cli");
+    let flow = dir.write("flow.yaml", example_flow_yaml());
+    let server = gw.base_url();
+    let client = |args: Vec<String>| {
+        let server = server.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = orig_client(&server, &args, &[]).await;
+            assert!(out.status.success(), "pyoco-client {args:?} failed:\n{}\n{}", out.stdout_text(), out.stderr_text());
+            out.stdout_text()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // submit (resolver flow: no resolver on the worker → FAILED flow_not_found, but accepted here)
+    let sub: Value = serde_json::from_str(&client(s(&["submit", "--flow-name", "nothing", "--param", "x=1", "--tag", "nobody"])).await).unwrap();
+    assert_eq!(sub["status"], "PENDING");
+    let pending = sub["run_id"].as_str().unwrap().to_string();
+    let yaml: Value = serde_json::from_str(&client(s(&["submit-yaml", "--workflow-file", flow.to_str().unwrap(), "--flow-name", "main", "--tag", "cli"])).await).unwrap();
+    let run_id = yaml["run_id"].as_str().unwrap().to_string();
+
+    // watch --until-terminal follows our SSE stream to the end.
+    let watched = client(s(&["watch", &run_id, "--until-terminal", "--timeout-sec", "60", "--output", "status"])).await;
+    assert!(watched.lines().last().unwrap_or("").contains("COMPLETED"), "{watched}");
+
+    let got: Value = serde_json::from_str(&client(s(&["get", &run_id, "--records"])).await).unwrap();
+    assert_eq!(got["task_records"]["to_text"]["output"], "v=2");
+    let tasks: Value = serde_json::from_str(&client(s(&["tasks", &run_id])).await).unwrap();
+    assert_eq!(tasks["tasks"]["to_text"], "SUCCEEDED");
+    let list: Value = serde_json::from_str(&client(s(&["list", "--tag", "cli"])).await).unwrap();
+    assert_eq!(list[0]["run_id"], json!(run_id));
+    let table = client(s(&["list", "--output", "table"])).await;
+    assert!(table.contains(&run_id) && table.contains(&pending), "{table}");
+    let vnext: Value = serde_json::from_str(&client(s(&["list-vnext", "--limit", "1", "--updated-after", "0"])).await).unwrap();
+    assert_eq!(vnext["items"].as_array().unwrap().len(), 1);
+    let cursor = vnext["next_cursor"].as_str().expect("more than one run → a cursor").to_string();
+    let page2: Value = serde_json::from_str(&client(s(&["list-vnext", "--limit", "1", "--cursor", &cursor])).await).unwrap();
+    assert_ne!(page2["items"][0]["run_id"], vnext["items"][0]["run_id"]);
+    let cancelled: Value = serde_json::from_str(&client(s(&["cancel", "--run-id", &pending, "--wait", "--timeout-sec", "10"])).await).unwrap();
+    assert_eq!(cancelled["status"], "CANCELLED");
+    let workers: Value = serde_json::from_str(&client(s(&["workers"])).await).unwrap();
+    assert_eq!(workers.as_array().unwrap().len(), 1);
+    let metrics = client(s(&["metrics"])).await;
+    assert!(metrics.contains("pyoco_runs_total{status=\"COMPLETED\"} 1"), "{metrics}");
+    assert!(metrics.contains("pyoco_workers_alive_total 1"), "{metrics}");
+}
