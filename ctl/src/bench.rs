@@ -391,7 +391,11 @@ async fn run_load(
 impl LoadResult {
     fn to_json(&self) -> Value {
         let secs = self.elapsed.as_secs_f64();
-        let rps = if secs > 0.0 { self.ok as f64 / secs } else { 0.0 };
+        let rps = if secs > 0.0 {
+            self.ok as f64 / secs
+        } else {
+            0.0
+        };
         json!({
             "requests": self.issued,
             "ok": self.ok,
@@ -472,10 +476,7 @@ async fn scenario_submit(ctx: &Arc<Ctx>, yaml: bool) -> Result<Value> {
                 .part("workflow", part)
                 .text("flow_name", c.args.flow_name.clone())
                 .text("tag", c.args.tag.clone());
-            c.http
-                .post(&url)
-                .timeout(c.request_timeout)
-                .multipart(form)
+            c.http.post(&url).timeout(c.request_timeout).multipart(form)
         })
     } else {
         let body = serde_json::to_vec(&json!({
@@ -510,7 +511,11 @@ async fn scenario_submit(ctx: &Arc<Ctx>, yaml: bool) -> Result<Value> {
     let duration = args.duration_sec.map(Duration::from_secs_f64);
     let r = run_load(conc, total, duration, make, validate).await;
     let mut v = r.to_json();
-    v["endpoint"] = json!(if yaml { "POST /runs/yaml" } else { "POST /runs" });
+    v["endpoint"] = json!(if yaml {
+        "POST /runs/yaml"
+    } else {
+        "POST /runs"
+    });
     Ok(v)
 }
 
@@ -591,9 +596,9 @@ fn validate_list(vnext: bool, limit: u32) -> Validate {
     Arc::new(move |body: &[u8]| {
         let v: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
         let items = if vnext {
-            v.get("items").and_then(Value::as_array).ok_or_else(|| {
-                "vNext list response without an items array".to_string()
-            })?
+            v.get("items")
+                .and_then(Value::as_array)
+                .ok_or_else(|| "vNext list response without an items array".to_string())?
         } else {
             v.as_array()
                 .ok_or_else(|| "list response is not a JSON array".to_string())?
@@ -674,7 +679,10 @@ struct SseEvent {
 /// Position and length of the first blank-line event terminator in `buf`.
 fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let a = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let b = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    let b = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
     match (a, b) {
         (Some(x), Some(y)) => Some(if x.0 <= y.0 { x } else { y }),
         (x, y) => x.or(y),
@@ -995,8 +1003,17 @@ fn print_table(report: &Value) {
     println!();
     println!(
         "{:<12} {:<8} {:>8} {:>8} {:>6} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "scenario", "variant", "requests", "ok", "errors", "conc", "req/s", "p50 ms", "p90 ms",
-        "p99 ms", "max ms"
+        "scenario",
+        "variant",
+        "requests",
+        "ok",
+        "errors",
+        "conc",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms"
     );
     let row = |scenario: &str, variant: &str, r: &Value| {
         let lat = &r["latency_ms"];
@@ -1134,9 +1151,21 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "run_id", "flow_name", "tag", "tags", "tenant_id", "api_key_id", "status",
-                "params", "tasks", "task_records", "start_time", "end_time", "heartbeat_at",
-                "updated_at", "error"
+                "run_id",
+                "flow_name",
+                "tag",
+                "tags",
+                "tenant_id",
+                "api_key_id",
+                "status",
+                "params",
+                "tasks",
+                "task_records",
+                "start_time",
+                "end_time",
+                "heartbeat_at",
+                "updated_at",
+                "error"
             ]
         );
     }

@@ -26,13 +26,18 @@ pub fn notify_watchdog() {
 }
 
 /// The interval at which to ping the watchdog (half the configured timeout), when enabled.
+///
+/// Follows sd_watchdog_enabled(3): `WATCHDOG_USEC` enables it; `WATCHDOG_PID`, when set, must
+/// name this process (the sd-notify crate also requires it to be set, which systemd always
+/// does, but the man page does not).
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
     }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 /// The listening TCP socket passed by systemd socket activation (`LISTEN_FDS`): the one named

@@ -225,7 +225,13 @@ async fn supervise_nats(state: Arc<AppState>, address: String) {
             tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, "NATS disconnected; retrying");
             was_connected = false;
         }
-        let nats = if connected { "NATS connected".to_string() } else { format!("NATS unreachable at {}, retrying", state.cfg.nats_url) };
+        let nats = if connected {
+            "NATS connected".to_string()
+        } else if state.client.connection_state() == async_nats::connection::State::Pending {
+            format!("NATS connecting to {}", state.cfg.nats_url)
+        } else {
+            format!("NATS unreachable at {}, retrying", state.cfg.nats_url)
+        };
         let indexed = if state.runs.is_loaded() { format!("{} runs indexed", state.runs.len()) } else { "indexing runs".into() };
         systemd::notify_status(&format!("listening on {address} · {nats} · {indexed}"));
         tokio::time::sleep(Duration::from_millis(500)).await;
