@@ -15,7 +15,7 @@
 #   BENCH_SEED_RUNS [10000]      runs present in the KV bucket during the list scenario
 #   BENCH_LIST_REQUESTS_ORIG [3] GET /runs requests per variant against the original (slow: O(n))
 #   BENCH_LIST_REQUESTS_OURS [30] ... against ours
-#   BENCH_SSE_EVENTS [20]        timed SSE notifications per repetition
+#   BENCH_SSE_EVENTS [40]        timed SSE notifications per repetition
 #   BENCH_OUT [docs/benchmarks.md]
 #   BENCH_SKIP_BUILD=1           use the binaries already in target/release
 #   BENCH_OURS_BIN / BENCH_PYOCOCTL  other binaries (for testing this script)
@@ -33,7 +33,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-16}
 SEED_RUNS=${BENCH_SEED_RUNS:-10000}
 LIST_REQUESTS_ORIG=${BENCH_LIST_REQUESTS_ORIG:-3}
 LIST_REQUESTS_OURS=${BENCH_LIST_REQUESTS_OURS:-30}
-SSE_EVENTS=${BENCH_SSE_EVENTS:-20}
+SSE_EVENTS=${BENCH_SSE_EVENTS:-40}
 OUT_MD=${BENCH_OUT:-docs/benchmarks.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OURS_BIN=${BENCH_OURS_BIN:-$TARGET_DIR/release/pyoco-server}
@@ -350,8 +350,8 @@ for label, unit, higher, o, u in rows:
         else:
             r = u / o
             ratio = f"{r:.2f}" if r >= 0.01 else f"{r:.4f}"
-            if abs(r - 1) <= 0.05:
-                winner = "tie (±5%)"
+            if abs(r - 1) <= 0.10:
+                winner = "tie (±10%)"
             else:
                 winner = "ours" if (r > 1) == higher else "original"
                 factor = r if r > 1 else (1 / r if r > 0 else float("inf"))
@@ -362,7 +362,10 @@ lines.append("Notes: submit runs use tag `bench`, which no worker serves, so eve
              "List runs see the seeded runs (written straight into KV bucket `pyoco_runs` as PENDING "
              "snapshots) before any submit scenario adds more. SSE latency is measured from the ack of "
              "a KV put of a modified snapshot to the arrival of the `snapshot` event carrying it; the "
-             "original polls KV every 0.5 s. RSS is VmRSS of the gateway process (plus children).")
+             "original polls KV every 0.5 s. RSS is VmRSS of the gateway process (plus children). "
+             "Noise: this is a small shared machine and the load generator runs on it too; an A/A "
+             "run (the original against itself) showed ratios up to ~1.3 on latency percentiles and "
+             "~1.2 on throughput, so only larger ratios mean something.")
 print("\n".join(lines))
 EOF
 

@@ -111,6 +111,23 @@ impl Gateway {
         wait_healthy(&mut self.daemon, &base, GATEWAY_START_TIMEOUT).await;
     }
 
+    /// `/health` answers 200 from the first moment; this waits until it also says NATS is
+    /// connected and the resources are ensured (`"nats": "connected"`).
+    pub async fn wait_nats_connected(&self) {
+        let url = self.url("/health");
+        let ok = crate::http::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+            let url = url.clone();
+            async move {
+                match crate::http::http().get(&url).send().await {
+                    Ok(r) => r.json::<serde_json::Value>().await.map(|v| v["nats"] == "connected").unwrap_or(false),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(ok, "gateway never reported NATS connected; log:\n{}", self.log_text());
+    }
+
     /// `http://127.0.0.1:<port>`
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

@@ -14,12 +14,8 @@ async fn start() -> (NatsServer, Gateway) {
     (nats, gw)
 }
 
-/// `/health` is 200 from the first moment; this waits until it also says NATS is connected.
 async fn wait_connected(gw: &Gateway) {
-    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(20), || async {
-        get_json(&gw.url("/health")).await.1["nats"] == "connected"
-    }).await;
-    assert!(ok, "gateway connected to NATS; log:\n{}", gw.log_text());
+    gw.wait_nats_connected().await;
 }
 
 async fn post_json(url: &str, body: Value) -> (u16, Value) {

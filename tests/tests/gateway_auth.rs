@@ -40,6 +40,7 @@ async fn auth_matrix_tenants_and_revocation() {
     let nats = NatsServer::start().await;
     let env = [("PYOCO_HTTP_AUTH_MODE", "api_key"), ("PYOCO_AUTH_PEPPER", PEPPER)];
     let gw = Gateway::start(&nats.url(), &env).await;
+    gw.wait_nats_connected().await;
     let (key_a, id_a) = admin_create(&nats, "tenant-a").await;
     let (key_b, _id_b) = admin_create(&nats, "tenant-b").await;
 
@@ -113,6 +114,7 @@ async fn auth_matrix_tenants_and_revocation() {
 async fn wrong_pepper_refuses_keys() {
     let nats = NatsServer::start().await;
     let gw = Gateway::start(&nats.url(), &[("PYOCO_HTTP_AUTH_MODE", "api_key"), ("PYOCO_AUTH_PEPPER", "other")]).await;
+    gw.wait_nats_connected().await;
     let (key, _) = admin_create(&nats, "t").await;
     assert_eq!(call("GET", &gw.url("/runs"), Some(&key), None).await, (403, json!({"detail": "invalid api key"})));
 }
@@ -121,6 +123,7 @@ async fn wrong_pepper_refuses_keys() {
 async fn custom_header_name() {
     let nats = NatsServer::start().await;
     let gw = Gateway::start(&nats.url(), &[("PYOCO_HTTP_AUTH_MODE", "api_key"), ("PYOCO_AUTH_PEPPER", PEPPER), ("PYOCO_HTTP_API_KEY_HEADER", "X-Team-Key")]).await;
+    gw.wait_nats_connected().await;
     let (key, _) = admin_create(&nats, "t").await;
     let r = http().get(gw.url("/runs")).header("X-Team-Key", &key).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 async fn original_worker_executes_runs_submitted_here() {
     let nats = NatsServer::start().await;
     let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
     let worker = OrigWorker::start(&nats.url(), "interop", &unique("orig-worker"), &[], None).await;
     let dir = TestDir::new("interop-flow");
     let flow = dir.write("flow.yaml", example_flow_yaml());
@@ -33,6 +34,7 @@ async fn original_worker_executes_runs_submitted_here() {
 async fn original_client_works_against_this_gateway() {
     let nats = NatsServer::start().await;
     let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
     let _worker = OrigWorker::start(&nats.url(), "cli", &unique("orig-worker"), &[], None).await;
     let dir = TestDir::new("interop-cli");
     let flow = dir.write("flow.yaml", example_flow_yaml());
@@ -79,4 +81,44 @@ async fn original_client_works_against_this_gateway() {
     let metrics = client(s(&["metrics"])).await;
     assert!(metrics.contains("pyoco_runs_total{status=\"COMPLETED\"} 1"), "{metrics}");
     assert!(metrics.contains("pyoco_workers_alive_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn resources_created_by_either_side_are_accepted_by_the_other() {
+    // Ours first: nats-py's own create calls with the original's parameters succeed on the
+    // streams we created (identical configurations), and the original's gateway starts on them.
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[("PYOCO_WORKERS_KV_TTL_SEC", "15")]).await;
+    gw.wait_nats_connected().await;
+    let dir = TestDir::new("nats-py-create");
+    let script = dir.write("create.py", r#"
+import asyncio, sys, nats
+from nats.js import api
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    js = nc.jetstream()
+    await js.create_key_value(api.KeyValueConfig(bucket="pyoco_runs", history=1))
+    await js.create_key_value(api.KeyValueConfig(bucket="pyoco_workers", history=1, ttl=15.0))
+    await js.add_stream(api.StreamConfig(name="PYOCO_WORK", subjects=["pyoco.work.>"], retention=api.RetentionPolicy.WORK_QUEUE))
+    print("ok")
+    await nc.close()
+asyncio.run(main())
+"#);
+    let out = orig_venv_run("python", &[script.to_str().unwrap(), &nats.url()], &[]).await;
+    assert_eq!(out.stdout_text().trim(), "ok", "{}", out.stderr_text());
+    let orig = OrigGateway::start(&nats.url(), &[]).await;
+    assert_eq!(http().get(orig.url("/runs?updated_after=0")).send().await.unwrap().status(), 503,
+        "the original's empty-bucket bug (NoKeysError), unchanged: proves it is really the original on our buckets");
+
+    // The original first: ours starts on its resources and reports only the real drift
+    // (the original's 15 s workers TTL against our default of a day).
+    let nats2 = NatsServer::start().await;
+    let _orig2 = OrigGateway::start(&nats2.url(), &[]).await;
+    let gw2 = Gateway::start(&nats2.url(), &[]).await;
+    gw2.wait_nats_connected().await;
+    let drift: Vec<String> = gw2.log_text().lines().filter(|l| l.contains("resource configuration drift")).map(str::to_string).collect();
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    assert!(drift[0].contains("KV_pyoco_workers") && drift[0].contains("max_age"), "{}", drift[0]);
+    let r = http().post(gw2.url("/runs")).json(&json!({"flow_name": "main"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -151,7 +151,9 @@ pub fn kv_buckets(n: &Names, cfg: &Config) -> Vec<(String, Duration)> {
     ]
 }
 
-/// The `KV_<bucket>` stream of a KV bucket, as the NATS clients build it (history 1).
+/// The `KV_<bucket>` stream of a KV bucket (history 1), exactly as nats-py (the original's
+/// client) creates it. Identical configurations make a concurrent create by the original and by
+/// us both succeed, where different ones fail with "stream name already in use".
 ///
 /// Built here rather than with async-nats' `create_key_value`, which first asks
 /// `$JS.API.INFO` and cannot parse nats-server 2.9's answer (the version Debian ships).
@@ -163,7 +165,10 @@ pub fn kv_stream_config(bucket: &str, ttl: Duration) -> stream::Config {
         max_age: ttl,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // nats-py sends allow_msg_ttl and leaves allow_direct unset; servers before 2.11
+        // ignore the former.
+        allow_message_ttl: true,
+        allow_direct: false,
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     }
@@ -194,12 +199,14 @@ fn compare(resource: &str, expected: &stream::Config, actual: &stream::Config, o
     }
     push("retention", format!("{:?}", expected.retention), format!("{:?}", actual.retention));
     push("max_age", format!("{:?}", expected.max_age), format!("{:?}", actual.max_age));
-    push("max_messages", expected.max_messages.to_string(), actual.max_messages.to_string());
-    push("max_bytes", expected.max_bytes.to_string(), actual.max_bytes.to_string());
+    // The server stores "unlimited" as -1 whatever was sent (0 or -1).
+    let limit = |v: i64| if v <= 0 { "unlimited".to_string() } else { v.to_string() };
+    push("max_messages", limit(expected.max_messages), limit(actual.max_messages));
+    push("max_bytes", limit(expected.max_bytes), limit(actual.max_bytes));
     push(
         "max_messages_per_subject",
-        expected.max_messages_per_subject.to_string(),
-        actual.max_messages_per_subject.to_string(),
+        limit(expected.max_messages_per_subject),
+        limit(actual.max_messages_per_subject),
     );
 }
 
