@@ -279,6 +279,28 @@ config_fields! {
     idempotency_kv_bucket: String = "pyoco_idempotency".into(), "PYOCO_IDEMPOTENCY_KV_BUCKET";
     /// TTL of idempotency keys.
     idempotency_ttl_sec: f64 = 86400.0, "PYOCO_IDEMPOTENCY_TTL_SEC";
+    /// Worker: routing tags served, comma-separated (the original's `--tags`).
+    worker_tags: String = "".into(), "PYOCO_WORKER_TAGS";
+    /// Worker: its id; empty = `<hostname>-<tags>` (unique per host and tag set).
+    worker_id: String = "".into(), "PYOCO_WORKER_ID";
+    /// Worker: `module:function` or `file.py:function` resolving flow names (the original's `--flow-resolver`).
+    worker_flow_resolver: String = "".into(), "PYOCO_WORKER_FLOW_RESOLVER";
+    /// Worker: runner processes, i.e. runs at once.
+    worker_concurrency: i64 = 1, "PYOCO_WORKER_CONCURRENCY";
+    /// Worker: the runners' Python; empty = `$VIRTUAL_ENV/bin/python`, else `python3`.
+    python: String = "".into(), "PYOCO_PYTHON";
+    /// Worker: directories prepended to the runners' `PYTHONPATH`, `:`-separated.
+    worker_pythonpath: String = "".into(), "PYOCO_WORKER_PYTHONPATH";
+    /// Worker: where runner working directories live; empty = `./.pyoco-worker` (or `$STATE_DIRECTORY`).
+    worker_work_dir: String = "".into(), "PYOCO_WORKER_WORK_DIR";
+    /// Worker: on SIGTERM, how long running runs may finish before they are put back.
+    worker_drain_timeout_sec: f64 = 60.0, "PYOCO_WORKER_DRAIN_TIMEOUT_SEC";
+    /// Worker: a run still running after this long is killed and FAILED with `timeout` (0 = none).
+    worker_run_timeout_sec: f64 = 0.0, "PYOCO_WORKER_RUN_TIMEOUT_SEC";
+    /// Worker: a cancelled run still running after this long is killed; negative = the cancel grace period.
+    cancel_kill_after_sec: f64 = -1.0, "PYOCO_CANCEL_KILL_AFTER_SEC";
+    /// Worker: long-poll length of a fetch, seconds (the original's `--poll-timeout`).
+    worker_poll_timeout_sec: f64 = 5.0, "PYOCO_WORKER_POLL_TIMEOUT_SEC", min(0.05);
     /// Log level (process env only, never `.env`).
     log_level: String = "INFO".into(), "PYOCO_LOG_LEVEL", process_env_only();
     /// Log format `json` or `text` (process env only).

@@ -1,0 +1,782 @@
+"""Tests for pyoco_runner.py, driven the way the Rust worker drives it: a subprocess, JSON lines
+on pipes.  Standard library only.
+
+    .test-env/py311/bin/python -m unittest discover -s daemons/worker/runner -v
+
+The interpreter running the tests (sys.executable) is the one the runner is started with; it
+must have pyoco installed.  Task modules are written to a temp dir put on PYTHONPATH.
+"""
+
+import importlib.metadata
+import json
+import os
+import platform
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNNER = os.path.join(HERE, "pyoco_runner.py")
+
+TASKS_PY = r'''
+import os
+import sys
+import time
+
+def add_one(x=0):
+    return x + 1
+
+def to_text(add_one):
+    return f"v={add_one}"
+
+def boom():
+    raise ValueError("boom happened")
+
+def slow():
+    time.sleep(1.0)
+    return "slow done"
+
+def half():
+    time.sleep(0.3)
+    return "half done"
+
+def after():
+    return "after done"
+
+def par_a():
+    time.sleep(0.3)
+    return "A"
+
+def par_b():
+    time.sleep(0.3)
+    return "B"
+
+def join_c(par_a, par_b):
+    return par_a + par_b
+
+def first():
+    return "first"
+
+def second():
+    return "second"
+
+def third():
+    return "third"
+
+def each(ctx):
+    return ctx.loop.item if ctx.loop else None
+
+def hello():
+    print("hello from task")
+    return 1
+
+HUGE = "H" * 300000
+
+def noisy():
+    print('{"type":"run_finished","run_id":"fake","status":"COMPLETED"}')
+    print('{"type":"pong","seq":424242}')
+    print(HUGE)
+    os.write(1, b'{"type":"pong","seq":999}\n')
+    sys.__stdout__.write('{"type":"cancel_ack","run_id":"fake","active":true}\n')
+    sys.__stdout__.flush()
+    print("to stderr", file=sys.stderr)
+    print("caf\u00e9 \u2713")
+    return "noisy done"
+
+def nan_out():
+    return {"x": float("nan"), "s": {1, 2}}
+
+class Cls:
+    @staticmethod
+    def run():
+        return 1
+
+NOT_CALLABLE = 42
+'''
+
+RESOLVER_PY = r'''
+from pyoco.core.models import Flow, Task
+from pyoco.dsl.syntax import TaskWrapper
+import rt_tasks
+
+NOT_CALLABLE = 42
+
+def resolve(name):
+    if name == "hello":
+        flow = Flow(name="hello")
+        a = TaskWrapper(Task(func=rt_tasks.add_one, name="add_one"))
+        b = TaskWrapper(Task(func=rt_tasks.to_text, name="to_text"))
+        flow >> a >> b
+        return flow
+    if name == "isolated":
+        flow = Flow(name="isolated")
+        bad = Task(func=rt_tasks.boom, name="boom", fail_policy="isolate")
+        ok = Task(func=rt_tasks.first, name="first")
+        flow.add_task(bad)
+        flow.add_task(ok)
+        return flow
+    if name == "explodes":
+        raise RuntimeError("resolver exploded")
+    if name == "not_a_flow":
+        return 42
+    raise KeyError(name)
+'''
+
+
+def workflow_yaml(graph, tasks, defaults=None):
+    """A flow.yaml (JSON is YAML) with tasks {name: callable}."""
+    doc = {
+        "version": 1,
+        "flow": {"graph": graph, "defaults": defaults or {}},
+        "tasks": {name: {"callable": c} for name, c in tasks.items()},
+    }
+    return json.dumps(doc)
+
+
+def T(*names):
+    return {n: f"rt_tasks:{n}" for n in names}
+
+
+class RunnerProcess:
+    """One runner subprocess with a reader thread for its protocol channel."""
+
+    def __init__(self, tmp, args=(), python=None, env_extra=None, cwd=None, pythonpath=None):
+        self.cwd = cwd or tempfile.mkdtemp(prefix="cwd-", dir=tmp)
+        self.stderr_path = os.path.join(tmp, f"stderr-{time.monotonic_ns()}.txt")
+        self.stderr_file = open(self.stderr_path, "wb")
+        env = dict(os.environ)
+        env.pop("PYTHONHOME", None)
+        env["PYTHONPATH"] = pythonpath if pythonpath is not None else tmp
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONUTF8"] = "1"
+        env.update(env_extra or {})
+        self.proc = subprocess.Popen(
+            [python or sys.executable, RUNNER, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_file,
+            cwd=self.cwd, env=env, start_new_session=True,
+        )
+        self.q = queue.Queue()
+        self.messages = []       # everything received, in order
+        self.bad_lines = []      # anything on the channel that is not one JSON object
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            try:
+                msg = json.loads(raw.decode("utf-8"))
+                if not isinstance(msg, dict):
+                    raise ValueError("not an object")
+            except Exception:
+                self.bad_lines.append(raw[:300])
+                continue
+            self.messages.append(msg)
+            self.q.put(msg)
+        self.q.put(None)
+
+    def send(self, obj):
+        self.send_raw((json.dumps(obj) + "\n").encode())
+
+    def send_raw(self, data):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def recv(self, pred=lambda m: True, timeout=10.0):
+        """The next message matching pred (others are skipped but kept in self.messages)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; last messages: {self.messages[-5:]}; stderr: {self.stderr()[-2000:]}")
+            try:
+                msg = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if msg is None:
+                self.q.put(None)
+                raise AssertionError(f"runner closed its channel; stderr: {self.stderr()[-2000:]}")
+            if pred(msg):
+                return msg
+
+    def recv_type(self, mtype, run_id=None, timeout=10.0):
+        return self.recv(lambda m: m.get("type") == mtype and (run_id is None or m.get("run_id") == run_id), timeout)
+
+    def ready(self):
+        return self.recv(lambda m: m.get("type") in ("ready", "fatal"))
+
+    def events(self, run_id, mtype="task"):
+        return [m for m in self.messages if m.get("type") == mtype and m.get("run_id") == run_id]
+
+    def stderr(self):
+        self.stderr_file.flush()
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait(self, timeout=10.0):
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=5)  # everything the runner wrote has been read
+        return code
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.send({"type": "shutdown"})
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.stderr_file.close()
+
+
+class RunnerTestBase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="pyoco-runner-test-")
+        with open(os.path.join(cls.tmp, "rt_tasks.py"), "w") as f:
+            f.write(TASKS_PY)
+        with open(os.path.join(cls.tmp, "resolver.py"), "w") as f:
+            f.write(RESOLVER_PY)
+        cls.resolver_arg = os.path.join(cls.tmp, "resolver.py") + ":resolve"
+        cls.counter = 0
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def new_runner(self, *args, **kw):
+        r = RunnerProcess(self.tmp, args=args, **kw)
+        self.addCleanup(r.close)
+        return r
+
+    @classmethod
+    def next_id(cls, prefix="run"):
+        cls.counter += 1
+        return f"{prefix}-{cls.counter}"
+
+    def run_flow(self, runner, graph=None, tasks=None, params=None, flow_name="main",
+                 yaml_text=None, timeout=10.0, run_id=None):
+        run_id = run_id or self.next_id()
+        if graph is not None:
+            yaml_text = workflow_yaml(graph, tasks or {})
+        runner.send({"type": "run", "run_id": run_id, "flow_name": flow_name,
+                     "params": params or {}, "workflow_yaml": yaml_text})
+        return runner.recv_type("run_finished", run_id, timeout=timeout)
+
+    def task_states(self, runner, run_id, task):
+        return [m["state"] for m in runner.events(run_id) if m["task"] == task]
+
+
+class SharedRunnerTests(RunnerTestBase):
+    """Most tests share one runner (started with a resolver file), as a pool slot would."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.r = RunnerProcess(cls.tmp, args=("--flow-resolver", cls.resolver_arg))
+        cls.ready_msg = cls.r.ready()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.close()
+        super().tearDownClass()
+
+    def tearDown(self):
+        self.assertEqual(self.r.bad_lines, [], "non-protocol data on the protocol channel")
+
+    # -- handshake -------------------------------------------------------------------
+    def test_ready_handshake(self):
+        m = self.ready_msg
+        self.assertEqual(m["type"], "ready")
+        self.assertEqual(m["pid"], self.r.proc.pid)
+        self.assertEqual(m["python"], platform.python_version())
+        self.assertEqual(m["python_executable"], sys.executable)
+        self.assertEqual(m["pyoco_version"], importlib.metadata.version("pyoco"))
+        self.assertEqual(m["protocol"], 1)
+        self.assertIs(m["has_resolver"], True)
+
+    # -- basic flows -----------------------------------------------------------------
+    def test_example_flow(self):
+        fin = self.run_flow(self.r, "add_one >> to_text", T("add_one", "to_text"), {"x": 1})
+        rid = fin["run_id"]
+        self.assertEqual(fin["status"], "COMPLETED")
+        self.assertIsNone(fin["error"])
+        self.assertIsNone(fin["error_kind"])
+        self.assertEqual(fin["flow_name"], "main")
+        self.assertEqual(fin["tasks"], {"add_one": "SUCCEEDED", "to_text": "SUCCEEDED"})
+        self.assertEqual(fin["task_records"]["to_text"]["output"], "v=2")
+        self.assertEqual(fin["task_records"]["add_one"]["output"], 2)
+        self.assertEqual(fin["task_records"]["add_one"]["inputs"], {"x": 1})
+        self.assertLessEqual(fin["start_time"], fin["end_time"])
+        started = [m for m in self.r.messages if m.get("type") == "run_started" and m["run_id"] == rid]
+        self.assertEqual(started, [{"type": "run_started", "run_id": rid, "flow_name": "main",
+                                    "tasks": ["add_one", "to_text"]}])
+        self.assertEqual(self.task_states(self.r, rid, "add_one"), ["PENDING", "RUNNING", "SUCCEEDED"])
+        self.assertEqual(self.task_states(self.r, rid, "to_text"), ["PENDING", "RUNNING", "SUCCEEDED"])
+        ev = [(m["task"], m["state"]) for m in self.r.events(rid) if m["state"] != "PENDING"]
+        self.assertEqual(ev, [("add_one", "RUNNING"), ("add_one", "SUCCEEDED"),
+                              ("to_text", "RUNNING"), ("to_text", "SUCCEEDED")])
+        for m in self.r.events(rid):
+            self.assertIsInstance(m["ts"], float)
+            if m["state"] == "SUCCEEDED":
+                self.assertIsInstance(m["duration_ms"], float)
+        # the order on the channel: run_started, task events, run_finished
+        idx = [i for i, m in enumerate(self.r.messages) if m.get("run_id") == rid]
+        kinds = [self.r.messages[i]["type"] for i in idx]
+        self.assertEqual(kinds[0], "run_started")
+        self.assertEqual(kinds[-1], "run_finished")
+
+    def test_resolver_flow(self):
+        fin = self.run_flow(self.r, flow_name="hello", params={"x": 41})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(fin["flow_name"], "hello")
+        self.assertEqual(fin["task_records"]["to_text"]["output"], "v=42")
+
+    def test_parallel(self):
+        fin = self.run_flow(self.r, "(par_a & par_b) >> join_c", T("par_a", "par_b", "join_c"))
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        rec = fin["task_records"]
+        self.assertEqual(rec["join_c"]["output"], "AB")
+        a, b, c = rec["par_a"], rec["par_b"], rec["join_c"]
+        # a and b overlapped; c started after both ended
+        self.assertLess(a["started_at"], b["ended_at"])
+        self.assertLess(b["started_at"], a["ended_at"])
+        self.assertGreaterEqual(c["started_at"], max(a["ended_at"], b["ended_at"]))
+        for t in ("par_a", "par_b", "join_c"):
+            self.assertEqual(self.task_states(self.r, fin["run_id"], t), ["PENDING", "RUNNING", "SUCCEEDED"])
+
+    def test_task_exception(self):
+        fin = self.run_flow(self.r, "add_one >> boom >> to_text", T("add_one", "boom", "to_text"))
+        rid = fin["run_id"]
+        self.assertEqual(fin["status"], "FAILED")
+        self.assertEqual(fin["error"], "boom happened")
+        self.assertEqual(fin["error_kind"], "execution_error")
+        self.assertEqual(fin["exc_type"], "ValueError")
+        self.assertIn("ValueError: boom happened", fin["traceback"])
+        self.assertIn("in boom", fin["traceback"])
+        self.assertEqual(fin["tasks"], {"add_one": "SUCCEEDED", "boom": "FAILED", "to_text": "PENDING"})
+        self.assertEqual(fin["task_records"]["boom"]["error"], "boom happened")
+        failed = [m for m in self.r.events(rid) if m["state"] == "FAILED"]
+        self.assertEqual([(m["task"], m["error"]) for m in failed], [("boom", "boom happened")])
+        self.assertEqual(self.task_states(self.r, rid, "to_text"), ["PENDING"])
+
+    def test_isolated_failure_completes_with_error(self):
+        fin = self.run_flow(self.r, flow_name="isolated")
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(fin["error"], "boom happened")
+        self.assertIsNone(fin["error_kind"])
+        self.assertEqual(fin["tasks"], {"boom": "FAILED", "first": "SUCCEEDED"})
+
+    # -- resolution errors ------------------------------------------------------------
+    def test_flow_not_found(self):
+        fin = self.run_flow(self.r, flow_name="nope")
+        self.assertEqual(fin["status"], "FAILED")
+        self.assertEqual(fin["error"], "flow_not_found: 'nope'")
+        self.assertEqual(fin["error_kind"], "flow_not_found")
+        self.assertEqual(fin["exc_type"], "KeyError")
+        self.assertEqual(fin["flow_name"], "nope")
+        self.assertEqual(fin["tasks"], {})
+        self.assertEqual(self.r.events(fin["run_id"], "run_started"), [])
+
+    def test_resolver_other_errors(self):
+        fin = self.run_flow(self.r, flow_name="explodes")
+        self.assertEqual((fin["status"], fin["error_kind"], fin["error"]),
+                         ("FAILED", "build_error", "resolver exploded"))
+        self.assertEqual(fin["exc_type"], "RuntimeError")
+        fin = self.run_flow(self.r, flow_name="not_a_flow")
+        self.assertEqual((fin["status"], fin["error_kind"]), ("FAILED", "build_error"))
+        self.assertIn("expected a pyoco Flow", fin["error"])
+
+    def test_import_errors(self):
+        fin = self.run_flow(self.r, "add_one >> to_text",
+                            {"add_one": "no_such_mod_xyz:add_one", "to_text": "rt_tasks:to_text"})
+        self.assertEqual(fin["status"], "FAILED")
+        self.assertEqual(fin["error_kind"], "build_error")
+        self.assertEqual(fin["error"], "cannot import callable 'no_such_mod_xyz:add_one' of task 'add_one': "
+                                       "ModuleNotFoundError: No module named 'no_such_mod_xyz'")
+        self.assertEqual(fin["exc_type"], "ModuleNotFoundError")
+        self.assertIn("No module named 'no_such_mod_xyz'", fin["traceback"])
+        self.assertEqual(self.r.events(fin["run_id"]), [])
+
+        fin = self.run_flow(self.r, "add_one", {"add_one": "rt_tasks:nope"})
+        self.assertEqual(fin["error_kind"], "build_error")
+        self.assertEqual(fin["error"], "cannot import callable 'rt_tasks:nope' of task 'add_one': "
+                                       "AttributeError: module 'rt_tasks' has no attribute 'nope'")
+
+        fin = self.run_flow(self.r, "add_one", {"add_one": "rt_tasks:Cls.run"})
+        self.assertEqual(fin["error_kind"], "build_error")
+        self.assertTrue(fin["error"].startswith(
+            "cannot import callable 'rt_tasks:Cls.run' of task 'add_one': "
+            "AttributeError: module 'rt_tasks' has no attribute 'Cls.run'"), fin["error"])
+        self.assertIn("dotted", fin["error"])
+
+        fin = self.run_flow(self.r, "add_one", {"add_one": "rt_tasks:a:b"})
+        self.assertEqual(fin["error_kind"], "build_error")
+        self.assertIn("exactly one ':'", fin["error"])
+
+    def test_yaml_reason_codes(self):
+        fin = self.run_flow(self.r, yaml_text="flows: {}\n")
+        self.assertEqual((fin["status"], fin["error_kind"], fin["error"]),
+                         ("FAILED", "build_error", "unsupported_key_flows"))
+        fin = self.run_flow(self.r, yaml_text="- 1\n")
+        self.assertEqual(fin["error"], "invalid_yaml_root")
+        fin = self.run_flow(self.r, yaml_text="flow: {graph: 'a >> '}\n")
+        self.assertEqual(fin["error_kind"], "build_error")
+        self.assertEqual(fin["exc_type"], "SyntaxError")
+
+    # -- the restricted graph ----------------------------------------------------------
+    def test_graph_not_allowed(self):
+        cases = [
+            ("import os", "import statement at line 1, col 0"),
+            ('os.system("x")', "attribute access 'os.system' at line 1, col 0"),
+            ('__import__("os")', "call of '__import__'"),
+            ("first.task", "attribute access 'first.task' at line 1, col 0"),
+            ("x = first", "assignment at line 1, col 0"),
+            ("[t for t in first]", "list comprehension at line 1, col 0"),
+            ("first >> nope", "unknown name 'nope'"),
+            ("lambda: first", "lambda at line 1, col 0"),
+            ("first >> second\nfirst >> (lambda: 1)", "lambda at line 2, col 10"),
+            ("print(first)", "call of 'print'"),
+            ('switch(first)["x" >> second]', "non-constant argument 'first' to switch()"),
+            ("first + second", "operator '+'"),
+            ("first[1:2]", "slice"),
+            ("(x := first)", "assignment expression"),
+            ("first if True else second", "conditional expression"),
+            ("{'a': first}", "dict display"),
+            ("-first", "unary operator"),
+            ('f"{first}"', "f-string"),
+            ("b'x'", "constant"),
+            ("__builtins__", "unknown name '__builtins__'"),
+            ("def f(): pass", "function definition"),
+            ("for t in []: pass", "for loop"),
+        ]
+        for graph, expected in cases:
+            with self.subTest(graph=graph):
+                fin = self.run_flow(self.r, graph, T("first", "second"))
+                self.assertEqual(fin["status"], "FAILED", fin)
+                self.assertEqual(fin["error_kind"], "graph_not_allowed", fin)
+                self.assertTrue(fin["error"].startswith("graph_not_allowed: "), fin["error"])
+                self.assertIn(expected, fin["error"])
+                self.assertIn(" at line ", fin["error"])
+                # nothing ran, nothing was announced
+                self.assertEqual(self.r.events(fin["run_id"]), [])
+                self.assertEqual(self.r.events(fin["run_id"], "run_started"), [])
+                self.assertEqual(fin["tasks"], {})
+
+    def test_repeat(self):
+        fin = self.run_flow(self.r, "flow >> first >> second[2]", T("first", "second"))
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(self.task_states(self.r, fin["run_id"], "second"),
+                         ["PENDING", "RUNNING", "SUCCEEDED", "RUNNING", "SUCCEEDED"])
+
+    def test_foreach(self):
+        fin = self.run_flow(self.r, 'flow >> each["$ctx.params.items as it"]', T("each"),
+                            params={"items": [1, 2, 3]})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(self.task_states(self.r, fin["run_id"], "each").count("RUNNING"), 3)
+        self.assertEqual(fin["task_records"]["each"]["output"], 3)
+
+    def test_until(self):
+        fin = self.run_flow(self.r, 'flow >> first % ("$ctx.params.done", 5)', T("first"),
+                            params={"done": True})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(self.task_states(self.r, fin["run_id"], "first"), ["PENDING", "RUNNING", "SUCCEEDED"])
+
+    def test_switch_with_default(self):
+        graph = 'flow >> first >> switch("$ctx.params.mode")["x" >> second, "*" >> third]'
+        fin = self.run_flow(self.r, graph, T("first", "second", "third"), params={"mode": "other"})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(fin["tasks"], {"first": "SUCCEEDED", "second": "PENDING", "third": "SUCCEEDED"})
+        fin = self.run_flow(self.r, graph, T("first", "second", "third"), params={"mode": "x"})
+        self.assertEqual(fin["tasks"], {"first": "SUCCEEDED", "second": "SUCCEEDED", "third": "PENDING"})
+
+    def test_or_join(self):
+        fin = self.run_flow(self.r, "(first | second) >> third", T("first", "second", "third"))
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(fin["tasks"]["third"], "SUCCEEDED")
+        self.assertEqual(fin["task_records"]["third"]["output"], "third")
+
+    def test_multi_statement_graph_and_fanout_error(self):
+        fin = self.run_flow(self.r, "first >> second\nfirst >> third\n# comment\n", T("first", "second", "third"))
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        rec = fin["task_records"]
+        self.assertGreaterEqual(rec["second"]["started_at"], rec["first"]["ended_at"])
+        self.assertGreaterEqual(rec["third"]["started_at"], rec["first"]["ended_at"])
+        # pyoco's own operator semantics: fan-out with & is a TypeError (build error)
+        fin = self.run_flow(self.r, "first >> (second & third)", T("first", "second", "third"))
+        self.assertEqual((fin["status"], fin["error_kind"], fin["exc_type"]), ("FAILED", "build_error", "TypeError"))
+        self.assertIn("Cannot treat", fin["error"])
+
+    def test_unreferenced_tasks_still_run(self):
+        # like the original: every loaded task is part of the flow
+        fin = self.run_flow(self.r, "first", T("first", "second"))
+        self.assertEqual(fin["tasks"], {"first": "SUCCEEDED", "second": "SUCCEEDED"})
+
+    # -- cancel, busy, ping ------------------------------------------------------------
+    def test_cooperative_cancel(self):
+        rid = self.next_id("cancel")
+        t0 = time.monotonic()
+        self.r.send({"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+                     "workflow_yaml": workflow_yaml("slow >> after", T("slow", "after"))})
+        self.r.recv(lambda m: m.get("type") == "task" and m.get("run_id") == rid
+                    and m["task"] == "slow" and m["state"] == "RUNNING")
+        time.sleep(max(0.0, 0.2 - (time.monotonic() - t0)))
+        self.r.send({"type": "cancel", "run_id": rid})
+        ack = self.r.recv_type("cancel_ack", rid)
+        self.assertEqual(ack, {"type": "cancel_ack", "run_id": rid, "active": True})
+        fin = self.r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "CANCELLED", fin)
+        self.assertIsNone(fin["error"])
+        self.assertIsNone(fin["error_kind"])
+        self.assertEqual(fin["tasks"], {"slow": "SUCCEEDED", "after": "CANCELLED"})
+        self.assertEqual(self.task_states(self.r, rid, "slow"), ["PENDING", "RUNNING", "SUCCEEDED"])
+        self.assertEqual(self.task_states(self.r, rid, "after"), ["PENDING", "CANCELLED"])
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+
+    def test_cancel_sent_with_run_is_sticky(self):
+        # run and cancel in one write: the cancel is read before the engine registers the run
+        rid = self.next_id("sticky")
+        req = {"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+               "workflow_yaml": workflow_yaml("half >> after", T("half", "after"))}
+        self.r.send_raw((json.dumps(req) + "\n" + json.dumps({"type": "cancel", "run_id": rid}) + "\n").encode())
+        ack = self.r.recv_type("cancel_ack", rid)
+        self.assertTrue(ack["active"])
+        fin = self.r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "CANCELLED", fin)
+        self.assertEqual(fin["tasks"]["after"], "CANCELLED")
+        self.assertNotIn("RUNNING", self.task_states(self.r, rid, "after"))
+
+    def test_cancel_before_run_message(self):
+        rid = self.next_id("precancel")
+        self.r.send({"type": "cancel", "run_id": rid})
+        self.assertEqual(self.r.recv_type("cancel_ack", rid)["active"], False)
+        fin = self.run_flow(self.r, "half >> after", T("half", "after"), run_id=rid)
+        self.assertEqual(fin["status"], "CANCELLED", fin)
+        self.assertEqual(fin["tasks"], {"half": "CANCELLED", "after": "CANCELLED"})
+        self.assertNotIn("RUNNING", self.task_states(self.r, rid, "half"))
+
+    def test_cancel_unknown_run(self):
+        self.r.send({"type": "cancel", "run_id": "never-seen"})
+        self.assertEqual(self.r.recv_type("cancel_ack", "never-seen"),
+                         {"type": "cancel_ack", "run_id": "never-seen", "active": False})
+
+    def test_busy_and_ping_while_task_sleeps(self):
+        rid = self.next_id("busy")
+        self.r.send({"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+                     "workflow_yaml": workflow_yaml("slow", T("slow"))})
+        self.r.recv(lambda m: m.get("type") == "task" and m.get("run_id") == rid and m["state"] == "RUNNING")
+        t0 = time.monotonic()
+        self.r.send({"type": "ping", "seq": 7})
+        self.assertEqual(self.r.recv_type("pong"), {"type": "pong", "seq": 7})
+        self.assertLess(time.monotonic() - t0, 0.5)
+        other = self.next_id("busy")
+        self.r.send({"type": "run", "run_id": other, "flow_name": "hello", "params": {}, "workflow_yaml": None})
+        err = self.r.recv_type("error", other)
+        self.assertEqual(err["kind"], "busy")
+        self.assertIn(rid, err["message"])
+        fin = self.r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "COMPLETED")
+        self.assertEqual(self.r.events(other, "run_finished"), [])
+        # immediately after run_finished the runner takes the next run
+        fin = self.run_flow(self.r, flow_name="hello", params={"x": 1})
+        self.assertEqual(fin["status"], "COMPLETED")
+
+    # -- the channel -----------------------------------------------------------------
+    def test_task_output_never_corrupts_channel(self):
+        fin = self.run_flow(self.r, "noisy", T("noisy"))
+        rid = fin["run_id"]
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(self.r.bad_lines, [])
+        # none of the fake protocol lines the task wrote arrived as messages
+        self.assertFalse([m for m in self.r.messages if m.get("run_id") == "fake"])
+        self.assertFalse([m for m in self.r.messages if m.get("type") == "pong" and m.get("seq") in (999, 424242)])
+        logs = self.r.events(rid, "log")
+        for m in logs:
+            self.assertEqual(m["task"], "noisy")
+            self.assertLessEqual(len(m["text"].encode("utf-8")), 64 * 1024)
+        out = "".join(m["text"] for m in logs if m["stream"] == "stdout")
+        self.assertIn('{"type":"run_finished","run_id":"fake","status":"COMPLETED"}\n', out)
+        self.assertIn("H" * 300000 + "\n", out)
+        self.assertIn("caf\u00e9 \u2713\n", out)
+        err = "".join(m["text"] for m in logs if m["stream"] == "stderr")
+        self.assertIn("to stderr", err)
+        # the text written to fd 1 went to stderr
+        self.assertIn('{"type":"pong","seq":999}', self.r.stderr())
+
+    def test_log_event(self):
+        fin = self.run_flow(self.r, "hello", T("hello"))
+        logs = self.r.events(fin["run_id"], "log")
+        self.assertEqual([(m["task"], m["stream"], m["text"]) for m in logs],
+                         [("hello", "stdout", "hello from task\n")])
+
+    def test_non_json_output_values(self):
+        fin = self.run_flow(self.r, "nan_out", T("nan_out"))
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        out = fin["task_records"]["nan_out"]["output"]
+        self.assertIsInstance(out, str)  # pyoco's serialize_task_records repr()s it (a set inside)
+        self.assertEqual(self.r.bad_lines, [])
+
+    def test_bad_requests(self):
+        bad = [
+            b"this is not json\n",
+            b"[1, 2, 3]\n",
+            b"\xff\xfe garbage\n",
+            b'{"no_type": 1}\n',
+            b'{"type": "frobnicate"}\n',
+            b'{"type": "run", "flow_name": "main", "params": {}}\n',
+            b'{"type": "run", "run_id": "x1", "params": {}}\n',
+            b'{"type": "run", "run_id": "x2", "flow_name": "main", "params": [1]}\n',
+            b'{"type": "run", "run_id": "x3", "flow_name": 5, "params": {}}\n',
+            b'{"type": "run", "run_id": "x4", "flow_name": "main", "params": {}, "workflow_yaml": 3}\n',
+            b'{"type": "cancel"}\n',
+            b'{"type": 5}\n',
+        ]
+        for line in bad:
+            with self.subTest(line=line):
+                self.r.send_raw(line)
+                err = self.r.recv_type("error")
+                self.assertEqual(err["kind"], "bad_request", err)
+                self.assertIsInstance(err["message"], str)
+        self.r.send_raw(b"\n   \n")  # blank lines are ignored
+        self.r.send({"type": "ping", "seq": "after-bad"})
+        self.assertEqual(self.r.recv_type("pong")["seq"], "after-bad")
+        fin = self.run_flow(self.r, "add_one >> to_text", T("add_one", "to_text"), {"x": 1})
+        self.assertEqual(fin["status"], "COMPLETED")
+        self.assertIsNone(self.r.proc.poll())
+
+
+class ProcessLifecycleTests(RunnerTestBase):
+    def test_shutdown_after_run(self):
+        r = self.new_runner()
+        self.assertEqual(r.ready()["type"], "ready")
+        rid = self.next_id()
+        r.send({"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+                "workflow_yaml": workflow_yaml("half", T("half"))})
+        r.send({"type": "shutdown"})
+        self.assertEqual(r.wait(10), 0)
+        fin = r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "COMPLETED")
+
+    def test_eof_after_run(self):
+        r = self.new_runner()
+        r.ready()
+        rid = self.next_id()
+        r.send({"type": "run", "run_id": rid, "flow_name": "main", "params": {"x": 1},
+                "workflow_yaml": workflow_yaml("half >> add_one", T("half", "add_one"))})
+        r.proc.stdin.close()
+        self.assertEqual(r.wait(10), 0)
+        fin = r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "COMPLETED")
+        self.assertEqual(fin["task_records"]["add_one"]["output"], 2)
+
+    def test_no_resolver_means_yaml_only(self):
+        r = self.new_runner()
+        self.assertIs(r.ready()["has_resolver"], False)
+        fin = self.run_flow(r, flow_name="hello")
+        self.assertEqual((fin["status"], fin["error_kind"], fin["error"]),
+                         ("FAILED", "flow_not_found", "flow_not_found: 'hello'"))
+
+    def test_artifacts_dir_in_runner_cwd(self):
+        cwd = tempfile.mkdtemp(prefix="slot-", dir=self.tmp)
+        before_here = os.path.exists(os.path.join(HERE, "artifacts"))
+        before_test_cwd = os.path.exists(os.path.join(os.getcwd(), "artifacts"))
+        r = self.new_runner(cwd=cwd)
+        r.ready()
+        fin = self.run_flow(r, "add_one", T("add_one"))
+        self.assertEqual(fin["status"], "COMPLETED")
+        self.assertTrue(os.path.isdir(os.path.join(cwd, "artifacts")))
+        self.assertEqual(os.path.exists(os.path.join(HERE, "artifacts")), before_here)
+        self.assertEqual(os.path.exists(os.path.join(os.getcwd(), "artifacts")), before_test_cwd)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "artifacts")))
+
+    # -- fatal start-up errors ----------------------------------------------------------
+    def fatal(self, *args, **kw):
+        r = self.new_runner(*args, **kw)
+        msg = r.ready()
+        self.assertEqual(msg["type"], "fatal", msg)
+        self.assertEqual(r.wait(10), 3)
+        self.assertEqual([m["type"] for m in r.messages], ["fatal"])
+        return msg
+
+    def test_bad_flow_resolver(self):
+        m = self.fatal("--flow-resolver", "nocolon")
+        self.assertEqual(m["kind"], "resolver_error")
+        self.assertEqual(m["message"], "--flow-resolver must be module:function or file.py:function ('nocolon')")
+
+        m = self.fatal("--flow-resolver", "no_such_resolver_mod_xyz:resolve")
+        self.assertEqual(m["kind"], "resolver_error")
+        self.assertIn("no_such_resolver_mod_xyz:resolve", m["message"])
+        self.assertIn("ModuleNotFoundError", m["message"])
+
+        m = self.fatal("--flow-resolver", os.path.join(self.tmp, "resolver.py") + ":missing_fn")
+        self.assertEqual(m["kind"], "resolver_error")
+        self.assertIn("AttributeError", m["message"])
+
+        m = self.fatal("--flow-resolver", os.path.join(self.tmp, "resolver.py") + ":NOT_CALLABLE")
+        self.assertEqual(m["kind"], "resolver_error")
+        self.assertIn("not callable", m["message"])
+
+        m = self.fatal("--flow-resolver", "/nonexistent/dir/r.py:resolve")
+        self.assertEqual(m["kind"], "resolver_error")
+        self.assertIn("not found", m["message"])
+
+    def test_module_form_resolver(self):
+        r = self.new_runner("--flow-resolver", "resolver:resolve")
+        self.assertIs(r.ready()["has_resolver"], True)
+        fin = self.run_flow(r, flow_name="hello", params={"x": 2})
+        self.assertEqual(fin["task_records"]["to_text"]["output"], "v=3")
+
+    def _python_without_pyoco(self):
+        venv = os.path.join(self.tmp, "venv-nopyoco")
+        if not os.path.exists(venv):
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        py = os.path.join(venv, "bin", "python")
+        probe = subprocess.run([py, "-c", "import pyoco"], capture_output=True, env={"PATH": os.environ.get("PATH", "")})
+        if probe.returncode == 0:
+            self.skipTest("the base interpreter has pyoco installed globally")
+        return py
+
+    def test_pyoco_missing(self):
+        py = self._python_without_pyoco()
+        m = self.fatal(python=py, pythonpath=os.path.join(self.tmp, "empty-path"))
+        self.assertEqual(m["kind"], "pyoco_missing")
+        self.assertIn(py, m["message"])
+        self.assertIn('-m pip install "pyoco>=0.6.2"', m["message"])
+
+    def test_pyoco_too_old(self):
+        py = self._python_without_pyoco()
+        fake = os.path.join(self.tmp, "fake-old-pyoco")
+        os.makedirs(os.path.join(fake, "pyoco"), exist_ok=True)
+        os.makedirs(os.path.join(fake, "pyoco-0.5.0.dist-info"), exist_ok=True)
+        with open(os.path.join(fake, "pyoco", "__init__.py"), "w") as f:
+            f.write("")
+        with open(os.path.join(fake, "pyoco-0.5.0.dist-info", "METADATA"), "w") as f:
+            f.write("Metadata-Version: 2.1\nName: pyoco\nVersion: 0.5.0\n")
+        m = self.fatal(python=py, pythonpath=fake)
+        self.assertEqual(m["kind"], "pyoco_too_old")
+        self.assertIn("0.5.0", m["message"])
+        self.assertIn('-m pip install "pyoco>=0.6.2"', m["message"])
+
+    def test_unknown_argument(self):
+        m = self.fatal("--bogus")
+        self.assertEqual(m["kind"], "usage")
+
+
+if __name__ == "__main__":
+    unittest.main()

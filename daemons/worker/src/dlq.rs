@@ -1,0 +1,32 @@
+//! Dead letters (contract §2.6): `{"reason", "error", "timestamp", …payload}` on `pyoco.dlq.<tag>`.
+//! Best-effort like the original: a failed publish is logged, never fatal.
+
+use pyoco_core::json::to_ascii_vec;
+use pyoco_core::time::now;
+use serde_json::{json, Value};
+
+use crate::job::{Job, JobCtx};
+
+pub async fn publish_raw(ctx: &JobCtx, tag: &str, reason: &str, error: &str, payload: Value) {
+    let mut doc = json!({"reason": reason, "error": error, "timestamp": now()});
+    if let (Some(d), Value::Object(p)) = (doc.as_object_mut(), payload) {
+        d.extend(p);
+    }
+    let subject = ctx.res.names.dlq_subject(if tag.is_empty() { "unknown" } else { tag });
+    let result = async {
+        ctx.res.js.publish(subject.clone(), to_ascii_vec(&doc).into()).await?.await?;
+        Ok::<_, async_nats::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(subject = %subject, reason, error = %e, "DLQ publish failed");
+    }
+}
+
+pub async fn publish_run(ctx: &JobCtx, reason: &str, error: &str, job: &Job) {
+    let payload = json!({
+        "run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
+        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id,
+    });
+    publish_raw(ctx, &job.tag, reason, error, payload).await
+}

@@ -1,0 +1,163 @@
+//! The worker record in KV `pyoco_workers` (contract §3.6): same fields and states as the
+//! original (IDLE, RUNNING, STOPPED_GRACEFUL), written with compare-and-set so `hidden` (set by
+//! `PATCH /workers/{id}`) is never lost, refreshed by a heartbeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use pyoco_core::json::to_ascii_vec;
+use pyoco_core::time::now;
+use pyoco_core::wire::{worker_state, Doc};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+/// The fields this process owns; `hidden` and unknown fields come from the stored record.
+#[derive(Debug, Clone)]
+struct Local {
+    state: &'static str,
+    current_run_ids: Vec<String>,
+    last_run_id: Value,
+    last_run_status: Value,
+    last_run_started_at: Value,
+    last_run_finished_at: Value,
+    stopped_at: Value,
+    stop_reason: Value,
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    store: kv::Store,
+    worker_id: String,
+    instance_id: String,
+    tags: Vec<String>,
+    extra: Doc,
+    local: Arc<Mutex<Local>>,
+}
+
+impl Registry {
+    pub fn new(store: kv::Store, worker_id: &str, tags: &[String], extra: Doc) -> Registry {
+        Registry {
+            store,
+            worker_id: worker_id.to_string(),
+            instance_id: uuid::Uuid::new_v4().simple().to_string(),
+            tags: tags.to_vec(),
+            extra,
+            local: Arc::new(Mutex::new(Local {
+                state: worker_state::IDLE,
+                current_run_ids: vec![],
+                last_run_id: Value::Null,
+                last_run_status: Value::Null,
+                last_run_started_at: Value::Null,
+                last_run_finished_at: Value::Null,
+                stopped_at: Value::Null,
+                stop_reason: Value::Null,
+            })),
+        }
+    }
+
+    /// Writes the record: stored document (keeps `hidden`, `wheel_sync`, unknown fields) with
+    /// our fields on top, by compare-and-set.
+    pub async fn write(&self) -> Result<(), String> {
+        for _ in 0..20 {
+            let entry = self.store.entry(&self.worker_id).await.map_err(|e| e.to_string())?;
+            let (mut doc, revision) = match entry {
+                Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice::<Doc>(&e.value).unwrap_or_default(), Some(e.revision)),
+                Some(e) => (Doc::new(), Some(e.revision)),
+                None => (Doc::new(), None),
+            };
+            let local = self.local.lock().await.clone();
+            let t = now();
+            let hidden = doc.get("hidden").cloned().unwrap_or(json!(false));
+            let current = local.current_run_ids.first().cloned().map(Value::String).unwrap_or(Value::Null);
+            for (k, v) in [
+                ("worker_id", json!(self.worker_id)),
+                ("instance_id", json!(self.instance_id)),
+                ("state", json!(local.state)),
+                ("hidden", hidden),
+                ("tags", json!(self.tags)),
+                ("last_seen_at", json!(t)),
+                ("last_heartbeat_at", json!(t)),
+                ("heartbeat_at", json!(t)),
+                ("current_run_id", current),
+                ("last_run_id", local.last_run_id.clone()),
+                ("last_run_status", local.last_run_status.clone()),
+                ("last_run_started_at", local.last_run_started_at.clone()),
+                ("last_run_finished_at", local.last_run_finished_at.clone()),
+                ("stopped_at", local.stopped_at.clone()),
+                ("stop_reason", local.stop_reason.clone()),
+                ("updated_at", json!(t)),
+                ("current_run_ids", json!(local.current_run_ids)),
+            ] {
+                doc.insert(k.to_string(), v);
+            }
+            for (k, v) in &self.extra {
+                doc.insert(k.clone(), v.clone());
+            }
+            let bytes = to_ascii_vec(&doc);
+            let res = match revision {
+                Some(rev) => self.store.update(&self.worker_id, bytes.into(), rev).await.map(|_| ()).map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
+                None => self.store.create(&self.worker_id, bytes.into()).await.map(|_| ()).map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+            };
+            match res {
+                Ok(()) => return Ok(()),
+                Err((true, _)) => continue,
+                Err((false, e)) => return Err(e),
+            }
+        }
+        Err("worker record kept conflicting with concurrent writes".into())
+    }
+
+    async fn update(&self, f: impl FnOnce(&mut Local)) {
+        f(&mut *self.local.lock().await);
+        if let Err(e) = self.write().await {
+            tracing::warn!(worker_id = %self.worker_id, error = %e, "writing the worker record failed");
+        }
+    }
+
+    pub async fn run_started(&self, run_id: &str) {
+        let run_id = run_id.to_string();
+        self.update(|l| {
+            l.current_run_ids.push(run_id);
+            l.state = worker_state::RUNNING;
+            l.last_run_started_at = json!(now());
+        })
+        .await
+    }
+
+    pub async fn run_finished(&self, run_id: &str, status: &str) {
+        let (run_id, status) = (run_id.to_string(), status.to_string());
+        self.update(|l| {
+            l.current_run_ids.retain(|r| *r != run_id);
+            l.state = if l.current_run_ids.is_empty() { worker_state::IDLE } else { worker_state::RUNNING };
+            l.last_run_id = json!(run_id);
+            l.last_run_status = json!(status);
+            l.last_run_finished_at = json!(now());
+        })
+        .await
+    }
+
+    pub async fn stopped(&self, reason: &str) {
+        let reason = reason.to_string();
+        self.update(|l| {
+            l.state = worker_state::STOPPED_GRACEFUL;
+            l.current_run_ids.clear();
+            l.stopped_at = json!(now());
+            l.stop_reason = json!(reason);
+        })
+        .await
+    }
+
+    /// Refreshes the record every `interval` until the process ends.
+    pub async fn heartbeat_loop(self, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            if self.local.lock().await.state == worker_state::STOPPED_GRACEFUL {
+                return;
+            }
+            if let Err(e) = self.write().await {
+                tracing::warn!(worker_id = %self.worker_id, error = %e, "worker heartbeat failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The Python runner processes: one per concurrency slot, each running one flow at a time.
+//!
+//! The shim (`runner/pyoco_runner.py`) is compiled into this binary and written out at start.
+//! Each runner gets its own process group (so a kill takes its task subprocesses too), its own
+//! working directory (pyoco creates `./artifacts`), and dies with the worker (`PDEATHSIG`).
+//! Requests go as JSON lines on its stdin; events come back on its stdout, which the shim
+//! reserves for the protocol (task output goes to stderr, which is forwarded to our log).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// The shim, shipped inside the binary.
+pub const SHIM_SOURCE: &str = include_str!("../runner/pyoco_runner.py");
+pub const SHIM_FILE: &str = "pyoco_runner.py";
+pub const PROTOCOL: i64 = 1;
+
+/// How to start runners (shared by all slots).
+#[derive(Debug, Clone)]
+pub struct RunnerSpec {
+    pub python: PathBuf,
+    /// The directory holding only the shim (so nothing else lands on `sys.path[0]`).
+    pub shim_dir: PathBuf,
+    pub flow_resolver: Option<String>,
+    pub pythonpath: Vec<PathBuf>,
+    /// Parent of the per-slot working directories.
+    pub work_dir: PathBuf,
+    pub ready_timeout: Duration,
+}
+
+/// Writes the shim into `<work_dir>/runner/` (a directory with nothing else in it).
+pub fn install_shim(work_dir: &Path) -> std::io::Result<PathBuf> {
+    let dir = work_dir.join("runner");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(SHIM_FILE);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(SHIM_SOURCE) {
+        let tmp = dir.join(format!(".{SHIM_FILE}.tmp"));
+        std::fs::write(&tmp, SHIM_SOURCE)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(dir)
+}
+
+/// What the runner reported in its `ready` handshake.
+#[derive(Debug, Clone)]
+pub struct ReadyInfo {
+    pub pid: u32,
+    pub python: String,
+    pub pyoco_version: String,
+}
+
+#[derive(Debug)]
+pub enum RunnerEvent {
+    /// One protocol message.
+    Message(Value),
+    /// The process ended (EOF on its stdout).
+    Exited,
+}
+
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The interpreter could not be started at all.
+    Start(String),
+    /// The shim said it cannot work (`fatal`: pyoco missing or too old, bad resolver).
+    Fatal { kind: String, message: String },
+    /// No `ready` in time, or the process died first.
+    NotReady(String),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Start(m) | SpawnError::NotReady(m) => f.write_str(m),
+            SpawnError::Fatal { kind, message } => write!(f, "{kind}: {message}"),
+        }
+    }
+}
+
+/// The run id a runner is working on, for tagging its stderr lines in our log.
+pub type CurrentRun = Arc<Mutex<Option<String>>>;
+
+pub struct Runner {
+    pub slot: usize,
+    pub info: ReadyInfo,
+    child: Child,
+    stdin: ChildStdin,
+    events: mpsc::Receiver<RunnerEvent>,
+    pub current: CurrentRun,
+}
+
+impl Runner {
+    /// Starts a runner and waits for its `ready` handshake.
+    pub async fn spawn(spec: &RunnerSpec, slot: usize) -> Result<Runner, SpawnError> {
+        let cwd = spec.work_dir.join(format!("slot-{slot}"));
+        std::fs::create_dir_all(&cwd).map_err(|e| SpawnError::Start(format!("cannot create {}: {e}", cwd.display())))?;
+        let mut cmd = Command::new(&spec.python);
+        cmd.arg(spec.shim_dir.join(SHIM_FILE));
+        if let Some(r) = &spec.flow_resolver {
+            cmd.args(["--flow-resolver", r]);
+        }
+        let mut pythonpath: Vec<String> = spec.pythonpath.iter().map(|p| p.display().to_string()).collect();
+        if let Ok(existing) = std::env::var("PYTHONPATH") {
+            if !existing.is_empty() {
+                pythonpath.push(existing);
+            }
+        }
+        if !pythonpath.is_empty() {
+            cmd.env("PYTHONPATH", pythonpath.join(":"));
+        }
+        cmd.env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONUTF8", "1")
+            .current_dir(&cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            SpawnError::Start(format!(
+                "cannot start the runner interpreter {}: {e}; fix: install Python 3 with pyoco, or point --python / PYOCO_PYTHON at one",
+                spec.python.display()
+            ))
+        })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let current: CurrentRun = Arc::default();
+        let (tx, mut events) = mpsc::channel(256);
+        tokio::spawn(read_protocol(stdout, tx));
+        tokio::spawn(forward_stderr(stderr, slot, current.clone()));
+
+        let ready = tokio::time::timeout(spec.ready_timeout, events.recv()).await;
+        let info = match ready {
+            Err(_) => return Err(SpawnError::NotReady(format!("no ready message within {:?}", spec.ready_timeout))),
+            Ok(None) | Ok(Some(RunnerEvent::Exited)) => {
+                let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+                return Err(SpawnError::NotReady(format!("the runner exited before it was ready ({status}); see the runner's stderr in this log")));
+            }
+            Ok(Some(RunnerEvent::Message(m))) => match m["type"].as_str() {
+                Some("ready") if m["protocol"].as_i64() != Some(PROTOCOL) => {
+                    return Err(SpawnError::NotReady(format!(
+                        "the runner speaks protocol {} but this worker needs {PROTOCOL}; the shim and the binary do not match",
+                        m["protocol"]
+                    )))
+                }
+                Some("ready") => ReadyInfo {
+                    pid: m["pid"].as_u64().unwrap_or(0) as u32,
+                    python: m["python"].as_str().unwrap_or("?").to_string(),
+                    pyoco_version: m["pyoco_version"].as_str().unwrap_or("?").to_string(),
+                },
+                Some("fatal") => {
+                    return Err(SpawnError::Fatal {
+                        kind: m["kind"].as_str().unwrap_or("fatal").to_string(),
+                        message: m["message"].as_str().unwrap_or("").to_string(),
+                    })
+                }
+                _ => return Err(SpawnError::NotReady(format!("unexpected first message from the runner: {m}"))),
+            },
+        };
+        Ok(Runner { slot, info, child, stdin, events, current })
+    }
+
+    pub async fn send(&mut self, msg: &Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(msg).expect("serializable");
+        line.push(b'\n');
+        self.stdin.write_all(&line).await?;
+        self.stdin.flush().await
+    }
+
+    /// The next event; `Exited` once the process is gone (and forever after).
+    pub async fn next_event(&mut self) -> RunnerEvent {
+        match self.events.recv().await {
+            Some(e) => e,
+            None => RunnerEvent::Exited,
+        }
+    }
+
+    pub async fn exit_text(&mut self) -> String {
+        match tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await {
+            Ok(Ok(status)) => describe_exit(status),
+            _ => "exit status unknown".to_string(),
+        }
+    }
+
+    /// Kills the runner's whole process group: SIGTERM, then SIGKILL after `grace`.
+    pub async fn kill(&mut self, grace: Duration) {
+        let Some(pid) = self.child.id() else { return };
+        let pgid = Pid::from_raw(pid as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+        // Anything the tasks left in the group.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+
+    /// Asks the runner to exit after its current run (EOF means the same).
+    pub async fn shutdown(mut self, wait: Duration) {
+        let _ = self.send(&serde_json::json!({"type": "shutdown"})).await;
+        if tokio::time::timeout(wait, self.child.wait()).await.is_err() {
+            self.kill(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {}", Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| s.to_string())),
+        _ => status.to_string(),
+    }
+}
+
+async fn read_protocol(stdout: tokio::process::ChildStdout, tx: mpsc::Sender<RunnerEvent>) {
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) if v.is_object() => {
+                        if tx.send(RunnerEvent::Message(v)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => tracing::warn!(line = %truncate(&line, 300), "runner wrote a non-protocol line on its protocol channel; ignored"),
+                }
+            }
+            Ok(None) | Err(_) => {
+                let _ = tx.send(RunnerEvent::Exited).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn forward_stderr(stderr: tokio::process::ChildStderr, slot: usize, current: CurrentRun) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let run_id = current.lock().unwrap().clone().unwrap_or_default();
+        tracing::info!(run_id = %run_id, runner_slot = slot, stream = "stderr", "{}", truncate(&line, 8192));
+    }
+}
+
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

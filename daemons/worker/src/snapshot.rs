@@ -1,0 +1,192 @@
+//! Run snapshots as the worker writes them (contract §2.1), always merged with the stored
+//! document and written with compare-and-set: the gateway owns creation and the cancel fields,
+//! the worker owns the execution fields, and neither can erase the other's. Terminal states are
+//! final: a stored terminal snapshot is never overwritten.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use pyoco_core::json::to_ascii_vec;
+use pyoco_core::time::now;
+use pyoco_core::wire::{f64_field, is_truthy, run_status, str_field, Doc};
+use serde_json::{json, Map, Value};
+
+/// What the worker knows about the run it executes.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    pub run_id: String,
+    pub flow_name: String,
+    pub tag: String,
+    pub tags: Vec<String>,
+    pub tenant_id: Value,
+    pub api_key_id: Value,
+    pub workflow_yaml_sha256: Value,
+    pub workflow_yaml_bytes: Value,
+    pub params: Map<String, Value>,
+    pub status: String,
+    pub tasks: Map<String, Value>,
+    pub task_records: Map<String, Value>,
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    pub error: Option<String>,
+    pub worker_id: String,
+    /// Set when this process put the run back in the queue (drain).
+    pub note: Option<String>,
+}
+
+/// Why a write did not happen.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The stored run is already terminal (e.g. cancelled while pending): nothing was written.
+    Terminal(Doc),
+    Nats(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Terminal(d) => write!(f, "run already {}", str_field(d, "status").unwrap_or("terminal")),
+            WriteError::Nats(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Limits applied to every write.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `PYOCO_MAX_RUN_SNAPSHOT_BYTES`: above it `task_records` are dropped (0 = no limit).
+    pub max_snapshot_bytes: usize,
+    /// The server's max_payload: a snapshot never exceeds it.
+    pub max_payload: usize,
+}
+
+/// A cancel asked for by the gateway (or anyone) on the stored snapshot.
+pub fn cancel_requested(stored: &Doc) -> bool {
+    stored.get("cancel_requested_at").map(is_truthy).unwrap_or(false)
+        || matches!(str_field(stored, "status"), Some(run_status::CANCELLING) | Some(run_status::CANCELLED))
+}
+
+impl RunState {
+    /// The merged document to store over `stored`.
+    pub fn merged(&self, stored: Option<&Doc>, t: f64, changed: bool) -> Doc {
+        let mut d = stored.cloned().unwrap_or_default();
+        let put = |d: &mut Doc, k: &str, v: Value| {
+            d.insert(k.to_string(), v);
+        };
+        put(&mut d, "run_id", json!(self.run_id));
+        put(&mut d, "flow_name", json!(self.flow_name));
+        put(&mut d, "tag", json!(self.tag));
+        put(&mut d, "tags", json!(self.tags));
+        d.entry("tenant_id").or_insert(self.tenant_id.clone());
+        d.entry("api_key_id").or_insert(self.api_key_id.clone());
+        d.entry("workflow_yaml_sha256").or_insert(self.workflow_yaml_sha256.clone());
+        d.entry("workflow_yaml_bytes").or_insert(self.workflow_yaml_bytes.clone());
+        d.entry("cancel_requested_at").or_insert(Value::Null);
+        d.entry("cancel_requested_by").or_insert(Value::Null);
+        // A cancel requested on the stored run shows as CANCELLING until we end the run.
+        let status = if !run_status::is_terminal(&self.status)
+            && self.status != run_status::PENDING
+            && stored.map(cancel_requested).unwrap_or(false)
+        {
+            run_status::CANCELLING.to_string()
+        } else {
+            self.status.clone()
+        };
+        put(&mut d, "status", json!(status));
+        put(&mut d, "params", Value::Object(self.params.clone()));
+        put(&mut d, "tasks", Value::Object(self.tasks.clone()));
+        put(&mut d, "task_records", Value::Object(self.task_records.clone()));
+        d.remove("task_records_truncated");
+        put(&mut d, "start_time", json!(self.start_time));
+        put(&mut d, "end_time", json!(self.end_time));
+        put(&mut d, "heartbeat_at", json!(t));
+        let updated = if changed { t } else { stored.and_then(|s| f64_field(s, "updated_at")).unwrap_or(t) };
+        put(&mut d, "updated_at", json!(updated));
+        put(&mut d, "error", json!(self.error));
+        put(&mut d, "worker_id", json!(self.worker_id));
+        match &self.note {
+            Some(n) => put(&mut d, "worker_note", json!(n)),
+            None => {
+                d.remove("worker_note");
+            }
+        }
+        d
+    }
+}
+
+/// Encodes a snapshot within the limits: drops `task_records` above the snapshot limit (as the
+/// original), then shortens the largest texts until it fits in a NATS message.
+pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
+    let mut bytes = to_ascii_vec(&doc);
+    if limits.max_snapshot_bytes > 0 && bytes.len() > limits.max_snapshot_bytes {
+        doc.insert("task_records".into(), json!({}));
+        doc.insert("task_records_truncated".into(), json!(true));
+        bytes = to_ascii_vec(&doc);
+    }
+    let cap = limits.max_payload.saturating_sub(1024).max(4096);
+    if bytes.len() > cap {
+        if let Some(Value::String(e)) = doc.get_mut("error") {
+            e.truncate(pyoco_core_truncate(e, 2000));
+        }
+        bytes = to_ascii_vec(&doc);
+    }
+    if bytes.len() > cap {
+        doc.insert("params".into(), json!({"_truncated": "params too large for a snapshot; see the job message"}));
+        doc.insert("snapshot_truncated".into(), json!(true));
+        bytes = to_ascii_vec(&doc);
+    }
+    bytes
+}
+
+fn pyoco_core_truncate(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Writes `state` merged over the stored snapshot with compare-and-set, retrying on conflict.
+/// Returns the written document. A missing key is created (a job whose snapshot was lost
+/// still gets its state recorded).
+pub async fn write(store: &kv::Store, state: &RunState, changed: bool, limits: Limits) -> Result<Doc, WriteError> {
+    for attempt in 0..30u32 {
+        let entry = store.entry(&state.run_id).await.map_err(|e| WriteError::Nats(e.to_string()))?;
+        let (stored, revision) = match entry {
+            Some(e) if e.operation == kv::Operation::Put => match serde_json::from_slice::<Doc>(&e.value) {
+                Ok(d) => (Some(d), Some(e.revision)),
+                Err(_) => (None, Some(e.revision)),
+            },
+            Some(e) => (None, Some(e.revision)),
+            None => (None, None),
+        };
+        if let Some(s) = &stored {
+            if run_status::is_terminal(str_field(s, "status").unwrap_or("")) {
+                return Err(WriteError::Terminal(s.clone()));
+            }
+        }
+        let doc = state.merged(stored.as_ref(), now(), changed);
+        let bytes = encode(doc.clone(), limits);
+        let result = match revision {
+            Some(rev) => store.update(&state.run_id, bytes.into(), rev).await.map(|_| ()).map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
+            }),
+            None => store.create(&state.run_id, bytes.into()).await.map(|_| ()).map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
+            }),
+        };
+        match result {
+            Ok(()) => return Ok(doc),
+            Err(None) => {
+                // Someone wrote in between: merge again with what they wrote.
+                tokio::time::sleep(Duration::from_millis((attempt as u64).min(10) * 5)).await;
+                continue;
+            }
+            Err(Some(e)) => return Err(WriteError::Nats(e)),
+        }
+    }
+    Err(WriteError::Nats("snapshot kept conflicting with concurrent writes".into()))
+}
