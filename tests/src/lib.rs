@@ -22,6 +22,7 @@ pub mod nats;
 pub mod ports;
 pub mod process;
 pub mod sse;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub use nats::{nats_binary, NatsServer};
 pub use ports::free_port;
 pub use process::{scrub_pyoco_env, Daemon, OutputExt};
 pub use sse::{sse_events, SseEvent, SseParser, SseStream};
+pub use worker::{Worker, TEST_TASKS};
 
 /// Both nats-server flavours, for tests that run their body once per flavour.
 pub const NATS_FLAVOURS: [&str; 2] = ["debian", "pypi"];

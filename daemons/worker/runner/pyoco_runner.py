@@ -77,6 +77,15 @@ class Channel:
                 _log(f"protocol channel closed ({exc.__class__.__name__}: {exc}); exiting")
                 _hard_exit(1)
 
+    def exit(self, code):
+        """Exit the process without ever cutting a protocol line in half."""
+        with self._lock:
+            try:
+                self._f.flush()
+            except Exception:
+                pass
+            _hard_exit(code)
+
 
 def _encode_line(obj):
     try:
@@ -777,6 +786,7 @@ class Run:
                     "start_time": None, "end_time": time.time(),
                 }
         finally:
+            self.runner.restore_process_state()
             self.runner.run_done(self, result)
 
     def _build(self):
@@ -828,6 +838,10 @@ class Run:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raised = exc
+        if raised is not None and not isinstance(raised, Exception):
+            # SystemExit & co. from a task: pyoco only handles Exception, so the task stays
+            # RUNNING although nothing runs any more (engine.run joined its threads).
+            self._fail_stale_running(raised)
         with self._emit_lock:
             self._drain_logs()
             self._diff(final=True)
@@ -849,6 +863,23 @@ class Run:
             status = "COMPLETED"
         self.run_ctx.status = getattr(PY.RunStatus, status)
         return self._finished(status, self.last_error, None, None)
+
+    def _fail_stale_running(self, exc):
+        text = str(exc) or type(exc).__name__
+        now = time.time()
+        for name, state in dict(self.run_ctx.tasks).items():
+            if _state_name(state) != "RUNNING":
+                continue
+            self.run_ctx.tasks[name] = PY.TaskState.FAILED
+            record = self.run_ctx.task_records.get(name)
+            if record is not None:
+                record.state = PY.TaskState.FAILED
+                record.error = text
+                record.traceback = _format_tb(exc)
+                if record.ended_at is None:
+                    record.ended_at = now
+                if record.started_at is not None and record.duration_ms is None:
+                    record.duration_ms = (record.ended_at - record.started_at) * 1000
 
     def _finished(self, status, error, error_kind, exc):
         rc = self.run_ctx
@@ -926,6 +957,19 @@ class Runner:
         self.lock = threading.Lock()
         self.active = None
         self.precancelled = collections.OrderedDict()
+        self.shutting_down = False
+        self.cwd = os.getcwd()
+        self.stdout, self.stderr = sys.stdout, sys.stderr
+
+    def restore_process_state(self):
+        """Undo what a task may have changed that matters for the next run."""
+        try:
+            if os.getcwd() != self.cwd:
+                _log(f"a task changed the working directory; back to {self.cwd}")
+                os.chdir(self.cwd)
+        except OSError as exc:
+            _log(f"cannot return to {self.cwd}: {exc}")
+        sys.stdout, sys.stderr = self.stdout, self.stderr
 
     def error(self, kind, message, run_id=None):
         msg = {"type": "error", "kind": kind, "message": message}
@@ -972,7 +1016,7 @@ class Runner:
                     active = False
             self.channel.send({"type": "cancel_ack", "run_id": run_id, "active": active})
         elif mtype == "shutdown":
-            return "shutdown"
+            self.shutdown()
         elif isinstance(mtype, str):
             self.error("bad_request", f"unknown request type {mtype!r}", _rid(msg))
         else:
@@ -1004,6 +1048,9 @@ class Runner:
             self.error("bad_request", "workflow_yaml must be a string or null", run_id)
             return
         with self.lock:
+            if self.shutting_down:
+                self.error("busy", "runner is shutting down", run_id)
+                return
             if self.active is not None:
                 self.error("busy", f"runner is busy with run {self.active.run_id}", run_id)
                 return
@@ -1017,8 +1064,25 @@ class Runner:
             self.active = run
             run.thread.start()
 
+    def shutdown(self):
+        """Finish the current run, then exit 0; meanwhile keep answering cancel and ping."""
+        with self.lock:
+            if self.shutting_down:
+                return
+            self.shutting_down = True
+            run = self.active
+        if run is None:
+            self.channel.exit(0)
+
+        def wait_then_exit():
+            run.thread.join()
+            self.channel.exit(0)
+
+        threading.Thread(target=wait_then_exit, name="shutdown", daemon=True).start()
+
     def wait_idle(self):
         with self.lock:
+            self.shutting_down = True
             run = self.active
         if run is not None:
             run.thread.join()
@@ -1051,11 +1115,21 @@ def _parse_args(argv):
 def main():
     global _ERR
     # 1. Reserve the original stdout for the protocol; fd 1 and sys.stdout go to stderr.
+    #    Likewise stdin: requests are read from a private duplicate, fd 0 becomes /dev/null, so
+    #    neither a task (input(), sys.stdin.read()) nor a child process it starts can swallow
+    #    requests.  os.dup() makes non-inheritable fds: children never hold the protocol pipes.
     proto_file = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     _ERR = sys.stderr
     channel = Channel(proto_file)
+    requests = os.fdopen(os.dup(0), "rb")
+    try:
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.close(null_fd)
+    except OSError as exc:
+        _log(f"cannot point stdin at {os.devnull}: {exc}")
 
     def fatal(exc):
         _log(f"fatal ({exc.kind}): {exc.message}")
@@ -1083,7 +1157,7 @@ def main():
     })
 
     # 3. Requests.
-    stdin = sys.stdin.buffer
+    stdin = requests
     while True:
         try:
             line = stdin.readline(MAX_REQUEST_LINE + 1)
@@ -1111,19 +1185,14 @@ def main():
             runner.error("bad_request", "request must be a JSON object")
             continue
         try:
-            if runner.handle(msg) == "shutdown":
-                break
+            runner.handle(msg)
         except Exception as exc:  # never die on a request
             _log(f"handling a request failed:\n{_format_tb(exc) or ''}")
             runner.error("bad_request", f"request failed: {_exc_text(exc)}", _rid(msg))
 
-    # 4. Finish the current run, then exit.
+    # 4. EOF: finish the current run, then exit.
     runner.wait_idle()
-    try:
-        proto_file.flush()
-    except Exception:
-        pass
-    _hard_exit(0)
+    channel.exit(0)
 
 
 if __name__ == "__main__":

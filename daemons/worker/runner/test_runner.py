@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import unittest
@@ -89,8 +88,27 @@ def noisy():
     print("caf\u00e9 \u2713")
     return "noisy done"
 
+def flood():
+    for _ in range(5):
+        print("F" * 600000)
+    return "flooded"
+
 def nan_out():
     return {"x": float("nan"), "s": {1, 2}}
+
+def reads_stdin():
+    import subprocess
+    data = sys.stdin.read()
+    child = subprocess.run([sys.executable, "-c", "import sys; print(len(sys.stdin.read()))"],
+                           capture_output=True, text=True, timeout=20)
+    return [data, child.stdout]
+
+def exits():
+    sys.exit(3)
+
+def chdir_away():
+    os.chdir("/")
+    return os.getcwd()
 
 class Cls:
     @staticmethod
@@ -618,6 +636,16 @@ class SharedRunnerTests(RunnerTestBase):
         # the text written to fd 1 went to stderr
         self.assertIn('{"type":"pong","seq":999}', self.r.stderr())
 
+    def test_log_volume_is_bounded(self):
+        fin = self.run_flow(self.r, "flood", T("flood"))
+        self.assertEqual(fin["status"], "COMPLETED")
+        logs = self.r.events(fin["run_id"], "log")
+        total = sum(len(m["text"].encode()) for m in logs)
+        self.assertLessEqual(total, 2 * 1024 * 1024 + 200)
+        self.assertTrue(logs[-1].get("truncated"))
+        self.assertIn("truncated", logs[-1]["text"])
+        self.assertEqual(sum(1 for m in logs if m.get("truncated")), 1)
+
     def test_log_event(self):
         fin = self.run_flow(self.r, "hello", T("hello"))
         logs = self.r.events(fin["run_id"], "log")
@@ -630,6 +658,38 @@ class SharedRunnerTests(RunnerTestBase):
         out = fin["task_records"]["nan_out"]["output"]
         self.assertIsInstance(out, str)  # pyoco's serialize_task_records repr()s it (a set inside)
         self.assertEqual(self.r.bad_lines, [])
+
+    def test_tasks_cannot_read_requests(self):
+        # a task reading stdin (itself or through a child process) must not eat our requests
+        rid = self.next_id("stdin")
+        req = {"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+               "workflow_yaml": workflow_yaml("reads_stdin", T("reads_stdin"))}
+        self.r.send_raw((json.dumps(req) + "\n" + json.dumps({"type": "ping", "seq": "s1"}) + "\n").encode())
+        self.assertEqual(self.r.recv_type("pong")["seq"], "s1")
+        self.r.send({"type": "ping", "seq": "s2"})
+        self.assertEqual(self.r.recv_type("pong")["seq"], "s2")
+        fin = self.r.recv_type("run_finished", rid, timeout=20)
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(fin["task_records"]["reads_stdin"]["output"], ["", "0\n"])
+
+    def test_task_calling_sys_exit(self):
+        fin = self.run_flow(self.r, "exits", T("exits"))
+        self.assertEqual((fin["status"], fin["error_kind"], fin["exc_type"]),
+                         ("FAILED", "execution_error", "SystemExit"))
+        self.assertEqual(fin["tasks"], {"exits": "FAILED"})
+        self.assertEqual(fin["task_records"]["exits"]["error"], "3")
+        self.assertEqual(self.task_states(self.r, fin["run_id"], "exits"), ["PENDING", "RUNNING", "FAILED"])
+        self.assertIsNone(self.r.proc.poll())
+        fin = self.run_flow(self.r, "add_one", T("add_one"))
+        self.assertEqual(fin["status"], "COMPLETED")
+
+    def test_task_changing_cwd(self):
+        fin = self.run_flow(self.r, "chdir_away", T("chdir_away"))
+        self.assertEqual(fin["status"], "COMPLETED")
+        fin = self.run_flow(self.r, "add_one", T("add_one"))
+        self.assertEqual(fin["status"], "COMPLETED")
+        self.assertFalse(os.path.exists("/artifacts") and not os.path.exists(os.path.join(self.r.cwd, "artifacts")))
+        self.assertTrue(os.path.isdir(os.path.join(self.r.cwd, "artifacts")))
 
     def test_bad_requests(self):
         bad = [
@@ -671,6 +731,31 @@ class ProcessLifecycleTests(RunnerTestBase):
         self.assertEqual(r.wait(10), 0)
         fin = r.recv_type("run_finished", rid)
         self.assertEqual(fin["status"], "COMPLETED")
+
+    def test_shutdown_keeps_answering_until_run_ends(self):
+        r = self.new_runner()
+        r.ready()
+        rid = self.next_id()
+        r.send({"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+                "workflow_yaml": workflow_yaml("slow >> after", T("slow", "after"))})
+        r.recv(lambda m: m.get("type") == "task" and m.get("run_id") == rid and m["state"] == "RUNNING")
+        r.send({"type": "shutdown"})
+        r.send({"type": "ping", "seq": 1})
+        self.assertEqual(r.recv_type("pong")["seq"], 1)
+        r.send({"type": "run", "run_id": "late", "flow_name": "main", "params": {}, "workflow_yaml": None})
+        self.assertEqual(r.recv_type("error", "late")["kind"], "busy")
+        r.send({"type": "cancel", "run_id": rid})
+        self.assertTrue(r.recv_type("cancel_ack", rid)["active"])
+        fin = r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "CANCELLED")
+        self.assertEqual(r.wait(10), 0)
+        self.assertEqual(r.messages[-1]["type"], "run_finished")
+
+    def test_shutdown_when_idle(self):
+        r = self.new_runner()
+        r.ready()
+        r.send({"type": "shutdown"})
+        self.assertEqual(r.wait(10), 0)
 
     def test_eof_after_run(self):
         r = self.new_runner()

@@ -467,7 +467,7 @@ fn apply_task_event(state: &mut RunState, m: &Value) {
             if let Some(d) = m.get("duration_ms") {
                 rec["duration_ms"] = d.clone();
             }
-            if let Some(e) = m.get("error") {
+            if let Some(e) = m.get("error").filter(|e| e.is_string()) {
                 rec["error"] = e.clone();
                 state.error = e.as_str().map(str::to_string);
             }

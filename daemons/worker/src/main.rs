@@ -129,6 +129,20 @@ fn default_worker_id(tags: &[String]) -> String {
     format!("{host}-{}", tags.join("-"))
 }
 
+/// A `path/file.py:function` resolver is made absolute against our working directory, since
+/// runners run in their own slot directories; the `module:function` form is left as is.
+fn absolute_resolver(spec: &str) -> String {
+    let Some((path, func)) = spec.rsplit_once(':') else { return spec.to_string() };
+    let is_file = path.ends_with(".py") || path.contains('/') || path.contains('\\');
+    if !is_file || PathBuf::from(path).is_absolute() {
+        return spec.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => format!("{}:{func}", cwd.join(path).display()),
+        Err(_) => spec.to_string(),
+    }
+}
+
 fn default_python() -> PathBuf {
     if let Ok(venv) = std::env::var("VIRTUAL_ENV") {
         let p = PathBuf::from(venv).join("bin/python");
@@ -168,6 +182,11 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     } else {
         PathBuf::from(".pyoco-worker")
     };
+    // Absolute, because every runner runs in its own slot directory below it.
+    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+        fail(1, format!("cannot create the work directory {}: {e}; fix: point --work-dir at a writable directory", work_dir.display()));
+    }
+    let work_dir = work_dir.canonicalize().unwrap_or(work_dir);
     let shim_dir = match runner::install_shim(&work_dir) {
         Ok(d) => d,
         Err(e) => fail(1, format!("cannot write the runner shim under {}: {e}; fix: point --work-dir at a writable directory", work_dir.display())),
@@ -176,7 +195,7 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     let spec = RunnerSpec {
         python: python.clone(),
         shim_dir,
-        flow_resolver: Some(cfg.worker_flow_resolver.trim().to_string()).filter(|s| !s.is_empty()),
+        flow_resolver: Some(absolute_resolver(cfg.worker_flow_resolver.trim())).filter(|s| !s.is_empty()),
         pythonpath: cfg.worker_pythonpath.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
         work_dir: work_dir.clone(),
         ready_timeout: Duration::from_secs(60),

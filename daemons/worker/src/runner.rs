@@ -254,10 +254,21 @@ async fn read_protocol(stdout: tokio::process::ChildStdout, tx: mpsc::Sender<Run
 }
 
 async fn forward_stderr(stderr: tokio::process::ChildStderr, slot: usize, current: CurrentRun) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let run_id = current.lock().unwrap().clone().unwrap_or_default();
-        tracing::info!(run_id = %run_id, runner_slot = slot, stream = "stderr", "{}", truncate(&line, 8192));
+    // Bytes, not lines of UTF-8: a task printing invalid UTF-8 must not stop the forwarding
+    // (the pipe would fill and block the runner).
+    let mut reader = BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
+                let run_id = current.lock().unwrap().clone().unwrap_or_default();
+                tracing::info!(run_id = %run_id, runner_slot = slot, stream = "stderr", "{}", truncate(line, 8192));
+            }
+        }
     }
 }
 
