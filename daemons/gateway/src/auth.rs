@@ -114,7 +114,7 @@ impl Follower for Auth {
         self.cache.lock().unwrap().clear();
         0
     }
-    fn entry(&self, key: &str, _op: Operation, _value: &[u8], _revision: u64, _live: bool) {
+    fn entry(&self, key: &str, _op: Operation, _value: &bytes::Bytes, _revision: u64, _live: bool) {
         if let Some(key_id) = key.strip_prefix("api_keys.") {
             self.invalidate(key_id);
         }

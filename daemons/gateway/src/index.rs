@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
 use futures::StreamExt;
 use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
 use tokio::sync::watch;
@@ -41,15 +42,30 @@ impl PartialOrd for SortKey {
     }
 }
 
+/// One run as the index keeps it: the stored JSON as received (parsed only when a request needs
+/// the document) plus the fields used to filter, sort and count. A parsed `serde_json` document
+/// costs several times its JSON size; with tens of thousands of runs that is the gateway's RSS.
 #[derive(Debug, Clone)]
 pub struct RunEntry {
-    pub snapshot: Arc<Doc>,
+    pub raw: Bytes,
     pub revision: u64,
     pub updated_at: f64,
-    pub status: String,
+    pub status: Box<str>,
+    flow_name: Option<Box<str>>,
+    tag: Option<Box<str>>,
+    tenant_id: Option<Box<str>>,
+    workflow_yaml_sha256: Option<Box<str>>,
+    had_start: bool,
     /// `updated_at` of the first PENDING snapshot seen: the submit time, for queue-wait metrics.
     pub pending_since: Option<f64>,
     generation: u64,
+}
+
+impl RunEntry {
+    /// The stored snapshot (it parsed when indexed, so it parses now).
+    pub fn doc(&self) -> Doc {
+        serde_json::from_slice(&self.raw).unwrap_or_default()
+    }
 }
 
 /// Equality filters of `GET /runs` (empty = no filter) plus the tenant of the caller.
@@ -64,18 +80,20 @@ pub struct RunFilter {
 }
 
 impl RunFilter {
-    fn matches(&self, snap: &Doc) -> bool {
-        let eq = |want: &Option<String>, key: &str| match want {
+    fn matches(&self, e: &RunEntry) -> bool {
+        let eq = |want: &Option<String>, have: &Option<Box<str>>| match want {
             None => true,
-            Some(w) => str_field(snap, key) == Some(w.as_str()),
+            Some(w) => have.as_deref() == Some(w.as_str()),
         };
         if let Some(tenant) = &self.tenant {
-            if str_field(snap, "tenant_id").map(str::to_string) != *tenant {
+            if e.tenant_id.as_deref() != tenant.as_deref() {
                 return false;
             }
         }
-        eq(&self.status, "status") && eq(&self.flow, "flow_name") && eq(&self.tag, "tag")
-            && eq(&self.workflow_yaml_sha256, "workflow_yaml_sha256")
+        self.status.as_deref().map(|s| s == &*e.status).unwrap_or(true)
+            && eq(&self.flow, &e.flow_name)
+            && eq(&self.tag, &e.tag)
+            && eq(&self.workflow_yaml_sha256, &e.workflow_yaml_sha256)
     }
 }
 
@@ -129,37 +147,45 @@ impl RunIndex {
     }
 
     /// Applies one KV change. `live` is false during the initial replay (no metric events then).
-    fn apply(&self, key: &str, op: Operation, value: &[u8], revision: u64, live: bool) {
+    fn apply(&self, key: &str, op: Operation, value: &Bytes, revision: u64, live: bool) {
+        let parsed = if op == Operation::Put { serde_json::from_slice::<Doc>(value).ok() } else { None };
         let mut inner = self.inner.write().unwrap();
         let generation = inner.generation;
         let old = inner.by_id.remove(key);
         if let Some(old) = &old {
             inner.order.remove(&SortKey { updated_at: old.updated_at, run_id: key.to_string() });
-            if let Some(c) = inner.status_counts.get_mut(&old.status) {
+            if let Some(c) = inner.status_counts.get_mut(&*old.status) {
                 *c = c.saturating_sub(1);
             }
         }
-        if op == Operation::Put {
-            let Ok(snapshot) = serde_json::from_slice::<Doc>(value) else {
-                // Not a JSON object: skipped like the original skips undecodable entries.
-                drop(inner);
-                self.notify(key, revision);
-                return;
-            };
+        // A delete, or a value that is not a JSON object (skipped, as the original skips it).
+        if let Some(snapshot) = parsed {
             let status = status_of(&snapshot);
             let updated_at = f64_field(&snapshot, "updated_at").unwrap_or(0.0);
             let pending_since = old.as_ref().and_then(|o| o.pending_since).or_else(|| {
                 (status == run_status::PENDING).then_some(updated_at)
             });
             if live {
-                self.metrics.on_run_change(old.as_ref().map(|o| (o.status.as_str(), o.snapshot.as_ref())), &snapshot, pending_since);
+                let old_view = old.as_ref().map(|o| (&*o.status, o.had_start));
+                self.metrics.on_run_change(old_view, &snapshot, pending_since);
             }
+            let text = |k: &str| str_field(&snapshot, k).map(Box::from);
             *inner.status_counts.entry(status.clone()).or_default() += 1;
             inner.order.insert(SortKey { updated_at, run_id: key.to_string() });
-            inner.by_id.insert(
-                key.to_string(),
-                RunEntry { snapshot: Arc::new(snapshot), revision, updated_at, status, pending_since, generation },
-            );
+            let entry = RunEntry {
+                raw: value.clone(),
+                revision,
+                updated_at,
+                status: status.into(),
+                flow_name: text("flow_name"),
+                tag: text("tag"),
+                tenant_id: text("tenant_id"),
+                workflow_yaml_sha256: text("workflow_yaml_sha256"),
+                had_start: f64_field(&snapshot, "start_time").is_some(),
+                pending_since,
+                generation,
+            };
+            inner.by_id.insert(key.to_string(), entry);
         }
         drop(inner);
         self.notify(key, revision);
@@ -189,7 +215,7 @@ impl RunIndex {
         updated_after: Option<f64>,
         cursor: Option<&SortKey>,
         limit: usize,
-    ) -> (Vec<Arc<Doc>>, bool) {
+    ) -> (Vec<RunEntry>, bool) {
         let inner = self.inner.read().unwrap();
         let iter: Box<dyn Iterator<Item = &SortKey>> = match cursor {
             Some(c) => Box::new(inner.order.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))),
@@ -204,13 +230,13 @@ impl RunIndex {
                 }
             }
             let entry = &inner.by_id[&key.run_id];
-            if !filter.matches(&entry.snapshot) {
+            if !filter.matches(entry) {
                 continue;
             }
             if out.len() == limit {
                 return (out, true);
             }
-            out.push(entry.snapshot.clone());
+            out.push(entry.clone());
         }
         (out, false)
     }
@@ -231,7 +257,7 @@ impl RunIndex {
             if key.updated_at < since {
                 break;
             }
-            *m.entry(inner.by_id[&key.run_id].status.clone()).or_default() += 1;
+            *m.entry(inner.by_id[&key.run_id].status.to_string()).or_default() += 1;
         }
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort();
@@ -242,8 +268,8 @@ impl RunIndex {
     pub fn pending_by_tag(&self) -> Vec<(String, u64)> {
         let inner = self.inner.read().unwrap();
         let mut m: HashMap<String, u64> = HashMap::new();
-        for e in inner.by_id.values().filter(|e| e.status == run_status::PENDING) {
-            *m.entry(str_field(&e.snapshot, "tag").unwrap_or("").to_string()).or_default() += 1;
+        for e in inner.by_id.values().filter(|e| &*e.status == run_status::PENDING) {
+            *m.entry(e.tag.as_deref().unwrap_or("").to_string()).or_default() += 1;
         }
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort();
@@ -279,7 +305,7 @@ impl RunIndex {
         for key in &stale {
             if let Some(e) = inner.by_id.remove(key) {
                 inner.order.remove(&SortKey { updated_at: e.updated_at, run_id: key.clone() });
-                if let Some(c) = inner.status_counts.get_mut(&e.status) {
+                if let Some(c) = inner.status_counts.get_mut(&*e.status) {
                     *c = c.saturating_sub(1);
                 }
             }
@@ -320,7 +346,7 @@ impl WorkerIndex {
         self.inner.read().unwrap().get(worker_id).map(|(d, _, _)| d.clone())
     }
 
-    fn apply(&self, key: &str, op: Operation, value: &[u8], revision: u64) {
+    fn apply(&self, key: &str, op: Operation, value: &Bytes, revision: u64) {
         let generation = *self.generation.lock().unwrap();
         let mut inner = self.inner.write().unwrap();
         match (op, serde_json::from_slice::<Doc>(value)) {
@@ -337,7 +363,7 @@ impl WorkerIndex {
 /// What a follower feeds: the run index, the worker index, or a callback (auth cache).
 pub trait Follower: Send + Sync + 'static {
     fn begin(&self) -> u64;
-    fn entry(&self, key: &str, op: Operation, value: &[u8], revision: u64, live: bool);
+    fn entry(&self, key: &str, op: Operation, value: &Bytes, revision: u64, live: bool);
     fn finish(&self, generation: u64);
 }
 
@@ -345,7 +371,7 @@ impl Follower for RunIndex {
     fn begin(&self) -> u64 {
         self.begin_replay()
     }
-    fn entry(&self, key: &str, op: Operation, value: &[u8], revision: u64, live: bool) {
+    fn entry(&self, key: &str, op: Operation, value: &Bytes, revision: u64, live: bool) {
         self.apply(key, op, value, revision, live)
     }
     fn finish(&self, generation: u64) {
@@ -359,7 +385,7 @@ impl Follower for WorkerIndex {
         *g += 1;
         *g
     }
-    fn entry(&self, key: &str, op: Operation, value: &[u8], revision: u64, _live: bool) {
+    fn entry(&self, key: &str, op: Operation, value: &Bytes, revision: u64, _live: bool) {
         self.apply(key, op, value, revision)
     }
     fn finish(&self, generation: u64) {

@@ -177,6 +177,11 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
 
     tracing::info!(address = %local, "listening");
     systemd::notify_ready(&format!("listening on {local} · NATS connecting"));
+    // No Nagle: small SSE frames and JSON answers go out at once instead of waiting up to
+    // 40 ms for a delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app::router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -88,7 +88,8 @@ fn esc(v: &str) -> String {
 
 impl Metrics {
     /// Called by the run index for every live change (not during the initial replay).
-    pub fn on_run_change(&self, old: Option<(&str, &Doc)>, new: &Doc, pending_since: Option<f64>) {
+    /// `old` = (status, had a start_time) of the previous version, if any.
+    pub fn on_run_change(&self, old: Option<(&str, bool)>, new: &Doc, pending_since: Option<f64>) {
         let status = str_field(new, "status").unwrap_or("UNKNOWN");
         let tag = str_field(new, "tag").unwrap_or("").to_string();
         let mut m = self.inner.lock().unwrap();
@@ -105,7 +106,7 @@ impl Metrics {
                 }
             }
         }
-        let had_start = old.map(|(_, d)| f64_field(d, "start_time").is_some()).unwrap_or(false);
+        let had_start = old.map(|(_, h)| h).unwrap_or(false);
         if let (false, Some(start), Some(since)) = (had_start, f64_field(new, "start_time"), pending_since) {
             if start >= since {
                 m.queue_wait.observe(start - since);

@@ -364,6 +364,7 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
     let vnext = q.has("updated_after") || q.has("cursor") || filter.workflow_yaml_sha256.is_some();
     let full = wants(q.all("include"), &["full", "all"]);
     let (items, more) = state.runs.page(&filter, updated_after, cursor.as_ref(), limit);
+    let items: Vec<Doc> = items.iter().map(|e| e.doc()).collect();
     let next_cursor = match (more, items.last()) {
         (true, Some(last)) => Some(encode_cursor(
             f64_field(last, "updated_at").unwrap_or(0.0),
@@ -372,8 +373,8 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
         _ => None,
     };
     let items: Vec<Value> = items
-        .iter()
-        .map(|s| Value::Object(if full { s.as_ref().clone() } else { wire::run_summary(s) }))
+        .into_iter()
+        .map(|s| Value::Object(if full { s } else { wire::run_summary(&s) }))
         .collect();
     Ok(if vnext {
         Json(json!({"items": items, "next_cursor": next_cursor})).into_response()

@@ -94,16 +94,17 @@ pub async fn watch(
                         continue;
                     }
                     last_sent = entry.revision;
-                    if check_tenant(&principal, &entry.snapshot).is_err() {
+                    let snapshot = entry.doc();
+                    if check_tenant(&principal, &snapshot).is_err() {
                         return;
                     }
-                    if let Some(frame) = emit(&entry.snapshot, entry.revision) {
+                    if let Some(frame) = emit(&snapshot, entry.revision) {
                         if tx.send(Ok(frame)).await.is_err() {
                             return;
                         }
                         last_event = Instant::now();
                     }
-                    if terminal(&entry.snapshot) {
+                    if terminal(&snapshot) {
                         return;
                     }
                 }
