@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# One command for a local stack on a fresh Debian machine: installs nats-server if missing,
-# builds the gateway, starts a single-node JetStream nats-server (store in .dev/nats) and the
-# gateway in the foreground; Ctrl-C stops both.
-#   scripts/dev-stack.sh [--port 8000] [--nats-port 4222]
+# One command for a local stack on a fresh Debian machine: installs nats-server and a Python venv
+# with pyoco if missing, builds, then runs `pyoco-server up --with-nats --with-worker --tags hello`
+# in the foreground (NATS, gateway on :8000 and a worker); Ctrl-C stops everything.
+#   scripts/dev-stack.sh [--port 8000] [--tags hello] [extra `pyoco-server up` flags…]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=8000
-NATS_PORT=4222
+TAGS=hello
+EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --port) PORT=$2; shift 2 ;;
-    --nats-port) NATS_PORT=$2; shift 2 ;;
-    *) echo "usage: $0 [--port N] [--nats-port N]" >&2; exit 2 ;;
+    --tags) TAGS=$2; shift 2 ;;
+    *) EXTRA+=("$1"); shift ;;
   esac
 done
-if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
-  echo "dev-stack: installing nats-server (apt)" >&2
-  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq nats-server
+sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+need=()
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "dev-stack: apt-get install ${need[*]}" >&2
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq "${need[@]}"
 fi
-NATS_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
-cargo build --release -p pyoco-gateway
-mkdir -p .dev/nats
-"$NATS_BIN" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$PWD/.dev/nats" > .dev/nats.log 2>&1 &
-NATS_PID=$!
-trap 'kill $NATS_PID 2>/dev/null; wait $NATS_PID 2>/dev/null' EXIT INT TERM
-echo "dev-stack: nats-server on nats://127.0.0.1:$NATS_PORT (log .dev/nats.log)" >&2
-echo "dev-stack: gateway on http://127.0.0.1:$PORT — Ctrl-C stops both" >&2
-PYOCO_LOG_FORMAT=${PYOCO_LOG_FORMAT:-text} ./target/release/pyoco-server \
-  --host 127.0.0.1 --port "$PORT" --nats-url "nats://127.0.0.1:$NATS_PORT"
+# Debian starts its packaged nats-server on :4222; ours brings its own.
+$sudo_cmd systemctl disable --now nats-server >/dev/null 2>&1 || true
+VENV=.pyoco-dev/venv
+if ! "$VENV/bin/python" -c 'import pyoco' 2>/dev/null; then
+  echo "dev-stack: creating $VENV with pyoco" >&2
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'pyoco>=0.6.2'
+fi
+cargo build --release -p pyoco-gateway -p pyoco-worker
+echo "dev-stack: gateway on http://127.0.0.1:$PORT, worker on tags $TAGS — Ctrl-C stops everything" >&2
+PYOCO_LOG_FORMAT=${PYOCO_LOG_FORMAT:-text} exec ./target/release/pyoco-server up \
+  --host 127.0.0.1 --port "$PORT" --with-nats --nats-store-dir .pyoco-dev/nats \
+  --with-worker --tags "$TAGS" --worker-python "$VENV/bin/python" --worker-pythonpath deploy/examples \
+  "${EXTRA[@]}"

@@ -6,6 +6,7 @@
 
 mod app;
 mod auth;
+mod devstack;
 mod error;
 mod index;
 mod metrics;
@@ -74,6 +75,8 @@ struct ServeArgs {
     /// Dashboard language auto|ja|en [PYOCO_DASHBOARD_LANG] (accepted for compatibility).
     #[arg(long)]
     dashboard_lang: Option<String>,
+    #[command(flatten)]
+    dev: devstack::DevStackArgs,
 }
 
 impl ServeArgs {
@@ -114,7 +117,7 @@ fn main() {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    if let Err(e) = runtime.block_on(serve(loaded)) {
+    if let Err(e) = runtime.block_on(serve_with_stack(loaded, args.dev)) {
         eprintln!("[pyoco-server][ERR-PYOCO-0018] {e:#}");
         std::process::exit(1);
     }
@@ -130,6 +133,18 @@ fn print_effective_config(loaded: &Loaded) {
     for warning in &loaded.warnings {
         println!("warning: {warning}");
     }
+}
+
+/// `up --with-nats/--with-worker`: start those first, stop them after the gateway stopped.
+async fn serve_with_stack(mut loaded: Loaded, dev: devstack::DevStackArgs) -> anyhow::Result<()> {
+    if !dev.with_nats && !dev.with_worker {
+        return serve(loaded).await;
+    }
+    let (stack, url) = devstack::DevStack::start(&dev, &loaded.config.nats_url).await?;
+    loaded.config.nats_url = url;
+    let result = serve(loaded).await;
+    stack.stop().await;
+    result
 }
 
 async fn serve(loaded: Loaded) -> anyhow::Result<()> {
