@@ -122,3 +122,69 @@ asyncio.run(main())
     let r = http().post(gw2.url("/runs")).json(&json!({"flow_name": "main"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+fn tasks_dir() -> TestDir {
+    let d = TestDir::new("interop-tasks");
+    d.write("wtasks.py", TEST_TASKS);
+    d
+}
+
+const RECORD_FLOW: &str = "version: 1\nflow:\n  graph: |\n    record\ntasks:\n  record: {callable: \"wtasks:record\"}\n";
+
+#[tokio::test]
+async fn this_worker_executes_runs_submitted_by_the_original_gateway() {
+    let nats = NatsServer::start().await;
+    let orig = OrigGateway::start(&nats.url(), &[]).await;
+    let tasks = tasks_dir();
+    let _w = Worker::start(&nats.url(), "ours", &unique("w"), tasks.path(), &[], &[]).await;
+    let flow = tasks.write("flow.yaml", "version: 1\nflow:\n  graph: |\n    add_one >> to_text\n  defaults:\n    x: 1\ntasks:\n  add_one: {callable: \"wtasks:add_one\"}\n  to_text: {callable: \"wtasks:to_text\"}\n");
+    let out = orig_client(&orig.base_url(), &["submit-yaml", "--workflow-file", flow.to_str().unwrap(), "--flow-name", "main", "--tag", "ours"], &[]).await;
+    out.assert_success();
+    let run_id = out.stdout_json()["run_id"].as_str().unwrap().to_string();
+    let done = wait_for_run_status(&orig.base_url(), &run_id, &["COMPLETED", "FAILED"], Duration::from_secs(60), None).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    // The original gateway reads our snapshot (its worker enrichment sees our worker record).
+    let (_, full) = get_run(&orig.base_url(), &format!("{run_id}?include=records"), None).await;
+    assert_eq!(full["task_records"]["to_text"]["output"], "v=2");
+    assert_eq!(full["worker_alive"], true, "{full}");
+    // The original client's watch follows it too.
+    let out = orig_client(&orig.base_url(), &["watch", &run_id, "--until-terminal", "--timeout-sec", "10", "--output", "status"], &[]).await;
+    assert!(out.stdout_text().contains("COMPLETED"), "{}", out.stdout_text());
+}
+
+#[tokio::test]
+async fn both_workers_on_one_tag_lose_and_double_nothing() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
+    let tasks = tasks_dir();
+    let log = tasks.join("executions.log");
+    let pythonpath = tasks.path().to_str().unwrap().to_string();
+    let _orig = OrigWorker::start(&nats.url(), "mix", &unique("orig"), &[("PYTHONPATH", &pythonpath)], None).await;
+    let _ours = Worker::start(&nats.url(), "mix", &unique("ours"), tasks.path(), &["--concurrency", "2"], &[]).await;
+    let mut ids = vec![];
+    for n in 0..24 {
+        let yaml = format!("{RECORD_FLOW}  # run {n}\n");
+        let yaml = yaml.replace("    record\n", &format!("    record\n  defaults:\n    n: {n}\n    log: \"{}\"\n", log.display()));
+        let form = reqwest::multipart::Form::new()
+            .part("workflow", reqwest::multipart::Part::bytes(yaml.into_bytes()).file_name("flow.yaml"))
+            .text("flow_name", "main")
+            .text("tag", "mix");
+        let r: Value = http().post(gw.url("/runs/yaml")).multipart(form).send().await.unwrap().json().await.unwrap();
+        ids.push(r["run_id"].as_str().unwrap_or_else(|| panic!("{r}")).to_string());
+    }
+    let mut by_worker = std::collections::HashMap::new();
+    for id in &ids {
+        let d = wait_for_run_status(&gw.base_url(), id, &["COMPLETED", "FAILED"], Duration::from_secs(120), None).await;
+        assert_eq!(d["status"], "COMPLETED", "{d}");
+        let (_, full) = get_run(&gw.base_url(), id, None).await;
+        *by_worker.entry(full["worker_id"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut seen: Vec<u32> = lines.lines().map(|l| l.trim().parse().unwrap()).collect();
+    seen.sort();
+    assert_eq!(seen, (0..24).collect::<Vec<u32>>(), "every run executed exactly once");
+    // The original drops worker_id after its pickup write (contract §12.2): its runs show none.
+    let ours = by_worker.iter().filter(|(k, _)| k.starts_with("ours-")).map(|(_, v)| *v).sum::<i32>();
+    assert!(ours > 0 && ours < 24, "both workers took jobs from the shared consumer: {by_worker:?}");
+}
