@@ -374,3 +374,38 @@ impl WaitLog for Worker {
         wait_until(Duration::from_secs(secs), Duration::from_millis(50), || async { self.log_text().contains(needle) }).await
     }
 }
+
+#[tokio::test]
+async fn tells_systemd_ready_status_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let s = Stack::new().await;
+    let dir = TestDir::new("wnotify");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let env = [("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")];
+    let mut w = s.worker_env("sd", &["--concurrency", "2"], &env).await;
+    let collect = move |sock: UnixDatagram, want: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let mut all = String::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut buf = vec![0u8; 4096];
+            while Instant::now() < deadline && !all.contains(want) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    all.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    all.push('\n');
+                }
+            }
+            (sock, all)
+        })
+    };
+    let (sock, got) = collect(sock, "WATCHDOG=1").await.unwrap();
+    assert!(got.contains("READY=1"), "{got}");
+    assert!(got.contains("STATUS=tags sd · 0/2 busy"), "{got}");
+    assert!(got.contains("WATCHDOG=1"), "{got}");
+    let (_, got) = collect(sock, "last fetch").await.unwrap();
+    assert!(got.contains("last fetch"), "{got}");
+    w.daemon().signal(Signal::SIGTERM);
+    let st = w.daemon().wait_exit(Duration::from_secs(20)).await.expect("exits");
+    assert!(st.success());
+}
