@@ -409,3 +409,28 @@ async fn tells_systemd_ready_status_watchdog_and_stopping() {
     let st = w.daemon().wait_exit(Duration::from_secs(20)).await.expect("exits");
     assert!(st.success());
 }
+
+#[tokio::test]
+async fn a_job_lost_on_its_last_delivery_fails_its_run() {
+    let s = Stack::new().await;
+    let env = [("PYOCO_CONSUMER_MAX_DELIVER", "1"), ("PYOCO_CONSUMER_ACK_WAIT_SEC", "1"), ("PYOCO_ACK_PROGRESS_INTERVAL_SEC", "0.3")];
+    let mut first = s.worker_env("last", &[], &env).await;
+    let mut second = s.worker_env("last", &[], &env).await;
+    let id = s.submit("slow", &["slow"], "{seconds: 30}", "last").await;
+    let running = wait_for_run_status(&s.gw.base_url(), &id, &["RUNNING"], Duration::from_secs(10), None).await;
+    // Kill whichever worker took it; the other one gets the max-deliveries advisory.
+    if running["worker_id"] == json!(first.worker_id) {
+        first.daemon().kill();
+    } else {
+        second.daemon().kill();
+    }
+    let d = s.wait(&id, 30).await;
+    assert_eq!(d["status"], "FAILED", "not stuck in RUNNING: {d}");
+    assert!(d["error"].as_str().unwrap().starts_with("max_deliver_exceeded:"), "{d}");
+    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(100), || async {
+        s.dlq().await.iter().filter(|m| m["reason"] == "max_deliver_exceeded" && m["run_id"] == json!(id)).count() == 1
+    }).await, "dead-lettered once: {:?}", s.dlq().await);
+    let js = s.nats.jetstream().await;
+    let mut work = js.get_stream("PYOCO_WORK").await.unwrap();
+    assert_eq!(work.info().await.unwrap().state.messages, 0, "the job left the work queue");
+}

@@ -568,3 +568,78 @@ async fn invalid_job(ctx: &JobCtx, msg: &jetstream::Message, inv: InvalidJob, de
     }
     let _ = msg.ack_with(AckKind::Term).await;
 }
+
+/// JetStream's max-deliveries advisory: a job was delivered `PYOCO_CONSUMER_MAX_DELIVER` times
+/// without being acknowledged (e.g. its worker was killed on the last delivery) and will not be
+/// delivered again. Its run must not stay RUNNING: it ends FAILED and dead-lettered, and the
+/// message leaves the work queue. Advisories go to one worker of the queue group; the
+/// compare-and-set write and the DLQ message id make a repeat harmless anyway.
+pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
+    let Ok(adv) = serde_json::from_slice::<Value>(advisory) else { return };
+    let (Some(seq), deliveries) = (adv["stream_seq"].as_u64(), adv["deliveries"].as_i64().unwrap_or(0)) else { return };
+    let stream = match ctx.res.js.get_stream(&ctx.res.names.work_stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "max-deliveries advisory: cannot open the work stream");
+            return;
+        }
+    };
+    let Ok(raw) = stream.get_raw_message(seq).await else { return };
+    let subject = raw.subject.to_string();
+    let tag = subject.rsplit('.').next().unwrap_or("").to_string();
+    let error = format!("max_deliver_exceeded: the job was delivered {deliveries} times without finishing");
+    match decode_job(&raw.payload) {
+        Ok(job) => {
+            let stored = ctx.res.runs.get(&job.run_id).await.ok().flatten().and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
+            let mut state = RunState {
+                run_id: job.run_id.clone(),
+                flow_name: job.flow_name.clone(),
+                tag: job.tag.clone(),
+                tags: job.tags.clone(),
+                tenant_id: job.tenant_id.clone(),
+                api_key_id: job.api_key_id.clone(),
+                workflow_yaml_sha256: job.workflow_yaml_sha256.clone(),
+                workflow_yaml_bytes: job.workflow_yaml_bytes.clone(),
+                params: job.params.clone(),
+                status: run_status::FAILED.into(),
+                tasks: Map::new(),
+                task_records: Map::new(),
+                start_time: None,
+                end_time: Some(now()),
+                error: Some(error.clone()),
+                worker_id: ctx.worker_id.clone(),
+                note: None,
+            };
+            if let Some(s) = &stored {
+                // Keep what the last attempt recorded; open tasks can no longer finish.
+                if let Some(Value::Object(t)) = s.get("tasks") {
+                    state.tasks = end_open_tasks(t, "FAILED");
+                }
+                if let Some(Value::Object(r)) = s.get("task_records") {
+                    state.task_records = r.clone();
+                }
+                state.start_time = f64_field(s, "start_time");
+                if let Some(w) = str_field(s, "worker_id") {
+                    state.worker_id = w.to_string();
+                }
+            }
+            match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
+                Ok(_) => {
+                    tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
+                    let payload = json!({"run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
+                        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id, "num_delivered": deliveries});
+                    dlq::publish_raw_with_id(ctx, &job.tag, "max_deliver_exceeded", &error, payload, Some(&format!("max-deliver-{}", job.run_id))).await;
+                }
+                Err(WriteError::Terminal(_)) => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %job.run_id, error = %e, "max-deliveries advisory: could not fail the run");
+                    return;
+                }
+            }
+        }
+        Err(inv) => {
+            dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": deliveries})).await;
+        }
+    }
+    let _ = stream.delete_message(seq).await;
+}

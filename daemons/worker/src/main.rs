@@ -278,6 +278,22 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
         run_once,
         status: status_tx,
     };
+    // Max-deliveries advisories of our consumers: one worker of the group handles each.
+    for tag in &tags {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}", res.names.work_stream, resources::Names::consumer_name(tag));
+        match client.queue_subscribe(subject.clone(), "pyoco-max-deliveries".to_string()).await {
+            Ok(mut sub) => {
+                let ctx = fetch_loop.ctx.clone();
+                tokio::spawn(async move {
+                    use futures::StreamExt;
+                    while let Some(msg) = sub.next().await {
+                        job::on_max_deliveries(&ctx, &msg.payload).await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(subject = %subject, error = %e, "cannot subscribe to max-deliveries advisories"),
+        }
+    }
     let loop_task = tokio::spawn(fetch_loop.run(runners, stop_rx));
     tokio::spawn(status_and_watchdog(status_rx, tags.join(",")));
 
