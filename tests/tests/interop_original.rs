@@ -188,3 +188,21 @@ async fn both_workers_on_one_tag_lose_and_double_nothing() {
     let ours = by_worker.iter().filter(|(k, _)| k.starts_with("ours-")).map(|(_, v)| *v).sum::<i32>();
     assert!(ours > 0 && ours < 24, "both workers took jobs from the shared consumer: {by_worker:?}");
 }
+
+#[tokio::test]
+async fn a_run_the_original_gateway_cancelled_while_pending_is_not_run() {
+    let nats = NatsServer::start().await;
+    let orig = OrigGateway::start(&nats.url(), &[]).await;
+    let tasks = tasks_dir();
+    let log = tasks.join("executions.log");
+    let yaml = RECORD_FLOW.replace("    record\n", &format!("    record\n  defaults:\n    n: 7\n    log: \"{}\"\n", log.display()));
+    let flow = tasks.write("flow.yaml", &yaml);
+    let out = orig_client(&orig.base_url(), &["submit-yaml", "--workflow-file", flow.to_str().unwrap(), "--flow-name", "main", "--tag", "late"], &[]).await;
+    let run_id = out.stdout_json()["run_id"].as_str().unwrap().to_string();
+    let out = orig_client(&orig.base_url(), &["cancel", "--run-id", &run_id], &[]).await;
+    assert_eq!(out.stdout_json()["status"], "CANCELLING", "the original leaves it to the worker");
+    let _w = Worker::start(&nats.url(), "late", &unique("w"), tasks.path(), &[], &[]).await;
+    let d = wait_for_run_status(&orig.base_url(), &run_id, &["CANCELLED", "COMPLETED", "FAILED"], Duration::from_secs(30), None).await;
+    assert_eq!(d["status"], "CANCELLED");
+    assert!(!log.exists(), "the flow never ran");
+}

@@ -198,6 +198,24 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         state.flow_name = "main".into();
     }
 
+    // Cancelled before it started (the original gateway marks a PENDING run CANCELLING and
+    // leaves it to the worker): end it CANCELLED without running anything.
+    if let Ok(Some(b)) = ctx.res.runs.get(&job.run_id).await {
+        if serde_json::from_slice::<Doc>(&b).map(|d| cancel_requested(&d)).unwrap_or(false) {
+            state.status = run_status::CANCELLED.into();
+            state.start_time = None;
+            state.end_time = Some(now());
+            match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
+                Ok(_) | Err(WriteError::Terminal(_)) => {
+                    tracing::info!(run_id = %job.run_id, "run was cancelled before it started; not running it");
+                    let _ = msg.double_ack().await;
+                    return RunnerFate::Reusable(runner);
+                }
+                Err(e) => return retry_later(ctx, &msg, &mut state, delivered, last_delivery, &e.to_string(), runner).await,
+            }
+        }
+    }
+
     // Watch the key before the pickup write, so a cancel arriving at any point is seen.
     let mut cancel_watch = ctx.res.runs.watch(&job.run_id).await.ok();
 
