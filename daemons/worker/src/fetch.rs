@@ -161,9 +161,7 @@ impl FetchLoop {
                         idle.push(r);
                     }
                     Event::JobDone(RunnerFate::Replace(mut old)) => {
-                        busy -= 1;
-                        // Still counted as busy until the replacement is ready.
-                        busy += 1;
+                        // The slot stays busy until its replacement runner is ready.
                         let spec = self.spec.clone();
                         let tx = tx.clone();
                         let slot = old.slot;

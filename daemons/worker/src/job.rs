@@ -175,25 +175,8 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         }
     }
 
-    let mut state = RunState {
-        run_id: job.run_id.clone(),
-        flow_name: job.flow_name.clone(),
-        tag: job.tag.clone(),
-        tags: job.tags.clone(),
-        tenant_id: job.tenant_id.clone(),
-        api_key_id: job.api_key_id.clone(),
-        workflow_yaml_sha256: job.workflow_yaml_sha256.clone(),
-        workflow_yaml_bytes: job.workflow_yaml_bytes.clone(),
-        params: job.params.clone(),
-        status: run_status::RUNNING.into(),
-        tasks: Map::new(),
-        task_records: Map::new(),
-        start_time: Some(now()),
-        end_time: None,
-        error: None,
-        worker_id: ctx.worker_id.clone(),
-        note: None,
-    };
+    let mut state = RunState::from_job(&job, &ctx.worker_id);
+    state.start_time = Some(now());
     if job.workflow_yaml.is_some() && job.flow_name.is_empty() {
         state.flow_name = "main".into();
     }
@@ -233,7 +216,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     ctx.registry.run_started(&job.run_id).await;
     tracing::info!(run_id = %job.run_id, flow_name = %job.flow_name, tag = %job.tag, worker_id = %ctx.worker_id, delivered, "run started");
 
-    let (fin, runner, runner_ok) = execute(ctx, &msg, &job, &mut state, runner, &mut cancel_watch, delivered).await;
+    let (fin, runner, runner_ok) = execute(ctx, &msg, &job, &mut state, runner, &mut cancel_watch).await;
     let Some(fin) = fin else {
         // Drained: put back for another worker.
         return requeue(ctx, &msg, &mut state, runner).await;
@@ -272,7 +255,6 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         }
     }
     if !written {
-        let _ = runner_ok;
         return retry_later(ctx, &msg, &mut state, delivered, last_delivery, "terminal snapshot could not be written", runner).await;
     }
     match fin.error_kind.as_deref() {
@@ -300,7 +282,6 @@ async fn execute(
     state: &mut RunState,
     mut runner: Runner,
     cancel_watch: &mut Option<async_nats::jetstream::kv::Watch>,
-    _delivered: i64,
 ) -> (Option<Final>, Runner, bool) {
     *runner.current.lock().unwrap() = Some(job.run_id.clone());
     // A flow.yaml job is checked again with the policy (as the original worker does).
@@ -551,37 +532,26 @@ async fn invalid_job(ctx: &JobCtx, msg: &jetstream::Message, inv: InvalidJob, de
     let raw = String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(4096)]).into_owned();
     dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": delivered, "payload": raw})).await;
     if let Some(run_id) = inv.run_id {
-        let state = RunState {
-            run_id: run_id.clone(),
-            flow_name: String::new(),
-            tag: tag.clone(),
-            tags: vec![tag],
-            tenant_id: Value::Null,
-            api_key_id: Value::Null,
-            workflow_yaml_sha256: Value::Null,
-            workflow_yaml_bytes: Value::Null,
-            params: Map::new(),
-            status: run_status::FAILED.into(),
-            tasks: Map::new(),
-            task_records: Map::new(),
-            start_time: None,
-            end_time: Some(now()),
-            error: Some(format!("invalid_job: {}", inv.reason)),
-            worker_id: ctx.worker_id.clone(),
-            note: None,
-        };
         // Keep what the gateway stored (flow name, params, tenant): merge, don't replace.
-        let stored = ctx.res.runs.get(&run_id).await.ok().flatten().and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
-        let mut state = state;
-        if let Some(s) = stored {
-            state.flow_name = str_field(&s, "flow_name").unwrap_or("").to_string();
-            if let Some(Value::Object(p)) = s.get("params") {
-                state.params = p.clone();
-            }
-            if let Some(t) = str_field(&s, "tag") {
-                state.tag = t.to_string();
-            }
-        }
+        let stored = ctx.res.runs.get(&run_id).await.ok().flatten().and_then(|b| serde_json::from_slice::<Doc>(&b).ok()).unwrap_or_default();
+        let field = |k: &str| stored.get(k).cloned().unwrap_or(Value::Null);
+        let job = Job {
+            run_id,
+            flow_name: str_field(&stored, "flow_name").unwrap_or("").to_string(),
+            tag: str_field(&stored, "tag").unwrap_or(&tag).to_string(),
+            tags: vec![str_field(&stored, "tag").unwrap_or(&tag).to_string()],
+            tenant_id: field("tenant_id"),
+            api_key_id: field("api_key_id"),
+            params: stored.get("params").and_then(Value::as_object).cloned().unwrap_or_default(),
+            workflow_yaml: None,
+            workflow_yaml_sha256: field("workflow_yaml_sha256"),
+            workflow_yaml_bytes: field("workflow_yaml_bytes"),
+            timeout_sec: None,
+        };
+        let mut state = RunState::from_job(&job, &ctx.worker_id);
+        state.status = run_status::FAILED.into();
+        state.end_time = Some(now());
+        state.error = Some(format!("invalid_job: {}", inv.reason));
         let _ = snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await;
     }
     let _ = msg.ack_with(AckKind::Term).await;
@@ -609,25 +579,10 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
     match decode_job(&raw.payload) {
         Ok(job) => {
             let stored = ctx.res.runs.get(&job.run_id).await.ok().flatten().and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
-            let mut state = RunState {
-                run_id: job.run_id.clone(),
-                flow_name: job.flow_name.clone(),
-                tag: job.tag.clone(),
-                tags: job.tags.clone(),
-                tenant_id: job.tenant_id.clone(),
-                api_key_id: job.api_key_id.clone(),
-                workflow_yaml_sha256: job.workflow_yaml_sha256.clone(),
-                workflow_yaml_bytes: job.workflow_yaml_bytes.clone(),
-                params: job.params.clone(),
-                status: run_status::FAILED.into(),
-                tasks: Map::new(),
-                task_records: Map::new(),
-                start_time: None,
-                end_time: Some(now()),
-                error: Some(error.clone()),
-                worker_id: ctx.worker_id.clone(),
-                note: None,
-            };
+            let mut state = RunState::from_job(&job, &ctx.worker_id);
+            state.status = run_status::FAILED.into();
+            state.end_time = Some(now());
+            state.error = Some(error.clone());
             if let Some(s) = &stored {
                 // Keep what the last attempt recorded; open tasks can no longer finish.
                 if let Some(Value::Object(t)) = s.get("tasks") {

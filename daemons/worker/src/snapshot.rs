@@ -34,6 +34,31 @@ pub struct RunState {
     pub note: Option<String>,
 }
 
+impl RunState {
+    /// The state of a job's run before it starts: what the job says, RUNNING, no tasks yet.
+    pub fn from_job(job: &crate::job::Job, worker_id: &str) -> RunState {
+        RunState {
+            run_id: job.run_id.clone(),
+            flow_name: job.flow_name.clone(),
+            tag: job.tag.clone(),
+            tags: job.tags.clone(),
+            tenant_id: job.tenant_id.clone(),
+            api_key_id: job.api_key_id.clone(),
+            workflow_yaml_sha256: job.workflow_yaml_sha256.clone(),
+            workflow_yaml_bytes: job.workflow_yaml_bytes.clone(),
+            params: job.params.clone(),
+            status: run_status::RUNNING.into(),
+            tasks: Map::new(),
+            task_records: Map::new(),
+            start_time: None,
+            end_time: None,
+            error: None,
+            worker_id: worker_id.to_string(),
+            note: None,
+        }
+    }
+}
+
 /// Why a write did not happen.
 #[derive(Debug)]
 pub enum WriteError {
@@ -126,7 +151,8 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
     let cap = limits.max_payload.saturating_sub(1024).max(4096);
     if bytes.len() > cap {
         if let Some(Value::String(e)) = doc.get_mut("error") {
-            e.truncate(pyoco_core_truncate(e, 2000));
+            let keep = crate::runner::truncate(e, 2000).len();
+            e.truncate(keep);
         }
         bytes = to_ascii_vec(&doc);
     }
@@ -136,17 +162,6 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
         bytes = to_ascii_vec(&doc);
     }
     bytes
-}
-
-fn pyoco_core_truncate(s: &str, max: usize) -> usize {
-    if s.len() <= max {
-        return s.len();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
 }
 
 /// Writes `state` merged over the stored snapshot with compare-and-set, retrying on conflict.
