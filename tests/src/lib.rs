@@ -46,15 +46,7 @@ pub const NATS_FLAVOURS: [&str; 2] = ["debian", "pypi"];
 /// The contract's example single-flow YAML (§4): `add_one >> to_text`, defaults `x: 1`;
 /// a worker running it ends COMPLETED with `to_text` = `"v=2"`.
 pub fn example_flow_yaml() -> &'static str {
-    "version: 1\n\
-     flow:\n  \
-       graph: |\n    \
-         add_one >> to_text\n  \
-       defaults:\n    \
-         x: 1\n\
-     tasks:\n  \
-       add_one: {callable: pyoco_server._workflow_test_tasks:add_one}\n  \
-       to_text: {callable: pyoco_server._workflow_test_tasks:to_text}\n"
+    pyoco_core::flow_yaml::EXAMPLE_FLOW_YAML
 }
 
 /// Connects to NATS (retrying for up to 10 s), panicking with the URL on failure.

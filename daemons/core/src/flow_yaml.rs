@@ -73,6 +73,19 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Top-level keys a flow.yaml may hold.
+/// The contract's example single-flow `flow.yaml` (§4): `add_one >> to_text` with `x: 1`, tasks
+/// from the original's test module. Used by tests and by `pyococtl bench`.
+pub const EXAMPLE_FLOW_YAML: &str = "version: 1
+flow:
+  graph: |
+    add_one >> to_text
+  defaults:
+    x: 1
+tasks:
+  add_one: {callable: pyoco_server._workflow_test_tasks:add_one}
+  to_text: {callable: pyoco_server._workflow_test_tasks:to_text}
+";
+
 pub const ALLOWED_TOP_LEVEL_KEYS: [&str; 4] = ["flow", "runtime", "tasks", "version"];
 /// Keys allowed under `flow`.
 pub const ALLOWED_FLOW_KEYS: [&str; 2] = ["defaults", "graph"];
@@ -1690,16 +1703,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const EXAMPLE: &str = "version: 1
-flow:
-  graph: |
-    add_one >> to_text
-  defaults:
-    x: 1
-tasks:
-  add_one: {callable: pyoco_server._workflow_test_tasks:add_one}
-  to_text: {callable: pyoco_server._workflow_test_tasks:to_text}
-";
+    const EXAMPLE: &str = EXAMPLE_FLOW_YAML;
 
     fn code(yaml: &str) -> String {
         parse_workflow_yaml(yaml.as_bytes(), true)

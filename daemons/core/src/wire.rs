@@ -81,8 +81,8 @@ pub struct NewRun {
 }
 
 impl NewRun {
-    /// The gateway's initial PENDING snapshot, keys in the original's order (contract §2.1).
-    pub fn initial_snapshot(&self) -> Doc {
+    /// The leading keys shared by the snapshot and the job, in the original's order.
+    fn identity(&self) -> Doc {
         let mut d = Doc::new();
         d.insert("run_id".into(), json!(self.run_id));
         d.insert("flow_name".into(), json!(self.flow_name));
@@ -90,6 +90,12 @@ impl NewRun {
         d.insert("tags".into(), json!(self.tags));
         d.insert("tenant_id".into(), json!(self.tenant_id));
         d.insert("api_key_id".into(), json!(self.api_key_id));
+        d
+    }
+
+    /// The gateway's initial PENDING snapshot, keys in the original's order (contract §2.1).
+    pub fn initial_snapshot(&self) -> Doc {
+        let mut d = self.identity();
         if let Some((sha, size)) = &self.workflow_yaml {
             d.insert("workflow_yaml_sha256".into(), json!(sha));
             d.insert("workflow_yaml_bytes".into(), json!(size));
@@ -111,13 +117,7 @@ impl NewRun {
 
     /// The job message published to `pyoco.work.<tag>` (contract §2.5).
     pub fn job_message(&self) -> Doc {
-        let mut d = Doc::new();
-        d.insert("run_id".into(), json!(self.run_id));
-        d.insert("flow_name".into(), json!(self.flow_name));
-        d.insert("tag".into(), json!(self.tag));
-        d.insert("tags".into(), json!(self.tags));
-        d.insert("tenant_id".into(), json!(self.tenant_id));
-        d.insert("api_key_id".into(), json!(self.api_key_id));
+        let mut d = self.identity();
         d.insert("params".into(), Value::Object(self.params.clone()));
         d.insert("submitted_at".into(), json!(self.now));
         if let (Some(text), Some((sha, size))) = (&self.workflow_yaml_text, &self.workflow_yaml) {
