@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Benchmarks our Rust gateway against the Python original (pyoco-server 0.5.1) on ONE NATS
-# server, with `pyococtl bench`, and writes a markdown comparison to stdout and docs/benchmarks.md.
+# Benchmarks our Rust gateway and worker against the Python original (pyoco-server 0.5.1) on ONE
+# NATS server, with `pyococtl bench`, and writes a markdown comparison to stdout and
+# docs/benchmarks.md.
 #
 #   scripts/bench.sh
 #
 # Steps: setup-test-env.sh → cargo build --release → nats-server (free port, temp store) →
-# original gateway + our gateway on that NATS → seed the runs bucket → every scenario against
-# both gateways, alternating which goes first, BENCH_REPS times → medians → RSS of both
-# gateways after the load → markdown. Every process started here is stopped on exit.
+# original gateway + our gateway on that NATS → seed the runs bucket → every gateway scenario
+# against both gateways, alternating which goes first, BENCH_REPS times → RSS of both gateways
+# after the load → workers: ours at --concurrency 1 and 4 and the original, each on its own tag,
+# runs of deploy/examples/flow.yaml submitted through OUR gateway (so only the worker differs),
+# completion detected by a watch on the runs KV bucket, BENCH_REPS times in alternating order →
+# worker RSS and CPU → medians → markdown. Every process started here is stopped on exit.
 #
 # Knobs (environment, defaults in brackets):
 #   BENCH_REPS [3]               repetitions per scenario and gateway (medians are reported)
@@ -16,10 +20,17 @@
 #   BENCH_LIST_REQUESTS_ORIG [3] GET /runs requests per variant against the original (slow: O(n))
 #   BENCH_LIST_REQUESTS_OURS [30] ... against ours
 #   BENCH_SSE_EVENTS [40]        timed SSE notifications per repetition
+#   BENCH_E2E_RUNS [500]         worker throughput: runs per repetition, submitted by
+#                                BENCH_E2E_CONCURRENCY [8] submitters without waiting
+#   BENCH_E2E_SEQ_RUNS [100]     worker latency: runs submitted one at a time, each waited for
+#   BENCH_E2E_OURS_CONCURRENCY [4] --concurrency of our second worker
+#   BENCH_SKIP_WORKERS=1         gateway benchmarks only
 #   BENCH_OUT [docs/benchmarks.md]
 #   BENCH_SKIP_BUILD=1           use the binaries already in target/release
-#   BENCH_OURS_BIN / BENCH_PYOCOCTL  other binaries (for testing this script)
-# Exit status: 0 both gateways measured; 3 our gateway did not start or failed a scenario
+#   BENCH_OURS_BIN / BENCH_OURS_WORKER_BIN / BENCH_PYOCOCTL  other binaries (for testing this script)
+#   BENCH_KEEP_RESULTS=DIR       also keep the raw pyococtl JSON (and meta.env) in DIR
+#   BENCH_REPORT_FROM=DIR        only rewrite the markdown from results kept with BENCH_KEEP_RESULTS
+# Exit status: 0 everything measured; 3 our gateway or worker did not start or failed a scenario
 # (the original is still measured and reported); 1 setup failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +45,17 @@ SEED_RUNS=${BENCH_SEED_RUNS:-10000}
 LIST_REQUESTS_ORIG=${BENCH_LIST_REQUESTS_ORIG:-3}
 LIST_REQUESTS_OURS=${BENCH_LIST_REQUESTS_OURS:-30}
 SSE_EVENTS=${BENCH_SSE_EVENTS:-40}
+E2E_RUNS=${BENCH_E2E_RUNS:-500}
+E2E_CONCURRENCY=${BENCH_E2E_CONCURRENCY:-8}
+E2E_SEQ_RUNS=${BENCH_E2E_SEQ_RUNS:-100}
+E2E_OURS_CONC2=${BENCH_E2E_OURS_CONCURRENCY:-4}
+SKIP_WORKERS=${BENCH_SKIP_WORKERS:-0}
 OUT_MD=${BENCH_OUT:-docs/benchmarks.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OURS_BIN=${BENCH_OURS_BIN:-$TARGET_DIR/release/pyoco-server}
+OURS_WORKER_BIN=${BENCH_OURS_WORKER_BIN:-$TARGET_DIR/release/pyoco-worker}
+EXAMPLES_DIR=$ROOT/deploy/examples
+FLOW_YAML=$EXAMPLES_DIR/flow.yaml
 PYOCOCTL=${BENCH_PYOCOCTL:-$TARGET_DIR/release/pyococtl}
 NATS_BIN=/usr/sbin/nats-server
 

@@ -9,6 +9,12 @@
 //!   `--seed-runs` runs present; missing runs are written straight into the KV bucket.
 //! - `sse`: notification latency of `GET /runs/{id}/watch`: time from the ack of a KV put of a
 //!   modified snapshot to the arrival of the `snapshot` event carrying it.
+//! - `e2e`: worker benchmark — submits flow.yaml runs (`POST /runs/yaml`) on a tag a worker
+//!   serves and times submit → first snapshot with status COMPLETED, detected by a watch on the
+//!   runs KV bucket (no polling of the gateway). `--sequential` waits for each run before the
+//!   next submission (with `--concurrency 1`: the latency measure); otherwise the submitters
+//!   submit as fast as they can and the throughput is completed runs / (first submit → last
+//!   completion).
 //! - `rss`: resident memory of the given `--rss-pid`s (also sampled before/after any other scenario).
 
 use std::collections::BTreeMap;
@@ -40,6 +46,7 @@ tasks:
 const DEFAULT_SUBMIT_REQUESTS: u64 = 2000;
 const DEFAULT_LIST_REQUESTS: u64 = 20;
 const DEFAULT_SSE_EVENTS: u64 = 20;
+const DEFAULT_E2E_RUNS: u64 = 100;
 /// How long the SSE scenario waits for one notification before counting it as missed.
 const SSE_EVENT_WAIT: Duration = Duration::from_secs(10);
 
@@ -49,6 +56,8 @@ pub enum Scenario {
     SubmitYaml,
     List,
     Sse,
+    /// End-to-end runs through a worker (not part of `all`: needs a worker serving --tag).
+    E2e,
     Rss,
     /// submit, submit-yaml, list and sse (plus rss when --rss-pid is given).
     All,
@@ -61,6 +70,7 @@ impl Scenario {
             Scenario::SubmitYaml => "submit_yaml",
             Scenario::List => "list",
             Scenario::Sse => "sse",
+            Scenario::E2e => "e2e",
             Scenario::Rss => "rss",
             Scenario::All => "all",
         }
@@ -73,12 +83,14 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     pub scenario: Scenario,
 
-    /// Requests per scenario (list: per variant; sse: number of notifications). Defaults:
-    /// submit/submit-yaml 2000, list 20, sse 20. With --duration-sec and no --requests, unlimited.
+    /// Requests per scenario (list: per variant; sse: number of notifications; e2e: runs).
+    /// Defaults: submit/submit-yaml 2000, list 20, sse 20, e2e 100. With --duration-sec and no
+    /// --requests, unlimited.
     #[arg(long)]
     pub requests: Option<u64>,
 
-    /// Concurrent connections for submit / submit-yaml (list and sse are sequential).
+    /// Concurrent connections for submit / submit-yaml, concurrent submitters for e2e (list and
+    /// sse are sequential).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
 
@@ -87,7 +99,7 @@ pub struct BenchArgs {
     pub duration_sec: Option<f64>,
 
     /// Untimed requests sent before measuring (default: --concurrency for submit scenarios,
-    /// 1 for list).
+    /// 1 for list and e2e; e2e warm-up runs are waited for one by one).
     #[arg(long)]
     pub warmup: Option<u64>,
 
@@ -96,7 +108,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub seed_runs: u64,
 
-    /// NATS URL of the gateway's JetStream (needed by --seed-runs and the sse scenario).
+    /// NATS URL of the gateway's JetStream (needed by --seed-runs and the sse and e2e scenarios).
     #[arg(long, env = "PYOCO_NATS_URL")]
     pub nats_url: Option<String>,
 
@@ -104,7 +116,8 @@ pub struct BenchArgs {
     #[arg(long, env = "PYOCO_RUNS_KV_BUCKET", default_value = "pyoco_runs")]
     pub runs_bucket: String,
 
-    /// Tag of the submitted/seeded runs; use one no worker serves, so runs stay PENDING.
+    /// Tag of the submitted/seeded runs; use one no worker serves, so runs stay PENDING (e2e: the
+    /// tag the measured worker serves).
     #[arg(long, default_value = "bench")]
     pub tag: String,
 
@@ -112,7 +125,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench")]
     pub flow_name: String,
 
-    /// flow.yaml sent by submit-yaml (default: the contract's example flow).
+    /// flow.yaml sent by submit-yaml and e2e (default: the contract's example flow).
     #[arg(long)]
     pub workflow_file: Option<PathBuf>,
 
@@ -145,6 +158,24 @@ pub struct BenchArgs {
     #[arg(long)]
     pub rss_children: bool,
 
+    /// e2e: each submitter waits for its run's terminal status before submitting the next run
+    /// (closed loop; with --concurrency 1 this measures latency on an otherwise idle worker).
+    #[arg(long)]
+    pub sequential: bool,
+
+    /// e2e: first wait until this worker id has a record in the workers KV bucket.
+    #[arg(long)]
+    pub wait_worker: Option<String>,
+
+    /// Workers KV bucket (for --wait-worker).
+    #[arg(long, env = "PYOCO_WORKERS_KV_BUCKET", default_value = "pyoco_workers")]
+    pub workers_bucket: String,
+
+    /// e2e: how long a run may take from submission to a terminal status (and how long
+    /// --wait-worker waits) before it counts as an error.
+    #[arg(long, default_value_t = 120.0)]
+    pub run_timeout_sec: f64,
+
     /// Per-request timeout (seconds) of non-streaming requests.
     #[arg(long, default_value_t = 120.0)]
     pub request_timeout_sec: f64,
@@ -157,6 +188,7 @@ struct Ctx {
     args: BenchArgs,
     request_timeout: Duration,
     kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    js: tokio::sync::OnceCell<async_nats::jetstream::Context>,
 }
 
 impl Ctx {
@@ -164,8 +196,8 @@ impl Ctx {
         format!("{}{}", self.base, path)
     }
 
-    async fn kv(&self) -> Result<&async_nats::jetstream::kv::Store> {
-        self.kv
+    async fn js(&self) -> Result<&async_nats::jetstream::Context> {
+        self.js
             .get_or_try_init(|| async {
                 let url = self
                     .args
@@ -178,7 +210,15 @@ impl Ctx {
                     .connect(url.as_str())
                     .await
                     .with_context(|| format!("connecting to NATS at {url}"))?;
-                let js = async_nats::jetstream::new(client);
+                Ok::<_, anyhow::Error>(async_nats::jetstream::new(client))
+            })
+            .await
+    }
+
+    async fn kv(&self) -> Result<&async_nats::jetstream::kv::Store> {
+        self.kv
+            .get_or_try_init(|| async {
+                let js = self.js().await?;
                 let bucket = self.args.runs_bucket.clone();
                 match js.get_key_value(bucket.clone()).await {
                     Ok(kv) => Ok(kv),
@@ -231,6 +271,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
         args: args.clone(),
         request_timeout: Duration::from_secs_f64(args.request_timeout_sec.max(0.001)),
         kv: tokio::sync::OnceCell::new(),
+        js: tokio::sync::OnceCell::new(),
     });
 
     let started_at = now_f64();
@@ -253,6 +294,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             Scenario::SubmitYaml => scenario_submit(&ctx, true).await,
             Scenario::List => scenario_list(&ctx).await,
             Scenario::Sse => scenario_sse(&ctx).await,
+            Scenario::E2e => scenario_e2e(&ctx).await,
             Scenario::Rss | Scenario::All => continue,
         };
         match r {
@@ -411,7 +453,7 @@ impl LoadResult {
 
 fn latency_summary(us: &[u64]) -> Value {
     if us.is_empty() {
-        return json!({"count": 0, "min": null, "mean": null, "p50": null, "p90": null, "p99": null, "max": null});
+        return json!({"count": 0, "min": null, "mean": null, "p50": null, "p90": null, "p95": null, "p99": null, "max": null});
     }
     let mut v = us.to_vec();
     v.sort_unstable();
@@ -427,6 +469,7 @@ fn latency_summary(us: &[u64]) -> Value {
         "mean": round3(mean / 1000.0),
         "p50": ms(pct(50.0)),
         "p90": ms(pct(90.0)),
+        "p95": ms(pct(95.0)),
         "p99": ms(pct(99.0)),
         "max": ms(*v.last().unwrap()),
     })
@@ -456,28 +499,33 @@ fn validate_submit() -> Validate {
     })
 }
 
+/// `POST /runs/yaml` with the --workflow-file (or the example flow), --flow-name and --tag.
+fn make_yaml_submit(ctx: &Arc<Ctx>) -> Result<MakeRequest> {
+    let text: bytes::Bytes = match &ctx.args.workflow_file {
+        Some(p) => std::fs::read(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .into(),
+        None => bytes::Bytes::from_static(EXAMPLE_FLOW_YAML.as_bytes()),
+    };
+    let c = ctx.clone();
+    let url = ctx.url("/runs/yaml");
+    Ok(Arc::new(move || {
+        let part = reqwest::multipart::Part::stream(text.clone())
+            .file_name("flow.yaml")
+            .mime_str("application/x-yaml")
+            .expect("static mime type");
+        let form = reqwest::multipart::Form::new()
+            .part("workflow", part)
+            .text("flow_name", c.args.flow_name.clone())
+            .text("tag", c.args.tag.clone());
+        c.http.post(&url).timeout(c.request_timeout).multipart(form)
+    }))
+}
+
 async fn scenario_submit(ctx: &Arc<Ctx>, yaml: bool) -> Result<Value> {
     let args = &ctx.args;
     let make: MakeRequest = if yaml {
-        let text: bytes::Bytes = match &args.workflow_file {
-            Some(p) => std::fs::read(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .into(),
-            None => bytes::Bytes::from_static(EXAMPLE_FLOW_YAML.as_bytes()),
-        };
-        let c = ctx.clone();
-        let url = ctx.url("/runs/yaml");
-        Arc::new(move || {
-            let part = reqwest::multipart::Part::stream(text.clone())
-                .file_name("flow.yaml")
-                .mime_str("application/x-yaml")
-                .expect("static mime type");
-            let form = reqwest::multipart::Form::new()
-                .part("workflow", part)
-                .text("flow_name", c.args.flow_name.clone())
-                .text("tag", c.args.tag.clone());
-            c.http.post(&url).timeout(c.request_timeout).multipart(form)
-        })
+        make_yaml_submit(ctx)?
     } else {
         let body = serde_json::to_vec(&json!({
             "flow_name": args.flow_name,
@@ -904,6 +952,317 @@ async fn scenario_sse(ctx: &Arc<Ctx>) -> Result<Value> {
         "first_event_ms": round3(first_event.as_secs_f64() * 1000.0),
         "notify_latency_ms": latency_summary(&lat_us),
         "kv_put_ms": latency_summary(&put_us),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// e2e
+
+/// The first terminal snapshot seen for a run.
+#[derive(Clone)]
+struct Terminal {
+    at: Instant,
+    status: String,
+    error: Option<String>,
+}
+
+/// Terminal statuses seen by the KV watch, keyed by run id, plus a wake-up for waiters.
+#[derive(Default)]
+struct Completions {
+    done: std::sync::Mutex<std::collections::HashMap<String, Terminal>>,
+    notify: tokio::sync::Notify,
+    /// Set when the watch ended or failed; waiters stop waiting.
+    watch_error: std::sync::Mutex<Option<String>>,
+    /// Snapshots received by the watch (all runs, all statuses).
+    updates: AtomicU64,
+}
+
+#[derive(serde::Deserialize)]
+struct StatusOnly {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
+}
+
+impl Completions {
+    fn record(&self, key: &str, value: &[u8], at: Instant) {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        let Ok(s) = serde_json::from_slice::<StatusOnly>(value) else {
+            return;
+        };
+        let Some(status) = s.status.filter(|st| is_terminal(st)) else {
+            return;
+        };
+        let mut done = self.done.lock().unwrap();
+        if done.contains_key(key) {
+            return;
+        }
+        let error = s.error.filter(|e| !e.is_null()).map(|e| match e {
+            Value::String(t) => t,
+            other => other.to_string(),
+        });
+        done.insert(key.to_string(), Terminal { at, status, error });
+        drop(done);
+        self.notify.notify_waiters();
+    }
+
+    fn get(&self, run_id: &str) -> Option<Terminal> {
+        self.done.lock().unwrap().get(run_id).cloned()
+    }
+
+    fn watch_failed(&self) -> Option<String> {
+        self.watch_error.lock().unwrap().clone()
+    }
+
+    /// Waits until `run_id` has a terminal snapshot (None: deadline passed or watch ended).
+    async fn wait(&self, run_id: &str, deadline: Instant) -> Option<Terminal> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(t) = self.get(run_id) {
+                return Some(t);
+            }
+            if self.watch_failed().is_some() {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+}
+
+/// Feeds every update of the runs bucket into `c` (only updates after the watch started).
+async fn completion_watcher(mut watch: async_nats::jetstream::kv::Watch, c: Arc<Completions>) {
+    use async_nats::jetstream::kv::Operation;
+    let reason = loop {
+        match watch.next().await {
+            Some(Ok(entry)) => {
+                if entry.operation == Operation::Put {
+                    c.record(&entry.key, &entry.value, Instant::now());
+                }
+            }
+            Some(Err(e)) => break format!("KV watch failed: {e}"),
+            None => break "KV watch ended".to_string(),
+        }
+    };
+    *c.watch_error.lock().unwrap() = Some(reason);
+    c.notify.notify_waiters();
+}
+
+async fn wait_for_worker(ctx: &Ctx, worker_id: &str, timeout: Duration) -> Result<Duration> {
+    let js = ctx.js().await?;
+    let bucket = &ctx.args.workers_bucket;
+    let t = Instant::now();
+    loop {
+        if let Ok(kv) = js.get_key_value(bucket.clone()).await {
+            if let Ok(Some(_)) = kv.get(worker_id).await {
+                return Ok(t.elapsed());
+            }
+        }
+        if t.elapsed() >= timeout {
+            bail!("worker {worker_id} has no record in KV bucket {bucket} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One submission; returns the run id and the instant the request was started.
+async fn submit_one(make: &MakeRequest) -> std::result::Result<(String, Instant, Duration), String> {
+    let t0 = Instant::now();
+    let resp = make().send().await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+    let took = t0.elapsed();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
+        return Err(format!("HTTP {}: {}", status.as_u16(), text));
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| format!("bad JSON: {e}"))?;
+    match v.get("run_id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => Ok((id.to_string(), t0, took)),
+        _ => Err(format!(
+            "no run_id in response: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
+#[derive(Default)]
+struct E2eSubmitter {
+    /// (run id, submit start)
+    runs: Vec<(String, Instant)>,
+    submit_us: Vec<u64>,
+    submit_errors: u64,
+    first_error: Option<String>,
+}
+
+async fn scenario_e2e(ctx: &Arc<Ctx>) -> Result<Value> {
+    let args = &ctx.args;
+    let make = make_yaml_submit(ctx)?;
+    let run_timeout = Duration::from_secs_f64(args.run_timeout_sec.max(0.1));
+    let total = requests_for(ctx, DEFAULT_E2E_RUNS);
+    let conc = args.concurrency;
+    let sequential = args.sequential;
+
+    let worker_wait = match &args.wait_worker {
+        Some(id) => Some(wait_for_worker(ctx, id, run_timeout).await?),
+        None => None,
+    };
+
+    // The watch starts before the first submission: only new updates are delivered.
+    let kv = ctx.kv().await?.clone();
+    let watch = kv.watch_all().await.context("KV watch on the runs bucket")?;
+    let comp = Arc::new(Completions::default());
+    let watcher = tokio::spawn(completion_watcher(watch, comp.clone()));
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _watcher = AbortOnDrop(watcher);
+
+    // Warm-up: runs waited for one by one; the first one also proves a worker serves the tag.
+    let warmup = args.warmup.unwrap_or(1);
+    let t_warm = Instant::now();
+    for i in 0..warmup {
+        let (id, _, _) = submit_one(&make)
+            .await
+            .map_err(|e| anyhow!("warm-up submission failed: {e}"))?;
+        match comp.wait(&id, Instant::now() + run_timeout).await {
+            Some(t) if t.status == "COMPLETED" => {}
+            Some(t) => bail!(
+                "warm-up run {id} ended {}: {}",
+                t.status,
+                t.error.unwrap_or_default()
+            ),
+            None => bail!(
+                "warm-up run {} ({id}) not finished within {run_timeout:?}{} — is a worker serving tag {}?",
+                i + 1,
+                comp.watch_failed().map(|e| format!(" ({e})")).unwrap_or_default(),
+                args.tag
+            ),
+        }
+    }
+    let warmup_sec = t_warm.elapsed().as_secs_f64();
+
+    let issued = Arc::new(AtomicU64::new(0));
+    let duration = args.duration_sec.map(Duration::from_secs_f64);
+    let start = Instant::now();
+    let deadline = duration.map(|d| start + d);
+    let mut handles = Vec::with_capacity(conc);
+    for _ in 0..conc {
+        let issued = issued.clone();
+        let make = make.clone();
+        let comp = comp.clone();
+        handles.push(tokio::spawn(async move {
+            let mut s = E2eSubmitter::default();
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if issued.fetch_add(1, Ordering::Relaxed) >= total {
+                    break;
+                }
+                match submit_one(&make).await {
+                    Ok((id, t0, took)) => {
+                        s.submit_us.push(took.as_micros() as u64);
+                        s.runs.push((id.clone(), t0));
+                        if sequential {
+                            // The outcome is collected below; here we only wait.
+                            comp.wait(&id, t0 + run_timeout).await;
+                        }
+                    }
+                    Err(e) => {
+                        s.submit_errors += 1;
+                        s.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            s
+        }));
+    }
+    let mut all = E2eSubmitter::default();
+    for h in handles {
+        if let Ok(s) = h.await {
+            all.runs.extend(s.runs);
+            all.submit_us.extend(s.submit_us);
+            all.submit_errors += s.submit_errors;
+            if all.first_error.is_none() {
+                all.first_error = s.first_error;
+            }
+        }
+    }
+    let submit_elapsed = start.elapsed();
+
+    // Collect every run's outcome (each with its own deadline).
+    let mut latencies_us = Vec::new();
+    let (mut completed, mut failed, mut timed_out) = (0u64, 0u64, 0u64);
+    let mut last_done: Option<Instant> = None;
+    let mut first_run_error: Option<String> = None;
+    for (id, t0) in &all.runs {
+        match comp.wait(id, *t0 + run_timeout).await {
+            Some(t) => {
+                last_done = Some(last_done.map_or(t.at, |l| l.max(t.at)));
+                if t.status == "COMPLETED" {
+                    completed += 1;
+                    latencies_us.push(t.at.saturating_duration_since(*t0).as_micros() as u64);
+                } else {
+                    failed += 1;
+                    first_run_error.get_or_insert_with(|| {
+                        format!("run {id} {}: {}", t.status, t.error.unwrap_or_default())
+                    });
+                }
+            }
+            None => {
+                timed_out += 1;
+                first_run_error.get_or_insert_with(|| {
+                    format!(
+                        "run {id} not finished within {run_timeout:?}{}",
+                        comp.watch_failed().map(|e| format!(" ({e})")).unwrap_or_default()
+                    )
+                });
+            }
+        }
+    }
+    let elapsed = last_done
+        .map(|l| l.saturating_duration_since(start))
+        .unwrap_or(submit_elapsed)
+        .max(submit_elapsed.min(Duration::from_millis(1)));
+    let secs = elapsed.as_secs_f64();
+    let rps = if secs > 0.0 { completed as f64 / secs } else { 0.0 };
+    let errors = all.submit_errors + failed + timed_out;
+    Ok(json!({
+        "endpoint": "POST /runs/yaml → first COMPLETED snapshot in the runs KV bucket",
+        "mode": if sequential { "sequential" } else { "open" },
+        "requests": all.runs.len() as u64 + all.submit_errors,
+        "ok": completed,
+        "errors": errors,
+        "submitted": all.runs.len(),
+        "submit_errors": all.submit_errors,
+        "completed": completed,
+        "failed": failed,
+        "timed_out": timed_out,
+        "concurrency": conc,
+        "elapsed_sec": round3(secs),
+        "submit_elapsed_sec": round3(submit_elapsed.as_secs_f64()),
+        "throughput_rps": round3(rps),
+        "latency_ms": latency_summary(&latencies_us),
+        "submit_latency_ms": latency_summary(&all.submit_us),
+        "warmup_runs": warmup,
+        "warmup_sec": round3(warmup_sec),
+        "worker_wait_sec": worker_wait.map(|d| round3(d.as_secs_f64())),
+        "kv_updates_seen": comp.updates.load(Ordering::Relaxed),
+        "first_error": all.first_error.or(first_run_error),
     }))
 }
 

@@ -72,7 +72,6 @@ use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqA
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// Top-level keys a flow.yaml may hold.
 /// The contract's example single-flow `flow.yaml` (§4): `add_one >> to_text` with `x: 1`, tasks
 /// from the original's test module. Used by tests and by `pyococtl bench`.
 pub const EXAMPLE_FLOW_YAML: &str = "version: 1
@@ -86,6 +85,7 @@ tasks:
   to_text: {callable: pyoco_server._workflow_test_tasks:to_text}
 ";
 
+/// Top-level keys a flow.yaml may hold.
 pub const ALLOWED_TOP_LEVEL_KEYS: [&str; 4] = ["flow", "runtime", "tasks", "version"];
 /// Keys allowed under `flow`.
 pub const ALLOWED_FLOW_KEYS: [&str; 2] = ["defaults", "graph"];
