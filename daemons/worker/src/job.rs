@@ -616,3 +616,36 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
     }
     let _ = stream.delete_message(seq).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_like_the_original() {
+        let j = decode_job(br#"{"run_id":"r","flow_name":"f"}"#).unwrap();
+        assert_eq!((j.tag.as_str(), j.tags.clone(), j.params.len()), ("default", vec!["default".to_string()], 0));
+        let j = decode_job(br#"{"run_id":"r","flow_name":"f","tag":"a","tags":["x"],"submitted_at":"1.5","timeout_sec":2}"#).unwrap();
+        assert_eq!((j.tag.as_str(), j.tags.clone(), j.timeout_sec), ("a", vec!["x".to_string()], Some(2.0)));
+    }
+
+    #[test]
+    fn invalid_jobs_say_why_and_keep_the_run_id_when_known() {
+        let e = decode_job(b"nope").unwrap_err();
+        assert!(e.reason.starts_with("job is not JSON") && e.run_id.is_none());
+        let e = decode_job(br#"{"flow_name":"f"}"#).unwrap_err();
+        assert_eq!(e.reason, "missing run_id");
+        let e = decode_job(br#"{"run_id":"r","flow_name":"f","params":[1]}"#).unwrap_err();
+        assert_eq!((e.reason.as_str(), e.run_id.as_deref()), ("params is not an object", Some("r")));
+        let e = decode_job(br#"{"run_id":"r","flow_name":"f","submitted_at":"soon"}"#).unwrap_err();
+        assert_eq!(e.reason, "submitted_at is not a number");
+        assert!(decode_job(br#"{"run_id":"a b","flow_name":"f"}"#).is_err());
+    }
+
+    #[test]
+    fn nak_delay_grows_and_is_capped() {
+        assert_eq!(nak_delay(1), Duration::from_secs(2));
+        assert_eq!(nak_delay(2), Duration::from_secs(4));
+        assert_eq!(nak_delay(20), Duration::from_secs(60));
+    }
+}

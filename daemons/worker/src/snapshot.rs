@@ -205,3 +205,50 @@ pub async fn write(store: &kv::Store, state: &RunState, changed: bool, limits: L
     }
     Err(WriteError::Nats("snapshot kept conflicting with concurrent writes".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state() -> RunState {
+        let job = crate::job::decode_job(br#"{"run_id":"r1","flow_name":"main","tag":"t","params":{"x":1}}"#).unwrap();
+        RunState::from_job(&job, "w1")
+    }
+
+    #[test]
+    fn merge_keeps_gateway_fields_and_shows_a_requested_cancel() {
+        let stored: Doc = serde_json::from_value(json!({
+            "run_id": "r1", "status": "RUNNING", "cancel_requested_at": 5.0, "cancel_requested_by": "api_key:k",
+            "tenant_id": "acme", "custom": [1]
+        })).unwrap();
+        let d = state().merged(Some(&stored), 10.0, true);
+        assert_eq!(d["status"], "CANCELLING");
+        assert_eq!(d["cancel_requested_at"], 5.0);
+        assert_eq!(d["cancel_requested_by"], "api_key:k");
+        assert_eq!(d["tenant_id"], "acme");
+        assert_eq!(d["custom"], json!([1]), "unknown fields survive");
+        assert_eq!(d["worker_id"], "w1");
+        // A heartbeat-only write keeps updated_at.
+        let stored: Doc = serde_json::from_value(json!({"run_id": "r1", "status": "RUNNING", "updated_at": 3.0})).unwrap();
+        let d = state().merged(Some(&stored), 10.0, false);
+        assert_eq!((d["updated_at"].clone(), d["heartbeat_at"].clone()), (json!(3.0), json!(10.0)));
+    }
+
+    #[test]
+    fn size_limits_apply_to_every_write() {
+        let mut s = state();
+        s.task_records.insert("t".into(), json!({"output": "x".repeat(10_000)}));
+        let limits = Limits { max_snapshot_bytes: 4096, max_payload: 1024 * 1024 };
+        let d: Doc = serde_json::from_slice(&encode(s.merged(None, 1.0, true), limits)).unwrap();
+        assert_eq!(d["task_records"], json!({}));
+        assert_eq!(d["task_records_truncated"], true);
+        // Never above the server's max payload, whatever the snapshot limit says.
+        let mut s = state();
+        s.error = Some("e".repeat(50_000));
+        s.params.insert("big".into(), json!("p".repeat(200_000)));
+        let limits = Limits { max_snapshot_bytes: 0, max_payload: 64 * 1024 };
+        let bytes = encode(s.merged(None, 1.0, true), limits);
+        assert!(bytes.len() <= 64 * 1024, "{}", bytes.len());
+    }
+}
