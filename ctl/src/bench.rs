@@ -275,6 +275,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
     });
 
     let started_at = now_f64();
+    let cpu_before = self_cpu_ticks();
     let rss_before = sample_rss(&args.rss_pids, args.rss_children);
 
     let scenarios: Vec<Scenario> = match args.scenario {
@@ -333,10 +334,13 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
         "tag": args.tag,
         "results": Value::Object(results),
         "rss": rss,
+        // utime+stime of this load generator over the whole invocation, in clock ticks
+        // (/proc/self/stat; usually 100 per second), so its CPU share can be reported.
+        "client_cpu_ticks": self_cpu_ticks().zip(cpu_before).map(|(a, b)| a.saturating_sub(b)),
     });
-    match cli.output {
+    match cli.output.unwrap_or(OutputFormat::Table) {
         OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
-        OutputFormat::Table => print_table(&report),
+        OutputFormat::Table | OutputFormat::Status => print_table(&report),
     }
     if failed {
         bail!("at least one scenario failed");
@@ -559,6 +563,7 @@ async fn scenario_submit(ctx: &Arc<Ctx>, yaml: bool) -> Result<Value> {
     let duration = args.duration_sec.map(Duration::from_secs_f64);
     let r = run_load(conc, total, duration, make, validate).await;
     let mut v = r.to_json();
+    v["warmup"] = json!(warmup);
     v["endpoint"] = json!(if yaml {
         "POST /runs/yaml"
     } else {
@@ -1076,7 +1081,9 @@ async fn wait_for_worker(ctx: &Ctx, worker_id: &str, timeout: Duration) -> Resul
 }
 
 /// One submission; returns the run id and the instant the request was started.
-async fn submit_one(make: &MakeRequest) -> std::result::Result<(String, Instant, Duration), String> {
+async fn submit_one(
+    make: &MakeRequest,
+) -> std::result::Result<(String, Instant, Duration), String> {
     let t0 = Instant::now();
     let resp = make().send().await.map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
@@ -1120,7 +1127,10 @@ async fn scenario_e2e(ctx: &Arc<Ctx>) -> Result<Value> {
 
     // The watch starts before the first submission: only new updates are delivered.
     let kv = ctx.kv().await?.clone();
-    let watch = kv.watch_all().await.context("KV watch on the runs bucket")?;
+    let watch = kv
+        .watch_all()
+        .await
+        .context("KV watch on the runs bucket")?;
     let comp = Arc::new(Completions::default());
     let watcher = tokio::spawn(completion_watcher(watch, comp.clone()));
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -1228,7 +1238,9 @@ async fn scenario_e2e(ctx: &Arc<Ctx>) -> Result<Value> {
                 first_run_error.get_or_insert_with(|| {
                     format!(
                         "run {id} not finished within {run_timeout:?}{}",
-                        comp.watch_failed().map(|e| format!(" ({e})")).unwrap_or_default()
+                        comp.watch_failed()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
                     )
                 });
             }
@@ -1239,7 +1251,11 @@ async fn scenario_e2e(ctx: &Arc<Ctx>) -> Result<Value> {
         .unwrap_or(submit_elapsed)
         .max(submit_elapsed.min(Duration::from_millis(1)));
     let secs = elapsed.as_secs_f64();
-    let rps = if secs > 0.0 { completed as f64 / secs } else { 0.0 };
+    let rps = if secs > 0.0 {
+        completed as f64 / secs
+    } else {
+        0.0
+    };
     let errors = all.submit_errors + failed + timed_out;
     Ok(json!({
         "endpoint": "POST /runs/yaml → first COMPLETED snapshot in the runs KV bucket",
@@ -1275,6 +1291,15 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// utime + stime of this process (all threads), in clock ticks.
+fn self_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // after ')': state(0) ppid(1) ... utime(11) stime(12)
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 fn proc_name(pid: u32) -> Option<String> {
@@ -1501,6 +1526,51 @@ mod tests {
         assert_eq!(s["p50"], json!(50.0));
         assert_eq!(s["p99"], json!(99.0));
         assert_eq!(s["max"], json!(100.0));
+    }
+
+    #[test]
+    fn completions_keep_the_first_terminal_snapshot() {
+        let c = Completions::default();
+        let t = Instant::now();
+        c.record("a", br#"{"status":"RUNNING"}"#, t);
+        assert!(c.get("a").is_none());
+        c.record("a", br#"{"status": "COMPLETED", "error": null}"#, t);
+        c.record(
+            "a",
+            br#"{"status":"FAILED","error":"late"}"#,
+            t + Duration::from_secs(1),
+        );
+        let a = c.get("a").unwrap();
+        assert_eq!(a.status, "COMPLETED");
+        assert_eq!(a.at, t);
+        assert!(a.error.is_none());
+        c.record("b", br#"{"status":"FAILED","error":"boom"}"#, t);
+        assert_eq!(c.get("b").unwrap().error.as_deref(), Some("boom"));
+        c.record("c", b"not json", t);
+        assert!(c.get("c").is_none());
+        assert_eq!(c.updates.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn completions_wake_waiters_and_time_out() {
+        let c = Arc::new(Completions::default());
+        let c2 = c.clone();
+        let waiter =
+            tokio::spawn(
+                async move { c2.wait("x", Instant::now() + Duration::from_secs(5)).await },
+            );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.record("x", br#"{"status":"COMPLETED"}"#, Instant::now());
+        assert_eq!(waiter.await.unwrap().unwrap().status, "COMPLETED");
+        let none = c
+            .wait("y", Instant::now() + Duration::from_millis(30))
+            .await;
+        assert!(none.is_none());
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        assert!(self_cpu_ticks().is_some());
     }
 
     #[test]

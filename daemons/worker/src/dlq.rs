@@ -33,9 +33,12 @@ pub async fn publish_raw_with_id(ctx: &JobCtx, tag: &str, reason: &str, error: &
 }
 
 pub async fn publish_run(ctx: &JobCtx, reason: &str, error: &str, job: &Job) {
+    // The original's fields, plus (ours) the whole job, so `pyococtl dlq replay` can queue
+    // exactly what was submitted, flow.yaml included (the run snapshot does not keep the YAML).
     let payload = json!({
         "run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
         "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id,
+        "job": job.to_doc(),
     });
     publish_raw(ctx, &job.tag, reason, error, payload).await
 }

@@ -53,6 +53,25 @@ pub struct Job {
     pub timeout_sec: Option<f64>,
 }
 
+impl Job {
+    /// The job message again (contract §2.5), e.g. for a dead letter that can be replayed.
+    pub fn to_doc(&self) -> Value {
+        let mut d = json!({
+            "run_id": self.run_id, "flow_name": self.flow_name, "tag": self.tag, "tags": self.tags,
+            "tenant_id": self.tenant_id, "api_key_id": self.api_key_id, "params": Value::Object(self.params.clone()),
+        });
+        if let Some(y) = &self.workflow_yaml {
+            d["workflow_yaml"] = json!(y);
+            d["workflow_yaml_sha256"] = self.workflow_yaml_sha256.clone();
+            d["workflow_yaml_bytes"] = self.workflow_yaml_bytes.clone();
+        }
+        if let Some(t) = self.timeout_sec {
+            d["timeout_sec"] = json!(t);
+        }
+        d
+    }
+}
+
 /// Why a message is not a job: the reason, and the run id when one could be read.
 #[derive(Debug)]
 pub struct InvalidJob {

@@ -1,0 +1,120 @@
+//! The gateway's HTTP API as pyococtl uses it, and the errors people can act on.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::exit;
+
+/// A failure with the message to print and the exit code.
+#[derive(Debug)]
+pub struct CtlError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CtlError {
+    pub fn new(code: u8, message: impl Into<String>) -> CtlError {
+        CtlError { code, message: message.into() }
+    }
+    /// The original's usage-error form: `ERR-PYOCO-0018` with the reason and a corrected example.
+    pub fn usage(reason: impl std::fmt::Display, example: &str) -> CtlError {
+        CtlError::new(
+            exit::USAGE,
+            format!("ERR-PYOCO-0018: invalid command-line input\n- reason: {reason}\n- example: {example}\n- hint: add --help to the command for all options"),
+        )
+    }
+}
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+pub type CtlResult<T> = Result<T, CtlError>;
+
+/// HTTP client bound to one gateway and credentials.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+    api_key: Option<(String, String)>,
+}
+
+impl Client {
+    pub fn new(base: &str, api_key: Option<String>, header: &str) -> CtlResult<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| CtlError::new(exit::ERROR, format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            api_key: api_key.filter(|k| !k.is_empty()).map(|k| (header.to_string(), k)),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the API key header set.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some((h, k)) = &self.api_key {
+            req = req.header(h.as_str(), k.as_str());
+        }
+        req
+    }
+
+    /// Sends and turns transport errors and non-2xx answers into `CtlError`s that name the URL,
+    /// the status and the gateway's `detail`.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> CtlResult<reqwest::Response> {
+        let built = req.build().map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: bad request: {e}")))?;
+        let (method, path) = (built.method().clone(), built.url().path().to_string());
+        let resp = self.http.execute(built).await.map_err(|e| self.transport_error(&e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("detail").cloned())
+            .map(|d| match d {
+                Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .unwrap_or(body);
+        Err(CtlError::new(
+            exit::ERROR,
+            format!("ERR-PYOCO-HTTP: request failed\n- reason: HTTP {} {method} {path}: {detail}", status.as_u16()),
+        ))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> CtlError {
+        if e.is_connect() {
+            CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-HTTP: connection error\n- reason: cannot connect to the gateway at {}\n- hint: is pyoco-server running there? check --server / PYOCO_SERVER (systemctl status pyoco-server)", self.base),
+            )
+        } else if e.is_timeout() {
+            CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: timeout talking to {}", self.base))
+        } else {
+            CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: connection error\n- reason: {e}"))
+        }
+    }
+
+    pub async fn json(&self, req: reqwest::RequestBuilder) -> CtlResult<Value> {
+        let resp = self.send(req).await?;
+        resp.json::<Value>()
+            .await
+            .map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: the gateway answered with invalid JSON: {e}")))
+    }
+
+    pub async fn get_json(&self, path: &str, query: &[(&str, String)]) -> CtlResult<Value> {
+        self.json(self.request(reqwest::Method::GET, path).query(query)).await
+    }
+}
