@@ -174,15 +174,45 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
             return RunnerFate::Reusable(runner);
         }
     };
-    // A run that is already over (finished, or cancelled while pending) is not run again.
+    // Changes of the run's key, subscribed before anything is read or written, so a cancel
+    // landing at any point is seen. A plain subscription on the KV subject: no JetStream
+    // consumer per run.
+    let key_subject = format!("$KV.{}.{}", ctx.res.names.runs_bucket, job.run_id);
+    let mut key_changes = ctx.res.js.client().subscribe(key_subject).await.ok();
+
+    let mut state = RunState::from_job(&job, &ctx.worker_id);
+    state.start_time = Some(now());
+    if job.workflow_yaml.is_some() && job.flow_name.is_empty() {
+        state.flow_name = "main".into();
+    }
+    let mut writer = snapshot::Writer::new(ctx.res.runs.clone(), ctx.limits);
+
+    // One read decides: already over (finished, or cancelled while pending) → not run again;
+    // a cancel requested before it started (the original gateway marks a PENDING run
+    // CANCELLING and leaves it to the worker) → CANCELLED without running anything.
     match ctx.res.runs.entry(&job.run_id).await {
         Ok(Some(e)) if e.operation == async_nats::jetstream::kv::Operation::Put => {
             if let Ok(stored) = serde_json::from_slice::<Doc>(&e.value) {
-                let status = str_field(&stored, "status").unwrap_or("");
-                if run_status::is_terminal(status) {
-                    tracing::info!(run_id = %job.run_id, status, "run already finished; acknowledging the job without running it");
+                let status = str_field(&stored, "status").unwrap_or("").to_string();
+                if run_status::is_terminal(&status) {
+                    tracing::info!(run_id = %job.run_id, status = %status, "run already finished; acknowledging the job without running it");
                     let _ = msg.double_ack().await;
                     return RunnerFate::Reusable(runner);
+                }
+                let cancelled_early = cancel_requested(&stored);
+                writer.seed(e.revision, stored);
+                if cancelled_early {
+                    state.status = run_status::CANCELLED.into();
+                    state.start_time = None;
+                    state.end_time = Some(now());
+                    return match writer.write(&state, true).await {
+                        Ok(_) | Err(WriteError::Terminal(_)) => {
+                            tracing::info!(run_id = %job.run_id, "run was cancelled before it started; not running it");
+                            let _ = msg.double_ack().await;
+                            RunnerFate::Reusable(runner)
+                        }
+                        Err(e) => retry_later(ctx, &msg, &mut state, delivered, last_delivery, &e.to_string(), runner).await,
+                    };
                 }
             }
         }
@@ -194,34 +224,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         }
     }
 
-    let mut state = RunState::from_job(&job, &ctx.worker_id);
-    state.start_time = Some(now());
-    if job.workflow_yaml.is_some() && job.flow_name.is_empty() {
-        state.flow_name = "main".into();
-    }
-
-    // Cancelled before it started (the original gateway marks a PENDING run CANCELLING and
-    // leaves it to the worker): end it CANCELLED without running anything.
-    if let Ok(Some(b)) = ctx.res.runs.get(&job.run_id).await {
-        if serde_json::from_slice::<Doc>(&b).map(|d| cancel_requested(&d)).unwrap_or(false) {
-            state.status = run_status::CANCELLED.into();
-            state.start_time = None;
-            state.end_time = Some(now());
-            match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
-                Ok(_) | Err(WriteError::Terminal(_)) => {
-                    tracing::info!(run_id = %job.run_id, "run was cancelled before it started; not running it");
-                    let _ = msg.double_ack().await;
-                    return RunnerFate::Reusable(runner);
-                }
-                Err(e) => return retry_later(ctx, &msg, &mut state, delivered, last_delivery, &e.to_string(), runner).await,
-            }
-        }
-    }
-
-    // Watch the key before the pickup write, so a cancel arriving at any point is seen.
-    let mut cancel_watch = ctx.res.runs.watch(&job.run_id).await.ok();
-
-    match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
+    match writer.write(&state, true).await {
         Ok(_) => {}
         Err(WriteError::Terminal(stored)) => {
             tracing::info!(run_id = %job.run_id, status = str_field(&stored, "status").unwrap_or(""), "run finished before pickup; acknowledging without running");
@@ -235,7 +238,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     ctx.registry.run_started(&job.run_id).await;
     tracing::info!(run_id = %job.run_id, flow_name = %job.flow_name, tag = %job.tag, worker_id = %ctx.worker_id, delivered, "run started");
 
-    let (fin, runner, runner_ok) = execute(ctx, &msg, &job, &mut state, runner, &mut cancel_watch).await;
+    let (fin, runner, runner_ok) = execute(ctx, &msg, &job, &mut state, &mut writer, runner, &mut key_changes).await;
     let Some(fin) = fin else {
         // Drained: put back for another worker.
         return requeue(ctx, &msg, &mut state, runner).await;
@@ -256,7 +259,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     }
     let mut written = false;
     for attempt in 0..5u64 {
-        match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
+        match writer.write(&state, true).await {
             Ok(_) => {
                 written = true;
                 break;
@@ -299,8 +302,9 @@ async fn execute(
     msg: &jetstream::Message,
     job: &Job,
     state: &mut RunState,
+    writer: &mut snapshot::Writer,
     mut runner: Runner,
-    cancel_watch: &mut Option<async_nats::jetstream::kv::Watch>,
+    key_changes: &mut Option<async_nats::Subscriber>,
 ) -> (Option<Final>, Runner, bool) {
     *runner.current.lock().unwrap() = Some(job.run_id.clone());
     // A flow.yaml job is checked again with the policy (as the original worker does).
@@ -341,7 +345,6 @@ async fn execute(
     let mut cancel_kill_at: Option<Instant> = None;
     let mut cancel_sent = false;
     let mut drain = ctx.drain.clone();
-    let _ = msg.ack_with(AckKind::Progress).await;
 
     loop {
         let flush_at = if dirty { last_flush + flush_every } else { far };
@@ -382,7 +385,7 @@ async fn execute(
                 }
             },
             _ = tokio::time::sleep_until(flush_at) => {
-                if let Ok(stored) = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await {
+                if let Ok(stored) = writer.write(state, true).await {
                     if cancel_requested(&stored) && !cancel_sent {
                         send_cancel(&mut runner, job, &mut cancel_sent, &mut cancel_kill_at, ctx.cancel_kill_after).await;
                     }
@@ -391,22 +394,19 @@ async fn execute(
                 last_flush = Instant::now();
             }
             _ = tokio::time::sleep_until(next_heartbeat) => {
-                let _ = snapshot::write(&ctx.res.runs, state, false, ctx.limits).await;
+                let _ = writer.write(state, false).await;
                 next_heartbeat = Instant::now() + heartbeat_every;
             }
             _ = tokio::time::sleep_until(next_progress) => {
                 let _ = msg.ack_with(AckKind::Progress).await;
                 next_progress = Instant::now() + progress_every;
             }
-            Some(entry) = next_watch(cancel_watch) => {
-                if let Ok(e) = entry {
-                    if let Ok(stored) = serde_json::from_slice::<Doc>(&e.value) {
-                        if cancel_requested(&stored) && !cancel_sent {
-                            send_cancel(&mut runner, job, &mut cancel_sent, &mut cancel_kill_at, ctx.cancel_kill_after).await;
-                        }
+            Some(change) = next_change(key_changes) => {
+                // A put carries the whole snapshot; deletes and purges carry none.
+                if let Ok(stored) = serde_json::from_slice::<Doc>(&change.payload) {
+                    if cancel_requested(&stored) && !cancel_sent {
+                        send_cancel(&mut runner, job, &mut cancel_sent, &mut cancel_kill_at, ctx.cancel_kill_after).await;
                     }
-                } else {
-                    *cancel_watch = None; // a broken watch: the flush/heartbeat reads still see cancels
                 }
             }
             _ = tokio::time::sleep_until(cancel_kill_at.unwrap_or(far)) => {
@@ -440,9 +440,9 @@ async fn execute(
     }
 }
 
-async fn next_watch(w: &mut Option<async_nats::jetstream::kv::Watch>) -> Option<Result<async_nats::jetstream::kv::Entry, async_nats::jetstream::kv::WatcherError>> {
-    match w {
-        Some(w) => w.next().await,
+async fn next_change(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }

@@ -249,7 +249,7 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     if let Err(e) = registry.write().await {
         tracing::warn!(worker_id = %worker_id, error = %e, "writing the worker record failed");
     }
-    tokio::spawn(registry.clone().heartbeat_loop(Duration::from_secs_f64(cfg.worker_heartbeat_interval_sec.max(0.1))));
+    tokio::spawn(registry.clone().writer_loop(Duration::from_secs_f64(cfg.worker_heartbeat_interval_sec.max(0.1))));
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -33,6 +33,11 @@ pub struct Registry {
     tags: Vec<String>,
     extra: Doc,
     local: Arc<Mutex<Local>>,
+    /// Wakes the background writer: run start/end updates are written off the run's path,
+    /// coalesced when several come at once.
+    dirty: Arc<tokio::sync::Notify>,
+    /// One write at a time, so the last change made is also the last one stored.
+    write_lock: Arc<Mutex<()>>,
 }
 
 impl Registry {
@@ -53,12 +58,15 @@ impl Registry {
                 stopped_at: Value::Null,
                 stop_reason: Value::Null,
             })),
+            dirty: Arc::new(tokio::sync::Notify::new()),
+            write_lock: Arc::default(),
         }
     }
 
     /// Writes the record: stored document (keeps `hidden`, `wheel_sync`, unknown fields) with
     /// our fields on top, by compare-and-set.
     pub async fn write(&self) -> Result<(), String> {
+        let _one_at_a_time = self.write_lock.lock().await;
         for _ in 0..20 {
             let entry = self.store.entry(&self.worker_id).await.map_err(|e| e.to_string())?;
             let (mut doc, revision) = match entry {
@@ -108,10 +116,23 @@ impl Registry {
         Err("worker record kept conflicting with concurrent writes".into())
     }
 
+    /// Changes our fields and lets the background writer store them.
     async fn update(&self, f: impl FnOnce(&mut Local)) {
         f(&mut *self.local.lock().await);
-        if let Err(e) = self.write().await {
-            tracing::warn!(worker_id = %self.worker_id, error = %e, "writing the worker record failed");
+        self.dirty.notify_one();
+    }
+
+    /// Writes the record whenever it changed, and refreshes it every `interval` (the heartbeat),
+    /// until the worker stopped.
+    pub async fn writer_loop(self, interval: Duration) {
+        loop {
+            let _ = tokio::time::timeout(interval, self.dirty.notified()).await;
+            if self.local.lock().await.state == worker_state::STOPPED_GRACEFUL {
+                return;
+            }
+            if let Err(e) = self.write().await {
+                tracing::warn!(worker_id = %self.worker_id, error = %e, "writing the worker record failed");
+            }
         }
     }
 
@@ -137,27 +158,17 @@ impl Registry {
         .await
     }
 
+    /// The final record: written at once (the writer loop ends).
     pub async fn stopped(&self, reason: &str) {
-        let reason = reason.to_string();
-        self.update(|l| {
+        {
+            let mut l = self.local.lock().await;
             l.state = worker_state::STOPPED_GRACEFUL;
             l.current_run_ids.clear();
             l.stopped_at = json!(now());
             l.stop_reason = json!(reason);
-        })
-        .await
-    }
-
-    /// Refreshes the record every `interval` until the process ends.
-    pub async fn heartbeat_loop(self, interval: Duration) {
-        loop {
-            tokio::time::sleep(interval).await;
-            if self.local.lock().await.state == worker_state::STOPPED_GRACEFUL {
-                return;
-            }
-            if let Err(e) = self.write().await {
-                tracing::warn!(worker_id = %self.worker_id, error = %e, "worker heartbeat failed");
-            }
+        }
+        if let Err(e) = self.write().await {
+            tracing::warn!(worker_id = %self.worker_id, error = %e, "writing the final worker record failed");
         }
     }
 }

@@ -164,46 +164,81 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
     bytes
 }
 
-/// Writes `state` merged over the stored snapshot with compare-and-set, retrying on conflict.
-/// Returns the written document. A missing key is created (a job whose snapshot was lost
-/// still gets its state recorded).
-pub async fn write(store: &kv::Store, state: &RunState, changed: bool, limits: Limits) -> Result<Doc, WriteError> {
-    for attempt in 0..30u32 {
-        let entry = store.entry(&state.run_id).await.map_err(|e| WriteError::Nats(e.to_string()))?;
-        let (stored, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => match serde_json::from_slice::<Doc>(&e.value) {
-                Ok(d) => (Some(d), Some(e.revision)),
-                Err(_) => (None, Some(e.revision)),
-            },
-            Some(e) => (None, Some(e.revision)),
-            None => (None, None),
-        };
-        if let Some(s) = &stored {
-            if run_status::is_terminal(str_field(s, "status").unwrap_or("")) {
-                return Err(WriteError::Terminal(s.clone()));
-            }
-        }
-        let doc = state.merged(stored.as_ref(), now(), changed);
-        let bytes = encode(doc.clone(), limits);
-        let result = match revision {
-            Some(rev) => store.update(&state.run_id, bytes.into(), rev).await.map(|_| ()).map_err(|e| {
-                if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
-            }),
-            None => store.create(&state.run_id, bytes.into()).await.map(|_| ()).map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
-            }),
-        };
-        match result {
-            Ok(()) => return Ok(doc),
-            Err(None) => {
-                // Someone wrote in between: merge again with what they wrote.
-                tokio::time::sleep(Duration::from_millis((attempt as u64).min(10) * 5)).await;
-                continue;
-            }
-            Err(Some(e)) => return Err(WriteError::Nats(e)),
-        }
+/// Writes one run's snapshots with compare-and-set, remembering the revision and document of
+/// its own last write: the next write is a single `update` at that revision, and only when
+/// someone else wrote in between (a cancel, another worker) does it read and merge again.
+pub struct Writer {
+    store: kv::Store,
+    limits: Limits,
+    last: Option<(u64, Doc)>,
+}
+
+impl Writer {
+    pub fn new(store: kv::Store, limits: Limits) -> Writer {
+        Writer { store, limits, last: None }
     }
-    Err(WriteError::Nats("snapshot kept conflicting with concurrent writes".into()))
+
+    /// Starts from a stored version the caller already read.
+    pub fn seed(&mut self, revision: u64, stored: Doc) {
+        self.last = Some((revision, stored));
+    }
+
+    /// Writes `state` merged over the stored snapshot; returns the document written. A stored
+    /// terminal snapshot is never overwritten. A missing key is created (a job whose snapshot
+    /// was lost still gets its state recorded).
+    pub async fn write(&mut self, state: &RunState, changed: bool) -> Result<Doc, WriteError> {
+        if let Some((rev, stored)) = self.last.take() {
+            let doc = state.merged(Some(&stored), now(), changed);
+            match self.store.update(&state.run_id, encode(doc.clone(), self.limits).into(), rev).await {
+                Ok(new_rev) => {
+                    self.last = Some((new_rev, doc.clone()));
+                    return Ok(doc);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(WriteError::Nats(e.to_string())),
+            }
+        }
+        for attempt in 0..30u32 {
+            let entry = self.store.entry(&state.run_id).await.map_err(|e| WriteError::Nats(e.to_string()))?;
+            let (stored, revision) = match entry {
+                Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice::<Doc>(&e.value).ok(), Some(e.revision)),
+                Some(e) => (None, Some(e.revision)),
+                None => (None, None),
+            };
+            if let Some(s) = &stored {
+                if run_status::is_terminal(str_field(s, "status").unwrap_or("")) {
+                    return Err(WriteError::Terminal(s.clone()));
+                }
+            }
+            let doc = state.merged(stored.as_ref(), now(), changed);
+            let bytes = encode(doc.clone(), self.limits);
+            let result = match revision {
+                Some(rev) => self.store.update(&state.run_id, bytes.into(), rev).await.map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
+                }),
+                None => self.store.create(&state.run_id, bytes.into()).await.map_err(|e| {
+                    if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
+                }),
+            };
+            match result {
+                Ok(new_rev) => {
+                    self.last = Some((new_rev, doc.clone()));
+                    return Ok(doc);
+                }
+                Err(None) => {
+                    // Someone wrote in between: merge again with what they wrote.
+                    tokio::time::sleep(Duration::from_millis((attempt as u64).min(10) * 5)).await;
+                }
+                Err(Some(e)) => return Err(WriteError::Nats(e)),
+            }
+        }
+        Err(WriteError::Nats("snapshot kept conflicting with concurrent writes".into()))
+    }
+}
+
+/// A one-off write (no earlier revision known).
+pub async fn write(store: &kv::Store, state: &RunState, changed: bool, limits: Limits) -> Result<Doc, WriteError> {
+    Writer::new(store.clone(), limits).write(state, changed).await
 }
 
 #[cfg(test)]
