@@ -237,6 +237,8 @@ def load_pyoco():
             f"reinstall a supported version: {_install_hint()}",
         )
 
+    _cache_entry_points()
+
     class NS:
         pass
 
@@ -309,14 +311,50 @@ class GraphNotAllowed(Exception):
     pass
 
 
-def parse_workflow_yaml(text):
+def _cache_entry_points():
+    """pyoco's TaskLoader re-reads every installed distribution's entry points on every load
+    (about 1 ms per run, more in big environments). The installed packages cannot change under a
+    running runner without it being recycled (the worker replaces runners after installs), so
+    the answer is kept for the runner's life."""
+    import importlib.metadata as md
+
+    original = md.entry_points
+    cache = {}
+
+    def entry_points(**params):
+        key = tuple(sorted(params.items()))
+        if key not in cache:
+            cache[key] = original(**params)
+        return cache[key]
+
+    entry_points.__wrapped__ = original
+    md.entry_points = entry_points
+
+
+_YAML_CACHE = {}
+_YAML_CACHE_MAX = 64
+
+
+def _load_yaml(text):
+    """`yaml.safe_load`, remembered per text: the same flow.yaml is usually submitted again and
+    again. Callers get their own deep copy."""
+    import copy
+
     import yaml
 
+    if text not in _YAML_CACHE:
+        if len(_YAML_CACHE) >= _YAML_CACHE_MAX:
+            _YAML_CACHE.pop(next(iter(_YAML_CACHE)))
+        _YAML_CACHE[text] = yaml.safe_load(text)
+    return copy.deepcopy(_YAML_CACHE[text])
+
+
+def parse_workflow_yaml(text):
     def bad(reason):
         raise BuildError(reason)
 
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except Exception:
         bad("invalid_yaml")
     if not isinstance(data, dict):
