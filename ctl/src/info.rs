@@ -1,14 +1,382 @@
-//! `pyococtl metrics` and `pyococtl health` (stub: being written).
-use crate::client::CtlResult;
-use crate::Ctx;
+//! `pyococtl metrics` and `pyococtl health`, and the output helpers the `key`, `worker` and
+//! `dlq` commands share: the original's JSON text, plain tables, relative and local times.
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct MetricsArgs {}
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 
-pub async fn metrics(_ctx: &Ctx, _args: &MetricsArgs) -> CtlResult<u8> {
-    Err(crate::client::CtlError::new(crate::exit::ERROR, "not implemented yet"))
+use chrono::{Local, TimeZone};
+use serde_json::{json, Value};
+
+use crate::client::{CtlError, CtlResult};
+use crate::{exit, Ctx, OutputFormat};
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+
+/// Whether stdout is a terminal (tables there, JSON when piped).
+pub(crate) fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
 }
 
-pub async fn health(_ctx: &Ctx) -> CtlResult<u8> {
-    Err(crate::client::CtlError::new(crate::exit::ERROR, "not implemented yet"))
+/// How a command with a table and a JSON form prints: `--output table|json`, else a table on
+/// a terminal and JSON otherwise. `--output status` belongs to `run watch` alone.
+pub(crate) fn wants_table(ctx: &Ctx, command: &str) -> CtlResult<bool> {
+    match ctx.cli.output {
+        Some(OutputFormat::Table) => Ok(true),
+        Some(OutputFormat::Json) => Ok(false),
+        Some(OutputFormat::Status) => Err(CtlError::usage(
+            format!("--output status is only for `run watch`; `{command}` prints table or json"),
+            &format!("pyococtl --output json {command}"),
+        )),
+        None => Ok(stdout_is_terminal()),
+    }
+}
+
+/// serde_json's formatter with Python's default separators (`", "` and `": "`).
+struct PyFormatter;
+
+impl serde_json::ser::Formatter for PyFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// The text of Python's `json.dumps(value, ensure_ascii=True)`: what `pyoco-server-admin` and
+/// `pyoco-client` print.
+pub(crate) fn py_json(value: &Value) -> String {
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, PyFormatter);
+    serde::Serialize::serialize(value, &mut ser).expect("a JSON value always serialises");
+    let text = String::from_utf8(buf).expect("serde_json writes UTF-8");
+    // DEL only occurs inside strings; Python escapes it, serde_json does not.
+    pyoco_core::json::escape_non_ascii(&text).replace('\u{7f}', "\\u007f")
+}
+
+/// One JSON line on stdout, in the original's format.
+pub(crate) fn print_json(value: &Value) {
+    println!("{}", py_json(value));
+}
+
+/// A plain table: left-justified columns two spaces apart, the last column not padded.
+pub(crate) fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(widths[i].saturating_sub(cell.chars().count()) + 2));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `3 s ago`, `5 min ago`, `2 h ago`, `4 d ago`; `never` for a zero or missing time.
+pub(crate) fn ago(now: f64, t: Option<f64>) -> String {
+    let Some(t) = t.filter(|t| *t > 0.0) else { return "never".into() };
+    let d = (now - t).max(0.0) as u64;
+    match d {
+        0..=59 => format!("{d} s ago"),
+        60..=3599 => format!("{} min ago", d / 60),
+        3600..=86399 => format!("{} h ago", d / 3600),
+        _ => format!("{} d ago", d / 86400),
+    }
+}
+
+/// Unix seconds as local `YYYY-MM-DD HH:MM:SS`; `-` when missing.
+pub(crate) fn local_time(t: Option<f64>) -> String {
+    t.and_then(|t| Local.timestamp_opt(t.floor() as i64, 0).single())
+        .map(|dt| dt.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// One line of at most `max` characters (newlines and tabs become spaces, `…` marks a cut).
+pub(crate) fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat = flat.trim();
+    if flat.chars().count() <= max {
+        flat.to_string()
+    } else {
+        let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// metrics
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Output: on a terminal a short table (runs by status and today, workers alive, dead letters, queued runs per tag); \
+otherwise the Prometheus text as the gateway sends it. --raw always prints the text, --output table|json picks the summary form.")]
+pub struct MetricsArgs {
+    /// Print the Prometheus text exactly as the gateway sends it (pyoco-client's `metrics`).
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// The numbers of the summary, read from the Prometheus text.
+#[derive(Debug, Default)]
+struct Summary {
+    runs: BTreeMap<String, f64>,
+    runs_today: BTreeMap<String, f64>,
+    workers_alive: Option<f64>,
+    dlq_messages: Option<f64>,
+    /// `None` when the gateway does not export `pyoco_queue_depth` (the original).
+    queue_depth: Option<BTreeMap<String, f64>>,
+}
+
+/// `name{k="v",…} value` → (name, labels, value); `None` for comments and unreadable lines.
+fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.trim().parse().ok()?;
+    let mut labels = BTreeMap::new();
+    let name = match series.split_once('{') {
+        None => series.trim().to_string(),
+        Some((name, rest)) => {
+            let body = rest.trim_end().strip_suffix('}')?;
+            let mut chars = body.chars().peekable();
+            loop {
+                let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                let key = key.trim().trim_start_matches(',').trim().to_string();
+                if key.is_empty() {
+                    break;
+                }
+                if chars.next() != Some('"') {
+                    return None;
+                }
+                let mut val = String::new();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some('n') => val.push('\n'),
+                            Some(other) => val.push(other),
+                            None => break,
+                        },
+                        '"' => break,
+                        other => val.push(other),
+                    }
+                }
+                labels.insert(key, val);
+            }
+            name.trim().to_string()
+        }
+    };
+    Some((name, labels, value))
+}
+
+fn summarize(text: &str) -> Summary {
+    let mut s = Summary::default();
+    if text.lines().any(|l| l.starts_with("# TYPE pyoco_queue_depth ")) {
+        s.queue_depth = Some(BTreeMap::new());
+    }
+    for line in text.lines() {
+        let Some((name, labels, value)) = parse_sample(line) else { continue };
+        let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        match name.as_str() {
+            "pyoco_runs_total" => {
+                s.runs.insert(label("status"), value);
+            }
+            "pyoco_runs_today_total" => {
+                s.runs_today.insert(label("status"), value);
+            }
+            "pyoco_workers_alive_total" => s.workers_alive = Some(value),
+            "pyoco_dlq_messages_total" => s.dlq_messages = Some(value),
+            "pyoco_queue_depth" => {
+                s.queue_depth.get_or_insert_with(BTreeMap::new).insert(label("tag"), value);
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+fn summary_json(s: &Summary) -> Value {
+    let map = |m: &BTreeMap<String, f64>| Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v.round() as i64))).collect());
+    json!({
+        "runs": map(&s.runs),
+        "runs_today": map(&s.runs_today),
+        "workers_alive": s.workers_alive.map(|v| v.round() as i64),
+        "dlq_messages": s.dlq_messages.map(|v| v.round() as i64),
+        "queue_depth": s.queue_depth.as_ref().map(map),
+    })
+}
+
+fn summary_table(s: &Summary) -> String {
+    let mut out = String::new();
+    let statuses: std::collections::BTreeSet<&String> = s.runs.keys().chain(s.runs_today.keys()).collect();
+    if statuses.is_empty() {
+        out.push_str("runs           0\n");
+    } else {
+        let rows: Vec<Vec<String>> = statuses
+            .iter()
+            .map(|st| {
+                vec![
+                    st.to_string(),
+                    num(s.runs.get(*st).copied().unwrap_or(0.0)),
+                    num(s.runs_today.get(*st).copied().unwrap_or(0.0)),
+                ]
+            })
+            .collect();
+        out.push_str(&render_table(&["STATUS", "RUNS", "TODAY"], &rows));
+    }
+    out.push('\n');
+    let opt = |v: Option<f64>| v.map(num).unwrap_or_else(|| "?".into());
+    out.push_str(&render_table(
+        &["workers alive", &opt(s.workers_alive)],
+        &[vec!["dead letters".into(), opt(s.dlq_messages)]],
+    ));
+    if let Some(q) = &s.queue_depth {
+        out.push('\n');
+        if q.is_empty() {
+            out.push_str("queued runs    0\n");
+        } else {
+            let rows: Vec<Vec<String>> = q.iter().map(|(t, v)| vec![t.clone(), num(*v)]).collect();
+            out.push_str(&render_table(&["TAG", "QUEUED"], &rows));
+        }
+    }
+    out
+}
+
+pub async fn metrics(ctx: &Ctx, args: &MetricsArgs) -> CtlResult<u8> {
+    // Decide the form before the request, so a bad --output fails without a gateway.
+    let form = if args.raw {
+        None
+    } else {
+        match ctx.cli.output {
+            Some(OutputFormat::Status) => {
+                return Err(CtlError::usage(
+                    "--output status is only for `run watch`; `metrics` prints table or json (or --raw)",
+                    "pyococtl metrics --raw",
+                ))
+            }
+            Some(OutputFormat::Table) => Some(true),
+            Some(OutputFormat::Json) => Some(false),
+            None if stdout_is_terminal() => Some(true),
+            None => None,
+        }
+    };
+    let client = ctx.client()?;
+    let resp = client.send(client.request(reqwest::Method::GET, "/metrics")).await?;
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: reading the /metrics answer of {}: {e}", client.base)))?;
+    match form {
+        None => print!("{text}"),
+        Some(true) => print!("{}", summary_table(&summarize(&text))),
+        Some(false) => print_json(&summary_json(&summarize(&text))),
+    }
+    Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// health
+
+pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
+    let table = match ctx.cli.output {
+        Some(OutputFormat::Table) => true,
+        Some(OutputFormat::Json) | None => false,
+        Some(OutputFormat::Status) => {
+            return Err(CtlError::usage("--output status is only for `run watch`; `health` prints json or table", "pyococtl --output table health"))
+        }
+    };
+    let client = ctx.client()?;
+    let resp = client.send(client.request(reqwest::Method::GET, "/health")).await?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status != reqwest::StatusCode::OK {
+        return Err(CtlError::new(
+            exit::ERROR,
+            format!("ERR-PYOCO-HTTP: the gateway at {} is not healthy\n- reason: GET /health answered HTTP {}: {}", client.base, status.as_u16(), body.trim()),
+        ));
+    }
+    if !table {
+        println!("{}", body.trim());
+        return Ok(exit::OK);
+    }
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let gateway = v.get("status").and_then(Value::as_str).unwrap_or("ok").to_string();
+    let nats = v
+        .get("nats")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| "not reported (the gateway does not say)".into());
+    print!(
+        "{}",
+        render_table(&["gateway", &format!("{gateway}  {}", client.base)], &[vec!["nats".into(), nats]])
+    );
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_text() {
+        let v = json!({"key_id": "k", "n": [1, 2.5, null], "t": "é\u{7f}", "o": {}, "a": []});
+        assert_eq!(py_json(&v), r#"{"key_id": "k", "n": [1, 2.5, null], "t": "\u00e9\u007f", "o": {}, "a": []}"#);
+        assert_eq!(py_json(&json!([])), "[]");
+        assert_eq!(py_json(&json!(1795816854.0827389)), "1795816854.0827389");
+        assert_eq!(py_json(&json!(5.0)), "5.0");
+    }
+
+    #[test]
+    fn tables_and_times() {
+        let t = render_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["".into(), "".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n\n");
+        assert_eq!(ago(100.0, Some(97.2)), "2 s ago");
+        assert_eq!(ago(1000.0, Some(100.0)), "15 min ago");
+        assert_eq!(ago(100.0, Some(0.0)), "never");
+        assert_eq!(ago(100.0, Some(200.0)), "0 s ago");
+        assert_eq!(one_line("a\nb", 10), "a b");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn metrics_summary() {
+        let text = "# HELP x\npyoco_runs_total{status=\"COMPLETED\"} 3\npyoco_runs_total{status=\"FAILED\"} 1\n\
+pyoco_runs_today_total{status=\"COMPLETED\"} 2\npyoco_workers_alive_total 1\n# TYPE pyoco_queue_depth gauge\n\
+pyoco_queue_depth{tag=\"a\\\"b\"} 4\npyoco_http_requests_total{route=\"/runs\",method=\"GET\",status=\"200\"} 9\n";
+        let s = summarize(text);
+        assert_eq!(s.runs["COMPLETED"], 3.0);
+        assert_eq!(s.runs_today.get("FAILED"), None);
+        assert_eq!(s.workers_alive, Some(1.0));
+        assert_eq!(s.dlq_messages, None);
+        assert_eq!(s.queue_depth.as_ref().unwrap()["a\"b"], 4.0);
+        assert_eq!(
+            summary_table(&s),
+            "STATUS     RUNS  TODAY\nCOMPLETED  3     2\nFAILED     1     0\n\nworkers alive  1\ndead letters   ?\n\nTAG  QUEUED\na\"b  4\n"
+        );
+        assert_eq!(summary_json(&s)["dlq_messages"], Value::Null);
+    }
 }

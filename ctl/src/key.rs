@@ -1,14 +1,167 @@
-//! `pyococtl key …` (stub: being written).
+//! `pyococtl key create|list|revoke`: API keys in the NATS auth bucket, exactly as
+//! `pyoco-server-admin api-key …` manages them (same records, same one-line JSON output, same
+//! exit codes), so keys made by either tool work with both gateways.
+//!
+//! Differences from the original, on purpose: `list` on an empty bucket prints `[]` (the
+//! original crashes); an invalid `--tenant` is a usage error (exit 2; the original crashes
+//! with exit 1); `revoke` writes with compare-and-set and keeps fields it does not know.
+
+use async_nats::jetstream::kv;
 use clap::Subcommand;
-use crate::client::CtlResult;
-use crate::Ctx;
+use futures::StreamExt;
+use pyoco_core::apikey::{self, ApiKeyRecord};
+use pyoco_core::json::to_ascii_vec;
+use serde_json::{json, Value};
+
+use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
+use crate::info::{local_time, print_json, render_table};
+use crate::{exit, Ctx, OutputFormat};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeyCmd {
-    /// (in progress)
+    /// Create an API key for a tenant. The key is printed once, here, and never stored.
+    #[command(after_help = "Output: {\"key_id\": …, \"tenant_id\": …, \"api_key\": \"pyoco_<key_id>.<secret>\", \"created_at\": <unix s>}\n\
+The pepper (PYOCO_AUTH_PEPPER, PYOCO_AUTH_PEPPER_FILE or auth_pepper in the config file) must be the gateway's.\n\n\
+Example:\n  PYOCO_AUTH_PEPPER_FILE=/etc/pyoco/pepper pyococtl --nats-url nats://10.0.0.5:4222 key create --tenant acme")]
+    Create {
+        /// Tenant id: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// List API keys (no secrets), newest first. JSON; `--output table` for a table.
     List,
+    /// Revoke an API key; the gateway refuses it from then on (within a second).
+    #[command(after_help = "Output: {\"key_id\": …, \"revoked_at\": <unix s>}; an unknown key prints {\"error\": \"not_found\", \"key_id\": …} and exits 2.")]
+    Revoke {
+        /// The key id (the part between `pyoco_` and the `.` of the key; `key list` shows them).
+        #[arg(long = "key-id")]
+        key_id: String,
+    },
 }
 
-pub async fn dispatch(_ctx: &Ctx, _cmd: &KeyCmd) -> CtlResult<u8> {
-    Err(crate::client::CtlError::new(crate::exit::ERROR, "not implemented yet"))
+pub async fn dispatch(ctx: &Ctx, cmd: &KeyCmd) -> CtlResult<u8> {
+    match cmd {
+        KeyCmd::Create { tenant } => create(ctx, tenant).await,
+        KeyCmd::List => list(ctx).await,
+        KeyCmd::Revoke { key_id } => revoke(ctx, key_id).await,
+    }
+}
+
+/// Connects, makes sure the resources exist (as the original admin does) and binds the auth bucket.
+async fn auth_bucket(ctx: &Ctx) -> CtlResult<kv::Store> {
+    let url = ctx.nats_url();
+    let client = connect_nats(&url).await?;
+    let js = async_nats::jetstream::new(client);
+    // Drift (e.g. an original-created workers bucket with its 15 s TTL) is the daemons' to report.
+    let (res, _drift) = pyoco_core::resources::ensure(&js, &ctx.config)
+        .await
+        .map_err(|e| nats_error(&url, "cannot prepare the JetStream resources", &e))?;
+    Ok(res.auth)
+}
+
+async fn create(ctx: &Ctx, tenant: &str) -> CtlResult<u8> {
+    // Validate (and pay for PBKDF2) before touching NATS.
+    let (api_key, record) = apikey::generate(tenant, ctx.config.auth_pepper.as_deref())
+        .map_err(|e| CtlError::usage(e, "pyococtl key create --tenant acme"))?;
+    let kv = auth_bucket(ctx).await?;
+    kv.create(apikey::kv_key(&record.key_id), to_ascii_vec(&record).into())
+        .await
+        .map_err(|e| nats_error(&ctx.nats_url(), &format!("cannot store the new key in KV {}", ctx.config.auth_kv_bucket), &e))?;
+    print_json(&json!({
+        "key_id": record.key_id,
+        "tenant_id": record.tenant_id,
+        "api_key": api_key,
+        "created_at": record.created_at,
+    }));
+    Ok(exit::OK)
+}
+
+async fn list(ctx: &Ctx) -> CtlResult<u8> {
+    let table = match ctx.cli.output {
+        None | Some(OutputFormat::Json) => false,
+        Some(OutputFormat::Table) => true,
+        Some(OutputFormat::Status) => {
+            return Err(CtlError::usage("--output status is only for `run watch`; `key list` prints json or table", "pyococtl --output table key list"))
+        }
+    };
+    let url = ctx.nats_url();
+    let kv = auth_bucket(ctx).await?;
+    let failed = |e: &dyn std::fmt::Display| nats_error(&url, &format!("cannot list KV {}", ctx.config.auth_kv_bucket), e);
+    let mut names = kv.keys().await.map_err(|e| failed(&e))?;
+    let mut records: Vec<ApiKeyRecord> = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(|e| failed(&e))?;
+        // Like the original: every entry of the bucket that reads as a record; others skipped.
+        let Some(raw) = kv.get(&name).await.map_err(|e| failed(&e))? else { continue };
+        if let Ok(rec) = ApiKeyRecord::from_json_bytes(&raw) {
+            records.push(rec);
+        }
+    }
+    // Stable, newest first: Python's sort(reverse=True) keeps equal items in order too.
+    records.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
+    if table {
+        if records.is_empty() {
+            println!("(no api keys)");
+        } else {
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.key_id.clone(),
+                        r.tenant_id.clone(),
+                        local_time(Some(r.created_at)),
+                        r.revoked_at.map(|t| local_time(Some(t))).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!("{}", render_table(&["KEY ID", "TENANT", "CREATED", "REVOKED"], &rows));
+        }
+        return Ok(exit::OK);
+    }
+    let out: Vec<Value> = records
+        .iter()
+        .map(|r| json!({"key_id": r.key_id, "tenant_id": r.tenant_id, "created_at": r.created_at, "revoked_at": r.revoked_at}))
+        .collect();
+    print_json(&Value::Array(out));
+    Ok(exit::OK)
+}
+
+async fn revoke(ctx: &Ctx, key_id: &str) -> CtlResult<u8> {
+    let not_found = || {
+        print_json(&json!({"error": "not_found", "key_id": key_id}));
+        eprintln!("no API key with id {key_id:?} in KV {} (pyococtl key list shows the key ids)", ctx.config.auth_kv_bucket);
+        Ok(exit::USAGE)
+    };
+    let name = apikey::kv_key(key_id);
+    if !pyoco_core::wire::is_valid_kv_key(&name) {
+        // Could never have been stored under this id.
+        return not_found();
+    }
+    let url = ctx.nats_url();
+    let kv = auth_bucket(ctx).await?;
+    let failed = |e: &dyn std::fmt::Display| nats_error(&url, &format!("cannot revoke the key in KV {}", ctx.config.auth_kv_bucket), e);
+    for _ in 0..20 {
+        let entry = kv.entry(&name).await.map_err(|e| failed(&e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return not_found();
+        };
+        let mut rec = ApiKeyRecord::from_json_bytes(&entry.value).map_err(|e| {
+            CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-AUTH: KV {} key {name} is not an API key record ({e}); inspect it with `nats kv get {} {name}`", ctx.config.auth_kv_bucket, ctx.config.auth_kv_bucket),
+            )
+        })?;
+        let now = pyoco_core::time::now();
+        rec.revoked_at = Some(now);
+        match kv.update(&name, to_ascii_vec(&rec).into(), entry.revision).await {
+            Ok(_) => {
+                print_json(&json!({"key_id": key_id, "revoked_at": now}));
+                return Ok(exit::OK);
+            }
+            // Written by someone else in between: read again and revoke that.
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    Err(failed(&"the record kept changing under concurrent writes; try again"))
 }
