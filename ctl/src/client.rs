@@ -34,6 +34,14 @@ impl std::fmt::Display for CtlError {
 
 pub type CtlResult<T> = Result<T, CtlError>;
 
+/// A failed request from [`Client::try_send`].
+#[derive(Debug)]
+pub struct SendError {
+    /// The HTTP status when the gateway answered; `None` for transport errors.
+    pub status: Option<u16>,
+    pub error: CtlError,
+}
+
 /// HTTP client bound to one gateway and credentials.
 #[derive(Clone)]
 pub struct Client {
@@ -72,9 +80,18 @@ impl Client {
     /// Sends and turns transport errors and non-2xx answers into `CtlError`s that name the URL,
     /// the status and the gateway's `detail`.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> CtlResult<reqwest::Response> {
-        let built = req.build().map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: bad request: {e}")))?;
+        self.try_send(req).await.map_err(|e| e.error)
+    }
+
+    /// As [`Client::send`], keeping the HTTP status of a failed answer (`None`: no answer, a
+    /// transport error) so that callers can decide whether retrying may help.
+    pub async fn try_send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+        let built = req.build().map_err(|e| SendError {
+            status: None,
+            error: CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: bad request: {e}")),
+        })?;
         let (method, path) = (built.method().clone(), built.url().path().to_string());
-        let resp = self.http.execute(built).await.map_err(|e| self.transport_error(&e))?;
+        let resp = self.http.execute(built).await.map_err(|e| SendError { status: None, error: self.transport_error(&e) })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -88,10 +105,13 @@ impl Client {
                 other => other.to_string(),
             })
             .unwrap_or(body);
-        Err(CtlError::new(
-            exit::ERROR,
-            format!("ERR-PYOCO-HTTP: request failed\n- reason: HTTP {} {method} {path}: {detail}", status.as_u16()),
-        ))
+        Err(SendError {
+            status: Some(status.as_u16()),
+            error: CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-HTTP: request failed\n- reason: HTTP {} {method} {path}: {detail}", status.as_u16()),
+            ),
+        })
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> CtlError {
@@ -117,4 +137,32 @@ impl Client {
     pub async fn get_json(&self, path: &str, query: &[(&str, String)]) -> CtlResult<Value> {
         self.json(self.request(reqwest::Method::GET, path).query(query)).await
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS, for the commands that talk to it directly (`key`, `dlq`).
+
+/// Connects to NATS once (no background retry: a CLI should fail fast), naming the URL and the
+/// flags to check when it cannot.
+pub async fn connect_nats(url: &str) -> CtlResult<async_nats::Client> {
+    let attempt = async_nats::ConnectOptions::new()
+        .name("pyococtl")
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(url);
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(nats_error(url, "cannot connect to NATS", &e)),
+        Err(_) => Err(nats_error(url, "cannot connect to NATS", &"timed out after 10 s")),
+    }
+}
+
+/// A NATS failure: what failed, the URL, and what to check.
+pub fn nats_error(url: &str, what: &str, e: &dyn std::fmt::Display) -> CtlError {
+    CtlError::new(
+        exit::ERROR,
+        format!(
+            "ERR-PYOCO-NATS: {what}\n- reason: {e} (NATS at {url})\n- hint: is nats-server running there with JetStream (-js)? check --nats-url / PYOCO_NATS_URL (or nats_url in the config file)"
+        ),
+    )
 }

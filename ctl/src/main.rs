@@ -25,31 +25,31 @@ use client::{Client, CtlError, CtlResult};
     after_long_help = exit::HELP)]
 pub struct Cli {
     /// Base URL of the pyoco-server HTTP gateway.
-    #[arg(long, env = "PYOCO_SERVER", default_value = "http://127.0.0.1:8000", global = true)]
+    #[arg(long, env = "PYOCO_SERVER", default_value = "http://127.0.0.1:8000", global = true, help_heading = "Global options")]
     pub server: String,
 
     /// API key sent with every request (needed when the gateway runs with PYOCO_HTTP_AUTH_MODE=api_key).
-    #[arg(long, env = "PYOCO_API_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "PYOCO_API_KEY", hide_env_values = true, global = true, help_heading = "Global options")]
     pub api_key: Option<String>,
 
     /// Read the API key from this file (first line), so it stays out of the process list.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub api_key_file: Option<PathBuf>,
 
     /// Header carrying the API key.
-    #[arg(long, env = "PYOCO_HTTP_API_KEY_HEADER", default_value = "X-API-Key", global = true)]
+    #[arg(long, env = "PYOCO_HTTP_API_KEY_HEADER", default_value = "X-API-Key", global = true, help_heading = "Global options")]
     pub api_key_header: String,
 
     /// NATS URL, for the commands that talk to NATS directly (key, dlq) [default: PYOCO_NATS_URL or the config file].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub nats_url: Option<String>,
 
     /// TOML configuration file shared with the daemons (default: $PYOCO_CONFIG, else /etc/pyoco/pyoco.toml when present).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub config: Option<PathBuf>,
 
     /// Output format, where the command has several.
-    #[arg(long, value_enum, global = true)]
+    #[arg(long, value_enum, global = true, help_heading = "Global options")]
     pub output: Option<OutputFormat>,
 
     #[command(subcommand)]
@@ -169,6 +169,11 @@ fn write_man_pages(dir: &std::path::Path) -> CtlResult<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // `pyococtl … | head` must end quietly, not panic on a closed pipe.
+    // SAFETY: resetting a signal disposition before any thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     let cli = Cli::parse();
     let config = match load_config(&cli) {
         Ok(c) => c,

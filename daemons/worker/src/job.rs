@@ -211,7 +211,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
                             let _ = msg.double_ack().await;
                             RunnerFate::Reusable(runner)
                         }
-                        Err(e) => retry_later(ctx, &msg, &mut state, delivered, last_delivery, &e.to_string(), runner).await,
+                        Err(e) => retry_later(ctx, &msg, &job, &mut state, delivered, last_delivery, &e.to_string(), runner).await,
                     };
                 }
             }
@@ -232,7 +232,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
             return RunnerFate::Reusable(runner);
         }
         Err(e) => {
-            return retry_later(ctx, &msg, &mut state, delivered, last_delivery, &e.to_string(), runner).await;
+            return retry_later(ctx, &msg, &job, &mut state, delivered, last_delivery, &e.to_string(), runner).await;
         }
     }
     ctx.registry.run_started(&job.run_id).await;
@@ -277,7 +277,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         }
     }
     if !written {
-        return retry_later(ctx, &msg, &mut state, delivered, last_delivery, "terminal snapshot could not be written", runner).await;
+        return retry_later(ctx, &msg, &job, &mut state, delivered, last_delivery, "terminal snapshot could not be written", runner).await;
     }
     match fin.error_kind.as_deref() {
         Some("flow_not_found") => dlq::publish_run(ctx, "flow_not_found", fin.error.as_deref().unwrap_or(""), &job).await,
@@ -509,14 +509,15 @@ fn final_from(m: &Value) -> Final {
 
 /// A transient failure: NAK with a growing delay, or on the last allowed delivery end the run
 /// FAILED and dead-letter it, so it never stays RUNNING.
-async fn retry_later(ctx: &JobCtx, msg: &jetstream::Message, state: &mut RunState, delivered: i64, last: bool, why: &str, runner: Runner) -> RunnerFate {
+#[allow(clippy::too_many_arguments)]
+async fn retry_later(ctx: &JobCtx, msg: &jetstream::Message, job: &Job, state: &mut RunState, delivered: i64, last: bool, why: &str, runner: Runner) -> RunnerFate {
     if last {
         let error = format!("max_deliver_exceeded: delivery {delivered} of {} failed: {why}", ctx.cfg.consumer_max_deliver);
         state.status = run_status::FAILED.into();
         state.error = Some(error.clone());
         state.end_time = Some(now());
         let _ = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await;
-        dlq::publish_raw(ctx, &state.tag, "max_deliver_exceeded", &error, json!({"run_id": state.run_id, "flow_name": state.flow_name, "tag": state.tag, "tags": state.tags, "tenant_id": state.tenant_id, "api_key_id": state.api_key_id, "worker_id": ctx.worker_id, "num_delivered": delivered})).await;
+        dlq::publish_raw(ctx, &state.tag, "max_deliver_exceeded", &error, json!({"run_id": state.run_id, "flow_name": state.flow_name, "tag": state.tag, "tags": state.tags, "tenant_id": state.tenant_id, "api_key_id": state.api_key_id, "worker_id": ctx.worker_id, "num_delivered": delivered, "job": job.to_doc()})).await;
         let _ = msg.ack_with(AckKind::Term).await;
         tracing::error!(run_id = %state.run_id, err_id = "ERR-PYOCO-0003", "last delivery failed; run FAILED and dead-lettered: {why}");
     } else {
@@ -619,8 +620,10 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
                 Ok(_) => {
                     tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
                     let payload = json!({"run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
-                        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id, "num_delivered": deliveries});
-                    dlq::publish_raw_with_id(ctx, &job.tag, "max_deliver_exceeded", &error, payload, Some(&format!("max-deliver-{}", job.run_id))).await;
+                        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id, "num_delivered": deliveries,
+                        "job": job.to_doc()});
+                    // One letter per lost message (its stream sequence), however many workers see the advisory.
+                    dlq::publish_raw_with_id(ctx, &job.tag, "max_deliver_exceeded", &error, payload, Some(&format!("max-deliver-{}-{seq}", job.run_id))).await;
                 }
                 Err(WriteError::Terminal(_)) => {}
                 Err(e) => {
