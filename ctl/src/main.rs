@@ -13,7 +13,9 @@ mod dlq;
 mod exit;
 mod info;
 mod key;
+mod ops;
 mod run;
+mod runtime;
 mod worker;
 
 use client::{Client, CtlError, CtlResult};
@@ -83,6 +85,31 @@ pub enum Command {
     Health,
     /// Load generator: measures a gateway's throughput, latencies, SSE notification latency and RSS.
     Bench(bench::BenchArgs),
+    /// Start the product's nats-server in the foreground (one node, or a cluster member).
+    Up(ops::UpArgs),
+    /// `up` that joins a cluster through --seed.
+    Join(ops::UpArgs),
+    /// Stop the nats-server of the PID file (needs --confirm).
+    Down(ops::DownArgs),
+    /// Leave the cluster through a controller (needs --confirm).
+    Leave(ops::LeaveArgs),
+    /// What runs where: nats-server binary and version, config, PID file, NATS and the product's resources.
+    Status(ops::StatusArgs),
+    /// Check everything and list each problem with the command that fixes it.
+    Doctor(ops::DoctorArgs),
+    /// Install, remove or inspect the systemd unit that runs `pyococtl up`.
+    #[command(subcommand)]
+    Service(ops::ServiceCmd),
+    /// The cluster controller that removes leaving servers.
+    #[command(subcommand)]
+    Controller(ops::ControllerCmd),
+    /// Back up the product's streams, KV buckets and object stores.
+    Backup(ops::BackupArgs),
+    /// Restore a backup (needs --confirm).
+    Restore(ops::RestoreArgs),
+    /// The workers' Python runtime: create it, install pyoco and your packages.
+    #[command(subcommand)]
+    Runtime(runtime::RuntimeCmd),
     /// Print a shell completion script (bash, zsh, fish).
     Completions {
         #[arg(value_enum)]
@@ -144,6 +171,17 @@ async fn dispatch(ctx: &Ctx) -> CtlResult<u8> {
         Command::Metrics(args) => info::metrics(ctx, args).await,
         Command::Health => info::health(ctx).await,
         Command::Bench(args) => bench::run(&ctx.cli, args).await.map(|_| exit::OK).map_err(|e| CtlError::new(exit::ERROR, format!("{e:#}"))),
+        Command::Up(a) => ops::dispatch(ctx, ops::Op::Up(a, false)).await,
+        Command::Join(a) => ops::dispatch(ctx, ops::Op::Up(a, true)).await,
+        Command::Down(a) => ops::dispatch(ctx, ops::Op::Down(a)).await,
+        Command::Leave(a) => ops::dispatch(ctx, ops::Op::Leave(a)).await,
+        Command::Status(a) => ops::dispatch(ctx, ops::Op::Status(a)).await,
+        Command::Doctor(a) => ops::dispatch(ctx, ops::Op::Doctor(a)).await,
+        Command::Service(c) => ops::dispatch(ctx, ops::Op::Service(c)).await,
+        Command::Controller(c) => ops::dispatch(ctx, ops::Op::Controller(c)).await,
+        Command::Backup(a) => ops::dispatch(ctx, ops::Op::Backup(a)).await,
+        Command::Restore(a) => ops::dispatch(ctx, ops::Op::Restore(a)).await,
+        Command::Runtime(c) => runtime::dispatch(ctx, c).await,
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "pyococtl", &mut std::io::stdout());
             Ok(exit::OK)
