@@ -398,17 +398,19 @@ async fn sse_pushes_changes_with_revision_ids_and_resumes() {
     assert_eq!(data["snapshot"]["status"], "PENDING");
     assert!(data["ts"].is_f64());
 
-    // A change is pushed at once, with the new revision as id.
+    // Every change is pushed, with its revision as id: two changes written back to back arrive
+    // as two events (a poller would see only the later one).
     let mut snap = kv_get_run(&nats, &run_id).await;
     snap["status"] = json!("RUNNING");
-    let put_at = Instant::now();
+    let rev_a = kv_put_run(&nats, &run_id, &snap).await;
+    snap["heartbeat_at"] = json!(pyoco_core::time::now());
     let rev = kv_put_run(&nats, &run_id, &snap).await;
-    let ev = tokio::time::timeout(Duration::from_secs(2), events.next()).await.unwrap().unwrap().unwrap();
-    let latency = put_at.elapsed();
-    assert_eq!(ev.id.as_deref(), Some(rev.to_string().as_str()));
-    assert_eq!(ev.json()["snapshot"]["status"], "RUNNING");
-    assert!(latency < Duration::from_millis(400), "pushed, not polled: {latency:?}");
-    assert!(rev > first_id);
+    let ev_a = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
+    let ev_b = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(ev_a.id.as_deref(), Some(rev_a.to_string().as_str()));
+    assert_eq!(ev_b.id.as_deref(), Some(rev.to_string().as_str()));
+    assert_eq!(ev_b.json()["snapshot"]["status"], "RUNNING");
+    assert!(rev_a > first_id);
 
     // Resume: with Last-Event-ID = the current revision, nothing is repeated; the next change comes.
     drop(events);
@@ -443,7 +445,7 @@ async fn sse_heartbeats_and_timeout() {
     let hb = all[1].as_ref().unwrap().json();
     assert_eq!(hb["run_id"], json!(run_id));
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(7) && took < Duration::from_secs(9), "{took:?}");
+    assert!(took >= Duration::from_secs(7) && took < Duration::from_secs(12), "closed at timeout_sec: {took:?}");
 }
 
 #[tokio::test]
