@@ -42,18 +42,19 @@ impl PartialOrd for SortKey {
     }
 }
 
-/// One run as the index keeps it: the stored JSON as received (parsed only when a request needs
-/// the document) plus the fields used to filter, sort and count. A parsed `serde_json` document
-/// costs several times its JSON size; with tens of thousands of runs that is the gateway's RSS.
+/// One run as the index keeps it: its list summary (the JSON `GET /runs` shows without
+/// `include=full`) plus the fields used to filter, sort and count. The whole snapshot (task
+/// records can be kilobytes) stays in KV and is read when a request needs it; a parsed
+/// document per run would cost several times its JSON size in RSS.
 #[derive(Debug, Clone)]
 pub struct RunEntry {
-    pub raw: Bytes,
+    pub summary: Bytes,
     pub revision: u64,
     pub updated_at: f64,
-    pub status: Box<str>,
-    flow_name: Option<Box<str>>,
-    tag: Option<Box<str>>,
-    tenant_id: Option<Box<str>>,
+    pub status: Arc<str>,
+    flow_name: Option<Arc<str>>,
+    tag: Option<Arc<str>>,
+    tenant_id: Option<Arc<str>>,
     workflow_yaml_sha256: Option<Box<str>>,
     had_start: bool,
     /// `updated_at` of the first PENDING snapshot seen: the submit time, for queue-wait metrics.
@@ -62,9 +63,9 @@ pub struct RunEntry {
 }
 
 impl RunEntry {
-    /// The stored snapshot (it parsed when indexed, so it parses now).
-    pub fn doc(&self) -> Doc {
-        serde_json::from_slice(&self.raw).unwrap_or_default()
+    /// The list summary as a document.
+    pub fn summary_doc(&self) -> Doc {
+        serde_json::from_slice(&self.summary).unwrap_or_default()
     }
 }
 
@@ -81,10 +82,12 @@ pub struct RunFilter {
 
 impl RunFilter {
     fn matches(&self, e: &RunEntry) -> bool {
-        let eq = |want: &Option<String>, have: &Option<Box<str>>| match want {
-            None => true,
-            Some(w) => have.as_deref() == Some(w.as_str()),
-        };
+        fn eq<S: std::ops::Deref<Target = str>>(want: &Option<String>, have: &Option<S>) -> bool {
+            match want {
+                None => true,
+                Some(w) => have.as_deref() == Some(w.as_str()),
+            }
+        }
         if let Some(tenant) = &self.tenant {
             if e.tenant_id.as_deref() != tenant.as_deref() {
                 return false;
@@ -103,6 +106,19 @@ struct RunsInner {
     order: BTreeSet<SortKey>,
     status_counts: HashMap<String, u64>,
     generation: u64,
+    /// Status, flow, tag and tenant values repeat across runs: one shared copy each.
+    interned: std::collections::HashSet<Arc<str>>,
+}
+
+impl RunsInner {
+    fn intern(&mut self, v: &str) -> Arc<str> {
+        if let Some(a) = self.interned.get(v) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(v);
+        self.interned.insert(a.clone());
+        a
+    }
 }
 
 /// The runs index plus per-run change notifications for SSE.
@@ -169,18 +185,22 @@ impl RunIndex {
                 let old_view = old.as_ref().map(|o| (&*o.status, o.had_start));
                 self.metrics.on_run_change(old_view, &snapshot, pending_since);
             }
-            let text = |k: &str| str_field(&snapshot, k).map(Box::from);
             *inner.status_counts.entry(status.clone()).or_default() += 1;
             inner.order.insert(SortKey { updated_at, run_id: key.to_string() });
+            let summary = Bytes::from(serde_json::to_vec(&pyoco_core::wire::run_summary(&snapshot)).unwrap_or_default());
+            let status = inner.intern(&status);
+            let flow_name = str_field(&snapshot, "flow_name").map(|v| inner.intern(v));
+            let tag = str_field(&snapshot, "tag").map(|v| inner.intern(v));
+            let tenant_id = str_field(&snapshot, "tenant_id").map(|v| inner.intern(v));
             let entry = RunEntry {
-                raw: value.clone(),
+                summary,
                 revision,
                 updated_at,
-                status: status.into(),
-                flow_name: text("flow_name"),
-                tag: text("tag"),
-                tenant_id: text("tenant_id"),
-                workflow_yaml_sha256: text("workflow_yaml_sha256"),
+                status,
+                flow_name,
+                tag,
+                tenant_id,
+                workflow_yaml_sha256: str_field(&snapshot, "workflow_yaml_sha256").map(Box::from),
                 had_start: f64_field(&snapshot, "start_time").is_some(),
                 pending_since,
                 generation,

@@ -364,7 +364,27 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
     let vnext = q.has("updated_after") || q.has("cursor") || filter.workflow_yaml_sha256.is_some();
     let full = wants(q.all("include"), &["full", "all"]);
     let (items, more) = state.runs.page(&filter, updated_after, cursor.as_ref(), limit);
-    let items: Vec<Doc> = items.iter().map(|e| e.doc()).collect();
+    let items: Vec<Doc> = if full {
+        // The whole snapshots live in KV: one read per item of this page (≤ 200), in parallel.
+        let res = state.res().await?;
+        let reads = items.iter().map(|e| {
+            let runs = res.runs.clone();
+            let id = str_field(&e.summary_doc(), "run_id").unwrap_or("").to_string();
+            async move { runs.get(id).await }
+        });
+        let mut docs = Vec::with_capacity(items.len());
+        for (entry, got) in items.iter().zip(futures::future::join_all(reads).await) {
+            match got {
+                Ok(Some(b)) => docs.push(serde_json::from_slice::<Doc>(&b).unwrap_or_else(|_| entry.summary_doc())),
+                // Deleted since the page was cut: leave it out, as a list taken a moment later would.
+                Ok(None) => {}
+                Err(e) => return Err(ApiError::nats(e.kind())),
+            }
+        }
+        docs
+    } else {
+        items.iter().map(|e| e.summary_doc()).collect()
+    };
     let next_cursor = match (more, items.last()) {
         (true, Some(last)) => Some(encode_cursor(
             f64_field(last, "updated_at").unwrap_or(0.0),
@@ -372,10 +392,7 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
         )),
         _ => None,
     };
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|s| Value::Object(if full { s } else { wire::run_summary(&s) }))
-        .collect();
+    let items: Vec<Value> = items.into_iter().map(Value::Object).collect();
     Ok(if vnext {
         Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
     } else {

@@ -51,6 +51,7 @@ pub async fn watch(
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let runs = state.runs.clone();
+    let store = state.res().await?.runs;
     tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(timeout_sec as u64);
         let mut last_sent = resume_after;
@@ -87,14 +88,21 @@ pub async fn watch(
                     if changed.is_err() {
                         return;
                     }
-                    let Some(entry) = runs.get(&run_id) else {
+                    let Some(indexed) = runs.get(&run_id) else {
                         return; // deleted: the original also stops silently
                     };
-                    if entry.revision <= last_sent {
+                    if indexed.revision <= last_sent {
+                        continue;
+                    }
+                    // The index keeps summaries; the snapshot itself is one KV read.
+                    let Ok(Some(entry)) = store.entry(run_id.as_str()).await else {
+                        return;
+                    };
+                    if entry.operation != async_nats::jetstream::kv::Operation::Put || entry.revision <= last_sent {
                         continue;
                     }
                     last_sent = entry.revision;
-                    let snapshot = entry.doc();
+                    let Ok(snapshot) = serde_json::from_slice::<Doc>(&entry.value) else { return };
                     if check_tenant(&principal, &snapshot).is_err() {
                         return;
                     }
