@@ -32,30 +32,10 @@ pub(crate) fn wants_table(ctx: &Ctx, command: &str) -> CtlResult<bool> {
     }
 }
 
-/// serde_json's formatter with Python's default separators (`", "` and `": "`).
-struct PyFormatter;
-
-impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
-    }
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
-    }
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b": ")
-    }
-}
-
 /// The text of Python's `json.dumps(value, ensure_ascii=True)`: what `pyoco-server-admin` and
-/// `pyoco-client` print.
+/// `pyoco-client` print (one implementation, shared with `run`).
 pub(crate) fn py_json(value: &Value) -> String {
-    let mut buf = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut buf, PyFormatter);
-    serde::Serialize::serialize(value, &mut ser).expect("a JSON value always serialises");
-    let text = String::from_utf8(buf).expect("serde_json writes UTF-8");
-    // DEL only occurs inside strings; Python escapes it, serde_json does not.
-    pyoco_core::json::escape_non_ascii(&text).replace('\u{7f}', "\\u007f")
+    crate::run::pyjson::dumps(value)
 }
 
 /// One JSON line on stdout, in the original's format.

@@ -14,7 +14,7 @@ use crate::{exit, Ctx, OutputFormat};
 mod live;
 mod out;
 mod params;
-mod pyjson;
+pub(crate) mod pyjson;
 mod sse;
 mod table;
 mod watch;
