@@ -1,7 +1,7 @@
 //! `pyococtl run …`: submit, follow, list and cancel runs over the gateway's HTTP API. The
 //! replacement of pyoco-client's run commands: same flags where it had them, same output
 //! (`json.dumps(obj, ensure_ascii=True)` lines, the same table), plus resumable watches, a live
-//! view at a terminal and exit codes that tell how a run ended. Reference: docs/cli-run.md.
+//! view at a terminal and exit codes that tell how a run ended. Reference: docs/cli.md, "Runs".
 
 use std::path::PathBuf;
 
