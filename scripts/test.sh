@@ -13,3 +13,5 @@ echo "== runner shim tests (Python $("$PYOCO_TEST_PY311" -c 'import sys;print(sy
 cargo test --workspace -- --test-threads="${PYOCO_TEST_THREADS:-4}"
 echo "== gateway tests again against nats-server $("$PYOCO_TEST_NATS_PYPI" -v 2>&1 | grep -o 'v[0-9.]*')"
 PYOCO_TEST_NATS=pypi cargo test -p pyoco-tests --test gateway_api -- --test-threads="${PYOCO_TEST_THREADS:-4}"
+echo "== system test: the .deb/.rpm packages and units on a real systemd (tests/system/run.sh)"
+tests/system/run.sh

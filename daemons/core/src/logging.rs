@@ -63,7 +63,12 @@ pub fn init(service: &'static str, level: &str, log_format: &str, utc: bool) {
     let fallback = PlainLayer { service, json: format != Format::Text, utc };
     if format == Format::Journald {
         if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer.with_field_prefix(None).with_syslog_identifier(service.split(':').next().unwrap_or(service).to_string());
+            // The binary's name (pyoco-server, pyoco-worker), like the lines systemd itself logs.
+            let ident = std::env::args()
+                .next()
+                .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| service.split(':').next().unwrap_or(service).to_string());
+            let layer = layer.with_field_prefix(None).with_syslog_identifier(ident);
             let _ = registry.with(layer).try_init();
             return;
         }

@@ -212,7 +212,7 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
             }
             Err(e) => {
                 tracing::error!(err_id = "ERR-PYOCO-0018", error = %e, "runner failed to start");
-                fail(1, format!("the Python runtime at {} cannot run flows: {e}", python.display()));
+                fail(1, format!("the Python runtime at {} cannot run flows: {e}; the packaged workers' runtime is made with `pyococtl runtime setup` (and checked with `pyococtl runtime check`)", python.display()));
             }
         }
     }

@@ -1,0 +1,1 @@
+// Empty: this crate only carries package metadata (see Cargo.toml).
