@@ -31,7 +31,7 @@ if ! "$VENV/bin/python" -c 'import pyoco' 2>/dev/null; then
   /usr/bin/python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'pyoco>=0.6.2'
 fi
-cargo build --release -p pyoco-gateway -p pyoco-worker
+cargo build --release -p pyoco-gateway -p pyoco-worker -p pyococtl
 echo "dev-stack: gateway on http://127.0.0.1:$PORT, worker on tags $TAGS — Ctrl-C stops everything" >&2
 PYOCO_LOG_FORMAT=${PYOCO_LOG_FORMAT:-text} exec ./target/release/pyoco-server up \
   --host 127.0.0.1 --port "$PORT" --with-nats --nats-store-dir .pyoco-dev/nats \
