@@ -32,16 +32,7 @@ use tokio::sync::mpsc;
 use crate::{Cli, OutputFormat};
 
 /// The contract's example single-flow `flow.yaml` (§4), used when `--workflow-file` is not given.
-pub const EXAMPLE_FLOW_YAML: &str = "version: 1
-flow:
-  graph: |
-    add_one >> to_text
-  defaults:
-    x: 1
-tasks:
-  add_one: {callable: pyoco_server._workflow_test_tasks:add_one}
-  to_text: {callable: pyoco_server._workflow_test_tasks:to_text}
-";
+pub const EXAMPLE_FLOW_YAML: &str = pyoco_core::flow_yaml::EXAMPLE_FLOW_YAML;
 
 const DEFAULT_SUBMIT_REQUESTS: u64 = 2000;
 const DEFAULT_LIST_REQUESTS: u64 = 20;
