@@ -15,7 +15,10 @@ pub struct CtlError {
 
 impl CtlError {
     pub fn new(code: u8, message: impl Into<String>) -> CtlError {
-        CtlError { code, message: message.into() }
+        CtlError {
+            code,
+            message: message.into(),
+        }
     }
     /// The original's usage-error form: `ERR-PYOCO-0018` with the reason and a corrected example.
     pub fn usage(reason: impl std::fmt::Display, example: &str) -> CtlError {
@@ -56,11 +59,15 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
-            .map_err(|e| CtlError::new(exit::ERROR, format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| {
+                CtlError::new(exit::ERROR, format!("cannot build the HTTP client: {e}"))
+            })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             http,
-            api_key: api_key.filter(|k| !k.is_empty()).map(|k| (header.to_string(), k)),
+            api_key: api_key
+                .filter(|k| !k.is_empty())
+                .map(|k| (header.to_string(), k)),
         })
     }
 
@@ -85,13 +92,19 @@ impl Client {
 
     /// As [`Client::send`], keeping the HTTP status of a failed answer (`None`: no answer, a
     /// transport error) so that callers can decide whether retrying may help.
-    pub async fn try_send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, SendError> {
+    pub async fn try_send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
         let built = req.build().map_err(|e| SendError {
             status: None,
             error: CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: bad request: {e}")),
         })?;
         let (method, path) = (built.method().clone(), built.url().path().to_string());
-        let resp = self.http.execute(built).await.map_err(|e| SendError { status: None, error: self.transport_error(&e) })?;
+        let resp = self.http.execute(built).await.map_err(|e| SendError {
+            status: None,
+            error: self.transport_error(&e),
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -109,7 +122,10 @@ impl Client {
             status: Some(status.as_u16()),
             error: CtlError::new(
                 exit::ERROR,
-                format!("ERR-PYOCO-HTTP: request failed\n- reason: HTTP {} {method} {path}: {detail}", status.as_u16()),
+                format!(
+                    "ERR-PYOCO-HTTP: request failed\n- reason: HTTP {} {method} {path}: {detail}",
+                    status.as_u16()
+                ),
             ),
         })
     }
@@ -121,21 +137,31 @@ impl Client {
                 format!("ERR-PYOCO-HTTP: connection error\n- reason: cannot connect to the gateway at {}\n- hint: is pyoco-server running there? check --server / PYOCO_SERVER (systemctl status pyoco-server)", self.base),
             )
         } else if e.is_timeout() {
-            CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: timeout talking to {}", self.base))
+            CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-HTTP: timeout talking to {}", self.base),
+            )
         } else {
-            CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: connection error\n- reason: {e}"))
+            CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-HTTP: connection error\n- reason: {e}"),
+            )
         }
     }
 
     pub async fn json(&self, req: reqwest::RequestBuilder) -> CtlResult<Value> {
         let resp = self.send(req).await?;
-        resp.json::<Value>()
-            .await
-            .map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: the gateway answered with invalid JSON: {e}")))
+        resp.json::<Value>().await.map_err(|e| {
+            CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-HTTP: the gateway answered with invalid JSON: {e}"),
+            )
+        })
     }
 
     pub async fn get_json(&self, path: &str, query: &[(&str, String)]) -> CtlResult<Value> {
-        self.json(self.request(reqwest::Method::GET, path).query(query)).await
+        self.json(self.request(reqwest::Method::GET, path).query(query))
+            .await
     }
 }
 
@@ -153,7 +179,11 @@ pub async fn connect_nats(url: &str) -> CtlResult<async_nats::Client> {
     match tokio::time::timeout(Duration::from_secs(10), attempt).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(nats_error(url, "cannot connect to NATS", &e)),
-        Err(_) => Err(nats_error(url, "cannot connect to NATS", &"timed out after 10 s")),
+        Err(_) => Err(nats_error(
+            url,
+            "cannot connect to NATS",
+            &"timed out after 10 s",
+        )),
     }
 }
 

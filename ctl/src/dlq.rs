@@ -22,15 +22,19 @@ use pyoco_core::wire::{f64_field, is_valid_kv_key, is_valid_tag, run_status, str
 use serde_json::{json, Map, Value};
 
 use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
-use crate::info::{local_time, one_line, print_json, render_table, stdout_is_terminal, wants_table};
+use crate::info::{
+    local_time, one_line, print_json, render_table, stdout_is_terminal, wants_table,
+};
 use crate::{exit, Ctx, OutputFormat};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum DlqCmd {
     /// List dead letters, newest first: a table on a terminal, JSON otherwise.
-    #[command(after_help = "Table columns: SEQ (stream sequence, for show/replay), TIME (local), TAG, REASON, RUN ID, ERROR (cut to one line).\n\
+    #[command(
+        after_help = "Table columns: SEQ (stream sequence, for show/replay), TIME (local), TAG, REASON, RUN ID, ERROR (cut to one line).\n\
 JSON: [{\"seq\", \"time\", \"subject\", \"tag\", \"reason\", \"run_id\", \"flow_name\", \"error\", \"worker_id\", \"has_job\"}] with the whole error.\n\n\
-Examples:\n  pyococtl dlq list\n  pyococtl dlq list --tag gpu --reason execution_error --limit 20")]
+Examples:\n  pyococtl dlq list\n  pyococtl dlq list --tag gpu --reason execution_error --limit 20"
+    )]
     List(ListArgs),
     /// Print one dead letter, the whole message as stored (pretty on a terminal).
     Show {
@@ -38,7 +42,8 @@ Examples:\n  pyococtl dlq list\n  pyococtl dlq list --tag gpu --reason execution
         seq: u64,
     },
     /// Queue the run of a dead letter again (or of all matching letters), then delete the letter.
-    #[command(after_help = "The job queued is the letter's `job` field when present (letters written by pyoco-worker in Rust, \
+    #[command(
+        after_help = "The job queued is the letter's `job` field when present (letters written by pyoco-worker in Rust, \
 flow.yaml runs included); otherwise it is rebuilt from the letter and the run snapshot (flow_name, tag, tags, tenant, params). \
 A flow.yaml run whose letter has no `job` cannot be rebuilt (the YAML is not kept): submit it again with `pyococtl run submit-yaml`. \
 invalid_job letters are never replayed (they hold a message that was not a job). Only FAILED or CANCELLED runs are replayed.\n\
@@ -47,12 +52,15 @@ replayed_from_dlq_seq; the job is published with Nats-Msg-Id <run_id>-replay-<se
 Output (JSON when not on a terminal): one object {\"seq\", \"run_id\", \"tag\", \"subject\", \"msg_id\", \"source\": \"job\"|\"rebuilt\", \"replay_count\", \"dlq_deleted\"}; \
 with --all {\"replayed\": [...], \"skipped\": [{\"seq\", \"run_id\", \"reason\", \"why\"}], \"failed\": [{\"seq\", \"run_id\", \"error\"}]}.\n\
 Exit: 0 replayed (with --all: nothing failed; skipped letters are reported, not errors); 1 not replayed, not found, or NATS failure.\n\n\
-Examples:\n  pyococtl dlq replay 42\n  pyococtl dlq replay --all --tag gpu --reason execution_error")]
+Examples:\n  pyococtl dlq replay 42\n  pyococtl dlq replay --all --tag gpu --reason execution_error"
+    )]
     Replay(ReplayArgs),
     /// Delete dead letters: all of them, or those matching --tag / --reason. Needs --confirm.
-    #[command(after_help = "Without --confirm nothing is deleted: the command says how many letters would go and exits 2.\n\
+    #[command(
+        after_help = "Without --confirm nothing is deleted: the command says how many letters would go and exits 2.\n\
 Output (JSON when not on a terminal): {\"purged\": N, \"stream\": \"PYOCO_DLQ\", \"tag\": …, \"reason\": …}.\n\n\
-Examples:\n  pyococtl dlq purge --confirm --reason invalid_job\n  pyococtl dlq purge --confirm")]
+Examples:\n  pyococtl dlq purge --confirm --reason invalid_job\n  pyococtl dlq purge --confirm"
+    )]
     Purge(PurgeArgs),
 }
 
@@ -136,11 +144,20 @@ impl Letter {
             .strip_prefix(&prefix)
             .unwrap_or_else(|| subject.rsplit('.').next().unwrap_or(subject))
             .to_string();
-        let doc = serde_json::from_slice::<Value>(&payload).ok().and_then(|v| match v {
-            Value::Object(m) => Some(m),
-            _ => None,
-        });
-        Letter { seq, subject: subject.to_string(), tag, published: published_ns as f64 / 1e9, payload, doc }
+        let doc = serde_json::from_slice::<Value>(&payload)
+            .ok()
+            .and_then(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            });
+        Letter {
+            seq,
+            subject: subject.to_string(),
+            tag,
+            published: published_ns as f64 / 1e9,
+            payload,
+            doc,
+        }
     }
 
     fn field(&self, k: &str) -> Option<&str> {
@@ -157,11 +174,17 @@ impl Letter {
 
     /// The letter's own `timestamp`, else the stream's time.
     fn time(&self) -> f64 {
-        self.doc.as_ref().and_then(|d| f64_field(d, "timestamp")).unwrap_or(self.published)
+        self.doc
+            .as_ref()
+            .and_then(|d| f64_field(d, "timestamp"))
+            .unwrap_or(self.published)
     }
 
     fn has_job(&self) -> bool {
-        matches!(self.doc.as_ref().and_then(|d| d.get("job")), Some(Value::Object(_)))
+        matches!(
+            self.doc.as_ref().and_then(|d| d.get("job")),
+            Some(Value::Object(_))
+        )
     }
 
     fn matches(&self, reason: Option<&str>) -> bool {
@@ -186,7 +209,10 @@ impl Letter {
 
 fn check_tag(tag: Option<&String>, example: &str) -> CtlResult<()> {
     match tag {
-        Some(t) if !is_valid_tag(t) => Err(CtlError::usage(format!("--tag {t:?}: a tag is 1+ characters from A-Z, a-z, 0-9, '_' and '-'"), example)),
+        Some(t) if !is_valid_tag(t) => Err(CtlError::usage(
+            format!("--tag {t:?}: a tag is 1+ characters from A-Z, a-z, 0-9, '_' and '-'"),
+            example,
+        )),
         _ => Ok(()),
     }
 }
@@ -200,11 +226,26 @@ impl Dlq {
         let stream = match js.get_stream(&names.dlq_stream).await {
             Ok(s) => Some(s),
             Err(e) => match e.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => None,
-                _ => return Err(nats_error(&url, &format!("cannot read stream {}", names.dlq_stream), &e)),
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    None
+                }
+                _ => {
+                    return Err(nats_error(
+                        &url,
+                        &format!("cannot read stream {}", names.dlq_stream),
+                        &e,
+                    ))
+                }
             },
         };
-        Ok(Dlq { url, js, names, stream })
+        Ok(Dlq {
+            url,
+            js,
+            names,
+            stream,
+        })
     }
 
     fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> CtlError {
@@ -213,8 +254,15 @@ impl Dlq {
 
     /// Every letter (of `tag`), oldest first, read with one ordered consumer.
     async fn load(&self, tag: Option<&str>) -> CtlResult<Vec<Letter>> {
-        let Some(stream) = &self.stream else { return Ok(vec![]) };
-        let failed = |e: &dyn std::fmt::Display| self.fail(&format!("cannot read the dead letters of {}", self.names.dlq_stream), e);
+        let Some(stream) = &self.stream else {
+            return Ok(vec![]);
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            self.fail(
+                &format!("cannot read the dead letters of {}", self.names.dlq_stream),
+                e,
+            )
+        };
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
@@ -235,8 +283,18 @@ impl Dlq {
             match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
                 Ok(Some(Ok(m))) => {
                     let info = m.info().map_err(|e| failed(&e))?;
-                    let (seq, pending, ns) = (info.stream_sequence, info.pending, info.published.unix_timestamp_nanos());
-                    out.push(Letter::new(&self.names, seq, m.subject.as_str(), ns, m.payload.clone()));
+                    let (seq, pending, ns) = (
+                        info.stream_sequence,
+                        info.pending,
+                        info.published.unix_timestamp_nanos(),
+                    );
+                    out.push(Letter::new(
+                        &self.names,
+                        seq,
+                        m.subject.as_str(),
+                        ns,
+                        m.payload.clone(),
+                    ));
                     if pending == 0 {
                         return Ok(out);
                     }
@@ -250,11 +308,22 @@ impl Dlq {
 
     /// The letter with this sequence, if it exists.
     async fn get(&self, seq: u64) -> CtlResult<Option<Letter>> {
-        let Some(stream) = &self.stream else { return Ok(None) };
+        let Some(stream) = &self.stream else {
+            return Ok(None);
+        };
         match stream.get_raw_message(seq).await {
-            Ok(m) => Ok(Some(Letter::new(&self.names, m.sequence, m.subject.as_str(), m.time.unix_timestamp_nanos(), m.payload))),
+            Ok(m) => Ok(Some(Letter::new(
+                &self.names,
+                m.sequence,
+                m.subject.as_str(),
+                m.time.unix_timestamp_nanos(),
+                m.payload,
+            ))),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(self.fail(&format!("cannot read dead letter {seq} of {}", self.names.dlq_stream), &e)),
+            Err(e) => Err(self.fail(
+                &format!("cannot read dead letter {seq} of {}", self.names.dlq_stream),
+                &e,
+            )),
         }
     }
 
@@ -278,7 +347,12 @@ async fn list(ctx: &Ctx, args: &ListArgs) -> CtlResult<u8> {
     let table = wants_table(ctx, "dlq list")?;
     check_tag(args.tag.as_ref(), "pyococtl dlq list --tag gpu")?;
     let dlq = Dlq::open(ctx).await?;
-    let mut letters: Vec<Letter> = dlq.load(args.tag.as_deref()).await?.into_iter().filter(|l| l.matches(args.reason.as_deref())).collect();
+    let mut letters: Vec<Letter> = dlq
+        .load(args.tag.as_deref())
+        .await?
+        .into_iter()
+        .filter(|l| l.matches(args.reason.as_deref()))
+        .collect();
     letters.reverse();
     if args.limit > 0 {
         letters.truncate(args.limit);
@@ -308,7 +382,9 @@ fn letter_table(letters: &[Letter]) -> String {
                 l.seq.to_string(),
                 local_time(Some(l.time())),
                 l.tag.clone(),
-                l.reason().unwrap_or(if l.doc.is_none() { "(not JSON)" } else { "-" }).to_string(),
+                l.reason()
+                    .unwrap_or(if l.doc.is_none() { "(not JSON)" } else { "-" })
+                    .to_string(),
                 l.run_id().unwrap_or("-").to_string(),
                 one_line(&error, 60),
             ]
@@ -321,7 +397,12 @@ async fn show(ctx: &Ctx, seq: u64) -> CtlResult<u8> {
     let pretty = match ctx.cli.output {
         Some(OutputFormat::Json) => false,
         Some(OutputFormat::Table) => true,
-        Some(OutputFormat::Status) => return Err(CtlError::usage("--output status is only for `run watch`", "pyococtl dlq show 42")),
+        Some(OutputFormat::Status) => {
+            return Err(CtlError::usage(
+                "--output status is only for `run watch`",
+                "pyococtl dlq show 42",
+            ))
+        }
         None => stdout_is_terminal(),
     };
     let dlq = Dlq::open(ctx).await?;
@@ -345,7 +426,13 @@ enum Outcome {
 }
 
 /// The job to queue again, and where it came from.
-fn job_for(letter: &Letter, doc: &Doc, run_id: &str, snapshot: Option<&Doc>, runs_bucket: &str) -> Result<(Map<String, Value>, &'static str), String> {
+fn job_for(
+    letter: &Letter,
+    doc: &Doc,
+    run_id: &str,
+    snapshot: Option<&Doc>,
+    runs_bucket: &str,
+) -> Result<(Map<String, Value>, &'static str), String> {
     if let Some(Value::Object(job)) = doc.get("job") {
         return Ok((job.clone(), "job"));
     }
@@ -354,8 +441,14 @@ fn job_for(letter: &Letter, doc: &Doc, run_id: &str, snapshot: Option<&Doc>, run
             "run {run_id} is no longer in KV {runs_bucket} (removed by retention?) and this letter has no `job` field to rebuild it from; submit the run again (pyococtl run submit …)"
         ));
     };
-    if snap.get("workflow_yaml_sha256").map(|v| v.is_string()).unwrap_or(false) {
-        let flow = str_field(snap, "flow_name").filter(|s| !s.is_empty()).unwrap_or("main");
+    if snap
+        .get("workflow_yaml_sha256")
+        .map(|v| v.is_string())
+        .unwrap_or(false)
+    {
+        let flow = str_field(snap, "flow_name")
+            .filter(|s| !s.is_empty())
+            .unwrap_or("main");
         let tag = str_field(snap, "tag").unwrap_or(&letter.tag);
         return Err(format!(
             "run {run_id} was submitted as a flow.yaml, whose text is kept neither in the run snapshot nor in this letter \
@@ -365,7 +458,13 @@ pyococtl run submit-yaml --workflow-file flow.yaml --flow-name {flow} --tag {tag
     }
     // The letter has the job's own flow_name (a resolver may have renamed the run's); the
     // params are only in the snapshot.
-    let pick = |k: &str| doc.get(k).filter(|v| !v.is_null()).or_else(|| snap.get(k)).cloned().unwrap_or(Value::Null);
+    let pick = |k: &str| {
+        doc.get(k)
+            .filter(|v| !v.is_null())
+            .or_else(|| snap.get(k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     let tag = doc
         .get("tag")
         .or_else(|| snap.get("tag"))
@@ -383,10 +482,13 @@ pyococtl run submit-yaml --workflow-file flow.yaml --flow-name {flow} --tag {tag
     job.insert("tags".into(), tags);
     job.insert("tenant_id".into(), pick("tenant_id"));
     job.insert("api_key_id".into(), pick("api_key_id"));
-    job.insert("params".into(), match snap.get("params") {
-        Some(Value::Object(p)) => Value::Object(p.clone()),
-        _ => json!({}),
-    });
+    job.insert(
+        "params".into(),
+        match snap.get("params") {
+            Some(Value::Object(p)) => Value::Object(p.clone()),
+            _ => json!({}),
+        },
+    );
     job.insert("submitted_at".into(), json!(pyoco_core::time::now()));
     if let Some(t) = snap.get("timeout_sec").filter(|v| v.is_number()) {
         job.insert("timeout_sec".into(), t.clone());
@@ -400,7 +502,14 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
         Some(s) => s.clone(),
         None => {
             let mut d = Doc::new();
-            for k in ["run_id", "flow_name", "tag", "tags", "tenant_id", "api_key_id"] {
+            for k in [
+                "run_id",
+                "flow_name",
+                "tag",
+                "tags",
+                "tenant_id",
+                "api_key_id",
+            ] {
                 d.insert(k.into(), job.get(k).cloned().unwrap_or(Value::Null));
             }
             for k in ["workflow_yaml_sha256", "workflow_yaml_bytes"] {
@@ -411,7 +520,11 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
             d
         }
     };
-    let count = stored.and_then(|s| s.get("replay_count")).and_then(Value::as_u64).unwrap_or(0) + 1;
+    let count = stored
+        .and_then(|s| s.get("replay_count"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        + 1;
     d.insert("status".into(), json!(run_status::PENDING));
     if let Some(p) = job.get("params").filter(|p| p.is_object()) {
         d.insert("params".into(), p.clone());
@@ -420,7 +533,13 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
     d.insert("tasks".into(), json!({}));
     d.insert("task_records".into(), json!({}));
     d.remove("task_records_truncated");
-    for k in ["start_time", "end_time", "error", "cancel_requested_at", "cancel_requested_by"] {
+    for k in [
+        "start_time",
+        "end_time",
+        "error",
+        "cancel_requested_at",
+        "cancel_requested_by",
+    ] {
         d.insert(k.into(), Value::Null);
     }
     // The previous attempt's worker and notes do not describe the queued run.
@@ -445,11 +564,17 @@ async fn replay_one(dlq: &Dlq, runs: &kv::Store, letter: &Letter) -> Outcome {
 fix what published it and submit the run again, then drop the letter (pyococtl dlq purge --confirm --reason invalid_job)"
         ));
     }
-    let Some(run_id) = letter.run_id().filter(|r| is_valid_kv_key(r)).map(str::to_string) else {
+    let Some(run_id) = letter
+        .run_id()
+        .filter(|r| is_valid_kv_key(r))
+        .map(str::to_string)
+    else {
         return Outcome::Skipped("the letter names no valid run_id".into());
     };
     let runs_bucket = runs.name.clone();
-    let failed = |what: &str, e: &dyn std::fmt::Display| Outcome::Failed(format!("{what}: {e} (NATS at {})", dlq.url));
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Outcome::Failed(format!("{what}: {e} (NATS at {})", dlq.url))
+    };
 
     for _ in 0..20 {
         // 1. The run as stored now.
@@ -457,7 +582,9 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
             Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
             Err(e) => return failed(&format!("cannot read run {run_id}"), &e),
         };
-        let stored: Option<Doc> = entry.as_ref().and_then(|e| serde_json::from_slice(&e.value).ok());
+        let stored: Option<Doc> = entry
+            .as_ref()
+            .and_then(|e| serde_json::from_slice(&e.value).ok());
         if let Some(s) = &stored {
             let status = str_field(s, "status").unwrap_or("").to_ascii_uppercase();
             match status.as_str() {
@@ -479,20 +606,41 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
             Ok(j) => j,
             Err(why) => return Outcome::Skipped(why),
         };
-        let Some(tag) = job.get("tag").and_then(Value::as_str).filter(|t| is_valid_tag(t)).map(str::to_string) else {
-            return Outcome::Skipped(format!("the job of run {run_id} has no valid tag to queue it on"));
+        let Some(tag) = job
+            .get("tag")
+            .and_then(Value::as_str)
+            .filter(|t| is_valid_tag(t))
+            .map(str::to_string)
+        else {
+            return Outcome::Skipped(format!(
+                "the job of run {run_id} has no valid tag to queue it on"
+            ));
         };
 
         // 2. Back to PENDING, with compare-and-set against what we read.
         let now = pyoco_core::time::now();
         let reset = reset_snapshot(stored.as_ref(), &job, seq, now);
         let written = match &entry {
-            Some(e) => runs.update(&run_id, to_ascii_vec(&reset).into(), e.revision).await.map_err(|err| {
-                if err.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(err.to_string()) }
-            }),
-            None => runs.create(&run_id, to_ascii_vec(&reset).into()).await.map_err(|err| {
-                if err.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(err.to_string()) }
-            }),
+            Some(e) => runs
+                .update(&run_id, to_ascii_vec(&reset).into(), e.revision)
+                .await
+                .map_err(|err| {
+                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        None
+                    } else {
+                        Some(err.to_string())
+                    }
+                }),
+            None => runs
+                .create(&run_id, to_ascii_vec(&reset).into())
+                .await
+                .map_err(|err| {
+                    if err.kind() == kv::CreateErrorKind::AlreadyExists {
+                        None
+                    } else {
+                        Some(err.to_string())
+                    }
+                }),
         };
         let revision = match written {
             Ok(r) => r,
@@ -503,7 +651,9 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
         // 3. The job, under a message id of its own (a plain run_id would be deduplicated).
         let subject = dlq.names.work_subject(&tag);
         let msg_id = format!("{run_id}-replay-{seq}");
-        let publish = jetstream::message::PublishMessage::build().payload(to_ascii_vec(&job).into()).message_id(msg_id.as_str());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(to_ascii_vec(&job).into())
+            .message_id(msg_id.as_str());
         let published = match dlq.js.send_publish(subject.clone(), publish).await {
             Ok(ack) => match ack.await {
                 // Published before under this id (a replay of this letter within the work
@@ -519,11 +669,24 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
         if let Err(e) = published {
             // Put the run back as it was, unless someone wrote it since.
             let restored = match &entry {
-                Some(old) => runs.update(&run_id, old.value.clone(), revision).await.is_ok(),
-                None => runs.delete_expect_revision(&run_id, Some(revision)).await.is_ok(),
+                Some(old) => runs
+                    .update(&run_id, old.value.clone(), revision)
+                    .await
+                    .is_ok(),
+                None => runs
+                    .delete_expect_revision(&run_id, Some(revision))
+                    .await
+                    .is_ok(),
             };
-            let note = if restored { "the run snapshot was put back as it was" } else { "the run snapshot could NOT be put back: it stays PENDING" };
-            return Outcome::Failed(format!("cannot publish the job of run {run_id} to {subject}: {e} (NATS at {}); {note}", dlq.url));
+            let note = if restored {
+                "the run snapshot was put back as it was"
+            } else {
+                "the run snapshot could NOT be put back: it stays PENDING"
+            };
+            return Outcome::Failed(format!(
+                "cannot publish the job of run {run_id} to {subject}: {e} (NATS at {}); {note}",
+                dlq.url
+            ));
         }
 
         // 4. The letter has served.
@@ -545,7 +708,9 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
             "dlq_deleted": deleted,
         }));
     }
-    Outcome::Failed(format!("run {run_id} kept changing under concurrent writes; try again"))
+    Outcome::Failed(format!(
+        "run {run_id} kept changing under concurrent writes; try again"
+    ))
 }
 
 async fn runs_bucket(ctx: &Ctx, dlq: &Dlq) -> CtlResult<kv::Store> {
@@ -562,14 +727,21 @@ fn replayed_line(v: &Value) -> String {
         v["run_id"].as_str().unwrap_or(""),
         v["subject"].as_str().unwrap_or(""),
         v["replay_count"],
-        if v["source"] == "job" { "job in the letter" } else { "letter and run snapshot" },
+        if v["source"] == "job" {
+            "job in the letter"
+        } else {
+            "letter and run snapshot"
+        },
     )
 }
 
 async fn replay(ctx: &Ctx, args: &ReplayArgs) -> CtlResult<u8> {
     let table = wants_table(ctx, "dlq replay")?;
     if args.seq.is_some() && (args.tag.is_some() || args.reason.is_some()) {
-        return Err(CtlError::usage("--tag and --reason select letters for --all; a SEQ names one letter already", "pyococtl dlq replay --all --tag gpu --reason execution_error"));
+        return Err(CtlError::usage(
+            "--tag and --reason select letters for --all; a SEQ names one letter already",
+            "pyococtl dlq replay --all --tag gpu --reason execution_error",
+        ));
     }
     check_tag(args.tag.as_ref(), "pyococtl dlq replay --all --tag gpu")?;
     let dlq = Dlq::open(ctx).await?;
@@ -579,15 +751,30 @@ async fn replay(ctx: &Ctx, args: &ReplayArgs) -> CtlResult<u8> {
         let runs = runs_bucket(ctx, &dlq).await?;
         return match replay_one(&dlq, &runs, &letter).await {
             Outcome::Replayed(v) => {
-                if table { println!("{}", replayed_line(&v)) } else { print_json(&v) }
+                if table {
+                    println!("{}", replayed_line(&v))
+                } else {
+                    print_json(&v)
+                }
                 Ok(exit::OK)
             }
-            Outcome::Skipped(why) => Err(CtlError::new(exit::ERROR, format!("ERR-PYOCO-DLQ: dead letter {seq} cannot be replayed\n- reason: {why}"))),
-            Outcome::Failed(e) => Err(CtlError::new(exit::ERROR, format!("ERR-PYOCO-DLQ: replaying dead letter {seq} failed\n- reason: {e}"))),
+            Outcome::Skipped(why) => Err(CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-DLQ: dead letter {seq} cannot be replayed\n- reason: {why}"),
+            )),
+            Outcome::Failed(e) => Err(CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-DLQ: replaying dead letter {seq} failed\n- reason: {e}"),
+            )),
         };
     }
 
-    let letters: Vec<Letter> = dlq.load(args.tag.as_deref()).await?.into_iter().filter(|l| l.matches(args.reason.as_deref())).collect();
+    let letters: Vec<Letter> = dlq
+        .load(args.tag.as_deref())
+        .await?
+        .into_iter()
+        .filter(|l| l.matches(args.reason.as_deref()))
+        .collect();
     let (mut replayed, mut skipped, mut failed) = (vec![], vec![], vec![]);
     if !letters.is_empty() {
         let runs = runs_bucket(ctx, &dlq).await?;
@@ -615,11 +802,20 @@ async fn replay(ctx: &Ctx, args: &ReplayArgs) -> CtlResult<u8> {
         }
     }
     if table {
-        println!("{} replayed, {} skipped, {} failed", replayed.len(), skipped.len(), failed.len());
+        println!(
+            "{} replayed, {} skipped, {} failed",
+            replayed.len(),
+            skipped.len(),
+            failed.len()
+        );
     } else {
         print_json(&json!({"replayed": replayed, "skipped": skipped, "failed": failed}));
     }
-    Ok(if failed.is_empty() { exit::OK } else { exit::ERROR })
+    Ok(if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -633,7 +829,11 @@ fn filters_text(tag: Option<&str>, reason: Option<&str>) -> String {
     if let Some(r) = reason {
         parts.push(format!("reason {r}"));
     }
-    if parts.is_empty() { "all".into() } else { format!("matching {}", parts.join(", ")) }
+    if parts.is_empty() {
+        "all".into()
+    } else {
+        format!("matching {}", parts.join(", "))
+    }
 }
 
 async fn purge(ctx: &Ctx, args: &PurgeArgs) -> CtlResult<u8> {
@@ -650,12 +850,22 @@ async fn purge(ctx: &Ctx, args: &PurgeArgs) -> CtlResult<u8> {
     if !args.confirm {
         // Say what would go, when NATS can tell; refuse either way.
         let count = match Dlq::open(ctx).await {
-            Ok(dlq) => dlq.load(tag).await.ok().map(|ls| ls.iter().filter(|l| l.matches(reason)).count()),
+            Ok(dlq) => dlq
+                .load(tag)
+                .await
+                .ok()
+                .map(|ls| ls.iter().filter(|l| l.matches(reason)).count()),
             Err(_) => None,
         };
         let what = match count {
-            Some(n) => format!("this would delete {n} dead letter(s) ({})", filters_text(tag, reason)),
-            None => format!("this would delete {} dead letters", filters_text(tag, reason)),
+            Some(n) => format!(
+                "this would delete {n} dead letter(s) ({})",
+                filters_text(tag, reason)
+            ),
+            None => format!(
+                "this would delete {} dead letters",
+                filters_text(tag, reason)
+            ),
         };
         return Err(CtlError::new(
             exit::USAGE,
@@ -665,13 +875,29 @@ async fn purge(ctx: &Ctx, args: &PurgeArgs) -> CtlResult<u8> {
     let dlq = Dlq::open(ctx).await?;
     let mut purged: u64 = 0;
     if let Some(stream) = &dlq.stream {
-        let failed = |e: &dyn std::fmt::Display| dlq.fail(&format!("cannot delete dead letters of {}", dlq.names.dlq_stream), e);
+        let failed = |e: &dyn std::fmt::Display| {
+            dlq.fail(
+                &format!("cannot delete dead letters of {}", dlq.names.dlq_stream),
+                e,
+            )
+        };
         match (tag, reason) {
             (None, None) => purged = stream.purge().await.map_err(|e| failed(&e))?.purged,
-            (Some(t), None) => purged = stream.purge().filter(dlq.names.dlq_subject(t)).await.map_err(|e| failed(&e))?.purged,
+            (Some(t), None) => {
+                purged = stream
+                    .purge()
+                    .filter(dlq.names.dlq_subject(t))
+                    .await
+                    .map_err(|e| failed(&e))?
+                    .purged
+            }
             (_, Some(_)) => {
                 for letter in dlq.load(tag).await?.iter().filter(|l| l.matches(reason)) {
-                    if stream.delete_message(letter.seq).await.map_err(|e| failed(&e))? {
+                    if stream
+                        .delete_message(letter.seq)
+                        .await
+                        .map_err(|e| failed(&e))?
+                    {
                         purged += 1;
                     }
                 }
@@ -679,9 +905,15 @@ async fn purge(ctx: &Ctx, args: &PurgeArgs) -> CtlResult<u8> {
         }
     }
     if table {
-        println!("purged {purged} dead letter(s) from {} ({})", dlq.names.dlq_stream, filters_text(tag, reason));
+        println!(
+            "purged {purged} dead letter(s) from {} ({})",
+            dlq.names.dlq_stream,
+            filters_text(tag, reason)
+        );
     } else {
-        print_json(&json!({"purged": purged, "stream": dlq.names.dlq_stream, "tag": tag, "reason": reason}));
+        print_json(
+            &json!({"purged": purged, "stream": dlq.names.dlq_stream, "tag": tag, "reason": reason}),
+        );
     }
     Ok(exit::OK)
 }
@@ -696,14 +928,25 @@ mod tests {
 
     fn letter(v: Value) -> Letter {
         let names = Names::from_config(&pyoco_core::config::Config::defaults());
-        Letter::new(&names, 7, "pyoco.dlq.t1", 1_700_000_000_000_000_000, Bytes::from(serde_json::to_vec(&v).unwrap()))
+        Letter::new(
+            &names,
+            7,
+            "pyoco.dlq.t1",
+            1_700_000_000_000_000_000,
+            Bytes::from(serde_json::to_vec(&v).unwrap()),
+        )
     }
 
     #[test]
     fn rebuilds_a_job_without_job_field() {
-        let l = letter(json!({"reason": "execution_error", "error": "x", "run_id": "r1", "flow_name": "hello", "tag": "t1", "tags": ["t1"], "tenant_id": null, "api_key_id": null}));
-        let snap = doc(json!({"run_id": "r1", "flow_name": "renamed", "tag": "t1", "tags": ["t1", "x"], "tenant_id": "acme", "params": {"x": 5}, "status": "FAILED"}));
-        let (job, src) = job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap();
+        let l = letter(
+            json!({"reason": "execution_error", "error": "x", "run_id": "r1", "flow_name": "hello", "tag": "t1", "tags": ["t1"], "tenant_id": null, "api_key_id": null}),
+        );
+        let snap = doc(
+            json!({"run_id": "r1", "flow_name": "renamed", "tag": "t1", "tags": ["t1", "x"], "tenant_id": "acme", "params": {"x": 5}, "status": "FAILED"}),
+        );
+        let (job, src) =
+            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap();
         assert_eq!(src, "rebuilt");
         assert_eq!(job["flow_name"], "hello");
         assert_eq!(job["tags"], json!(["t1"]));
@@ -715,27 +958,60 @@ mod tests {
 
     #[test]
     fn refuses_yaml_runs_without_job() {
-        let l = letter(json!({"reason": "execution_error", "run_id": "r1", "flow_name": "main", "tag": "t1"}));
-        let snap = doc(json!({"run_id": "r1", "flow_name": "main", "tag": "t1", "workflow_yaml_sha256": "ab", "status": "FAILED"}));
-        let why = job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap_err();
-        assert!(why.contains("pyococtl run submit-yaml --workflow-file flow.yaml --flow-name main --tag t1"), "{why}");
+        let l = letter(
+            json!({"reason": "execution_error", "run_id": "r1", "flow_name": "main", "tag": "t1"}),
+        );
+        let snap = doc(
+            json!({"run_id": "r1", "flow_name": "main", "tag": "t1", "workflow_yaml_sha256": "ab", "status": "FAILED"}),
+        );
+        let why =
+            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap_err();
+        assert!(
+            why.contains(
+                "pyococtl run submit-yaml --workflow-file flow.yaml --flow-name main --tag t1"
+            ),
+            "{why}"
+        );
         // With the job in the letter, the YAML travels with it.
-        let l = letter(json!({"reason": "execution_error", "run_id": "r1", "job": {"run_id": "r1", "workflow_yaml": "version: 1"}}));
-        assert_eq!(job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap().1, "job");
+        let l = letter(
+            json!({"reason": "execution_error", "run_id": "r1", "job": {"run_id": "r1", "workflow_yaml": "version: 1"}}),
+        );
+        assert_eq!(
+            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs")
+                .unwrap()
+                .1,
+            "job"
+        );
     }
 
     #[test]
     fn reset_clears_the_run() {
-        let snap = doc(json!({"run_id": "r1", "status": "FAILED", "tasks": {"a": "FAILED"}, "task_records": {"a": {}}, "task_records_truncated": true,
-            "start_time": 1.0, "end_time": 2.0, "error": "boom", "cancel_requested_at": 3.0, "worker_id": "w", "replay_count": 2, "custom": 1}));
+        let snap = doc(
+            json!({"run_id": "r1", "status": "FAILED", "tasks": {"a": "FAILED"}, "task_records": {"a": {}}, "task_records_truncated": true,
+            "start_time": 1.0, "end_time": 2.0, "error": "boom", "cancel_requested_at": 3.0, "worker_id": "w", "replay_count": 2, "custom": 1}),
+        );
         let job = doc(json!({"params": {"x": 1}}));
         let d = reset_snapshot(Some(&snap), &job, 9, 10.0);
         assert_eq!(d["status"], "PENDING");
         assert_eq!(d["tasks"], json!({}));
         assert_eq!(d["task_records"], json!({}));
         assert!(d.get("task_records_truncated").is_none() && d.get("worker_id").is_none());
-        assert_eq!((d["start_time"].clone(), d["error"].clone(), d["cancel_requested_at"].clone()), (Value::Null, Value::Null, Value::Null));
-        assert_eq!((d["replay_count"].clone(), d["replayed_from_dlq_seq"].clone(), d["replayed_at"].clone()), (json!(3), json!(9), json!(10.0)));
+        assert_eq!(
+            (
+                d["start_time"].clone(),
+                d["error"].clone(),
+                d["cancel_requested_at"].clone()
+            ),
+            (Value::Null, Value::Null, Value::Null)
+        );
+        assert_eq!(
+            (
+                d["replay_count"].clone(),
+                d["replayed_from_dlq_seq"].clone(),
+                d["replayed_at"].clone()
+            ),
+            (json!(3), json!(9), json!(10.0))
+        );
         assert_eq!(d["custom"], 1);
         assert_eq!(d["params"], json!({"x": 1}));
     }

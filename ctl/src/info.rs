@@ -73,7 +73,9 @@ pub(crate) fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `3 s ago`, `5 min ago`, `2 h ago`, `4 d ago`; `never` for a zero or missing time.
 pub(crate) fn ago(now: f64, t: Option<f64>) -> String {
-    let Some(t) = t.filter(|t| *t > 0.0) else { return "never".into() };
+    let Some(t) = t.filter(|t| *t > 0.0) else {
+        return "never".into();
+    };
     let d = (now - t).max(0.0) as u64;
     match d {
         0..=59 => format!("{d} s ago"),
@@ -92,7 +94,10 @@ pub(crate) fn local_time(t: Option<f64>) -> String {
 
 /// One line of at most `max` characters (newlines and tabs become spaces, `…` marks a cut).
 pub(crate) fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let flat = flat.trim();
     if flat.chars().count() <= max {
         flat.to_string()
@@ -107,8 +112,10 @@ pub(crate) fn one_line(s: &str, max: usize) -> String {
 // metrics
 
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Output: on a terminal a short table (runs by status and today, workers alive, dead letters, queued runs per tag); \
-otherwise the Prometheus text as the gateway sends it. --raw always prints the text, --output table|json picks the summary form.")]
+#[command(
+    after_help = "Output: on a terminal a short table (runs by status and today, workers alive, dead letters, queued runs per tag); \
+otherwise the Prometheus text as the gateway sends it. --raw always prints the text, --output table|json picks the summary form."
+)]
 pub struct MetricsArgs {
     /// Print the Prometheus text exactly as the gateway sends it (pyoco-client's `metrics`).
     #[arg(long)]
@@ -171,11 +178,16 @@ fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
 
 fn summarize(text: &str) -> Summary {
     let mut s = Summary::default();
-    if text.lines().any(|l| l.starts_with("# TYPE pyoco_queue_depth ")) {
+    if text
+        .lines()
+        .any(|l| l.starts_with("# TYPE pyoco_queue_depth "))
+    {
         s.queue_depth = Some(BTreeMap::new());
     }
     for line in text.lines() {
-        let Some((name, labels, value)) = parse_sample(line) else { continue };
+        let Some((name, labels, value)) = parse_sample(line) else {
+            continue;
+        };
         let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
         match name.as_str() {
             "pyoco_runs_total" => {
@@ -187,7 +199,9 @@ fn summarize(text: &str) -> Summary {
             "pyoco_workers_alive_total" => s.workers_alive = Some(value),
             "pyoco_dlq_messages_total" => s.dlq_messages = Some(value),
             "pyoco_queue_depth" => {
-                s.queue_depth.get_or_insert_with(BTreeMap::new).insert(label("tag"), value);
+                s.queue_depth
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(label("tag"), value);
             }
             _ => {}
         }
@@ -196,11 +210,21 @@ fn summarize(text: &str) -> Summary {
 }
 
 fn num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
 }
 
 fn summary_json(s: &Summary) -> Value {
-    let map = |m: &BTreeMap<String, f64>| Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v.round() as i64))).collect());
+    let map = |m: &BTreeMap<String, f64>| {
+        Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), json!(v.round() as i64)))
+                .collect(),
+        )
+    };
     json!({
         "runs": map(&s.runs),
         "runs_today": map(&s.runs_today),
@@ -212,7 +236,8 @@ fn summary_json(s: &Summary) -> Value {
 
 fn summary_table(s: &Summary) -> String {
     let mut out = String::new();
-    let statuses: std::collections::BTreeSet<&String> = s.runs.keys().chain(s.runs_today.keys()).collect();
+    let statuses: std::collections::BTreeSet<&String> =
+        s.runs.keys().chain(s.runs_today.keys()).collect();
     if statuses.is_empty() {
         out.push_str("runs           0\n");
     } else {
@@ -265,11 +290,18 @@ pub async fn metrics(ctx: &Ctx, args: &MetricsArgs) -> CtlResult<u8> {
         }
     };
     let client = ctx.client()?;
-    let resp = client.send(client.request(reqwest::Method::GET, "/metrics")).await?;
-    let text = resp
-        .text()
-        .await
-        .map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: reading the /metrics answer of {}: {e}", client.base)))?;
+    let resp = client
+        .send(client.request(reqwest::Method::GET, "/metrics"))
+        .await?;
+    let text = resp.text().await.map_err(|e| {
+        CtlError::new(
+            exit::ERROR,
+            format!(
+                "ERR-PYOCO-HTTP: reading the /metrics answer of {}: {e}",
+                client.base
+            ),
+        )
+    })?;
     match form {
         None => print!("{text}"),
         Some(true) => print!("{}", summary_table(&summarize(&text))),
@@ -286,11 +318,16 @@ pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
         Some(OutputFormat::Table) => true,
         Some(OutputFormat::Json) | None => false,
         Some(OutputFormat::Status) => {
-            return Err(CtlError::usage("--output status is only for `run watch`; `health` prints json or table", "pyococtl --output table health"))
+            return Err(CtlError::usage(
+                "--output status is only for `run watch`; `health` prints json or table",
+                "pyococtl --output table health",
+            ))
         }
     };
     let client = ctx.client()?;
-    let resp = client.send(client.request(reqwest::Method::GET, "/health")).await?;
+    let resp = client
+        .send(client.request(reqwest::Method::GET, "/health"))
+        .await?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if status != reqwest::StatusCode::OK {
@@ -304,7 +341,11 @@ pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
         return Ok(exit::OK);
     }
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let gateway = v.get("status").and_then(Value::as_str).unwrap_or("ok").to_string();
+    let gateway = v
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("ok")
+        .to_string();
     let nats = v
         .get("nats")
         .and_then(Value::as_str)
@@ -312,7 +353,10 @@ pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
         .unwrap_or_else(|| "not reported (the gateway does not say)".into());
     print!(
         "{}",
-        render_table(&["gateway", &format!("{gateway}  {}", client.base)], &[vec!["nats".into(), nats]])
+        render_table(
+            &["gateway", &format!("{gateway}  {}", client.base)],
+            &[vec!["nats".into(), nats]]
+        )
     );
     Ok(exit::OK)
 }
@@ -324,7 +368,10 @@ mod tests {
     #[test]
     fn python_json_text() {
         let v = json!({"key_id": "k", "n": [1, 2.5, null], "t": "é\u{7f}", "o": {}, "a": []});
-        assert_eq!(py_json(&v), r#"{"key_id": "k", "n": [1, 2.5, null], "t": "\u00e9\u007f", "o": {}, "a": []}"#);
+        assert_eq!(
+            py_json(&v),
+            r#"{"key_id": "k", "n": [1, 2.5, null], "t": "\u00e9\u007f", "o": {}, "a": []}"#
+        );
         assert_eq!(py_json(&json!([])), "[]");
         assert_eq!(py_json(&json!(1795816854.0827389)), "1795816854.0827389");
         assert_eq!(py_json(&json!(5.0)), "5.0");
@@ -332,7 +379,10 @@ mod tests {
 
     #[test]
     fn tables_and_times() {
-        let t = render_table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["".into(), "".into()]]);
+        let t = render_table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["".into(), "".into()]],
+        );
         assert_eq!(t, "A    BB\nxxx  y\n\n");
         assert_eq!(ago(100.0, Some(97.2)), "2 s ago");
         assert_eq!(ago(1000.0, Some(100.0)), "15 min ago");

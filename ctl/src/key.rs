@@ -20,9 +20,11 @@ use crate::{exit, Ctx, OutputFormat};
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeyCmd {
     /// Create an API key for a tenant. The key is printed once, here, and never stored.
-    #[command(after_help = "Output: {\"key_id\": …, \"tenant_id\": …, \"api_key\": \"pyoco_<key_id>.<secret>\", \"created_at\": <unix s>}\n\
+    #[command(
+        after_help = "Output: {\"key_id\": …, \"tenant_id\": …, \"api_key\": \"pyoco_<key_id>.<secret>\", \"created_at\": <unix s>}\n\
 The pepper (PYOCO_AUTH_PEPPER, PYOCO_AUTH_PEPPER_FILE or auth_pepper in the config file) must be the gateway's.\n\n\
-Example:\n  PYOCO_AUTH_PEPPER_FILE=/etc/pyoco/pepper pyococtl --nats-url nats://10.0.0.5:4222 key create --tenant acme")]
+Example:\n  PYOCO_AUTH_PEPPER_FILE=/etc/pyoco/pepper pyococtl --nats-url nats://10.0.0.5:4222 key create --tenant acme"
+    )]
     Create {
         /// Tenant id: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'.
         #[arg(long)]
@@ -31,7 +33,9 @@ Example:\n  PYOCO_AUTH_PEPPER_FILE=/etc/pyoco/pepper pyococtl --nats-url nats://
     /// List API keys (no secrets), newest first. JSON; `--output table` for a table.
     List,
     /// Revoke an API key; the gateway refuses it from then on (within a second).
-    #[command(after_help = "Output: {\"key_id\": …, \"revoked_at\": <unix s>}; an unknown key prints {\"error\": \"not_found\", \"key_id\": …} and exits 2.")]
+    #[command(
+        after_help = "Output: {\"key_id\": …, \"revoked_at\": <unix s>}; an unknown key prints {\"error\": \"not_found\", \"key_id\": …} and exits 2."
+    )]
     Revoke {
         /// The key id (the part between `pyoco_` and the `.` of the key; `key list` shows them).
         #[arg(long = "key-id")]
@@ -66,7 +70,16 @@ async fn create(ctx: &Ctx, tenant: &str) -> CtlResult<u8> {
     let kv = auth_bucket(ctx).await?;
     kv.create(apikey::kv_key(&record.key_id), to_ascii_vec(&record).into())
         .await
-        .map_err(|e| nats_error(&ctx.nats_url(), &format!("cannot store the new key in KV {}", ctx.config.auth_kv_bucket), &e))?;
+        .map_err(|e| {
+            nats_error(
+                &ctx.nats_url(),
+                &format!(
+                    "cannot store the new key in KV {}",
+                    ctx.config.auth_kv_bucket
+                ),
+                &e,
+            )
+        })?;
     print_json(&json!({
         "key_id": record.key_id,
         "tenant_id": record.tenant_id,
@@ -81,18 +94,29 @@ async fn list(ctx: &Ctx) -> CtlResult<u8> {
         None | Some(OutputFormat::Json) => false,
         Some(OutputFormat::Table) => true,
         Some(OutputFormat::Status) => {
-            return Err(CtlError::usage("--output status is only for `run watch`; `key list` prints json or table", "pyococtl --output table key list"))
+            return Err(CtlError::usage(
+                "--output status is only for `run watch`; `key list` prints json or table",
+                "pyococtl --output table key list",
+            ))
         }
     };
     let url = ctx.nats_url();
     let kv = auth_bucket(ctx).await?;
-    let failed = |e: &dyn std::fmt::Display| nats_error(&url, &format!("cannot list KV {}", ctx.config.auth_kv_bucket), e);
+    let failed = |e: &dyn std::fmt::Display| {
+        nats_error(
+            &url,
+            &format!("cannot list KV {}", ctx.config.auth_kv_bucket),
+            e,
+        )
+    };
     let mut names = kv.keys().await.map_err(|e| failed(&e))?;
     let mut records: Vec<ApiKeyRecord> = Vec::new();
     while let Some(name) = names.next().await {
         let name = name.map_err(|e| failed(&e))?;
         // Like the original: every entry of the bucket that reads as a record; others skipped.
-        let Some(raw) = kv.get(&name).await.map_err(|e| failed(&e))? else { continue };
+        let Some(raw) = kv.get(&name).await.map_err(|e| failed(&e))? else {
+            continue;
+        };
         if let Ok(rec) = ApiKeyRecord::from_json_bytes(&raw) {
             records.push(rec);
         }
@@ -110,11 +134,16 @@ async fn list(ctx: &Ctx) -> CtlResult<u8> {
                         r.key_id.clone(),
                         r.tenant_id.clone(),
                         local_time(Some(r.created_at)),
-                        r.revoked_at.map(|t| local_time(Some(t))).unwrap_or_else(|| "-".into()),
+                        r.revoked_at
+                            .map(|t| local_time(Some(t)))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            print!("{}", render_table(&["KEY ID", "TENANT", "CREATED", "REVOKED"], &rows));
+            print!(
+                "{}",
+                render_table(&["KEY ID", "TENANT", "CREATED", "REVOKED"], &rows)
+            );
         }
         return Ok(exit::OK);
     }
@@ -129,7 +158,10 @@ async fn list(ctx: &Ctx) -> CtlResult<u8> {
 async fn revoke(ctx: &Ctx, key_id: &str) -> CtlResult<u8> {
     let not_found = || {
         print_json(&json!({"error": "not_found", "key_id": key_id}));
-        eprintln!("no API key with id {key_id:?} in KV {} (pyococtl key list shows the key ids)", ctx.config.auth_kv_bucket);
+        eprintln!(
+            "no API key with id {key_id:?} in KV {} (pyococtl key list shows the key ids)",
+            ctx.config.auth_kv_bucket
+        );
         Ok(exit::USAGE)
     };
     let name = apikey::kv_key(key_id);
@@ -139,7 +171,13 @@ async fn revoke(ctx: &Ctx, key_id: &str) -> CtlResult<u8> {
     }
     let url = ctx.nats_url();
     let kv = auth_bucket(ctx).await?;
-    let failed = |e: &dyn std::fmt::Display| nats_error(&url, &format!("cannot revoke the key in KV {}", ctx.config.auth_kv_bucket), e);
+    let failed = |e: &dyn std::fmt::Display| {
+        nats_error(
+            &url,
+            &format!("cannot revoke the key in KV {}", ctx.config.auth_kv_bucket),
+            e,
+        )
+    };
     for _ in 0..20 {
         let entry = kv.entry(&name).await.map_err(|e| failed(&e))?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
@@ -153,7 +191,10 @@ async fn revoke(ctx: &Ctx, key_id: &str) -> CtlResult<u8> {
         })?;
         let now = pyoco_core::time::now();
         rec.revoked_at = Some(now);
-        match kv.update(&name, to_ascii_vec(&rec).into(), entry.revision).await {
+        match kv
+            .update(&name, to_ascii_vec(&rec).into(), entry.revision)
+            .await
+        {
             Ok(_) => {
                 print_json(&json!({"key_id": key_id, "revoked_at": now}));
                 return Ok(exit::OK);
@@ -163,5 +204,7 @@ async fn revoke(ctx: &Ctx, key_id: &str) -> CtlResult<u8> {
             Err(e) => return Err(failed(&e)),
         }
     }
-    Err(failed(&"the record kept changing under concurrent writes; try again"))
+    Err(failed(
+        &"the record kept changing under concurrent writes; try again",
+    ))
 }

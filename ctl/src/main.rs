@@ -27,11 +27,23 @@ use client::{Client, CtlError, CtlResult};
     after_long_help = exit::HELP)]
 pub struct Cli {
     /// Base URL of the pyoco-server HTTP gateway.
-    #[arg(long, env = "PYOCO_SERVER", default_value = "http://127.0.0.1:8000", global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "PYOCO_SERVER",
+        default_value = "http://127.0.0.1:8000",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub server: String,
 
     /// API key sent with every request (needed when the gateway runs with PYOCO_HTTP_AUTH_MODE=api_key).
-    #[arg(long, env = "PYOCO_API_KEY", hide_env_values = true, global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "PYOCO_API_KEY",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Global options"
+    )]
     pub api_key: Option<String>,
 
     /// Read the API key from this file (first line), so it stays out of the process list.
@@ -39,7 +51,13 @@ pub struct Cli {
     pub api_key_file: Option<PathBuf>,
 
     /// Header carrying the API key.
-    #[arg(long, env = "PYOCO_HTTP_API_KEY_HEADER", default_value = "X-API-Key", global = true, help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "PYOCO_HTTP_API_KEY_HEADER",
+        default_value = "X-API-Key",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub api_key_header: String,
 
     /// NATS URL, for the commands that talk to NATS directly (key, dlq) [default: PYOCO_NATS_URL or the config file].
@@ -133,7 +151,12 @@ impl Ctx {
             (Some(k), _) => Some(k.clone()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|e| CtlError::usage(format!("--api-key-file {}: {e}", path.display()), "pyococtl --api-key-file ~/.config/pyoco/key run list"))?
+                    .map_err(|e| {
+                        CtlError::usage(
+                            format!("--api-key-file {}: {e}", path.display()),
+                            "pyococtl --api-key-file ~/.config/pyoco/key run list",
+                        )
+                    })?
                     .lines()
                     .next()
                     .unwrap_or("")
@@ -146,7 +169,10 @@ impl Ctx {
     }
 
     pub fn nats_url(&self) -> String {
-        self.cli.nats_url.clone().unwrap_or_else(|| self.config.nats_url.clone())
+        self.cli
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| self.config.nats_url.clone())
     }
 
     /// The chosen output format, or the command's default.
@@ -156,7 +182,10 @@ impl Ctx {
 }
 
 fn load_config(cli: &Cli) -> CtlResult<pyoco_core::config::Config> {
-    let opts = pyoco_core::config::LoadOptions { config_file: cli.config.clone(), ..Default::default() };
+    let opts = pyoco_core::config::LoadOptions {
+        config_file: cli.config.clone(),
+        ..Default::default()
+    };
     pyoco_core::config::load(&opts)
         .map(|l| l.config)
         .map_err(|e| CtlError::new(exit::USAGE, format!("ERR-PYOCO-0018: {e}")))
@@ -170,7 +199,10 @@ async fn dispatch(ctx: &Ctx) -> CtlResult<u8> {
         Command::Dlq(cmd) => dlq::dispatch(ctx, cmd).await,
         Command::Metrics(args) => info::metrics(ctx, args).await,
         Command::Health => info::health(ctx).await,
-        Command::Bench(args) => bench::run(&ctx.cli, args).await.map(|_| exit::OK).map_err(|e| CtlError::new(exit::ERROR, format!("{e:#}"))),
+        Command::Bench(args) => bench::run(&ctx.cli, args)
+            .await
+            .map(|_| exit::OK)
+            .map_err(|e| CtlError::new(exit::ERROR, format!("{e:#}"))),
         Command::Up(a) => ops::dispatch(ctx, ops::Op::Up(a, false)).await,
         Command::Join(a) => ops::dispatch(ctx, ops::Op::Up(a, true)).await,
         Command::Down(a) => ops::dispatch(ctx, ops::Op::Down(a)).await,
@@ -183,7 +215,12 @@ async fn dispatch(ctx: &Ctx) -> CtlResult<u8> {
         Command::Restore(a) => ops::dispatch(ctx, ops::Op::Restore(a)).await,
         Command::Runtime(c) => runtime::dispatch(ctx, c).await,
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "pyococtl", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "pyococtl",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
         Command::Man { dir } => write_man_pages(dir).map(|_| exit::OK),
@@ -202,15 +239,24 @@ fn write_man_pages(dir: &std::path::Path) -> CtlResult<()> {
         }
         Ok(())
     }
-    std::fs::create_dir_all(dir).and_then(|_| walk(Cli::command(), "pyococtl".into(), dir))
-        .map_err(|e| CtlError::new(exit::ERROR, format!("writing man pages to {}: {e}", dir.display())))
+    std::fs::create_dir_all(dir)
+        .and_then(|_| walk(Cli::command(), "pyococtl".into(), dir))
+        .map_err(|e| {
+            CtlError::new(
+                exit::ERROR,
+                format!("writing man pages to {}: {e}", dir.display()),
+            )
+        })
 }
 
 fn main() -> std::process::ExitCode {
     // `pyococtl … | head` must end quietly, not panic on a closed pipe.
     // SAFETY: resetting a signal disposition before any thread exists.
     unsafe {
-        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
     }
     let cli = Cli::parse();
     let config = match load_config(&cli) {
@@ -220,7 +266,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(e.code);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pyococtl: cannot start the async runtime: {e}");

@@ -234,14 +234,24 @@ pub async fn dispatch(ctx: &Ctx, cmd: &RunCmd) -> CtlResult<u8> {
         RunCmd::SubmitYaml(a) => submit_yaml(ctx, a).await,
         RunCmd::Get(a) => {
             json_only(ctx, "run get", "pyococtl run get RUN_ID | jq .status")?;
-            let query: Vec<(&str, String)> = if a.records { vec![("include", "records".into())] } else { vec![] };
-            let v = ctx.client()?.get_json(&run_path(&a.run_id, ""), &query).await?;
+            let query: Vec<(&str, String)> = if a.records {
+                vec![("include", "records".into())]
+            } else {
+                vec![]
+            };
+            let v = ctx
+                .client()?
+                .get_json(&run_path(&a.run_id, ""), &query)
+                .await?;
             out::line(&pyjson::dumps(&v))?;
             Ok(exit::OK)
         }
         RunCmd::Tasks(a) => {
             json_only(ctx, "run tasks", "pyococtl run tasks RUN_ID | jq .tasks")?;
-            let v = ctx.client()?.get_json(&run_path(&a.run_id, "/tasks"), &[]).await?;
+            let v = ctx
+                .client()?
+                .get_json(&run_path(&a.run_id, "/tasks"), &[])
+                .await?;
             out::line(&pyjson::dumps(&v))?;
             Ok(exit::OK)
         }
@@ -274,7 +284,10 @@ fn json_only(ctx: &Ctx, what: &str, example: &str) -> CtlResult<()> {
     match ctx.cli.output {
         None | Some(OutputFormat::Json) => Ok(()),
         Some(other) => Err(CtlError::usage(
-            format!("{what} prints JSON only (--output {})", format!("{other:?}").to_lowercase()),
+            format!(
+                "{what} prints JSON only (--output {})",
+                format!("{other:?}").to_lowercase()
+            ),
             example,
         )),
     }
@@ -282,9 +295,14 @@ fn json_only(ctx: &Ctx, what: &str, example: &str) -> CtlResult<()> {
 
 fn check_tag(tag: &Option<String>, example: &str) -> CtlResult<()> {
     if let Some(t) = tag {
-        let ok = !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !ok {
-            return Err(CtlError::usage(format!("--tag must be letters, digits, '_' or '-' ('{t}')"), example));
+            return Err(CtlError::usage(
+                format!("--tag must be letters, digits, '_' or '-' ('{t}')"),
+                example,
+            ));
         }
     }
     Ok(())
@@ -304,7 +322,10 @@ async fn submit(ctx: &Ctx, a: &SubmitArgs) -> CtlResult<u8> {
     check_tag(&a.tag, EXAMPLE)?;
     if let Some(t) = a.timeout_sec {
         if !(t > 0.0 && t.is_finite()) {
-            return Err(CtlError::usage(format!("--timeout-sec must be a number of seconds > 0 ({t})"), EXAMPLE));
+            return Err(CtlError::usage(
+                format!("--timeout-sec must be a number of seconds > 0 ({t})"),
+                EXAMPLE,
+            ));
         }
     }
     let params = params::build(a.params_file.as_deref(), a.params.as_deref(), &a.param)?;
@@ -323,7 +344,9 @@ async fn submit(ctx: &Ctx, a: &SubmitArgs) -> CtlResult<u8> {
         body.insert("timeout_sec".into(), json!(t));
     }
     let client = ctx.client()?;
-    let mut req = client.request(reqwest::Method::POST, "/runs").json(&Value::Object(body));
+    let mut req = client
+        .request(reqwest::Method::POST, "/runs")
+        .json(&Value::Object(body));
     if let Some(k) = &a.idempotency_key {
         req = req.header("Idempotency-Key", k.as_str());
     }
@@ -337,12 +360,18 @@ async fn submit(ctx: &Ctx, a: &SubmitArgs) -> CtlResult<u8> {
 
 /// pyoco-client's `--tags`: split on `,`, trimmed, empties dropped; nothing left → not sent.
 fn split_tags(raw: Option<&str>) -> Option<Vec<String>> {
-    let tags: Vec<String> = raw?.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+    let tags: Vec<String> = raw?
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
     (!tags.is_empty()).then_some(tags)
 }
 
 async fn submit_yaml(ctx: &Ctx, a: &SubmitYamlArgs) -> CtlResult<u8> {
-    const EXAMPLE: &str = "pyococtl run submit-yaml --workflow-file flow.yaml --flow-name main --tag default";
+    const EXAMPLE: &str =
+        "pyococtl run submit-yaml --workflow-file flow.yaml --flow-name main --tag default";
     if !a.watch.watch {
         json_only(ctx, "run submit-yaml", "pyococtl --output status run submit-yaml --workflow-file flow.yaml --flow-name main --watch   # --output applies to --watch")?;
     }
@@ -350,19 +379,30 @@ async fn submit_yaml(ctx: &Ctx, a: &SubmitYamlArgs) -> CtlResult<u8> {
     if a.flow_name.trim().is_empty() {
         return Err(CtlError::usage("--flow-name is empty", EXAMPLE));
     }
-    let yaml = std::fs::read(&a.workflow_file)
-        .map_err(|e| CtlError::usage(format!("cannot read --workflow-file {}: {e}", a.workflow_file.display()), EXAMPLE))?;
+    let yaml = std::fs::read(&a.workflow_file).map_err(|e| {
+        CtlError::usage(
+            format!(
+                "cannot read --workflow-file {}: {e}",
+                a.workflow_file.display()
+            ),
+            EXAMPLE,
+        )
+    })?;
     let mode = a.watch.watch.then(|| watch_mode(ctx)).transpose()?;
     let part = reqwest::multipart::Part::bytes(yaml)
         .file_name("flow.yaml")
         .mime_str("application/x-yaml")
         .map_err(|e| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: bad request: {e}")))?;
-    let mut form = reqwest::multipart::Form::new().part("workflow", part).text("flow_name", a.flow_name.clone());
+    let mut form = reqwest::multipart::Form::new()
+        .part("workflow", part)
+        .text("flow_name", a.flow_name.clone());
     if let Some(t) = &a.tag {
         form = form.text("tag", t.clone());
     }
     let client = ctx.client()?;
-    let mut req = client.request(reqwest::Method::POST, "/runs/yaml").multipart(form);
+    let mut req = client
+        .request(reqwest::Method::POST, "/runs/yaml")
+        .multipart(form);
     if let Some(k) = &a.idempotency_key {
         req = req.header("Idempotency-Key", k.as_str());
     }
@@ -374,11 +414,18 @@ async fn submit_yaml(ctx: &Ctx, a: &SubmitYamlArgs) -> CtlResult<u8> {
     }
 }
 
-async fn watch_submitted(client: &Client, resp: &Value, timeout_sec: u64, mode: Mode) -> CtlResult<u8> {
-    let run_id = resp
-        .get("run_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: the gateway's answer has no run_id: {resp}")))?;
+async fn watch_submitted(
+    client: &Client,
+    resp: &Value,
+    timeout_sec: u64,
+    mode: Mode,
+) -> CtlResult<u8> {
+    let run_id = resp.get("run_id").and_then(Value::as_str).ok_or_else(|| {
+        CtlError::new(
+            exit::ERROR,
+            format!("ERR-PYOCO-HTTP: the gateway's answer has no run_id: {resp}"),
+        )
+    })?;
     let spec = watch::Spec {
         run_id: run_id.to_string(),
         include_records: mode == Mode::Live,
@@ -397,7 +444,10 @@ async fn watch_submitted(client: &Client, resp: &Value, timeout_sec: u64, mode: 
 async fn list(ctx: &Ctx, a: &ListArgs) -> CtlResult<u8> {
     let output = ctx.output(OutputFormat::Json);
     if output == OutputFormat::Status {
-        return Err(CtlError::usage("run list prints json or table (--output status)", "pyococtl run list --output table"));
+        return Err(CtlError::usage(
+            "run list prints json or table (--output status)",
+            "pyococtl run list --output table",
+        ));
     }
     let sha = a.workflow_yaml_sha256.as_deref().filter(|s| !s.is_empty());
     let page_form = a.updated_after.is_some() || a.cursor.is_some() || sha.is_some();
@@ -439,15 +489,24 @@ async fn list(ctx: &Ctx, a: &ListArgs) -> CtlResult<u8> {
         let (page, page_next) = match &body {
             Value::Array(arr) => (arr.clone(), Value::Null),
             Value::Object(m) => (
-                m.get("items").and_then(Value::as_array).cloned().unwrap_or_default(),
+                m.get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
                 m.get("next_cursor").cloned().unwrap_or(Value::Null),
             ),
             other => {
-                return Err(CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: unexpected answer to GET /runs: {other}")));
+                return Err(CtlError::new(
+                    exit::ERROR,
+                    format!("ERR-PYOCO-HTTP: unexpected answer to GET /runs: {other}"),
+                ));
             }
         };
         items.extend(page);
-        let next_str = page_next.as_str().filter(|c| !c.is_empty()).map(String::from);
+        let next_str = page_next
+            .as_str()
+            .filter(|c| !c.is_empty())
+            .map(String::from);
         if !a.all {
             next = page_next;
             body_as_is = Some(body);
@@ -456,7 +515,12 @@ async fn list(ctx: &Ctx, a: &ListArgs) -> CtlResult<u8> {
         match next_str {
             Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
             Some(c) => {
-                return Err(CtlError::new(exit::ERROR, format!("ERR-PYOCO-HTTP: the gateway returned the same next_cursor twice ({c})")));
+                return Err(CtlError::new(
+                    exit::ERROR,
+                    format!(
+                        "ERR-PYOCO-HTTP: the gateway returned the same next_cursor twice ({c})"
+                    ),
+                ));
             }
             None => break,
         }
@@ -464,7 +528,11 @@ async fn list(ctx: &Ctx, a: &ListArgs) -> CtlResult<u8> {
 
     match output {
         OutputFormat::Table => {
-            let time = if out::stdout_is_terminal() { table::TimeFormat::Local } else { table::TimeFormat::Raw };
+            let time = if out::stdout_is_terminal() {
+                table::TimeFormat::Local
+            } else {
+                table::TimeFormat::Raw
+            };
             let rows: Vec<Vec<String>> = items.iter().map(|i| table::row(i, time)).collect();
             let mut text = table::render(&rows);
             if page_form {
@@ -523,7 +591,12 @@ async fn watch_cmd(ctx: &Ctx, a: &WatchArgs) -> CtlResult<u8> {
     follow_and_exit(&ctx.client()?, &spec, mode, "--timeout-sec").await
 }
 
-async fn follow_and_exit(client: &Client, spec: &watch::Spec, mode: Mode, timeout_flag: &str) -> CtlResult<u8> {
+async fn follow_and_exit(
+    client: &Client,
+    spec: &watch::Spec,
+    mode: Mode,
+    timeout_flag: &str,
+) -> CtlResult<u8> {
     let mut sink: Box<dyn Sink> = match mode {
         Mode::Json => Box::new(watch::JsonLines),
         Mode::Status => Box::new(watch::StatusLines),
@@ -533,7 +606,10 @@ async fn follow_and_exit(client: &Client, spec: &watch::Spec, mode: Mode, timeou
     sink.finish(&end)?;
     match end {
         End::Terminal { status, .. } if spec.until_terminal => Ok(exit::for_status(&status)),
-        End::Deadline { last_status, last_error } if spec.until_terminal => {
+        End::Deadline {
+            last_status,
+            last_error,
+        } if spec.until_terminal => {
             let still = last_status.as_deref().unwrap_or("not seen");
             let mut msg = format!(
                 "ERR-PYOCO-WATCH: timeout\n- reason: run {} is still {still} after {timeout_flag} {}",
@@ -557,18 +633,32 @@ async fn cancel(ctx: &Ctx, a: &CancelArgs) -> CtlResult<u8> {
     json_only(ctx, "run cancel", EXAMPLE)?;
     let run_id = match (&a.id, &a.run_id) {
         (Some(x), Some(y)) if x != y => {
-            return Err(CtlError::usage(format!("two different runs given: '{x}' and --run-id '{y}'"), EXAMPLE));
+            return Err(CtlError::usage(
+                format!("two different runs given: '{x}' and --run-id '{y}'"),
+                EXAMPLE,
+            ));
         }
         (Some(x), _) | (None, Some(x)) => x.clone(),
-        (None, None) => return Err(CtlError::usage("the run to cancel is missing (RUN_ID or --run-id)", EXAMPLE)),
+        (None, None) => {
+            return Err(CtlError::usage(
+                "the run to cancel is missing (RUN_ID or --run-id)",
+                EXAMPLE,
+            ))
+        }
     };
     let client = ctx.client()?;
-    let snap = client.json(client.request(reqwest::Method::POST, &run_path(&run_id, "/cancel"))).await?;
+    let snap = client
+        .json(client.request(reqwest::Method::POST, &run_path(&run_id, "/cancel")))
+        .await?;
     if !a.wait {
         out::line(&pyjson::dumps(&snap))?;
         return Ok(exit::OK);
     }
-    let status = snap.get("status").and_then(Value::as_str).unwrap_or("").to_uppercase();
+    let status = snap
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_uppercase();
     let final_snap = if watch::is_terminal(&status) {
         snap
     } else {
@@ -596,7 +686,11 @@ async fn cancel(ctx: &Ctx, a: &CancelArgs) -> CtlResult<u8> {
         }
     };
     out::line(&pyjson::dumps(&final_snap))?;
-    let final_status = final_snap.get("status").and_then(Value::as_str).unwrap_or("").to_uppercase();
+    let final_status = final_snap
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_uppercase();
     Ok(match final_status.as_str() {
         "CANCELLED" => exit::OK,
         "COMPLETED" => {
@@ -608,7 +702,10 @@ async fn cancel(ctx: &Ctx, a: &CancelArgs) -> CtlResult<u8> {
             exit::RUN_FAILED
         }
         other => {
-            return Err(CtlError::new(exit::ERROR, format!("ERR-PYOCO-CANCEL: unexpected final status {other:?} of run {run_id}")));
+            return Err(CtlError::new(
+                exit::ERROR,
+                format!("ERR-PYOCO-CANCEL: unexpected final status {other:?} of run {run_id}"),
+            ));
         }
     })
 }

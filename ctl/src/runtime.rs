@@ -30,10 +30,14 @@ const SHIM_SOURCE: &str = include_str!("../../daemons/worker/runner/pyoco_runner
 #[derive(Debug, Clone, Subcommand)]
 pub enum RuntimeCmd {
     /// Create the workers' venv (when missing) and install pyoco and your packages into it.
-    #[command(after_help = "Examples:\n  pyococtl runtime setup\n  pyococtl runtime setup --wheel-dir /srv/wheels             # offline: pip --no-index --find-links\n  pyococtl runtime setup -r requirements.txt my-tasks==1.2\n  pyococtl runtime setup --venv ~/.pyoco-venv --python python3.12\n\nRestart the workers afterwards: systemctl restart 'pyoco-worker@*'")]
+    #[command(
+        after_help = "Examples:\n  pyococtl runtime setup\n  pyococtl runtime setup --wheel-dir /srv/wheels             # offline: pip --no-index --find-links\n  pyococtl runtime setup -r requirements.txt my-tasks==1.2\n  pyococtl runtime setup --venv ~/.pyoco-venv --python python3.12\n\nRestart the workers afterwards: systemctl restart 'pyoco-worker@*'"
+    )]
     Setup(SetupArgs),
     /// Check that the venv can run flows: Python and pyoco versions, the worker's runner start-up.
-    #[command(after_help = "Examples:\n  pyococtl runtime check\n  pyococtl runtime check --pythonpath /var/lib/pyoco/flows --import hello_tasks\n  pyococtl --output json runtime check\n\nExit codes: 0 the runtime can run flows, 1 it cannot (the message says why and how to fix it).")]
+    #[command(
+        after_help = "Examples:\n  pyococtl runtime check\n  pyococtl runtime check --pythonpath /var/lib/pyoco/flows --import hello_tasks\n  pyococtl --output json runtime check\n\nExit codes: 0 the runtime can run flows, 1 it cannot (the message says why and how to fix it)."
+    )]
     Check(CheckArgs),
 }
 
@@ -89,7 +93,10 @@ pub async fn dispatch(ctx: &Ctx, cmd: &RuntimeCmd) -> CtlResult<u8> {
     match cmd {
         RuntimeCmd::Setup(a) => setup(ctx, a).await,
         RuntimeCmd::Check(a) => {
-            let python = a.python.clone().unwrap_or_else(|| a.venv.join("bin/python"));
+            let python = a
+                .python
+                .clone()
+                .unwrap_or_else(|| a.venv.join("bin/python"));
             let report = check(&python, &a.pythonpath, &a.imports).await?;
             print_report(ctx, &report);
             Ok(if report.ok { exit::OK } else { exit::ERROR })
@@ -111,7 +118,10 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
     }
     for r in &a.requirements {
         if !r.is_file() {
-            return Err(CtlError::usage(format!("--requirement {}: no such file", r.display()), "pyococtl runtime setup -r requirements.txt"));
+            return Err(CtlError::usage(
+                format!("--requirement {}: no such file", r.display()),
+                "pyococtl runtime setup -r requirements.txt",
+            ));
         }
     }
     let venv = absolute(&a.venv);
@@ -125,8 +135,17 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
             cmd.arg("--clear");
         }
         cmd.arg(&venv);
-        println!("+ {} -m venv{} {}", a.python, if a.recreate { " --clear" } else { "" }, venv.display());
-        let status = cmd.stdin(Stdio::null()).status().await.map_err(|e| start_error(&a.python, &e))?;
+        println!(
+            "+ {} -m venv{} {}",
+            a.python,
+            if a.recreate { " --clear" } else { "" },
+            venv.display()
+        );
+        let status = cmd
+            .stdin(Stdio::null())
+            .status()
+            .await
+            .map_err(|e| start_error(&a.python, &e))?;
         if !status.success() {
             return Err(CtlError::new(
                 exit::ERROR,
@@ -140,12 +159,25 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
         }
         println!("created venv {} (Python {version})", venv.display());
     } else {
-        println!("venv {} exists (pass --recreate to start it afresh)", venv.display());
+        println!(
+            "venv {} exists (pass --recreate to start it afresh)",
+            venv.display()
+        );
     }
 
-    let mut pip: Vec<String> = vec!["-m".into(), "pip".into(), "install".into(), "--disable-pip-version-check".into(), "--no-input".into()];
+    let mut pip: Vec<String> = vec![
+        "-m".into(),
+        "pip".into(),
+        "install".into(),
+        "--disable-pip-version-check".into(),
+        "--no-input".into(),
+    ];
     if let Some(dir) = &a.wheel_dir {
-        pip.extend(["--no-index".into(), "--find-links".into(), absolute(dir).display().to_string()]);
+        pip.extend([
+            "--no-index".into(),
+            "--find-links".into(),
+            absolute(dir).display().to_string(),
+        ]);
     }
     if a.upgrade {
         pip.push("--upgrade".into());
@@ -171,13 +203,33 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
             "without network access, install offline: pip download pyoco -d DIR elsewhere, copy DIR here, \
              then pyococtl runtime setup --wheel-dir DIR"
         };
-        return Err(CtlError::new(exit::ERROR, format!("pip install into {} failed ({status}); {hint}", venv.display())));
+        return Err(CtlError::new(
+            exit::ERROR,
+            format!(
+                "pip install into {} failed ({status}); {hint}",
+                venv.display()
+            ),
+        ));
     }
     // Whatever the caller's umask was, the workers' user must be able to read the venv.
     if let Err(e) = readable_by_all(&venv) {
-        return Err(CtlError::new(exit::ERROR, format!("cannot make {} readable for the workers: {e}", venv.display())));
+        return Err(CtlError::new(
+            exit::ERROR,
+            format!(
+                "cannot make {} readable for the workers: {e}",
+                venv.display()
+            ),
+        ));
     }
-    println!("installed {}{}", a.pyoco, if a.packages.is_empty() && a.requirements.is_empty() { String::new() } else { " and your packages".into() });
+    println!(
+        "installed {}{}",
+        a.pyoco,
+        if a.packages.is_empty() && a.requirements.is_empty() {
+            String::new()
+        } else {
+            " and your packages".into()
+        }
+    );
 
     if a.no_check {
         return Ok(exit::OK);
@@ -228,7 +280,11 @@ fn readable_by_all(dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let mode = meta.permissions().mode();
-    let want = if meta.is_dir() || mode & 0o111 != 0 { mode | 0o555 } else { mode | 0o444 };
+    let want = if meta.is_dir() || mode & 0o111 != 0 {
+        mode | 0o555
+    } else {
+        mode | 0o444
+    };
     if want != mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want))?;
     }
@@ -244,7 +300,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -279,7 +337,8 @@ fn worker_identity() -> Option<(u32, u32, String)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 6 && f[0] == WORKER_USER).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, f[5].to_string())))?
+        (f.len() >= 6 && f[0] == WORKER_USER)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, f[5].to_string())))?
     })
 }
 
@@ -288,8 +347,12 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> std::io::Result<TempDir> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("pyococtl-runtime-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("pyococtl-runtime-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&dir)?;
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
@@ -303,15 +366,27 @@ impl Drop for TempDir {
     }
 }
 
-fn interpreter(python: &Path, pythonpath: &[PathBuf], cwd: &Path, who: &Option<(u32, u32, String)>) -> tokio::process::Command {
+fn interpreter(
+    python: &Path,
+    pythonpath: &[PathBuf],
+    cwd: &Path,
+    who: &Option<(u32, u32, String)>,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(python);
     if !pythonpath.is_empty() {
-        let joined: Vec<String> = pythonpath.iter().map(|p| absolute(p).display().to_string()).collect();
+        let joined: Vec<String> = pythonpath
+            .iter()
+            .map(|p| absolute(p).display().to_string())
+            .collect();
         cmd.env("PYTHONPATH", joined.join(":"));
     } else {
         cmd.env_remove("PYTHONPATH");
     }
-    cmd.env("PYTHONUNBUFFERED", "1").env("PYTHONUTF8", "1").env("PYTHONDONTWRITEBYTECODE", "1").current_dir(cwd).kill_on_drop(true);
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONUTF8", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(cwd)
+        .kill_on_drop(true);
     if let Some((uid, gid, home)) = who {
         cmd.uid(*uid).gid(*gid).env("HOME", home);
     }
@@ -321,7 +396,10 @@ fn interpreter(python: &Path, pythonpath: &[PathBuf], cwd: &Path, who: &Option<(
 /// Starts the worker's runner shim with `python` (stdin closed: it says `ready` or `fatal`,
 /// then exits) and imports the requested modules.
 pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) -> CtlResult<Report> {
-    let mut report = Report { python_path: python.display().to_string(), ..Default::default() };
+    let mut report = Report {
+        python_path: python.display().to_string(),
+        ..Default::default()
+    };
     if !python.exists() {
         report.problem = Some(format!(
             "no Python interpreter at {}; create the workers' runtime: pyococtl runtime setup \
@@ -332,9 +410,15 @@ pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) ->
     }
     let who = worker_identity();
     report.as_user = who.as_ref().map(|_| WORKER_USER.to_string());
-    let dir = TempDir::new().map_err(|e| CtlError::new(exit::ERROR, format!("cannot create a temporary directory: {e}")))?;
+    let dir = TempDir::new().map_err(|e| {
+        CtlError::new(
+            exit::ERROR,
+            format!("cannot create a temporary directory: {e}"),
+        )
+    })?;
     let shim = dir.0.join("pyoco_runner.py");
-    std::fs::write(&shim, SHIM_SOURCE).map_err(|e| CtlError::new(exit::ERROR, format!("cannot write {}: {e}", shim.display())))?;
+    std::fs::write(&shim, SHIM_SOURCE)
+        .map_err(|e| CtlError::new(exit::ERROR, format!("cannot write {}: {e}", shim.display())))?;
 
     let mut child = interpreter(python, pythonpath, &dir.0, &who)
         .arg(&shim)
@@ -353,10 +437,15 @@ pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) ->
     })
     .await;
     let Ok((out, err, status)) = collected else {
-        report.problem = Some(format!("{} did not start the runner within 60 s", python.display()));
+        report.problem = Some(format!(
+            "{} did not start the runner within 60 s",
+            python.display()
+        ));
         return Ok(report);
     };
-    let first: Option<Value> = String::from_utf8_lossy(&out).lines().find_map(|l| serde_json::from_str(l).ok());
+    let first: Option<Value> = String::from_utf8_lossy(&out)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok());
     match first.as_ref().and_then(|m| m["type"].as_str()) {
         Some("ready") => {
             let m = first.as_ref().expect("matched");
@@ -376,10 +465,24 @@ pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) ->
         }
         _ => {
             let err = String::from_utf8_lossy(&err);
-            let tail: Vec<&str> = err.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = err
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             let status = status.map(|s| s.to_string()).unwrap_or_default();
             let denied = if err.contains("Permission denied") && who.is_some() {
-                format!("; the venv must be readable by the user {WORKER_USER} (chmod -R a+rX {})", python.parent().and_then(Path::parent).unwrap_or(python).display())
+                format!(
+                    "; the venv must be readable by the user {WORKER_USER} (chmod -R a+rX {})",
+                    python
+                        .parent()
+                        .and_then(Path::parent)
+                        .unwrap_or(python)
+                        .display()
+                )
             } else {
                 String::new()
             };
@@ -394,17 +497,31 @@ pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) ->
 
     for module in imports {
         let out = interpreter(python, pythonpath, &dir.0, &who)
-            .args(["-c", "import importlib, sys; importlib.import_module(sys.argv[1])", module])
+            .args([
+                "-c",
+                "import importlib, sys; importlib.import_module(sys.argv[1])",
+                module,
+            ])
             .stdin(Stdio::null())
             .output()
             .await
             .map_err(|e| start_error(&python.display().to_string(), &e))?;
         let error = (!out.status.success()).then(|| {
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("import failed").trim().to_string()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("import failed")
+                .trim()
+                .to_string()
         });
         report.imports.push((module.clone(), error));
     }
-    let failed: Vec<&str> = report.imports.iter().filter(|(_, e)| e.is_some()).map(|(m, _)| m.as_str()).collect();
+    let failed: Vec<&str> = report
+        .imports
+        .iter()
+        .filter(|(_, e)| e.is_some())
+        .map(|(m, _)| m.as_str())
+        .collect();
     if !failed.is_empty() {
         report.problem = Some(format!(
             "cannot import {}; put the task modules on the workers' PYTHONPATH (PYOCO_WORKER_PYTHONPATH, \
@@ -418,8 +535,11 @@ pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) ->
 
 fn print_report(ctx: &Ctx, r: &Report) {
     if ctx.output(OutputFormat::Table) == OutputFormat::Json {
-        let imports: serde_json::Map<String, Value> =
-            r.imports.iter().map(|(m, e)| (m.clone(), e.as_ref().map_or(json!("ok"), |e| json!(e)))).collect();
+        let imports: serde_json::Map<String, Value> = r
+            .imports
+            .iter()
+            .map(|(m, e)| (m.clone(), e.as_ref().map_or(json!("ok"), |e| json!(e))))
+            .collect();
         let doc = json!({
             "ok": r.ok,
             "python": r.python_path,
@@ -437,8 +557,17 @@ fn print_report(ctx: &Ctx, r: &Report) {
     if !r.python_version.is_empty() {
         println!("python   {} ({})", r.python_version, r.python_executable);
         println!("pyoco    {}", r.pyoco_version);
-        let user = r.as_user.as_ref().map(|u| format!(", as user {u}")).unwrap_or_default();
-        println!("runner   ready (protocol {}{user})", r.protocol.map(|p| p.to_string()).unwrap_or_else(|| "?".into()));
+        let user = r
+            .as_user
+            .as_ref()
+            .map(|u| format!(", as user {u}"))
+            .unwrap_or_default();
+        println!(
+            "runner   ready (protocol {}{user})",
+            r.protocol
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into())
+        );
     }
     for (m, e) in &r.imports {
         match e {

@@ -11,9 +11,11 @@ use crate::{exit, Ctx};
 #[derive(Debug, Clone, Subcommand)]
 pub enum WorkerCmd {
     /// List workers: a table on a terminal (id, state, tags, current run, last seen), JSON otherwise.
-    #[command(after_help = "JSON output (--output json, or when stdout is not a terminal): the gateway's GET /workers array, \
+    #[command(
+        after_help = "JSON output (--output json, or when stdout is not a terminal): the gateway's GET /workers array, \
 one record per worker (worker_id, state = effective state, hidden, tags, last_seen_at, current_run_id, last_run_*, …).\n\n\
-Examples:\n  pyococtl worker list\n  pyococtl worker list --scope all --state disconnected\n  pyococtl --output json worker list --include-hidden | jq '.[].worker_id'")]
+Examples:\n  pyococtl worker list\n  pyococtl worker list --scope all --state disconnected\n  pyococtl --output json worker list --include-hidden | jq '.[].worker_id'"
+    )]
     List(ListArgs),
     /// Hide a worker from `worker list` (and the dashboard) until it is unhidden.
     Hide {
@@ -67,7 +69,9 @@ pub async fn dispatch(ctx: &Ctx, cmd: &WorkerCmd) -> CtlResult<u8> {
 }
 
 fn value_name<T: ValueEnum>(v: &T) -> String {
-    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 async fn list(ctx: &Ctx, args: &ListArgs) -> CtlResult<u8> {
@@ -92,25 +96,47 @@ async fn list(ctx: &Ctx, args: &ListArgs) -> CtlResult<u8> {
         println!("(no workers)");
         return Ok(exit::OK);
     }
-    print!("{}", worker_table(&items, args.include_hidden, pyoco_core::time::now()));
+    print!(
+        "{}",
+        worker_table(&items, args.include_hidden, pyoco_core::time::now())
+    );
     Ok(exit::OK)
 }
 
 /// The table of `worker list`: id, state, tags, current run, last seen (and hidden).
 pub(crate) fn worker_table(items: &[Value], with_hidden: bool, now: f64) -> String {
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|w| {
-            let tags: Vec<&str> = w.get("tags").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let tags: Vec<&str> = w
+                .get("tags")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             let mut row = vec![
                 text(w, "worker_id").unwrap_or_else(|| "?".into()),
                 text(w, "state").unwrap_or_else(|| "?".into()),
-                if tags.is_empty() { "-".into() } else { tags.join(",") },
+                if tags.is_empty() {
+                    "-".into()
+                } else {
+                    tags.join(",")
+                },
                 text(w, "current_run_id").unwrap_or_else(|| "-".into()),
             ];
             if with_hidden {
-                row.push(if w.get("hidden").and_then(Value::as_bool).unwrap_or(false) { "yes".into() } else { "no".into() });
+                row.push(
+                    if w.get("hidden").and_then(Value::as_bool).unwrap_or(false) {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                );
             }
             row.push(ago(now, w.get("last_seen_at").and_then(Value::as_f64)));
             row
@@ -128,7 +154,9 @@ pub(crate) fn worker_table(items: &[Value], with_hidden: bool, now: f64) -> Stri
 fn path_segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -137,7 +165,10 @@ fn path_segment(s: &str) -> String {
 async fn set_hidden(ctx: &Ctx, worker_id: &str, hidden: bool) -> CtlResult<u8> {
     let client = ctx.client()?;
     let req = client
-        .request(reqwest::Method::PATCH, &format!("/workers/{}", path_segment(worker_id)))
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/workers/{}", path_segment(worker_id)),
+        )
         .json(&json!({"hidden": hidden}));
     let answer = client.json(req).await.map_err(|e| {
         if e.message.contains("HTTP 404 ") {

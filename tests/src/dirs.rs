@@ -14,14 +14,23 @@ impl TestDir {
     pub fn new(prefix: &str) -> TestDir {
         let clean: String = prefix
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let dir = tempfile::Builder::new()
             .prefix(&format!("pyoco-test-{clean}-"))
             .tempdir()
             .expect("create temp dir");
         let path = dir.path().to_path_buf();
-        TestDir { dir: Some(dir), path }
+        TestDir {
+            dir: Some(dir),
+            path,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -53,7 +62,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::env::var("PYOCO_TEST_KEEP_DIRS").map(|v| v == "1").unwrap_or(false) {
+        if std::env::var("PYOCO_TEST_KEEP_DIRS")
+            .map(|v| v == "1")
+            .unwrap_or(false)
+        {
             if let Some(d) = self.dir.take() {
                 let p = d.keep();
                 eprintln!("[pyoco-tests] kept test dir {}", p.display());

@@ -33,10 +33,13 @@ pub(crate) fn parse_env_file(text: &str) -> HashMap<String, String> {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line).trim();
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let mut v = v.trim();
         if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
         {
             v = &v[1..v.len() - 1];
         }
@@ -50,7 +53,10 @@ pub(crate) fn parse_env_file(text: &str) -> HashMap<String, String> {
 pub fn test_env(key: &str) -> Option<String> {
     match std::env::var(key) {
         Ok(v) if !v.trim().is_empty() => Some(v),
-        _ => env_file_values().get(key).filter(|v| !v.trim().is_empty()).cloned(),
+        _ => env_file_values()
+            .get(key)
+            .filter(|v| !v.trim().is_empty())
+            .cloned(),
     }
 }
 

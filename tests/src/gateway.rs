@@ -97,13 +97,29 @@ impl Gateway {
     }
 
     /// Spawns on a given port without waiting (e.g. to restart a gateway on the same address).
-    pub fn spawn_on_port(port: u16, nats_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+    pub fn spawn_on_port(
+        port: u16,
+        nats_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut cmd = Command::new(bin_path("pyoco-server"));
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--nats-url", nats_url])
-            .args(extra);
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--nats-url",
+            nats_url,
+        ])
+        .args(extra);
         apply_env(&mut cmd, RUST_DEFAULTS, env);
         let daemon = Daemon::spawn(&format!("pyoco-server(rust) :{port}"), cmd);
-        Gateway { daemon, port, nats_url: nats_url.to_string() }
+        Gateway {
+            daemon,
+            port,
+            nats_url: nats_url.to_string(),
+        }
     }
 
     pub async fn wait_healthy(&mut self) {
@@ -115,17 +131,26 @@ impl Gateway {
     /// connected and the resources are ensured (`"nats": "connected"`).
     pub async fn wait_nats_connected(&self) {
         let url = self.url("/health");
-        let ok = crate::http::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
-            let url = url.clone();
-            async move {
-                match crate::http::http().get(&url).send().await {
-                    Ok(r) => r.json::<serde_json::Value>().await.map(|v| v["nats"] == "connected").unwrap_or(false),
-                    Err(_) => false,
+        let ok =
+            crate::http::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+                let url = url.clone();
+                async move {
+                    match crate::http::http().get(&url).send().await {
+                        Ok(r) => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .map(|v| v["nats"] == "connected")
+                            .unwrap_or(false),
+                        Err(_) => false,
+                    }
                 }
-            }
-        })
-        .await;
-        assert!(ok, "gateway never reported NATS connected; log:\n{}", self.log_text());
+            })
+            .await;
+        assert!(
+            ok,
+            "gateway never reported NATS connected; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// `http://127.0.0.1:<port>`
@@ -170,7 +195,12 @@ pub async fn run_workspace_bin(name: &str, args: &[&str], env: &[(&str, &str)]) 
     run_cli(bin_path(name), args, RUST_DEFAULTS, env).await
 }
 
-async fn run_cli(program: PathBuf, args: &[&str], defaults: &[(&str, &str)], env: &[(&str, &str)]) -> Output {
+async fn run_cli(
+    program: PathBuf,
+    args: &[&str],
+    defaults: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Output {
     let cwd = TestDir::new("cli-cwd");
     let mut std_cmd = Command::new(program);
     std_cmd.args(args).current_dir(cwd.path());
@@ -196,11 +226,28 @@ impl OrigGateway {
     pub async fn start(nats_url: &str, env: &[(&str, &str)]) -> OrigGateway {
         let port = free_port();
         let mut cmd = Command::new(orig_bin("pyoco-server"));
-        cmd.args(["up", "--host", "127.0.0.1", "--port", &port.to_string(), "--nats-url", nats_url]);
+        cmd.args([
+            "up",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--nats-url",
+            nats_url,
+        ]);
         apply_env(&mut cmd, PY_DEFAULTS, env);
         let mut daemon = Daemon::spawn(&format!("pyoco-server(orig) :{port}"), cmd);
-        wait_healthy(&mut daemon, &format!("http://127.0.0.1:{port}"), GATEWAY_START_TIMEOUT).await;
-        OrigGateway { daemon, port, nats_url: nats_url.to_string() }
+        wait_healthy(
+            &mut daemon,
+            &format!("http://127.0.0.1:{port}"),
+            GATEWAY_START_TIMEOUT,
+        )
+        .await;
+        OrigGateway {
+            daemon,
+            port,
+            nats_url: nats_url.to_string(),
+        }
     }
 
     pub fn base_url(&self) -> String {
@@ -311,7 +358,14 @@ impl OrigWorker {
         extra: &[&str],
     ) -> OrigWorker {
         let mut cmd = Command::new(orig_bin("pyoco-worker"));
-        cmd.args(["--nats-url", nats_url, "--tags", tags, "--worker-id", worker_id]);
+        cmd.args([
+            "--nats-url",
+            nats_url,
+            "--tags",
+            tags,
+            "--worker-id",
+            worker_id,
+        ]);
         if let Some(r) = flow_resolver {
             cmd.args(["--flow-resolver", r]);
         }

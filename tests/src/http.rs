@@ -34,7 +34,11 @@ where
 }
 
 /// `GET <base_url>/runs/<run_id>` (with `X-API-Key` if given); (status code, JSON body or Null).
-pub async fn get_run(base_url: &str, run_id: &str, api_key: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn get_run(
+    base_url: &str,
+    run_id: &str,
+    api_key: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut req = http().get(format!("{base_url}/runs/{run_id}"));
     if let Some(k) = api_key {
         req = req.header("X-API-Key", k);
@@ -42,7 +46,10 @@ pub async fn get_run(base_url: &str, run_id: &str, api_key: Option<&str>) -> (u1
     match req.send().await {
         Ok(r) => {
             let code = r.status().as_u16();
-            let body = r.json::<serde_json::Value>().await.unwrap_or(serde_json::Value::Null);
+            let body = r
+                .json::<serde_json::Value>()
+                .await
+                .unwrap_or(serde_json::Value::Null);
             (code, body)
         }
         Err(e) => panic!("GET {base_url}/runs/{run_id}: {e}"),
@@ -69,7 +76,9 @@ pub async fn wait_for_run_status(
             }
         }
         if Instant::now() >= deadline {
-            panic!("run {run_id} did not reach {want:?} within {timeout:?}; last: HTTP {code} {body}");
+            panic!(
+                "run {run_id} did not reach {want:?} within {timeout:?}; last: HTTP {code} {body}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -12,10 +12,18 @@ use async_nats::jetstream::{self, kv, stream};
 /// Mirrors async-nats' own `kv_to_stream_config` for the plain (no mirror/sources) case.
 pub async fn create_kv(js: &jetstream::Context, config: kv::Config) -> kv::Store {
     let bucket = config.bucket.clone();
-    let history = if config.history > 0 { config.history } else { 1 };
+    let history = if config.history > 0 {
+        config.history
+    } else {
+        1
+    };
     let stream_config = stream::Config {
         name: format!("KV_{bucket}"),
-        description: if config.description.is_empty() { None } else { Some(config.description) },
+        description: if config.description.is_empty() {
+            None
+        } else {
+            Some(config.description)
+        },
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: history,
         max_bytes: config.max_bytes,
@@ -27,7 +35,11 @@ pub async fn create_kv(js: &jetstream::Context, config: kv::Config) -> kv::Store
         deny_delete: true,
         deny_purge: false,
         allow_direct: true,
-        num_replicas: if config.num_replicas == 0 { 1 } else { config.num_replicas },
+        num_replicas: if config.num_replicas == 0 {
+            1
+        } else {
+            config.num_replicas
+        },
         discard: stream::DiscardPolicy::New,
         placement: config.placement,
         ..Default::default()

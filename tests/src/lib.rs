@@ -27,7 +27,10 @@ pub mod worker;
 use std::time::Duration;
 
 pub use dirs::TestDir;
-pub use env::{bin_path, orig_bin, orig_venv, py311, target_profile_dir, test_env, test_env_path, workspace_root};
+pub use env::{
+    bin_path, orig_bin, orig_venv, py311, target_profile_dir, test_env, test_env_path,
+    workspace_root,
+};
 pub use gateway::{
     orig_admin, orig_client, orig_venv_run, run_python_program, run_workspace_bin,
     spawn_workspace_bin, wait_healthy, AnyGateway, Gateway, GatewayKind, OrigGateway, OrigWorker,
@@ -63,7 +66,9 @@ pub async fn nats_connect(url: &str) -> async_nats::Client {
         match attempt {
             Ok(Ok(c)) => return c,
             Ok(Err(e)) if std::time::Instant::now() >= deadline => panic!("connect to {url}: {e}"),
-            Err(_) if std::time::Instant::now() >= deadline => panic!("connect to {url}: timed out"),
+            Err(_) if std::time::Instant::now() >= deadline => {
+                panic!("connect to {url}: timed out")
+            }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -71,7 +76,10 @@ pub async fn nats_connect(url: &str) -> async_nats::Client {
 
 /// A unique id with a readable prefix, e.g. `unique("worker")` → `worker-3f2a9c1b`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 #[cfg(test)]

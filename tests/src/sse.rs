@@ -20,8 +20,9 @@ pub struct SseEvent {
 impl SseEvent {
     /// `data` parsed as JSON (panics with the data if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("SSE `{}` data is not JSON ({e}): {}", self.event, self.data))
+        serde_json::from_str(&self.data).unwrap_or_else(|e| {
+            panic!("SSE `{}` data is not JSON ({e}): {}", self.event, self.data)
+        })
     }
 }
 
@@ -97,7 +98,9 @@ impl SseParser {
             let id = self.id.take();
             let data = self.data.take()?;
             return Some(SseEvent {
-                event: event.filter(|e| !e.is_empty()).unwrap_or_else(|| "message".to_string()),
+                event: event
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "message".to_string()),
                 data,
                 id,
             });
@@ -137,24 +140,27 @@ pub type SseStream = Pin<Box<dyn Stream<Item = anyhow::Result<SseEvent>> + Send>
 pub fn sse_events(response: reqwest::Response) -> SseStream {
     let body = response.bytes_stream();
     let state = (body, SseParser::new(), VecDeque::<SseEvent>::new(), false);
-    Box::pin(futures::stream::unfold(state, |(mut body, mut parser, mut queue, mut done)| async move {
-        loop {
-            if let Some(ev) = queue.pop_front() {
-                return Some((Ok(ev), (body, parser, queue, done)));
-            }
-            if done {
-                return None;
-            }
-            match body.next().await {
-                Some(Ok(chunk)) => queue.extend(parser.push(&chunk)),
-                Some(Err(e)) => {
-                    done = true;
-                    return Some((Err(anyhow::Error::new(e)), (body, parser, queue, done)));
+    Box::pin(futures::stream::unfold(
+        state,
+        |(mut body, mut parser, mut queue, mut done)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    return Some((Ok(ev), (body, parser, queue, done)));
                 }
-                None => return None,
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => queue.extend(parser.push(&chunk)),
+                    Some(Err(e)) => {
+                        done = true;
+                        return Some((Err(anyhow::Error::new(e)), (body, parser, queue, done)));
+                    }
+                    None => return None,
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -185,8 +191,16 @@ mod tests {
         assert_eq!(
             evs,
             vec![
-                SseEvent { event: "message".into(), data: "a\nb".into(), id: Some("7".into()) },
-                SseEvent { event: "message".into(), data: "c".into(), id: None },
+                SseEvent {
+                    event: "message".into(),
+                    data: "a\nb".into(),
+                    id: Some("7".into())
+                },
+                SseEvent {
+                    event: "message".into(),
+                    data: "c".into(),
+                    id: None
+                },
             ]
         );
         assert_eq!(p.comments(), &[" hello".to_string()]);

@@ -56,18 +56,38 @@ pub struct Worker {
 impl Worker {
     /// Starts `pyoco-worker --nats-url URL --tags TAGS --worker-id ID --python <py311>
     /// --pythonpath <tasks_dir> [extra]` and waits until it logs `worker ready`.
-    pub async fn start(nats_url: &str, tags: &str, worker_id: &str, tasks_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Worker {
+    pub async fn start(
+        nats_url: &str,
+        tags: &str,
+        worker_id: &str,
+        tasks_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let py = py311();
         let mut args: Vec<String> = vec![
-            "--nats-url".into(), nats_url.into(), "--tags".into(), tags.into(), "--worker-id".into(), worker_id.into(),
-            "--python".into(), py.display().to_string(), "--pythonpath".into(), tasks_dir.display().to_string(),
+            "--nats-url".into(),
+            nats_url.into(),
+            "--tags".into(),
+            tags.into(),
+            "--worker-id".into(),
+            worker_id.into(),
+            "--python".into(),
+            py.display().to_string(),
+            "--pythonpath".into(),
+            tasks_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let daemon = spawn_workspace_bin("pyoco-worker", &argv, env);
-        let w = Worker { daemon, worker_id: worker_id.to_string() };
+        let w = Worker {
+            daemon,
+            worker_id: worker_id.to_string(),
+        };
         assert!(
-            w.daemon.wait_for_log("worker ready", Duration::from_secs(60)).await,
+            w.daemon
+                .wait_for_log("worker ready", Duration::from_secs(60))
+                .await,
             "pyoco-worker did not become ready; log:\n{}",
             w.daemon.log_tail(80)
         );

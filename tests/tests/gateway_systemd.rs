@@ -13,7 +13,8 @@ fn collect_until(sock: &UnixDatagram, timeout: Duration, pred: impl Fn(&str) -> 
     let mut all = String::new();
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 4096];
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     while Instant::now() < deadline && !pred(&all) {
         if let Ok(n) = sock.recv(&mut buf) {
             all.push_str(&String::from_utf8_lossy(&buf[..n]));
@@ -32,8 +33,18 @@ async fn notifies_ready_status_watchdog_and_stopping() {
     let port = free_port().to_string();
     let mut gw = spawn_workspace_bin(
         "pyoco-server",
-        &["--host", "127.0.0.1", "--port", &port, "--nats-url", &nats.url()],
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--nats-url",
+            &nats.url(),
+        ],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
     let got = tokio::task::spawn_blocking(move || {
         let got = collect_until(&sock, Duration::from_secs(10), |s| {
@@ -43,16 +54,30 @@ async fn notifies_ready_status_watchdog_and_stopping() {
     });
     let (sock, messages) = got.await.unwrap();
     assert!(messages.contains("READY=1"), "{messages}");
-    assert!(messages.contains(&format!("STATUS=listening on 127.0.0.1:{port}")), "{messages}");
-    assert!(messages.contains("NATS connected · 0 runs indexed"), "{messages}");
-    assert!(messages.contains("WATCHDOG=1"), "watchdog pings when WATCHDOG_USEC is set: {messages}");
+    assert!(
+        messages.contains(&format!("STATUS=listening on 127.0.0.1:{port}")),
+        "{messages}"
+    );
+    assert!(
+        messages.contains("NATS connected · 0 runs indexed"),
+        "{messages}"
+    );
+    assert!(
+        messages.contains("WATCHDOG=1"),
+        "watchdog pings when WATCHDOG_USEC is set: {messages}"
+    );
 
     gw.signal(Signal::SIGTERM);
-    let stopping = tokio::task::spawn_blocking(move || collect_until(&sock, Duration::from_secs(5), |s| s.contains("STOPPING=1")))
-        .await
-        .unwrap();
+    let stopping = tokio::task::spawn_blocking(move || {
+        collect_until(&sock, Duration::from_secs(5), |s| s.contains("STOPPING=1"))
+    })
+    .await
+    .unwrap();
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
-    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("exits after SIGTERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits after SIGTERM");
     assert!(status.success(), "graceful shutdown exits 0: {status}");
 }
 
@@ -63,28 +88,65 @@ async fn serves_on_a_socket_passed_by_socket_activation() {
     let listen = format!("127.0.0.1:{port}");
     let bin = bin_path("pyoco-server");
     let mut cmd = std::process::Command::new("systemd-socket-activate");
-    cmd.args(["-l", &listen, "--fdname=http", "-E", "PYOCO_LOAD_DOTENV=0", "-E", "PYOCO_HTTP_PORT=1"])
-        .arg(&bin)
-        .args(["--nats-url", &nats.url()]);
+    cmd.args([
+        "-l",
+        &listen,
+        "--fdname=http",
+        "-E",
+        "PYOCO_LOAD_DOTENV=0",
+        "-E",
+        "PYOCO_HTTP_PORT=1",
+    ])
+    .arg(&bin)
+    .args(["--nats-url", &nats.url()]);
     scrub_pyoco_env(&mut cmd);
     let mut activator = Daemon::spawn("socket-activate", cmd);
     // The first connection starts the gateway, which serves on the inherited socket (the
     // configured port 1 is never bound).
     let base = format!("http://{listen}");
     wait_healthy(&mut activator, &base, Duration::from_secs(20)).await;
-    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(50), || async {
-        http().get(format!("{base}/runs")).send().await.map(|r| r.status() == 200).unwrap_or(false)
-    }).await;
+    let ok = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            http()
+                .get(format!("{base}/runs"))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        },
+    )
+    .await;
     assert!(ok, "log:\n{}", activator.log_text());
-    assert!(activator.log_text().contains("Execing"), "{}", activator.log_text());
+    assert!(
+        activator.log_text().contains("Execing"),
+        "{}",
+        activator.log_text()
+    );
 }
 
 #[tokio::test]
 async fn port_in_use_is_a_clear_error() {
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = blocker.local_addr().unwrap().port().to_string();
-    let out = run_workspace_bin("pyoco-server", &["--host", "127.0.0.1", "--port", &port, "--nats-url", "nats://127.0.0.1:1"], &[]).await;
+    let out = run_workspace_bin(
+        "pyoco-server",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ],
+        &[],
+    )
+    .await;
     assert_eq!(out.code(), Some(1));
     let err = out.stderr_text();
-    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")) && err.contains("fix:"), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")) && err.contains("fix:"),
+        "{err}"
+    );
 }

@@ -9,7 +9,11 @@ use pyoco_tests::*;
 async fn kv_persists_across_restart(flavour: &str) {
     let mut nats = NatsServer::start_using(flavour, &[]).await;
     let label = nats.version_label();
-    eprintln!("[smoke] {label} at {} (monitor {})", nats.url(), nats.monitor_url());
+    eprintln!(
+        "[smoke] {label} at {} (monitor {})",
+        nats.url(),
+        nats.monitor_url()
+    );
     assert!(label.starts_with(flavour), "{label}");
 
     {
@@ -39,13 +43,20 @@ async fn kv_persists_across_restart(flavour: &str) {
     nats.start_again().await;
     assert_eq!(nats.port(), port);
     let js = nats.jetstream().await;
-    let kv = js.get_key_value("smoke").await.expect("bucket survives restart");
+    let kv = js
+        .get_key_value("smoke")
+        .await
+        .expect("bucket survives restart");
     assert_eq!(
         kv.get("k").await.expect("get after restart").as_deref(),
         Some(&b"v1"[..]),
         "{label}: value lost across restart"
     );
-    assert!(nats.log_text().contains("Server is ready"), "log:\n{}", nats.log_text());
+    assert!(
+        nats.log_text().contains("Server is ready"),
+        "log:\n{}",
+        nats.log_text()
+    );
 }
 
 #[tokio::test]
@@ -63,17 +74,26 @@ async fn daemon_lifecycle_and_logs() {
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.args(["-c", "echo hello-out; echo hello-err >&2; sleep 30 & wait"]);
     let mut d = Daemon::spawn("sh-smoke", cmd);
-    assert!(d.wait_for_log("hello-err", Duration::from_secs(5)).await, "{}", d.log_text());
+    assert!(
+        d.wait_for_log("hello-err", Duration::from_secs(5)).await,
+        "{}",
+        d.log_text()
+    );
     assert!(d.log_text().contains("hello-out"));
     assert!(d.is_running());
     d.signal_group(nix::sys::signal::Signal::SIGTERM);
-    let st = d.wait_exit(Duration::from_secs(5)).await.expect("exits on SIGTERM");
+    let st = d
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits on SIGTERM");
     assert!(!st.success());
     // the group's `sleep` is gone too
     let pgid = nix::unistd::Pid::from_raw(d.pid() as i32);
-    let group_gone = wait_until(Duration::from_secs(3), Duration::from_millis(20), || async {
-        nix::sys::signal::killpg(pgid, None).is_err()
-    })
+    let group_gone = wait_until(
+        Duration::from_secs(3),
+        Duration::from_millis(20),
+        || async { nix::sys::signal::killpg(pgid, None).is_err() },
+    )
     .await;
     assert!(group_gone, "process group still has members");
 }
@@ -126,12 +146,26 @@ async fn original_stack_runs_example_flow() {
     assert!(resp.status().is_success());
     let mut events = sse_events(resp);
     use futures::StreamExt;
-    let first = events.next().await.expect("one event").expect("no transport error");
+    let first = events
+        .next()
+        .await
+        .expect("one event")
+        .expect("no transport error");
     assert_eq!(first.event, "snapshot");
-    assert_eq!(first.json()["snapshot"]["status"], "COMPLETED", "{}", first.data);
+    assert_eq!(
+        first.json()["snapshot"]["status"],
+        "COMPLETED",
+        "{}",
+        first.data
+    );
 
     // The admin CLI reaches the same NATS.
-    let created = orig_admin(&nats.url(), &["api-key", "create", "--tenant", "smoke"], &[]).await;
+    let created = orig_admin(
+        &nats.url(),
+        &["api-key", "create", "--tenant", "smoke"],
+        &[],
+    )
+    .await;
     created.assert_success();
     assert_eq!(created.stdout_json()["tenant_id"], "smoke");
 }

@@ -31,7 +31,11 @@ fn err(msg: impl Into<String>) -> CtlError {
 }
 
 fn engine_of(e: &EngineArgs) -> Engine {
-    e.engine.unwrap_or(if e.nats_cli_path.is_some() { Engine::NatsCli } else { Engine::Builtin })
+    e.engine.unwrap_or(if e.nats_cli_path.is_some() {
+        Engine::NatsCli
+    } else {
+        Engine::Builtin
+    })
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
@@ -59,7 +63,10 @@ struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        Progress { on: std::io::stderr().is_terminal(), last: Instant::now() }
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+        }
     }
     fn show(&mut self, text: impl FnOnce() -> String) {
         if self.on && self.last.elapsed() >= Duration::from_millis(250) {
@@ -79,7 +86,8 @@ impl Progress {
 
 /// What one stream's backup produced (a manifest entry).
 fn file_entry(dir: &Path, name: &str) -> CtlResult<Value> {
-    let (sha, bytes) = sha256_file(&dir.join(name)).map_err(|e| err(format!("cannot read {}: {e}", dir.join(name).display())))?;
+    let (sha, bytes) = sha256_file(&dir.join(name))
+        .map_err(|e| err(format!("cannot read {}: {e}", dir.join(name).display())))?;
     Ok(json!({"sha256": sha, "bytes": bytes}))
 }
 
@@ -87,8 +95,17 @@ fn manifest_entry(stream: &str, rel_dir: &str, dir: &Path) -> CtlResult<Value> {
     let meta: Value = std::fs::read(dir.join(META_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| err(format!("{}: missing or not JSON", dir.join(META_FILE).display())))?;
-    let data = if dir.join(DATA_FILE).exists() { DATA_FILE } else { DATA_FILE_ALT };
+        .ok_or_else(|| {
+            err(format!(
+                "{}: missing or not JSON",
+                dir.join(META_FILE).display()
+            ))
+        })?;
+    let data = if dir.join(DATA_FILE).exists() {
+        DATA_FILE
+    } else {
+        DATA_FILE_ALT
+    };
     let state = meta.get("state").cloned().unwrap_or(Value::Null);
     Ok(json!({
         "name": stream,
@@ -114,10 +131,19 @@ struct SnapOpts {
 }
 
 /// Snapshots one stream into `dir` (backup.json + stream.tar.s2). Returns (bytes, messages).
-async fn snapshot_stream(client: &async_nats::Client, stream: &str, dir: &Path, o: &SnapOpts) -> CtlResult<(u64, u64)> {
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+async fn snapshot_stream(
+    client: &async_nats::Client,
+    stream: &str,
+    dir: &Path,
+    o: &SnapOpts,
+) -> CtlResult<(u64, u64)> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.map_err(|e| err(format!("{stream}: subscribe: {e}")))?;
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| err(format!("{stream}: subscribe: {e}")))?;
     let req = json!({
         "deliver_subject": inbox,
         "no_consumers": o.no_consumers,
@@ -125,13 +151,26 @@ async fn snapshot_stream(client: &async_nats::Client, stream: &str, dir: &Path, 
         "window_size": o.window_size,
         "jsck": false,
     });
-    let resp = jsapi::request_json(client, &format!("$JS.API.STREAM.SNAPSHOT.{stream}"), &req, Duration::from_secs(30))
-        .await
-        .map_err(|e| err(format!("backup of {stream} failed: {e}")))?;
-    let expected = resp.pointer("/state/bytes").and_then(Value::as_u64).unwrap_or(0);
-    let messages = resp.pointer("/state/messages").and_then(Value::as_u64).unwrap_or(0);
+    let resp = jsapi::request_json(
+        client,
+        &format!("$JS.API.STREAM.SNAPSHOT.{stream}"),
+        &req,
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| err(format!("backup of {stream} failed: {e}")))?;
+    let expected = resp
+        .pointer("/state/bytes")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let messages = resp
+        .pointer("/state/messages")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let data_path = dir.join(DATA_FILE);
-    let mut file = tokio::fs::File::create(&data_path).await.map_err(|e| err(format!("cannot create {}: {e}", data_path.display())))?;
+    let mut file = tokio::fs::File::create(&data_path)
+        .await
+        .map_err(|e| err(format!("cannot create {}: {e}", data_path.display())))?;
     let mut received = 0u64;
     let mut progress = Progress::new();
     loop {
@@ -147,7 +186,10 @@ async fn snapshot_stream(client: &async_nats::Client, stream: &str, dir: &Path, 
         };
         // Flow control: acknowledge at once, the server stops after ~2 s without it.
         if let Some(reply) = &msg.reply {
-            client.publish(reply.clone(), Bytes::new()).await.map_err(|e| err(format!("backup of {stream}: flow control reply: {e}")))?;
+            client
+                .publish(reply.clone(), Bytes::new())
+                .await
+                .map_err(|e| err(format!("backup of {stream}: flow control reply: {e}")))?;
         }
         if msg.payload.is_empty() {
             // 204 ends it; servers before 2.10 end it with an empty message without a status.
@@ -155,32 +197,60 @@ async fn snapshot_stream(client: &async_nats::Client, stream: &str, dir: &Path, 
             if code.is_none() || code == Some(204) {
                 break;
             }
-            let why = msg.description.clone().unwrap_or_else(|| "no description".into());
+            let why = msg
+                .description
+                .clone()
+                .unwrap_or_else(|| "no description".into());
             return Err(err(format!(
                 "backup of {stream} failed: the server ended the snapshot with status {} ({why})",
                 code.map(|c| c.to_string()).unwrap_or_else(|| "none".into())
             )));
         }
-        file.write_all(&msg.payload).await.map_err(|e| err(format!("cannot write {}: {e}", data_path.display())))?;
+        file.write_all(&msg.payload)
+            .await
+            .map_err(|e| err(format!("cannot write {}: {e}", data_path.display())))?;
         received += msg.payload.len() as u64;
-        progress.show(|| format!("backup: {stream}: {} received (stream holds {})", super::human_bytes(received), super::human_bytes(expected)));
+        progress.show(|| {
+            format!(
+                "backup: {stream}: {} received (stream holds {})",
+                super::human_bytes(received),
+                super::human_bytes(expected)
+            )
+        });
     }
     progress.clear();
-    file.flush().await.map_err(|e| err(format!("cannot write {}: {e}", data_path.display())))?;
-    file.sync_all().await.map_err(|e| err(format!("cannot sync {}: {e}", data_path.display())))?;
+    file.flush()
+        .await
+        .map_err(|e| err(format!("cannot write {}: {e}", data_path.display())))?;
+    file.sync_all()
+        .await
+        .map_err(|e| err(format!("cannot sync {}: {e}", data_path.display())))?;
     let _ = sub.unsubscribe().await;
     let meta = json!({"config": resp.get("config").cloned().unwrap_or(Value::Null), "state": resp.get("state").cloned().unwrap_or(Value::Null)});
-    std::fs::write(dir.join(META_FILE), serde_json::to_vec_pretty(&meta).expect("JSON"))
-        .map_err(|e| err(format!("cannot write {}: {e}", dir.join(META_FILE).display())))?;
+    std::fs::write(
+        dir.join(META_FILE),
+        serde_json::to_vec_pretty(&meta).expect("JSON"),
+    )
+    .map_err(|e| {
+        err(format!(
+            "cannot write {}: {e}",
+            dir.join(META_FILE).display()
+        ))
+    })?;
     Ok((received, messages))
 }
 
 fn check_output_dir(dir: &Path, force: bool) -> CtlResult<()> {
     if dir.exists() {
         if !dir.is_dir() {
-            return Err(CtlError::new(exit::USAGE, format!("--dir {}: not a directory", dir.display())));
+            return Err(CtlError::new(
+                exit::USAGE,
+                format!("--dir {}: not a directory", dir.display()),
+            ));
         }
-        let non_empty = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let non_empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         if non_empty && !force {
             return Err(CtlError::new(
                 exit::USAGE,
@@ -193,8 +263,10 @@ fn check_output_dir(dir: &Path, force: bool) -> CtlResult<()> {
 
 fn write_manifest(dir: &Path, manifest: &Value) -> CtlResult<()> {
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(manifest).expect("JSON")).map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(|e| err(format!("cannot write the manifest: {e}")))
+    std::fs::write(&tmp, serde_json::to_vec_pretty(manifest).expect("JSON"))
+        .map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join(MANIFEST))
+        .map_err(|e| err(format!("cannot write the manifest: {e}")))
 }
 
 pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
@@ -203,13 +275,19 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
     let names = pyoco_core::resources::Names::from_config(&ctx.config);
     let url = ctx.nats_url();
     // The nats CLI must be there before anything is written.
-    let cli = if engine == Engine::NatsCli { Some(nats_cli(&a.engine)?) } else { None };
+    let cli = if engine == Engine::NatsCli {
+        Some(nats_cli(&a.engine)?)
+    } else {
+        None
+    };
     check_output_dir(&dir, a.force)?;
 
     let client = match engine {
         Engine::Builtin => Some(jsapi::connect(&url, a.engine.creds.as_deref()).await?),
         // Used only to skip streams that do not exist and to record the server version.
-        Engine::NatsCli if a.stream.is_none() => jsapi::connect(&url, a.engine.creds.as_deref()).await.ok(),
+        Engine::NatsCli if a.stream.is_none() => {
+            jsapi::connect(&url, a.engine.creds.as_deref()).await.ok()
+        }
         Engine::NatsCli => None,
     };
     let (single, wanted) = match &a.stream {
@@ -218,14 +296,21 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
     };
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
-    let opts = SnapOpts { no_consumers: a.no_consumers, chunk_size: a.chunk_size, window_size: a.window_size, idle: Duration::from_secs(a.idle_timeout.max(1)) };
+    let opts = SnapOpts {
+        no_consumers: a.no_consumers,
+        chunk_size: a.chunk_size,
+        window_size: a.window_size,
+        idle: Duration::from_secs(a.idle_timeout.max(1)),
+    };
     for stream in &wanted {
         if let Some(c) = &client {
             match jsapi::stream_info(c, stream).await {
                 Ok(Some(info)) => {
                     if info.pointer("/config/storage").and_then(Value::as_str) == Some("memory") {
                         if single {
-                            return Err(err(format!("{stream} uses memory storage, which JetStream cannot snapshot")));
+                            return Err(err(format!(
+                                "{stream} uses memory storage, which JetStream cannot snapshot"
+                            )));
                         }
                         eprintln!("backup: warning: {stream} skipped (memory storage cannot be snapshotted)");
                         skipped.push(json!({"name": stream, "reason": "memory storage"}));
@@ -240,10 +325,20 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
                     skipped.push(json!({"name": stream, "reason": "not found"}));
                     continue;
                 }
-                Err(e) => return Err(crate::client::nats_error(&url, &format!("cannot look up stream {stream}"), &e)),
+                Err(e) => {
+                    return Err(crate::client::nats_error(
+                        &url,
+                        &format!("cannot look up stream {stream}"),
+                        &e,
+                    ))
+                }
             }
         }
-        let (rel, sdir) = if single { (".".to_string(), dir.clone()) } else { (stream.clone(), dir.join(stream)) };
+        let (rel, sdir) = if single {
+            (".".to_string(), dir.clone())
+        } else {
+            (stream.clone(), dir.join(stream))
+        };
         let started = Instant::now();
         match (&client, &cli, engine) {
             (Some(c), _, Engine::Builtin) => {
@@ -257,7 +352,12 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
             }
             (_, Some(cli), _) => {
                 let mut args = cli_base(ctx, &a.engine);
-                args.extend(["stream".into(), "backup".into(), stream.clone(), sdir.display().to_string()]);
+                args.extend([
+                    "stream".into(),
+                    "backup".into(),
+                    stream.clone(),
+                    sdir.display().to_string(),
+                ]);
                 run_cli(cli, &args).await?;
                 eprintln!("backup: {stream} → {} (nats CLI)", sdir.display());
             }
@@ -281,7 +381,11 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
         "skipped": skipped,
     });
     write_manifest(&dir, &manifest)?;
-    println!("backup: ok ({} streams → {})", manifest["streams"].as_array().map(Vec::len).unwrap_or(0), dir.display());
+    println!(
+        "backup: ok ({} streams → {})",
+        manifest["streams"].as_array().map(Vec::len).unwrap_or(0),
+        dir.display()
+    );
     Ok(exit::OK)
 }
 
@@ -298,10 +402,15 @@ struct Item {
 
 fn load_meta(dir: &Path) -> CtlResult<Value> {
     let p = dir.join(META_FILE);
-    let bytes = std::fs::read(&p).map_err(|e| err(format!("restore: cannot read {}: {e}", p.display())))?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| err(format!("restore: {} is not valid JSON: {e}", p.display())))?;
+    let bytes =
+        std::fs::read(&p).map_err(|e| err(format!("restore: cannot read {}: {e}", p.display())))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| err(format!("restore: {} is not valid JSON: {e}", p.display())))?;
     if !v.get("config").map(Value::is_object).unwrap_or(false) {
-        return Err(err(format!("restore: {} has no stream config", p.display())));
+        return Err(err(format!(
+            "restore: {} has no stream config",
+            p.display()
+        )));
     }
     Ok(v)
 }
@@ -314,27 +423,54 @@ fn check_backup(input: &Path, only: Option<&str>) -> CtlResult<Vec<Item>> {
         let m: Value = std::fs::read(&manifest_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| err(format!("restore: {} is not valid JSON", manifest_path.display())))?;
-        let streams = m.get("streams").and_then(Value::as_array).ok_or_else(|| err(format!("restore: {} lists no streams", manifest_path.display())))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "restore: {} is not valid JSON",
+                    manifest_path.display()
+                ))
+            })?;
+        let streams = m.get("streams").and_then(Value::as_array).ok_or_else(|| {
+            err(format!(
+                "restore: {} lists no streams",
+                manifest_path.display()
+            ))
+        })?;
         for s in streams {
-            let name = s.get("name").and_then(Value::as_str).ok_or_else(|| err("restore: a manifest entry has no name"))?.to_string();
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err("restore: a manifest entry has no name"))?
+                .to_string();
             if only.is_some_and(|o| o != name) {
                 continue;
             }
             let rel = s.get("dir").and_then(Value::as_str).unwrap_or(".");
             if rel.contains("..") || rel.starts_with('/') {
-                return Err(err(format!("restore: manifest entry {name}: bad dir {rel:?}")));
+                return Err(err(format!(
+                    "restore: manifest entry {name}: bad dir {rel:?}"
+                )));
             }
-            let dir = if rel == "." || rel.is_empty() { input.to_path_buf() } else { input.join(rel) };
-            let files = s.get("files").and_then(Value::as_object).ok_or_else(|| err(format!("restore: manifest entry {name} lists no files")))?;
+            let dir = if rel == "." || rel.is_empty() {
+                input.to_path_buf()
+            } else {
+                input.join(rel)
+            };
+            let files = s
+                .get("files")
+                .and_then(Value::as_object)
+                .ok_or_else(|| err(format!("restore: manifest entry {name} lists no files")))?;
             let mut data = None;
             for (fname, f) in files {
                 let p = dir.join(fname);
                 if !p.is_file() {
-                    return Err(err(format!("restore: {} is missing (backup incomplete)", p.display())));
+                    return Err(err(format!(
+                        "restore: {} is missing (backup incomplete)",
+                        p.display()
+                    )));
                 }
                 let want = f.get("sha256").and_then(Value::as_str).unwrap_or("");
-                let (got, _) = sha256_file(&p).map_err(|e| err(format!("restore: cannot read {}: {e}", p.display())))?;
+                let (got, _) = sha256_file(&p)
+                    .map_err(|e| err(format!("restore: cannot read {}: {e}", p.display())))?;
                 if got != want {
                     return Err(err(format!("restore: sha256 mismatch for {} (manifest {want}, file {got}): the backup is damaged", p.display())));
                 }
@@ -342,24 +478,47 @@ fn check_backup(input: &Path, only: Option<&str>) -> CtlResult<Vec<Item>> {
                     data = Some(p);
                 }
             }
-            let data = data.ok_or_else(|| err(format!("restore: manifest entry {name} has no {DATA_FILE}")))?;
+            let data = data
+                .ok_or_else(|| err(format!("restore: manifest entry {name} has no {DATA_FILE}")))?;
             let meta = load_meta(&dir)?;
-            items.push(Item { name, dir, data, meta });
+            items.push(Item {
+                name,
+                dir,
+                data,
+                meta,
+            });
         }
     } else if input.join(META_FILE).exists() {
         // A directory written by `nats stream backup`.
         let meta = load_meta(input)?;
-        let name = meta.pointer("/config/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = meta
+            .pointer("/config/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let data = [DATA_FILE, DATA_FILE_ALT]
             .iter()
             .map(|f| input.join(f))
             .find(|p| p.is_file())
-            .ok_or_else(|| err(format!("restore: {} is missing (backup incomplete)", input.join(DATA_FILE).display())))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "restore: {} is missing (backup incomplete)",
+                    input.join(DATA_FILE).display()
+                ))
+            })?;
         if only.is_none_or(|o| o == name) {
-            items.push(Item { name, dir: input.to_path_buf(), data, meta });
+            items.push(Item {
+                name,
+                dir: input.to_path_buf(),
+                data,
+                meta,
+            });
         }
     } else {
-        return Err(err(format!("restore: {} holds no {MANIFEST} and no {META_FILE}: not a backup", input.display())));
+        return Err(err(format!(
+            "restore: {} holds no {MANIFEST} and no {META_FILE}: not a backup",
+            input.display()
+        )));
     }
     if let Some(o) = only {
         if items.is_empty() {
@@ -367,7 +526,11 @@ fn check_backup(input: &Path, only: Option<&str>) -> CtlResult<Vec<Item>> {
         }
     }
     for it in &items {
-        let cfg_name = it.meta.pointer("/config/name").and_then(Value::as_str).unwrap_or("");
+        let cfg_name = it
+            .meta
+            .pointer("/config/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if cfg_name != it.name {
             return Err(err(format!(
                 "restore: {} names stream {cfg_name:?}, the manifest {:?} (a stream cannot be renamed on restore)",
@@ -376,7 +539,10 @@ fn check_backup(input: &Path, only: Option<&str>) -> CtlResult<Vec<Item>> {
             )));
         }
         if it.meta.pointer("/config/storage").and_then(Value::as_str) == Some("memory") {
-            return Err(err(format!("restore: {} uses memory storage, which JetStream cannot restore", it.name)));
+            return Err(err(format!(
+                "restore: {} uses memory storage, which JetStream cannot restore",
+                it.name
+            )));
         }
     }
     if items.is_empty() {
@@ -385,21 +551,37 @@ fn check_backup(input: &Path, only: Option<&str>) -> CtlResult<Vec<Item>> {
     Ok(items)
 }
 
-async fn restore_stream(client: &async_nats::Client, it: &Item, replicas: Option<u32>, idle: Duration) -> CtlResult<Value> {
+async fn restore_stream(
+    client: &async_nats::Client,
+    it: &Item,
+    replicas: Option<u32>,
+    idle: Duration,
+) -> CtlResult<Value> {
     let name = &it.name;
     let mut req = json!({"config": it.meta["config"], "state": it.meta.get("state").cloned().unwrap_or(Value::Null)});
     if let Some(r) = replicas {
         req["config"]["num_replicas"] = json!(r);
     }
-    let resp = jsapi::request_json(client, &format!("$JS.API.STREAM.RESTORE.{name}"), &req, Duration::from_secs(30))
-        .await
-        .map_err(|e| err(format!("restore of {name} failed: {e}")))?;
+    let resp = jsapi::request_json(
+        client,
+        &format!("$JS.API.STREAM.RESTORE.{name}"),
+        &req,
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| err(format!("restore of {name} failed: {e}")))?;
     let deliver = resp
         .get("deliver_subject")
         .and_then(Value::as_str)
-        .ok_or_else(|| err(format!("restore of {name} failed: no deliver_subject in {resp}")))?
+        .ok_or_else(|| {
+            err(format!(
+                "restore of {name} failed: no deliver_subject in {resp}"
+            ))
+        })?
         .to_string();
-    let mut file = tokio::fs::File::open(&it.data).await.map_err(|e| err(format!("cannot open {}: {e}", it.data.display())))?;
+    let mut file = tokio::fs::File::open(&it.data)
+        .await
+        .map_err(|e| err(format!("cannot open {}: {e}", it.data.display())))?;
     let total = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let mut sent = 0u64;
     let mut buf = vec![0u8; RESTORE_CHUNK];
@@ -408,7 +590,10 @@ async fn restore_stream(client: &async_nats::Client, it: &Item, replicas: Option
         // Fill a whole chunk (a short read is not the end of the file).
         let mut n = 0;
         while n < RESTORE_CHUNK {
-            let k = file.read(&mut buf[n..]).await.map_err(|e| err(format!("cannot read {}: {e}", it.data.display())))?;
+            let k = file
+                .read(&mut buf[n..])
+                .await
+                .map_err(|e| err(format!("cannot read {}: {e}", it.data.display())))?;
             if k == 0 {
                 break;
             }
@@ -417,11 +602,15 @@ async fn restore_stream(client: &async_nats::Client, it: &Item, replicas: Option
         if n == 0 {
             break;
         }
-        let r = async_nats::Request::new().payload(Bytes::copy_from_slice(&buf[..n])).timeout(Some(idle));
-        let ack = client
-            .send_request(deliver.clone(), r)
-            .await
-            .map_err(|e| err(format!("restore of {name} failed after {}: chunk not acknowledged: {e}", super::human_bytes(sent))))?;
+        let r = async_nats::Request::new()
+            .payload(Bytes::copy_from_slice(&buf[..n]))
+            .timeout(Some(idle));
+        let ack = client.send_request(deliver.clone(), r).await.map_err(|e| {
+            err(format!(
+                "restore of {name} failed after {}: chunk not acknowledged: {e}",
+                super::human_bytes(sent)
+            ))
+        })?;
         if !ack.payload.is_empty() {
             if let Ok(v) = serde_json::from_slice::<Value>(&ack.payload) {
                 if let Some(e) = v.get("error") {
@@ -429,46 +618,89 @@ async fn restore_stream(client: &async_nats::Client, it: &Item, replicas: Option
                 }
             }
         } else if let Some(st) = ack.status.filter(|s| s.as_u16() >= 300) {
-            return Err(err(format!("restore of {name} failed: status {st} {}", ack.description.unwrap_or_default())));
+            return Err(err(format!(
+                "restore of {name} failed: status {st} {}",
+                ack.description.unwrap_or_default()
+            )));
         }
         sent += n as u64;
-        progress.show(|| format!("restore: {name}: {} / {} sent", super::human_bytes(sent), super::human_bytes(total)));
+        progress.show(|| {
+            format!(
+                "restore: {name}: {} / {} sent",
+                super::human_bytes(sent),
+                super::human_bytes(total)
+            )
+        });
     }
     progress.clear();
     // The server now rebuilds the stream; this can take long, hence the generous timeout.
-    let r = async_nats::Request::new().payload(Bytes::new()).timeout(Some(Duration::from_secs(3600)));
-    let fin = client.send_request(deliver, r).await.map_err(|e| err(format!("restore of {name} failed at the end: {e}")))?;
-    let v: Value = serde_json::from_slice(&fin.payload)
-        .map_err(|_| err(format!("restore of {name} failed: unexpected final answer {:?}", String::from_utf8_lossy(&fin.payload))))?;
+    let r = async_nats::Request::new()
+        .payload(Bytes::new())
+        .timeout(Some(Duration::from_secs(3600)));
+    let fin = client
+        .send_request(deliver, r)
+        .await
+        .map_err(|e| err(format!("restore of {name} failed at the end: {e}")))?;
+    let v: Value = serde_json::from_slice(&fin.payload).map_err(|_| {
+        err(format!(
+            "restore of {name} failed: unexpected final answer {:?}",
+            String::from_utf8_lossy(&fin.payload)
+        ))
+    })?;
     if let Some(e) = v.get("error") {
-        return Err(err(format!("restore of {name} failed: {}", e.get("description").and_then(Value::as_str).unwrap_or(&e.to_string()))));
+        return Err(err(format!(
+            "restore of {name} failed: {}",
+            e.get("description")
+                .and_then(Value::as_str)
+                .unwrap_or(&e.to_string())
+        )));
     }
-    if v.get("type").and_then(Value::as_str) != Some("io.nats.jetstream.api.v1.stream_create_response") {
-        return Err(err(format!("restore of {name} failed: expected a stream_create_response, got {v}")));
+    if v.get("type").and_then(Value::as_str)
+        != Some("io.nats.jetstream.api.v1.stream_create_response")
+    {
+        return Err(err(format!(
+            "restore of {name} failed: expected a stream_create_response, got {v}"
+        )));
     }
     Ok(v)
 }
 
 pub async fn restore(ctx: &Ctx, a: &RestoreArgs) -> CtlResult<u8> {
     if !a.confirm {
-        return Err(super::confirm_required("pyococtl restore --confirm --input /var/backups/pyoco/2024-05-01"));
+        return Err(super::confirm_required(
+            "pyococtl restore --confirm --input /var/backups/pyoco/2024-05-01",
+        ));
     }
     let input = super::absolute(&a.input);
     if !input.is_dir() {
-        return Err(CtlError::new(exit::USAGE, format!("restore: input directory not found: {}", input.display())));
+        return Err(CtlError::new(
+            exit::USAGE,
+            format!("restore: input directory not found: {}", input.display()),
+        ));
     }
     let engine = engine_of(&a.engine);
-    let cli = if engine == Engine::NatsCli { Some(nats_cli(&a.engine)?) } else { None };
+    let cli = if engine == Engine::NatsCli {
+        Some(nats_cli(&a.engine)?)
+    } else {
+        None
+    };
     let items = check_backup(&input, a.stream.as_deref())?;
     let url = ctx.nats_url();
 
     if let Some(cli) = cli {
         if a.replace || a.replicas.is_some() {
-            return Err(CtlError::new(exit::USAGE, "--replace and --replicas need the builtin engine"));
+            return Err(CtlError::new(
+                exit::USAGE,
+                "--replace and --replicas need the builtin engine",
+            ));
         }
         for it in &items {
             let mut args = cli_base(ctx, &a.engine);
-            args.extend(["stream".into(), "restore".into(), it.dir.display().to_string()]);
+            args.extend([
+                "stream".into(),
+                "restore".into(),
+                it.dir.display().to_string(),
+            ]);
             run_cli(&cli, &args).await?;
             println!("restore: {}: ok (nats CLI)", it.name);
         }
@@ -482,7 +714,13 @@ pub async fn restore(ctx: &Ctx, a: &RestoreArgs) -> CtlResult<u8> {
         match jsapi::stream_info(&client, &it.name).await {
             Ok(Some(_)) => existing.push(it.name.clone()),
             Ok(None) => {}
-            Err(e) => return Err(crate::client::nats_error(&url, &format!("cannot look up stream {}", it.name), &e)),
+            Err(e) => {
+                return Err(crate::client::nats_error(
+                    &url,
+                    &format!("cannot look up stream {}", it.name),
+                    &e,
+                ))
+            }
         }
     }
     if !existing.is_empty() && !a.replace {
@@ -494,16 +732,36 @@ pub async fn restore(ctx: &Ctx, a: &RestoreArgs) -> CtlResult<u8> {
     let idle = Duration::from_secs(a.idle_timeout.max(1));
     for it in &items {
         if existing.contains(&it.name) {
-            jsapi::request(&client, &format!("$JS.API.STREAM.DELETE.{}", it.name), Bytes::new(), Duration::from_secs(30))
-                .await
-                .map_err(|e: ApiError| err(format!("restore: cannot delete {} before restoring it: {e}", it.name)))?;
-            eprintln!("restore: {}: deleted the existing stream (--replace)", it.name);
+            jsapi::request(
+                &client,
+                &format!("$JS.API.STREAM.DELETE.{}", it.name),
+                Bytes::new(),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e: ApiError| {
+                err(format!(
+                    "restore: cannot delete {} before restoring it: {e}",
+                    it.name
+                ))
+            })?;
+            eprintln!(
+                "restore: {}: deleted the existing stream (--replace)",
+                it.name
+            );
         }
         let started = Instant::now();
         let v = restore_stream(&client, it, a.replicas, idle).await?;
-        let got = v.pointer("/state/messages").and_then(Value::as_u64).unwrap_or(0);
+        let got = v
+            .pointer("/state/messages")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let want = it.meta.pointer("/state/messages").and_then(Value::as_u64);
-        println!("restore: {}: ok ({got} messages, {:.1} s)", it.name, started.elapsed().as_secs_f64());
+        println!(
+            "restore: {}: ok ({got} messages, {:.1} s)",
+            it.name,
+            started.elapsed().as_secs_f64()
+        );
         if let Some(w) = want.filter(|w| *w != got) {
             eprintln!("restore: warning: {}: the backup recorded {w} messages, the restored stream has {got}", it.name);
         }
@@ -548,7 +806,11 @@ async fn run_cli(cli: &resolve::NatsCli, args: &[String]) -> CtlResult<()> {
         .await
         .map_err(|e| err(format!("cannot run {}: {e}", cli.path.display())))?;
     if !st.success() {
-        return Err(err(format!("{} {} failed ({st})", cli.path.display(), args.join(" "))));
+        return Err(err(format!(
+            "{} {} failed ({st})",
+            cli.path.display(),
+            args.join(" ")
+        )));
     }
     Ok(())
 }

@@ -23,14 +23,16 @@ use crate::client::{CtlError, CtlResult};
 use crate::{exit, Ctx};
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "NATS: the global --nats-url (or nats_url of the config file), connected as a system-account user:\n\
+#[command(
+    after_help = "NATS: the global --nats-url (or nats_url of the config file), connected as a system-account user:\n\
 --sys-creds FILE, or --sys-user/--sys-password (e.g. the user `pyococtl up --cluster … --sys-user sys` defines), or user:password in the URL.\n\n\
 HTTP API:\n  GET  /health    → {\"status\":\"ok\"}\n  POST /v1/leave  {\"request_id\", \"server_name\", \"nats_url\"} → {\"request_id\", \"result\": \"ok\"|\"already_done\"};\n\
                   400 {\"error\":\"invalid_request\"} on a bad body; 502 {\"error\": …, \"detail\": …} when NATS refuses.\n\
 Requests are idempotent by request_id (kept in <state-dir>/controller_state.json). A server that is no longer a\n\
 member of the meta group is reported as already_done.\n\n\
 Note: the default --listen port 8222 is also nats-server's monitoring port; on a NATS node pick another one.\n\n\
-Example:\n  NATS_SYS_PASSWORD=… pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user sys")]
+Example:\n  NATS_SYS_PASSWORD=… pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user sys"
+)]
 pub struct StartArgs {
     /// HOST:PORT to serve on.
     #[arg(long, default_value = "127.0.0.1:8222")]
@@ -42,7 +44,12 @@ pub struct StartArgs {
     #[arg(long, value_name = "USER")]
     pub sys_user: Option<String>,
     /// System account password.
-    #[arg(long, env = "NATS_SYS_PASSWORD", hide_env_values = true, value_name = "PASSWORD")]
+    #[arg(
+        long,
+        env = "NATS_SYS_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
     pub sys_password: Option<String>,
     /// Where the idempotency state lives [default: ~/.nats-bootstrap/controller].
     #[arg(long, value_name = "DIR")]
@@ -65,10 +72,20 @@ struct Shared {
 
 fn load_state(path: &Path) -> CtlResult<StateFile> {
     match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str(&t)
-            .map_err(|e| CtlError::new(exit::ERROR, format!("controller error: {} is not a valid state file: {e}", path.display()))),
+        Ok(t) => serde_json::from_str(&t).map_err(|e| {
+            CtlError::new(
+                exit::ERROR,
+                format!(
+                    "controller error: {} is not a valid state file: {e}",
+                    path.display()
+                ),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-        Err(e) => Err(CtlError::new(exit::ERROR, format!("controller error: cannot read {}: {e}", path.display()))),
+        Err(e) => Err(CtlError::new(
+            exit::ERROR,
+            format!("controller error: cannot read {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -86,7 +103,10 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
     let url = ctx.nats_url();
     if let Some(c) = &a.sys_creds {
         if !c.is_file() {
-            return Err(CtlError::new(exit::USAGE, format!("controller error: sys.creds not found: {}", c.display())));
+            return Err(CtlError::new(
+                exit::USAGE,
+                format!("controller error: sys.creds not found: {}", c.display()),
+            ));
         }
     }
     if a.sys_creds.is_none() && a.sys_user.is_none() && !url.contains('@') {
@@ -95,24 +115,38 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
             "NATS_SYS_PASSWORD=… pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user sys",
         ));
     }
-    let addr: SocketAddr = a
-        .listen
-        .parse()
-        .map_err(|e| CtlError::usage(format!("--listen {}: {e}", a.listen), "pyococtl controller start --listen 127.0.0.1:8223"))?;
+    let addr: SocketAddr = a.listen.parse().map_err(|e| {
+        CtlError::usage(
+            format!("--listen {}: {e}", a.listen),
+            "pyococtl controller start --listen 127.0.0.1:8223",
+        )
+    })?;
     let state_dir = a
         .state_dir
         .clone()
         .map(|d| super::absolute(&d))
         .unwrap_or_else(|| super::expand_tilde(Path::new("~/.nats-bootstrap/controller")));
-    std::fs::create_dir_all(&state_dir)
-        .map_err(|e| CtlError::new(exit::ERROR, format!("controller error: cannot create {}: {e}", state_dir.display())))?;
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        CtlError::new(
+            exit::ERROR,
+            format!(
+                "controller error: cannot create {}: {e}",
+                state_dir.display()
+            ),
+        )
+    })?;
     let state_path = state_dir.join("controller_state.json");
     let state = load_state(&state_path)?;
 
     let mut opts = match &a.sys_creds {
         Some(c) => async_nats::ConnectOptions::with_credentials_file(c.clone())
             .await
-            .map_err(|e| CtlError::new(exit::USAGE, format!("controller error: --sys-creds {}: {e}", c.display())))?,
+            .map_err(|e| {
+                CtlError::new(
+                    exit::USAGE,
+                    format!("controller error: --sys-creds {}: {e}", c.display()),
+                )
+            })?,
         None => async_nats::ConnectOptions::new(),
     };
     if let Some(u) = &a.sys_user {
@@ -126,9 +160,16 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
         .connection_timeout(Duration::from_secs(3))
         .connect(&url)
         .await
-        .map_err(|e| crate::client::nats_error(&url, "controller error: cannot connect to NATS", &e))?;
+        .map_err(|e| {
+            crate::client::nats_error(&url, "controller error: cannot connect to NATS", &e)
+        })?;
 
-    let shared = Arc::new(Shared { nats, nats_url: url.clone(), state_path: state_path.clone(), state: Mutex::new(state) });
+    let shared = Arc::new(Shared {
+        nats,
+        nats_url: url.clone(),
+        state_path: state_path.clone(),
+        state: Mutex::new(state),
+    });
     let app = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/leave", post(leave_handler))
@@ -141,7 +182,10 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
         };
         CtlError::new(exit::ERROR, format!("controller error: cannot listen on {addr}: {e}{hint}"))
     })?;
-    eprintln!("controller: listening on http://{addr} (NATS {url}, state {})", state_path.display());
+    eprintln!(
+        "controller: listening on http://{addr} (NATS {url}, state {})",
+        state_path.display()
+    );
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
@@ -158,18 +202,31 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
 }
 
 fn invalid() -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request"}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "invalid_request"})),
+    )
+        .into_response()
 }
 
 async fn leave_handler(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&body) else {
         return invalid();
     };
-    let text = |k: &str| req.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    let text = |k: &str| {
+        req.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let (Some(request_id), Some(server_name)) = (text("request_id"), text("server_name")) else {
         return invalid();
     };
-    if !matches!(req.get("nats_url"), None | Some(Value::Null) | Some(Value::String(_))) {
+    if !matches!(
+        req.get("nats_url"),
+        None | Some(Value::Null) | Some(Value::String(_))
+    ) {
         return invalid();
     }
     // One removal at a time; the lock also orders the state file writes.
@@ -180,18 +237,28 @@ async fn leave_handler(State(s): State<Arc<Shared>>, body: axum::body::Bytes) ->
     let body = json!({"peer": server_name});
     let (result, detail) = match remove_peer(&s.nats, &body).await {
         Ok(_) => ("ok", None),
-        Err(e) if e.err_code() == Some(jsapi::SERVER_NOT_MEMBER) => ("already_done", Some(e.to_string())),
+        Err(e) if e.err_code() == Some(jsapi::SERVER_NOT_MEMBER) => {
+            ("already_done", Some(e.to_string()))
+        }
         Err(ApiError::Transport(t)) => {
             let detail = format!(
                 "{t} (NATS {}): no answer from the JetStream meta leader — is the controller connected as a system-account user, and does the cluster have a leader?",
                 s.nats_url
             );
             eprintln!("controller: leave {request_id} ({server_name}) failed: {detail}");
-            return (StatusCode::BAD_GATEWAY, Json(json!({"error": "nats_unavailable", "detail": detail}))).into_response();
+            return (
+                StatusCode::BAD_GATEWAY,
+                Json(json!({"error": "nats_unavailable", "detail": detail})),
+            )
+                .into_response();
         }
         Err(e) => {
             eprintln!("controller: leave {request_id} ({server_name}) failed: {e}");
-            return (StatusCode::BAD_GATEWAY, Json(json!({"error": "remove_failed", "detail": e.to_string()}))).into_response();
+            return (
+                StatusCode::BAD_GATEWAY,
+                Json(json!({"error": "remove_failed", "detail": e.to_string()})),
+            )
+                .into_response();
         }
     };
     eprintln!("controller: leave {request_id}: {server_name} → {result}");
@@ -206,7 +273,10 @@ async fn leave_handler(State(s): State<Arc<Shared>>, body: axum::body::Bytes) ->
         }),
     );
     if let Err(e) = save_state(&s.state_path, &state) {
-        eprintln!("controller: warning: cannot write {}: {e}", s.state_path.display());
+        eprintln!(
+            "controller: warning: cannot write {}: {e}",
+            s.state_path.display()
+        );
     }
     Json(json!({"request_id": request_id, "result": result})).into_response()
 }
@@ -219,14 +289,17 @@ async fn remove_peer(nats: &async_nats::Client, body: &Value) -> Result<Value, A
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut unanswered = false;
     loop {
-        match jsapi::request_json(nats, "$JS.API.SERVER.REMOVE", body, Duration::from_secs(5)).await {
+        match jsapi::request_json(nats, "$JS.API.SERVER.REMOVE", body, Duration::from_secs(5)).await
+        {
             Err(ApiError::Transport(t)) if tokio::time::Instant::now() < deadline => {
                 eprintln!("controller: no answer yet ({t}); retrying");
                 unanswered = true;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) if unanswered && e.err_code() == Some(jsapi::SERVER_NOT_MEMBER) => {
-                return Ok(json!({"success": true, "note": "removed by an earlier, unanswered attempt"}));
+                return Ok(
+                    json!({"success": true, "note": "removed by an earlier, unanswered attempt"}),
+                );
             }
             other => return other,
         }
@@ -269,14 +342,28 @@ async fn call_controllers(controllers: &[String], body: &Value) -> CtlResult<Out
                 if !status.is_success() {
                     return Err(CtlError::new(
                         exit::ERROR,
-                        format!("controller request is invalid: {c} answered HTTP {}: {text}", status.as_u16()),
+                        format!(
+                            "controller request is invalid: {c} answered HTTP {}: {text}",
+                            status.as_u16()
+                        ),
                     ));
                 }
-                let v: Value = serde_json::from_str(&text)
-                    .map_err(|_| CtlError::new(exit::ERROR, format!("controller request is invalid: {c} answered {text:?}")))?;
-                let result = v.get("result").and_then(Value::as_str).unwrap_or("").to_string();
+                let v: Value = serde_json::from_str(&text).map_err(|_| {
+                    CtlError::new(
+                        exit::ERROR,
+                        format!("controller request is invalid: {c} answered {text:?}"),
+                    )
+                })?;
+                let result = v
+                    .get("result")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if result != "ok" && result != "already_done" {
-                    return Err(CtlError::new(exit::ERROR, format!("controller request is invalid: {c} answered {text}")));
+                    return Err(CtlError::new(
+                        exit::ERROR,
+                        format!("controller request is invalid: {c} answered {text}"),
+                    ));
                 }
                 return Ok(Outcome::Done(result));
             }
@@ -287,22 +374,38 @@ async fn call_controllers(controllers: &[String], body: &Value) -> CtlResult<Out
 
 pub async fn leave(ctx: &Ctx, a: &LeaveArgs) -> CtlResult<u8> {
     if !a.confirm {
-        return Err(super::confirm_required("pyococtl leave --confirm --controller http://10.0.0.1:8223"));
+        return Err(super::confirm_required(
+            "pyococtl leave --confirm --controller http://10.0.0.1:8223",
+        ));
     }
     if a.controllers.is_empty() {
-        return Err(CtlError::usage("controller endpoints are required (--controller URL, repeatable)", "pyococtl leave --confirm --controller http://10.0.0.1:8223"));
+        return Err(CtlError::usage(
+            "controller endpoints are required (--controller URL, repeatable)",
+            "pyococtl leave --confirm --controller http://10.0.0.1:8223",
+        ));
     }
-    let request_id = a.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let request_id = a
+        .request_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let server_name = a
         .server_name
         .clone()
         .or_else(|| server_name_from_conf(&super::server::effective_datafolder(&a.pid)))
         .unwrap_or_else(super::hostname);
-    let body = json!({"request_id": request_id, "server_name": server_name, "nats_url": ctx.cli.nats_url});
+    let body =
+        json!({"request_id": request_id, "server_name": server_name, "nats_url": ctx.cli.nats_url});
     eprintln!("leave: server {server_name}, request id {request_id} (reuse it with --request-id to retry safely)");
     match call_controllers(&a.controllers, &body).await? {
         Outcome::Done(result) => {
-            println!("{}", if result == "already_done" { "leave: already done" } else { "leave: ok" });
+            println!(
+                "{}",
+                if result == "already_done" {
+                    "leave: already done"
+                } else {
+                    "leave: ok"
+                }
+            );
         }
         Outcome::Unreachable(failures) => {
             if !a.stop_anyway {
@@ -324,7 +427,8 @@ pub async fn leave(ctx: &Ctx, a: &LeaveArgs) -> CtlResult<u8> {
         return Ok(exit::OK);
     }
     let path = super::server::pid_file_path(&a.pid);
-    let what = super::server::stop_from_pid_file(&path, Duration::from_secs(a.timeout), "leave").await?;
+    let what =
+        super::server::stop_from_pid_file(&path, Duration::from_secs(a.timeout), "leave").await?;
     println!("leave: stopped the local nats-server ({what})");
     Ok(exit::OK)
 }

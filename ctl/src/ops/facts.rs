@@ -34,12 +34,21 @@ struct Report {
 
 impl Report {
     fn problem(&mut self, problem: impl Into<String>, fix: impl Into<String>) {
-        self.problems.push(Problem { problem: problem.into(), fix: fix.into() });
+        self.problems.push(Problem {
+            problem: problem.into(),
+            fix: fix.into(),
+        });
     }
     fn json(&self) -> Value {
         let mut m = self.facts.clone();
         m.insert("ok".into(), json!(self.problems.is_empty()));
-        m.insert("problems".into(), self.problems.iter().map(|p| json!({"problem": p.problem, "fix": p.fix})).collect());
+        m.insert(
+            "problems".into(),
+            self.problems
+                .iter()
+                .map(|p| json!({"problem": p.problem, "fix": p.fix}))
+                .collect(),
+        );
         m.insert("warnings".into(), json!(self.warnings));
         Value::Object(m)
     }
@@ -48,7 +57,13 @@ impl Report {
 fn loopback_url(url: &str) -> bool {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let hostport = rest.rsplit('@').next().unwrap_or(rest);
-    let host = hostport.split(',').next().unwrap_or("").rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport);
+    let host = hostport
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(hostport);
     matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1" | "")
 }
 
@@ -88,16 +103,40 @@ fn expectations(ctx: &Ctx) -> Vec<(String, Value, Vec<&'static str>)> {
     use pyoco_core::resources as r;
     let cfg = &ctx.config;
     let n = r::Names::from_config(cfg);
-    let to = |c: async_nats::jetstream::stream::Config| serde_json::to_value(c).unwrap_or(Value::Null);
-    let full = vec!["subjects", "retention", "max_age", "max_msgs", "max_bytes", "max_msgs_per_subject"];
+    let to =
+        |c: async_nats::jetstream::stream::Config| serde_json::to_value(c).unwrap_or(Value::Null);
+    let full = vec![
+        "subjects",
+        "retention",
+        "max_age",
+        "max_msgs",
+        "max_bytes",
+        "max_msgs_per_subject",
+    ];
     let mut v = vec![
-        (n.work_stream.clone(), to(r::work_stream_config(&n)), full.clone()),
-        (n.dlq_stream.clone(), to(r::dlq_stream_config(&n, cfg)), full),
+        (
+            n.work_stream.clone(),
+            to(r::work_stream_config(&n)),
+            full.clone(),
+        ),
+        (
+            n.dlq_stream.clone(),
+            to(r::dlq_stream_config(&n, cfg)),
+            full,
+        ),
     ];
     for (bucket, ttl) in r::kv_buckets(&n, cfg) {
-        v.push((format!("KV_{bucket}"), to(r::kv_stream_config(&bucket, ttl)), vec!["max_age", "max_msgs_per_subject"]));
+        v.push((
+            format!("KV_{bucket}"),
+            to(r::kv_stream_config(&bucket, ttl)),
+            vec!["max_age", "max_msgs_per_subject"],
+        ));
     }
-    v.push((format!("OBJ_{}", n.wheels_bucket), json!({"max_bytes": cfg.wheel_max_bytes}), vec!["max_bytes"]));
+    v.push((
+        format!("OBJ_{}", n.wheels_bucket),
+        json!({"max_bytes": cfg.wheel_max_bytes}),
+        vec!["max_bytes"],
+    ));
     v
 }
 
@@ -120,24 +159,59 @@ fn workers_python(ctx: &Ctx) -> (String, &'static str) {
 
 fn python_check(py: &str) -> Result<String, String> {
     let script = "import pyoco, importlib.metadata as m; print(m.version('pyoco'))";
-    match resolve::run_with_timeout(Command::new(py).args(["-c", script]), Duration::from_secs(30)) {
-        Ok((true, out)) => Ok(out.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string()),
-        Ok((false, out)) => Err(out.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("failed").to_string()),
+    match resolve::run_with_timeout(
+        Command::new(py).args(["-c", script]),
+        Duration::from_secs(30),
+    ) {
+        Ok((true, out)) => Ok(out
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("")
+            .to_string()),
+        Ok((false, out)) => Err(out
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or("failed")
+            .to_string()),
         Err(e) => Err(e),
     }
 }
 
 async fn controller_ok(url: &str) -> bool {
-    let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(3)).no_proxy().build() else { return false };
-    match http.get(format!("{}/health", url.trim_end_matches('/'))).send().await {
-        Ok(r) if r.status().is_success() => r.json::<Value>().await.map(|v| v["status"] == "ok").unwrap_or(false),
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()
+    else {
+        return false;
+    };
+    match http
+        .get(format!("{}/health", url.trim_end_matches('/')))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r
+            .json::<Value>()
+            .await
+            .map(|v| v["status"] == "ok")
+            .unwrap_or(false),
         _ => false,
     }
 }
 
 async fn gateway_health(base: &str) -> Result<Value, String> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).no_proxy().build().map_err(|e| e.to_string())?;
-    let r = http.get(format!("{}/health", base.trim_end_matches('/'))).send().await.map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = http
+        .get(format!("{}/health", base.trim_end_matches('/')))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = r.status();
     let body: Value = r.json().await.unwrap_or(Value::Null);
     if status.is_success() && body["status"] == "ok" {
@@ -153,10 +227,23 @@ async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
     let client = match jsapi::connect(&url, a.creds.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
-            let line = e.message.lines().find(|l| l.starts_with("- reason:")).unwrap_or("").trim_start_matches("- reason: ");
-            let reason = line.rsplit_once(" (NATS at ").map(|(r, _)| r).unwrap_or(line).to_string();
-            r.facts.insert("nats".into(), json!({"url": url, "reachable": false, "error": reason}));
-            r.lines.push(format!("nats: {url} ng (unreachable: {reason})"));
+            let line = e
+                .message
+                .lines()
+                .find(|l| l.starts_with("- reason:"))
+                .unwrap_or("")
+                .trim_start_matches("- reason: ");
+            let reason = line
+                .rsplit_once(" (NATS at ")
+                .map(|(r, _)| r)
+                .unwrap_or(line)
+                .to_string();
+            r.facts.insert(
+                "nats".into(),
+                json!({"url": url, "reachable": false, "error": reason}),
+            );
+            r.lines
+                .push(format!("nats: {url} ng (unreachable: {reason})"));
             r.problem(
                 format!("NATS is not reachable at {url}"),
                 "start it: pyococtl up (or systemctl start pyoco-nats); check --nats-url / PYOCO_NATS_URL / nats_url in the config file",
@@ -168,7 +255,9 @@ async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
     let js = jsapi::account_info(&client).await;
     let js_ok = js.is_ok();
     let js_json = match &js {
-        Ok(v) => json!({"enabled": true, "streams": v.get("streams"), "storage": v.get("storage"), "domain": v.get("domain")}),
+        Ok(v) => {
+            json!({"enabled": true, "streams": v.get("streams"), "storage": v.get("storage"), "domain": v.get("domain")})
+        }
         Err(e) => json!({"enabled": false, "error": e.to_string()}),
     };
     r.facts.insert(
@@ -199,12 +288,22 @@ async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
                 Ok(Some(info)) => {
                     let cfg = &info["config"];
                     let d = drift(&expected, cfg, &fields);
-                    let msgs = info.pointer("/state/messages").and_then(Value::as_u64).unwrap_or(0);
-                    let bytes = info.pointer("/state/bytes").and_then(Value::as_u64).unwrap_or(0);
+                    let msgs = info
+                        .pointer("/state/messages")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
+                    let bytes = info
+                        .pointer("/state/bytes")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     let replicas = cfg.get("num_replicas").and_then(Value::as_u64).unwrap_or(1);
                     r.lines.push(format!(
                         "- {name}: {} ({msgs} messages, {}, R{replicas})",
-                        if d.is_empty() { "ok".to_string() } else { format!("drift: {}", d.join("; ")) },
+                        if d.is_empty() {
+                            "ok".to_string()
+                        } else {
+                            format!("drift: {}", d.join("; "))
+                        },
                         super::human_bytes(bytes)
                     ));
                     for x in &d {
@@ -221,7 +320,10 @@ async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
                 }
                 Err(e) => {
                     r.lines.push(format!("- {name}: ng ({e})"));
-                    r.problem(format!("cannot look up {name}: {e}"), "check the NATS account's permissions and the server log");
+                    r.problem(
+                        format!("cannot look up {name}: {e}"),
+                        "check the NATS account's permissions and the server log",
+                    );
                     streams.push(json!({"name": name, "present": null, "error": e.to_string()}));
                 }
             }
@@ -246,57 +348,104 @@ async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
                     let now = pyoco_core::time::now();
                     if let Ok(mut keys) = kv.keys().await {
                         while let Some(Ok(k)) = keys.next().await {
-                            let Ok(Some(v)) = kv.get(&k).await else { continue };
-                            let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(&v) else { continue };
+                            let Ok(Some(v)) = kv.get(&k).await else {
+                                continue;
+                            };
+                            let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(&v) else {
+                                continue;
+                            };
                             total += 1;
-                            let (rec, eff) = pyoco_core::wire::normalize_worker(&doc, now, ctx.config.worker_disconnect_timeout_sec);
+                            let (rec, eff) = pyoco_core::wire::normalize_worker(
+                                &doc,
+                                now,
+                                ctx.config.worker_disconnect_timeout_sec,
+                            );
                             if pyoco_core::wire::worker_alive(eff) {
                                 alive += 1;
-                                for t in rec.get("tags").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                                for t in rec
+                                    .get("tags")
+                                    .and_then(Value::as_array)
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(Value::as_str)
+                                {
                                     *per_tag.entry(t.to_string()).or_default() += 1;
                                 }
                             }
                         }
                     }
                 }
-                Err(e) => r.warnings.push(format!("cannot read the workers bucket {bucket}: {e}")),
+                Err(e) => r
+                    .warnings
+                    .push(format!("cannot read the workers bucket {bucket}: {e}")),
             }
         }
-        let tags = per_tag.iter().map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ");
-        r.lines.push(format!("workers: {alive} alive{} of {total} registered", if tags.is_empty() { String::new() } else { format!(" ({tags})") }));
+        let tags = per_tag
+            .iter()
+            .map(|(t, n)| format!("{t}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        r.lines.push(format!(
+            "workers: {alive} alive{} of {total} registered",
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({tags})")
+            }
+        ));
         if alive == 0 {
             r.warnings.push(
                 "no worker is alive: runs stay PENDING until one serves their tag (systemctl start pyoco-worker@<tag>, or pyoco-worker --tags <tag>)".into(),
             );
         }
-        r.facts.insert("workers".into(), json!({"alive": alive, "registered": total, "alive_by_tag": per_tag}));
+        r.facts.insert(
+            "workers".into(),
+            json!({"alive": alive, "registered": total, "alive_by_tag": per_tag}),
+        );
     }
 }
 
 async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
-    let mut r = Report { facts: serde_json::Map::new(), lines: Vec::new(), problems: Vec::new(), warnings: Vec::new() };
+    let mut r = Report {
+        facts: serde_json::Map::new(),
+        lines: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
     let url = ctx.nats_url();
 
     // nats-server binary and the JSON config.
     let bc = match resolve::load_bootstrap_config(a.bootstrap_config.as_deref()) {
         Ok(bc) => {
-            r.lines.push(format!("bootstrap-config: {} ({})", bc.path.display(), if bc.exists { "exists" } else { "missing" }));
+            r.lines.push(format!(
+                "bootstrap-config: {} ({})",
+                bc.path.display(),
+                if bc.exists { "exists" } else { "missing" }
+            ));
             r.facts.insert("bootstrap_config".into(), json!({"path": bc.path, "exists": bc.exists, "nats_server_path": bc.nats_server_path}));
             bc
         }
         Err(e) => {
             r.lines.push(format!("bootstrap-config: {}", e.message));
-            r.facts.insert("bootstrap_config".into(), json!({"error": e.message}));
-            r.problem(e.message.clone(), "fix the file (only the key nats_server_path is allowed) or remove it");
+            r.facts
+                .insert("bootstrap_config".into(), json!({"error": e.message}));
+            r.problem(
+                e.message.clone(),
+                "fix the file (only the key nats_server_path is allowed) or remove it",
+            );
             Default::default()
         }
     };
     if !a.skip.contains(&Check::NatsServer) {
-        let (resolved, attempts) = resolve::resolve_nats_server(a.nats_server_path.as_deref(), &bc, &ctx.config.python);
+        let (resolved, attempts) =
+            resolve::resolve_nats_server(a.nats_server_path.as_deref(), &bc, &ctx.config.python);
         match &resolved {
             Some(res) => {
                 r.lines.push(format!("nats-server: {}", res.path.display()));
-                r.lines.push(format!("version: {}", res.version.as_deref().unwrap_or("unknown")));
+                r.lines.push(format!(
+                    "version: {}",
+                    res.version.as_deref().unwrap_or("unknown")
+                ));
                 r.lines.push(format!("source: {}", res.source));
                 if let Some(w) = &res.version_error {
                     r.warnings.push(w.clone());
@@ -308,21 +457,31 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
                 if loopback_url(&url) {
                     r.problem("nats-server not found on this machine", fix);
                 } else {
-                    r.warnings.push(format!("nats-server not found on this machine (NATS is {url}): {fix}"));
+                    r.warnings.push(format!(
+                        "nats-server not found on this machine (NATS is {url}): {fix}"
+                    ));
                 }
             }
         }
         r.lines.push("priority:".into());
-        r.lines.extend(resolve::PRIORITY.iter().map(|p| format!("- {p}")));
+        r.lines
+            .extend(resolve::PRIORITY.iter().map(|p| format!("- {p}")));
         r.lines.push("resolution:".into());
         r.lines.extend(resolve::attempt_lines(&attempts));
-        r.facts.insert("nats_server".into(), json!({"resolved": resolved, "resolution": attempts}));
+        r.facts.insert(
+            "nats_server".into(),
+            json!({"resolved": resolved, "resolution": attempts}),
+        );
     }
 
     // PID file.
     let pid_path = server::pid_file_path(&a.pid);
     let pid_state = server::read_pid_file(&pid_path);
-    r.lines.push(format!("pid-file: {} ({})", pid_path.display(), pid_state.label()));
+    r.lines.push(format!(
+        "pid-file: {} ({})",
+        pid_path.display(),
+        pid_state.label()
+    ));
     let mut pf = pid_state.json();
     pf["path"] = json!(pid_path);
     r.facts.insert("pid_file".into(), pf);
@@ -330,25 +489,41 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
         PidState::Stale(_) | PidState::NotNats(..) | PidState::Invalid(_) => {
             r.problem(
                 format!("PID file {} is {}", pid_path.display(), pid_state.label()),
-                format!("rm {} (then start the server: pyococtl up, or systemctl start pyoco-nats)", pid_path.display()),
+                format!(
+                    "rm {} (then start the server: pyococtl up, or systemctl start pyoco-nats)",
+                    pid_path.display()
+                ),
             );
         }
-        PidState::Unreadable(e) => r.problem(format!("PID file {} cannot be read: {e}", pid_path.display()), "run as the server's user or root, or fix the file's permissions"),
+        PidState::Unreadable(e) => r.problem(
+            format!("PID file {} cannot be read: {e}", pid_path.display()),
+            "run as the server's user or root, or fix the file's permissions",
+        ),
         _ => {}
     }
 
     // nats CLI (informational: only --engine nats-cli needs it).
     let (cli, _) = resolve::resolve_nats_cli(a.nats_cli_path.as_deref());
     match &cli {
-        Some(c) => r.lines.push(format!("nats-cli: {} ({})", c.path.display(), c.source)),
+        Some(c) => r
+            .lines
+            .push(format!("nats-cli: {} ({})", c.path.display(), c.source)),
         None => r.lines.push("nats-cli: not found".into()),
     }
     r.facts.insert("nats_cli".into(), json!(cli));
 
     // Everything that waits on the network or on subprocesses, at once.
-    let controllers = futures::future::join_all(a.controllers.iter().map(|c| async move { (c.clone(), controller_ok(c).await) }));
+    let controllers = futures::future::join_all(
+        a.controllers
+            .iter()
+            .map(|c| async move { (c.clone(), controller_ok(c).await) }),
+    );
     let gateway = async {
-        if a.skip.contains(&Check::Gateway) { None } else { Some(gateway_health(&ctx.cli.server).await) }
+        if a.skip.contains(&Check::Gateway) {
+            None
+        } else {
+            Some(gateway_health(&ctx.cli.server).await)
+        }
     };
     let python = async {
         if a.skip.contains(&Check::Python) {
@@ -356,7 +531,9 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
         }
         let (py, source) = workers_python(ctx);
         let py2 = py.clone();
-        let res = tokio::task::spawn_blocking(move || python_check(&py2)).await.unwrap_or_else(|e| Err(e.to_string()));
+        let res = tokio::task::spawn_blocking(move || python_check(&py2))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
         Some((py, source, res))
     };
     let units = async {
@@ -368,19 +545,35 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
         let skip_units = a.skip.contains(&Check::Units);
         tokio::task::spawn_blocking(move || {
             let service = sd.unit_state(&format!("{service_name}.service"));
-            let product = if skip_units { Vec::new() } else { sd.product_units() };
+            let product = if skip_units {
+                Vec::new()
+            } else {
+                sd.product_units()
+            };
             (service, product)
         })
         .await
         .ok()
     };
-    let mut nats_report = Report { facts: serde_json::Map::new(), lines: Vec::new(), problems: Vec::new(), warnings: Vec::new() };
-    let (controllers, gateway, python, units, _) = tokio::join!(controllers, gateway, python, units, nats_facts(ctx, a, &mut nats_report));
+    let mut nats_report = Report {
+        facts: serde_json::Map::new(),
+        lines: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let (controllers, gateway, python, units, _) = tokio::join!(
+        controllers,
+        gateway,
+        python,
+        units,
+        nats_facts(ctx, a, &mut nats_report)
+    );
 
     if !controllers.is_empty() {
         r.lines.push("controller:".into());
         for (c, ok) in &controllers {
-            r.lines.push(format!("- {c}: {}", if *ok { "ok" } else { "ng" }));
+            r.lines
+                .push(format!("- {c}: {}", if *ok { "ok" } else { "ng" }));
             if !ok {
                 r.problem(
                     format!("controller {c} does not answer GET /health"),
@@ -388,30 +581,53 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
                 );
             }
         }
-        r.facts.insert("controllers".into(), controllers.iter().map(|(c, ok)| json!({"url": c, "ok": ok})).collect());
+        r.facts.insert(
+            "controllers".into(),
+            controllers
+                .iter()
+                .map(|(c, ok)| json!({"url": c, "ok": ok}))
+                .collect(),
+        );
     }
 
     // systemd
     match units {
         None => {
-            r.lines.push("systemd: not running (unit states not checked)".into());
+            r.lines
+                .push("systemd: not running (unit states not checked)".into());
             r.facts.insert("systemd".into(), json!({"running": false}));
         }
         Some((service, product)) => {
-            r.lines.push(format!("service: {}.service ({}, {})", a.service_name, service.active, service.enabled));
+            r.lines.push(format!(
+                "service: {}.service ({}, {})",
+                a.service_name, service.active, service.enabled
+            ));
             if service.enabled == "not-found" || service.active == "not-found" {
-                r.warnings.push(format!("the unit {}.service is not installed (pyococtl service install)", a.service_name));
+                r.warnings.push(format!(
+                    "the unit {}.service is not installed (pyococtl service install)",
+                    a.service_name
+                ));
             } else if service.active != "active" {
                 r.problem(
                     format!("{}.service is {}", a.service_name, service.active),
-                    format!("systemctl start {}.service (journalctl -u {} shows why it stopped)", a.service_name, a.service_name),
+                    format!(
+                        "systemctl start {}.service (journalctl -u {} shows why it stopped)",
+                        a.service_name, a.service_name
+                    ),
                 );
             }
             r.lines.push("units:".into());
             for u in &product {
-                r.lines.push(format!("- {}: {} ({})", u.unit, u.active, u.enabled));
+                r.lines
+                    .push(format!("- {}: {} ({})", u.unit, u.active, u.enabled));
                 if u.active == "failed" {
-                    r.problem(format!("{} has failed", u.unit), format!("systemctl restart {} (journalctl -u {} shows why)", u.unit, u.unit));
+                    r.problem(
+                        format!("{} has failed", u.unit),
+                        format!(
+                            "systemctl restart {} (journalctl -u {} shows why)",
+                            u.unit, u.unit
+                        ),
+                    );
                 }
             }
             r.facts.insert(
@@ -431,12 +647,24 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
         let base = &ctx.cli.server;
         match g {
             Ok(body) => {
-                r.lines.push(format!("gateway: {base} ok{}", body.get("nats").and_then(Value::as_str).map(|n| format!(" (NATS {n})")).unwrap_or_default()));
-                r.facts.insert("gateway".into(), json!({"url": base, "ok": true, "health": body}));
+                r.lines.push(format!(
+                    "gateway: {base} ok{}",
+                    body.get("nats")
+                        .and_then(Value::as_str)
+                        .map(|n| format!(" (NATS {n})"))
+                        .unwrap_or_default()
+                ));
+                r.facts.insert(
+                    "gateway".into(),
+                    json!({"url": base, "ok": true, "health": body}),
+                );
             }
             Err(e) => {
                 r.lines.push(format!("gateway: {base} ng ({e})"));
-                r.facts.insert("gateway".into(), json!({"url": base, "ok": false, "error": e}));
+                r.facts.insert(
+                    "gateway".into(),
+                    json!({"url": base, "ok": false, "error": e}),
+                );
                 r.problem(
                     format!("the gateway does not answer GET {base}/health ({e})"),
                     "systemctl start pyoco-server.socket pyoco-server.service (or check --server / PYOCO_SERVER; --skip gateway on hosts without one)",
@@ -448,11 +676,19 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
         match res {
             Ok(v) => {
                 r.lines.push(format!("python: {py} ({source}): pyoco {v}"));
-                r.facts.insert("python".into(), json!({"path": py, "source": source, "pyoco_version": v}));
+                r.facts.insert(
+                    "python".into(),
+                    json!({"path": py, "source": source, "pyoco_version": v}),
+                );
             }
             Err(e) => {
-                r.lines.push(format!("python: {py} ({source}): cannot import pyoco ({e})"));
-                r.facts.insert("python".into(), json!({"path": py, "source": source, "error": e}));
+                r.lines.push(format!(
+                    "python: {py} ({source}): cannot import pyoco ({e})"
+                ));
+                r.facts.insert(
+                    "python".into(),
+                    json!({"path": py, "source": source, "error": e}),
+                );
                 r.problem(
                     format!("the workers' Python {py} cannot import pyoco ({e})"),
                     "pyococtl runtime setup (a venv with pyoco in /var/lib/pyoco/venv), or set PYOCO_PYTHON to a Python that has pyoco (--skip python on hosts without workers)",
@@ -476,7 +712,11 @@ pub async fn status(ctx: &Ctx, a: &CheckArgs) -> CtlResult<u8> {
     if r.problems.is_empty() {
         println!("status: ok");
     } else {
-        println!("status: ng ({} problem{}; `pyococtl doctor` lists the fixes)", r.problems.len(), if r.problems.len() == 1 { "" } else { "s" });
+        println!(
+            "status: ng ({} problem{}; `pyococtl doctor` lists the fixes)",
+            r.problems.len(),
+            if r.problems.len() == 1 { "" } else { "s" }
+        );
     }
     // status shows the facts, not the resolution trail (doctor does).
     let mut skip = false;
@@ -496,12 +736,19 @@ pub async fn status(ctx: &Ctx, a: &CheckArgs) -> CtlResult<u8> {
 
 pub async fn doctor(ctx: &Ctx, a: &CheckArgs) -> CtlResult<u8> {
     let r = gather(ctx, a).await?;
-    let code = if r.problems.is_empty() { exit::OK } else { exit::ERROR };
+    let code = if r.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    };
     if ctx.output(OutputFormat::Table) == OutputFormat::Json {
         print_json_pretty(&r.json());
         return Ok(code);
     }
-    println!("doctor: {}", if r.problems.is_empty() { "ok" } else { "ng" });
+    println!(
+        "doctor: {}",
+        if r.problems.is_empty() { "ok" } else { "ng" }
+    );
     for l in &r.lines {
         println!("{l}");
     }
@@ -534,9 +781,16 @@ mod tests {
 
     #[test]
     fn drift_fields() {
-        let e = json!({"max_age": 604_800_000_000_000_i64, "max_msgs": 100000, "subjects": ["a.>"]});
+        let e =
+            json!({"max_age": 604_800_000_000_000_i64, "max_msgs": 100000, "subjects": ["a.>"]});
         let a = json!({"max_age": 3_600_000_000_000_i64, "max_msgs": -1, "subjects": ["a.>"]});
         let d = drift(&e, &a, &["max_age", "max_msgs", "subjects"]);
-        assert_eq!(d, vec!["max_age=3600 s but this configuration expects 604800 s", "max_msgs=unlimited but this configuration expects 100000"]);
+        assert_eq!(
+            d,
+            vec![
+                "max_age=3600 s but this configuration expects 604800 s",
+                "max_msgs=unlimited but this configuration expects 100000"
+            ]
+        );
     }
 }

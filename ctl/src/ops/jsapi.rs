@@ -13,14 +13,22 @@ use crate::exit;
 /// A JetStream API error (`{"error": {"code", "err_code", "description"}}`) or a transport failure.
 #[derive(Debug)]
 pub enum ApiError {
-    Api { code: u64, err_code: u64, description: String },
+    Api {
+        code: u64,
+        err_code: u64,
+        description: String,
+    },
     Transport(String),
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ApiError::Api { code, err_code, description } => write!(f, "{description} (code {code}, err_code {err_code})"),
+            ApiError::Api {
+                code,
+                err_code,
+                description,
+            } => write!(f, "{description} (code {code}, err_code {err_code})"),
             ApiError::Transport(s) => f.write_str(s),
         }
     }
@@ -41,8 +49,15 @@ pub const STREAM_NOT_FOUND: u64 = 10059;
 pub const SERVER_NOT_MEMBER: u64 = 10044;
 
 /// Sends `payload` to `subject` and parses the JSON answer; `{"error": …}` becomes `ApiError::Api`.
-pub async fn request(client: &async_nats::Client, subject: &str, payload: Bytes, timeout: Duration) -> Result<Value, ApiError> {
-    let req = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+pub async fn request(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
+    let req = async_nats::Request::new()
+        .payload(payload)
+        .timeout(Some(timeout));
     let msg = client
         .send_request(subject.to_string(), req)
         .await
@@ -55,25 +70,54 @@ pub async fn request(client: &async_nats::Client, subject: &str, payload: Bytes,
             )));
         }
     }
-    let v: Value = serde_json::from_slice(&msg.payload)
-        .map_err(|e| ApiError::Transport(format!("{subject}: answer is not JSON ({e}): {}", String::from_utf8_lossy(&msg.payload))))?;
+    let v: Value = serde_json::from_slice(&msg.payload).map_err(|e| {
+        ApiError::Transport(format!(
+            "{subject}: answer is not JSON ({e}): {}",
+            String::from_utf8_lossy(&msg.payload)
+        ))
+    })?;
     if let Some(err) = v.get("error") {
         return Err(ApiError::Api {
             code: err.get("code").and_then(Value::as_u64).unwrap_or(0),
             err_code: err.get("err_code").and_then(Value::as_u64).unwrap_or(0),
-            description: err.get("description").and_then(Value::as_str).unwrap_or("error").to_string(),
+            description: err
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_string(),
         });
     }
     Ok(v)
 }
 
-pub async fn request_json(client: &async_nats::Client, subject: &str, body: &Value, timeout: Duration) -> Result<Value, ApiError> {
-    request(client, subject, Bytes::from(serde_json::to_vec(body).expect("JSON")), timeout).await
+pub async fn request_json(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
+    request(
+        client,
+        subject,
+        Bytes::from(serde_json::to_vec(body).expect("JSON")),
+        timeout,
+    )
+    .await
 }
 
 /// `$JS.API.STREAM.INFO.<name>`; `Ok(None)` when the stream does not exist.
-pub async fn stream_info(client: &async_nats::Client, name: &str) -> Result<Option<Value>, ApiError> {
-    match request(client, &format!("$JS.API.STREAM.INFO.{name}"), Bytes::new(), Duration::from_secs(10)).await {
+pub async fn stream_info(
+    client: &async_nats::Client,
+    name: &str,
+) -> Result<Option<Value>, ApiError> {
+    match request(
+        client,
+        &format!("$JS.API.STREAM.INFO.{name}"),
+        Bytes::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    {
         Ok(v) => Ok(Some(v)),
         Err(e) if e.err_code() == Some(STREAM_NOT_FOUND) => Ok(None),
         Err(e) => Err(e),
@@ -101,6 +145,10 @@ pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Clie
     match tokio::time::timeout(Duration::from_secs(10), attempt).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(crate::client::nats_error(url, "cannot connect to NATS", &e)),
-        Err(_) => Err(crate::client::nats_error(url, "cannot connect to NATS", &"timed out after 10 s")),
+        Err(_) => Err(crate::client::nats_error(
+            url,
+            "cannot connect to NATS",
+            &"timed out after 10 s",
+        )),
     }
 }

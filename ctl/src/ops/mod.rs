@@ -120,10 +120,12 @@ pub struct PidArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Stops the nats-server whose PID is in the PID file: SIGTERM, then SIGKILL after --timeout.\n\
+#[command(
+    after_help = "Stops the nats-server whose PID is in the PID file: SIGTERM, then SIGKILL after --timeout.\n\
 A missing, unreadable, invalid or stale PID file (or one naming a process that is not nats-server) is an error (exit 1) and nothing is stopped.\n\
 On a node run by systemd, use `systemctl stop pyoco-nats` instead (a stopped service is restarted on failure).\n\n\
-Example:\n  pyococtl down --confirm --datafolder /var/lib/pyoco-nats")]
+Example:\n  pyococtl down --confirm --datafolder /var/lib/pyoco-nats"
+)]
 pub struct DownArgs {
     /// Required: this stops the server.
     #[arg(long)]
@@ -136,10 +138,12 @@ pub struct DownArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "POSTs {request_id, server_name, nats_url} to <controller>/v1/leave, trying each --controller in order.\n\
+#[command(
+    after_help = "POSTs {request_id, server_name, nats_url} to <controller>/v1/leave, trying each --controller in order.\n\
 Prints `leave: ok` or `leave: already done`, then stops the local server (PID file) unless --keep-running.\n\
 An unreachable controller is an error and nothing is stopped, unless --stop-anyway (then a warning).\n\n\
-Example:\n  pyococtl --nats-url nats://10.0.0.3:4222 leave --confirm --controller http://10.0.0.1:8223 --controller http://10.0.0.2:8223")]
+Example:\n  pyococtl --nats-url nats://10.0.0.3:4222 leave --confirm --controller http://10.0.0.1:8223 --controller http://10.0.0.2:8223"
+)]
 pub struct LeaveArgs {
     /// Required: this removes the server from the cluster and stops it.
     #[arg(long)]
@@ -205,18 +209,22 @@ pub enum Check {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Prints `status: ok|ng` and the facts: nats-server binary, version and source, the JSON config, the PID file, NATS and JetStream,\n\
+#[command(
+    after_help = "Prints `status: ok|ng` and the facts: nats-server binary, version and source, the JSON config, the PID file, NATS and JetStream,\n\
 the product's streams and buckets, workers alive per tag, the gateway, systemd units, the workers' Python. Always exits 0\n\
-(`pyococtl doctor` lists the problems with their fixes and exits 1 when there are any). --output json prints the facts as JSON.")]
+(`pyococtl doctor` lists the problems with their fixes and exits 1 when there are any). --output json prints the facts as JSON."
+)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub check: CheckArgs,
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Checks what `status` shows and ends with `doctor: ok`, or `doctor: ng` and a numbered list of problems, each with\n\
+#[command(
+    after_help = "Checks what `status` shows and ends with `doctor: ok`, or `doctor: ng` and a numbered list of problems, each with\n\
 the command that fixes it (exit 1). Warnings do not make it fail. --output json prints the facts, problems and warnings.\n\n\
-Examples:\n  pyococtl doctor\n  pyococtl --nats-url nats://10.0.0.1:4222 doctor --controller http://10.0.0.1:8223 --skip python")]
+Examples:\n  pyococtl doctor\n  pyococtl --nats-url nats://10.0.0.1:4222 doctor --controller http://10.0.0.1:8223 --skip python"
+)]
 pub struct DoctorArgs {
     #[command(flatten)]
     pub check: CheckArgs,
@@ -247,10 +255,12 @@ pub enum Engine {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Without --stream: every stream of the product (work queue, DLQ, the KV buckets and the wheel object store) into\n\
+#[command(
+    after_help = "Without --stream: every stream of the product (work queue, DLQ, the KV buckets and the wheel object store) into\n\
 DIR/<stream>/{backup.json,stream.tar.s2} (the layout `nats stream backup` writes) plus DIR/manifest.json (message counts, bytes,\n\
 sha256 of every file, nats-server version, time). With --stream NAME: that stream into DIR itself (+ manifest.json).\n\n\
-Examples:\n  pyococtl backup --dir /var/backups/pyoco/$(date +%F)\n  pyococtl backup --stream KV_pyoco_auth --dir /tmp/auth-backup\n  pyococtl backup --engine nats-cli --dir /var/backups/pyoco/today")]
+Examples:\n  pyococtl backup --dir /var/backups/pyoco/$(date +%F)\n  pyococtl backup --stream KV_pyoco_auth --dir /tmp/auth-backup\n  pyococtl backup --engine nats-cli --dir /var/backups/pyoco/today"
+)]
 pub struct BackupArgs {
     /// Output directory (created; must be empty unless --force).
     #[arg(long, value_name = "DIR")]
@@ -294,10 +304,12 @@ pub struct EngineArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Checks the whole backup first (manifest, files present, sha256, backup.json) and refuses to restore over an existing\n\
+#[command(
+    after_help = "Checks the whole backup first (manifest, files present, sha256, backup.json) and refuses to restore over an existing\n\
 stream unless --replace (which deletes it first). A directory written by `nats stream backup` (backup.json + stream.tar.s2,\n\
 no manifest) is accepted too.\n\n\
-Examples:\n  pyococtl restore --confirm --input /var/backups/pyoco/2024-05-01\n  pyococtl restore --confirm --replace --stream KV_pyoco_auth --input /var/backups/pyoco/2024-05-01")]
+Examples:\n  pyococtl restore --confirm --input /var/backups/pyoco/2024-05-01\n  pyococtl restore --confirm --replace --stream KV_pyoco_auth --input /var/backups/pyoco/2024-05-01"
+)]
 pub struct RestoreArgs {
     /// Required: this creates (with --replace: replaces) streams.
     #[arg(long)]
@@ -374,7 +386,9 @@ pub(crate) fn absolute(p: &std::path::Path) -> PathBuf {
         std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
     };
     // Drop `.` components so printed paths stay tidy.
-    abs.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+    abs.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// `~/x` → `$HOME/x`.

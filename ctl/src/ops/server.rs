@@ -41,7 +41,11 @@ fn with_port(value: &str, default_port: u16) -> String {
     let v = value.trim();
     if v.starts_with('[') {
         // [v6]:port or [v6]
-        if v.contains("]:") { v.to_string() } else { format!("{v}:{default_port}") }
+        if v.contains("]:") {
+            v.to_string()
+        } else {
+            format!("{v}:{default_port}")
+        }
     } else if v.contains(':') {
         v.to_string()
     } else {
@@ -67,23 +71,38 @@ fn q(s: &str) -> String {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The configuration bootstrap mode writes to `<datafolder>/nats-bootstrap.conf`.
-pub fn bootstrap_conf(a: &UpArgs, cluster: &str, server_name: &str, datafolder: &Path) -> CtlResult<String> {
+pub fn bootstrap_conf(
+    a: &UpArgs,
+    cluster: &str,
+    server_name: &str,
+    datafolder: &Path,
+) -> CtlResult<String> {
     let listen = with_port(a.listen.as_deref().unwrap_or("0.0.0.0"), a.cluster_port);
-    let mut routes: Vec<String> = a.seeds.iter().map(|s| normalize_seed(s, a.cluster_port)).collect();
+    let mut routes: Vec<String> = a
+        .seeds
+        .iter()
+        .map(|s| normalize_seed(s, a.cluster_port))
+        .collect();
     if routes.is_empty() {
         // JetStream refuses to start clustered without a configured route; a route to ourselves
         // satisfies it (nats-server recognises and drops it) until the others connect to us.
         let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("0.0.0.0");
-        let host = if matches!(host, "0.0.0.0" | "[::]" | "::" | "") { "127.0.0.1" } else { host };
+        let host = if matches!(host, "0.0.0.0" | "[::]" | "::" | "") {
+            "127.0.0.1"
+        } else {
+            host
+        };
         let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("6222");
         routes.push(format!("nats://{host}:{port}"));
     }
     let mut lines = vec![
-        "# Written by `pyococtl up` at every start; edit the command line, not this file.".to_string(),
+        "# Written by `pyococtl up` at every start; edit the command line, not this file."
+            .to_string(),
         format!("server_name: {}", q(server_name)),
     ];
     if let Some(h) = &a.client_host {
@@ -91,13 +110,19 @@ pub fn bootstrap_conf(a: &UpArgs, cluster: &str, server_name: &str, datafolder: 
     }
     lines.push(format!("port: {}", a.client_port));
     lines.push(format!("http: {}", a.http_port));
-    lines.push(format!("jetstream: {{ store_dir: {} }}", q(&datafolder.display().to_string())));
+    lines.push(format!(
+        "jetstream: {{ store_dir: {} }}",
+        q(&datafolder.display().to_string())
+    ));
     if let Some(user) = &a.sys_user {
         if user.trim().is_empty() {
             return Err(usage("--sys-user must not be empty"));
         }
         if !is_identifier(&a.sys_password_env) {
-            return Err(usage(format!("--sys-password-env {}: must be an environment variable name", a.sys_password_env)));
+            return Err(usage(format!(
+                "--sys-password-env {}: must be an environment variable name",
+                a.sys_password_env
+            )));
         }
         lines.extend([
             String::new(),
@@ -110,7 +135,12 @@ pub fn bootstrap_conf(a: &UpArgs, cluster: &str, server_name: &str, datafolder: 
             "no_auth_user: \"pyoco\"".to_string(),
         ]);
     }
-    lines.extend([String::new(), "cluster {".to_string(), format!("  name: {}", q(cluster)), format!("  listen: {}", q(&listen))]);
+    lines.extend([
+        String::new(),
+        "cluster {".to_string(),
+        format!("  name: {}", q(cluster)),
+        format!("  listen: {}", q(&listen)),
+    ]);
     lines.push("  routes = [".to_string());
     for r in &routes {
         lines.push(format!("    {}", q(r)));
@@ -192,16 +222,23 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
     }
     let datafolder = super::absolute(&a.datafolder);
     if datafolder.exists() && !datafolder.is_dir() {
-        return Err(usage(format!("--datafolder must be a directory: {}", datafolder.display())));
+        return Err(usage(format!(
+            "--datafolder must be a directory: {}",
+            datafolder.display()
+        )));
     }
     if let Some(c) = &a.nats_config {
         if !c.is_file() {
-            return Err(usage(format!("--nats-config {}: no such file", c.display())));
+            return Err(usage(format!(
+                "--nats-config {}: no such file",
+                c.display()
+            )));
         }
     }
 
     let bc = resolve::load_bootstrap_config(a.bootstrap_config.as_deref())?;
-    let (binary, attempts) = resolve::resolve_nats_server(a.nats_server_path.as_deref(), &bc, &ctx.config.python);
+    let (binary, attempts) =
+        resolve::resolve_nats_server(a.nats_server_path.as_deref(), &bc, &ctx.config.python);
     let binary = binary.ok_or_else(|| resolve::not_found_error(&attempts))?;
 
     let raw = a.nats_args.clone();
@@ -230,20 +267,34 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         if let Some(n) = &a.server_name {
             args.extend(["-n".into(), n.into()]);
         }
-        ready_url = format!("http://127.0.0.1:{}", monitor_in_args(&raw).unwrap_or(a.http_port));
+        ready_url = format!(
+            "http://127.0.0.1:{}",
+            monitor_in_args(&raw).unwrap_or(a.http_port)
+        );
         conf_path = None;
         conf_text = None;
     } else if !raw.is_empty() {
         mode = "raw";
-        ready_url = format!("http://127.0.0.1:{}", monitor_in_args(&raw).unwrap_or(a.http_port));
+        ready_url = format!(
+            "http://127.0.0.1:{}",
+            monitor_in_args(&raw).unwrap_or(a.http_port)
+        );
         conf_path = None;
         conf_text = None;
     } else {
         mode = "single";
-        let host = a.client_host.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+        let host = a
+            .client_host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_string());
         args.extend(["-js".into(), "-sd".into(), datafolder.clone().into()]);
         args.extend(["-a".into(), host.clone().into()]);
-        args.extend(["-p".into(), a.client_port.to_string().into(), "-m".into(), a.http_port.to_string().into()]);
+        args.extend([
+            "-p".into(),
+            a.client_port.to_string().into(),
+            "-m".into(),
+            a.http_port.to_string().into(),
+        ]);
         if let Some(n) = &a.server_name {
             args.extend(["-n".into(), n.into()]);
         }
@@ -264,7 +315,12 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         conf_text,
         pid_file,
         datafolder,
-        ready_url: a.ready_url.clone().unwrap_or(ready_url).trim_end_matches('/').to_string(),
+        ready_url: a
+            .ready_url
+            .clone()
+            .unwrap_or(ready_url)
+            .trim_end_matches('/')
+            .to_string(),
     })
 }
 
@@ -272,7 +328,11 @@ fn command_line(p: &Plan) -> String {
     std::iter::once(p.binary.path.display().to_string())
         .chain(p.args.iter().map(|a| {
             let s = a.to_string_lossy();
-            if s.contains(' ') { format!("'{s}'") } else { s.into_owned() }
+            if s.contains(' ') {
+                format!("'{s}'")
+            } else {
+                s.into_owned()
+            }
         }))
         .collect::<Vec<_>>()
         .join(" ")
@@ -294,13 +354,22 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
             ));
         }
     }
-    std::fs::create_dir_all(&p.datafolder)
-        .map_err(|e| CtlError::new(exit::ERROR, format!("cannot create the data folder {}: {e}", p.datafolder.display())))?;
+    std::fs::create_dir_all(&p.datafolder).map_err(|e| {
+        CtlError::new(
+            exit::ERROR,
+            format!(
+                "cannot create the data folder {}: {e}",
+                p.datafolder.display()
+            ),
+        )
+    })?;
     if let Some(parent) = p.pid_file.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
     if let (Some(path), Some(text)) = (&p.conf_path, &p.conf_text) {
-        std::fs::write(path, text).map_err(|e| CtlError::new(exit::ERROR, format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(path, text).map_err(|e| {
+            CtlError::new(exit::ERROR, format!("cannot write {}: {e}", path.display()))
+        })?;
     }
     let line = command_line(&p);
     if a.dry_run {
@@ -344,7 +413,10 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
     cmd.args(&p.args);
     if !a.wait_ready {
         let err = cmd.exec();
-        return Err(CtlError::new(exit::ERROR, format!("cannot start {}: {err}", p.binary.path.display())));
+        return Err(CtlError::new(
+            exit::ERROR,
+            format!("cannot start {}: {err}", p.binary.path.display()),
+        ));
     }
     supervise(cmd, &p, Duration::from_secs(a.ready_timeout)).await
 }
@@ -378,10 +450,18 @@ impl Drop for ChildGuard {
 
 async fn supervise(mut cmd: Command, p: &Plan, ready_timeout: Duration) -> CtlResult<u8> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| CtlError::new(exit::ERROR, format!("signal handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| CtlError::new(exit::ERROR, format!("signal handler: {e}")))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| CtlError::new(exit::ERROR, format!("signal handler: {e}")))?;
-    let child = cmd.spawn().map_err(|e| CtlError::new(exit::ERROR, format!("cannot start {}: {e}", p.binary.path.display())))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| CtlError::new(exit::ERROR, format!("signal handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| CtlError::new(exit::ERROR, format!("signal handler: {e}")))?;
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| CtlError::new(exit::ERROR, format!("signal handler: {e}")))?;
+    let child = cmd.spawn().map_err(|e| {
+        CtlError::new(
+            exit::ERROR,
+            format!("cannot start {}: {e}", p.binary.path.display()),
+        )
+    })?;
     let pid = Pid::from_raw(child.id() as i32);
     let mut guard = ChildGuard { child, done: false };
     let http = reqwest::Client::builder()
@@ -437,7 +517,10 @@ pub const PACKAGED_DATAFOLDER: &str = "/var/lib/pyoco/nats";
 /// does not exist, the packaged unit's `/var/lib/pyoco/nats` (when it exists).
 pub fn effective_datafolder(a: &PidArgs) -> PathBuf {
     let given = super::absolute(&a.datafolder);
-    if a.datafolder == Path::new(super::DEFAULT_DATAFOLDER) && !given.exists() && Path::new(PACKAGED_DATAFOLDER).is_dir() {
+    if a.datafolder == Path::new(super::DEFAULT_DATAFOLDER)
+        && !given.exists()
+        && Path::new(PACKAGED_DATAFOLDER).is_dir()
+    {
         return PathBuf::from(PACKAGED_DATAFOLDER);
     }
     given
@@ -556,7 +639,10 @@ pub async fn stop_from_pid_file(path: &Path, timeout: Duration, who: &str) -> Ct
     let fail = |what: String, hint: Option<String>| {
         CtlError::new(
             exit::ERROR,
-            format!("{who}: {what}; nothing was stopped{}", hint.map(|h| format!("\n- hint: {h}")).unwrap_or_default()),
+            format!(
+                "{who}: {what}; nothing was stopped{}",
+                hint.map(|h| format!("\n- hint: {h}")).unwrap_or_default()
+            ),
         )
     };
     let shown = path.display();
@@ -589,25 +675,40 @@ pub async fn stop_from_pid_file(path: &Path, timeout: Duration, who: &str) -> Ct
     if let Some(unit) = systemd_unit_of(pid) {
         eprintln!("{who}: note: pid {pid} runs in the systemd unit {unit}; it may be restarted — prefer `systemctl stop {unit}`");
     }
-    kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| fail(format!("SIGTERM to {pid}: {e}"), None))?;
+    kill(Pid::from_raw(pid), Signal::SIGTERM)
+        .map_err(|e| fail(format!("SIGTERM to {pid}: {e}"), None))?;
     let start = Instant::now();
     let mut killed = false;
     while alive(pid) {
         if !killed && start.elapsed() >= timeout {
-            eprintln!("{who}: pid {pid} still running after {} s; sending SIGKILL", timeout.as_secs());
+            eprintln!(
+                "{who}: pid {pid} still running after {} s; sending SIGKILL",
+                timeout.as_secs()
+            );
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             killed = true;
         }
         if killed && start.elapsed() >= timeout + Duration::from_secs(10) {
-            return Err(CtlError::new(exit::ERROR, format!("{who}: pid {pid} did not exit after SIGKILL")));
+            return Err(CtlError::new(
+                exit::ERROR,
+                format!("{who}: pid {pid} did not exit after SIGKILL"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // nats-server leaves its PID file behind; remove it when it still names the stopped process.
-    if std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<i32>().ok()) == Some(pid) {
+    if std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        == Some(pid)
+    {
         let _ = std::fs::remove_file(path);
     }
-    Ok(if killed { format!("pid {pid} killed after {} s", timeout.as_secs()) } else { format!("pid {pid} stopped") })
+    Ok(if killed {
+        format!("pid {pid} killed after {} s", timeout.as_secs())
+    } else {
+        format!("pid {pid} stopped")
+    })
 }
 
 pub async fn down(a: &super::DownArgs) -> CtlResult<u8> {
@@ -638,19 +739,39 @@ mod tests {
     #[test]
     fn seeds() {
         assert_eq!(normalize_seed("10.0.0.1", 6222), "nats://10.0.0.1:6222");
-        assert_eq!(normalize_seed("10.0.0.1:7000", 6222), "nats://10.0.0.1:7000");
+        assert_eq!(
+            normalize_seed("10.0.0.1:7000", 6222),
+            "nats://10.0.0.1:7000"
+        );
         assert_eq!(normalize_seed("nats-route://a:1", 6222), "nats-route://a:1");
         assert_eq!(normalize_seed(" h ", 1), "nats://h:1");
     }
 
     #[test]
     fn conf_text() {
-        let a = args(&["--cluster", "demo", "--seed", "h1", "--seed", "h2:7000", "--listen", "10.0.0.5", "--cluster-port", "6000"]);
+        let a = args(&[
+            "--cluster",
+            "demo",
+            "--seed",
+            "h1",
+            "--seed",
+            "h2:7000",
+            "--listen",
+            "10.0.0.5",
+            "--cluster-port",
+            "6000",
+        ]);
         let c = bootstrap_conf(&a, "demo", "n\"1", Path::new("/d")).unwrap();
         assert!(c.contains("server_name: \"n\\\"1\"\n"), "{c}");
-        assert!(c.contains("port: 4222\nhttp: 8222\njetstream: { store_dir: \"/d\" }"), "{c}");
+        assert!(
+            c.contains("port: 4222\nhttp: 8222\njetstream: { store_dir: \"/d\" }"),
+            "{c}"
+        );
         assert!(c.contains("listen: \"10.0.0.5:6000\""), "{c}");
-        assert!(c.contains("\"nats://h1:6000\"") && c.contains("\"nats://h2:7000\""), "{c}");
+        assert!(
+            c.contains("\"nats://h1:6000\"") && c.contains("\"nats://h2:7000\""),
+            "{c}"
+        );
         assert!(!c.contains("accounts"));
         let a = args(&["--cluster", "demo", "--sys-user", "sys"]);
         let c = bootstrap_conf(&a, "demo", "n1", Path::new("/d")).unwrap();
@@ -661,7 +782,10 @@ mod tests {
 
     #[test]
     fn raw_flags() {
-        let v: Vec<String> = ["-js", "-P", "/x.pid", "-m", "9"].iter().map(|s| s.to_string()).collect();
+        let v: Vec<String> = ["-js", "-P", "/x.pid", "-m", "9"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(pid_in_args(&v), Some(PathBuf::from("/x.pid")));
         assert_eq!(monitor_in_args(&v), Some(9));
         let v: Vec<String> = ["--pid=/y"].iter().map(|s| s.to_string()).collect();

@@ -30,11 +30,13 @@ pub struct UnitArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Every `up` option given here is baked into ExecStart (the data folder defaults to /var/lib/<service-name>,\n\
+#[command(
+    after_help = "Every `up` option given here is baked into ExecStart (the data folder defaults to /var/lib/<service-name>,\n\
 or ~/.local/state/<service-name> with --user). The unit is Type=notify: `systemctl start` returns once JetStream answers.\n\
 Secrets (NATS_SYS_PASSWORD for --sys-user) go into the optional EnvironmentFile /etc/pyoco/<service-name>.env.\n\
 --dry-run prints the unit without writing anything.\n\n\
-Examples:\n  pyococtl service install --enable\n  pyococtl service install --cluster pyoco --server-name n1 --seed 10.0.0.2 --seed 10.0.0.3 --sys-user sys --enable\n  pyococtl service install --user --unit-dir /tmp/units --dry-run")]
+Examples:\n  pyococtl service install --enable\n  pyococtl service install --cluster pyoco --server-name n1 --seed 10.0.0.2 --seed 10.0.0.3 --sys-user sys --enable\n  pyococtl service install --user --unit-dir /tmp/units --dry-run"
+)]
 pub struct InstallArgs {
     #[command(flatten)]
     pub unit: UnitArgs,
@@ -75,10 +77,17 @@ impl UnitState {
 impl Systemd {
     pub fn detect(user: bool) -> Systemd {
         if let Some(p) = std::env::var_os("PYOCO_SYSTEMCTL").filter(|p| !p.is_empty()) {
-            return Systemd { systemctl: Some(PathBuf::from(p)), user };
+            return Systemd {
+                systemctl: Some(PathBuf::from(p)),
+                user,
+            };
         }
         let booted = Path::new("/run/systemd/system").is_dir();
-        let systemctl = if booted { super::resolve::which("systemctl") } else { None };
+        let systemctl = if booted {
+            super::resolve::which("systemctl")
+        } else {
+            None
+        };
         Systemd { systemctl, user }
     }
 
@@ -88,13 +97,16 @@ impl Systemd {
 
     /// Runs systemctl; (success, trimmed output).
     pub fn run(&self, args: &[&str]) -> Result<(bool, String), String> {
-        let Some(sc) = &self.systemctl else { return Err("systemd is not running".into()) };
+        let Some(sc) = &self.systemctl else {
+            return Err("systemd is not running".into());
+        };
         let mut cmd = Command::new(sc);
         if self.user {
             cmd.arg("--user");
         }
         cmd.args(args);
-        super::resolve::run_with_timeout(&mut cmd, Duration::from_secs(60)).map(|(ok, out)| (ok, out.trim().to_string()))
+        super::resolve::run_with_timeout(&mut cmd, Duration::from_secs(60))
+            .map(|(ok, out)| (ok, out.trim().to_string()))
     }
 
     fn first_word(&self, args: &[&str]) -> String {
@@ -110,18 +122,40 @@ impl Systemd {
         if enabled == "not-found" || enabled.is_empty() {
             active = "not-found".into();
         }
-        UnitState { unit: unit.to_string(), active, enabled: if enabled.is_empty() { "not-found".into() } else { enabled } }
+        UnitState {
+            unit: unit.to_string(),
+            active,
+            enabled: if enabled.is_empty() {
+                "not-found".into()
+            } else {
+                enabled
+            },
+        }
     }
 
     /// pyoco-server.socket, pyoco-server.service and every pyoco-worker@ instance.
     pub fn product_units(&self) -> Vec<UnitState> {
-        let mut v: Vec<UnitState> = ["pyoco-server.socket", "pyoco-server.service"].iter().map(|u| self.unit_state(u)).collect();
-        if let Ok((_, out)) = self.run(&["list-units", "--all", "--plain", "--no-legend", "--no-pager", "pyoco-worker@*"]) {
+        let mut v: Vec<UnitState> = ["pyoco-server.socket", "pyoco-server.service"]
+            .iter()
+            .map(|u| self.unit_state(u))
+            .collect();
+        if let Ok((_, out)) = self.run(&[
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            "--no-pager",
+            "pyoco-worker@*",
+        ]) {
             for line in out.lines() {
                 let cols: Vec<&str> = line.split_whitespace().collect();
                 if let Some(unit) = cols.first().filter(|u| u.starts_with("pyoco-worker@")) {
                     let enabled = self.first_word(&["is-enabled", unit]);
-                    v.push(UnitState { unit: unit.to_string(), active: cols.get(2).unwrap_or(&"unknown").to_string(), enabled });
+                    v.push(UnitState {
+                        unit: unit.to_string(),
+                        active: cols.get(2).unwrap_or(&"unknown").to_string(),
+                        enabled,
+                    });
                 }
             }
         }
@@ -140,17 +174,29 @@ fn unit_dir(a: &UnitArgs) -> PathBuf {
 fn unit_path(a: &UnitArgs) -> CtlResult<PathBuf> {
     let n = &a.service_name;
     if n.is_empty() || n.contains('/') || n.ends_with(".service") {
-        return Err(CtlError::usage(format!("--service-name {n:?}: give the unit name without .service"), "pyococtl service install --service-name pyoco-nats"));
+        return Err(CtlError::usage(
+            format!("--service-name {n:?}: give the unit name without .service"),
+            "pyococtl service install --service-name pyoco-nats",
+        ));
     }
     Ok(unit_dir(a).join(format!("{n}.service")))
 }
 
 /// systemd's quoting of one ExecStart word.
 fn sd_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
+    {
         s.to_string()
     } else {
-        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "$$").replace('%', "%%"))
+        format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "$$")
+                .replace('%', "%%")
+        )
     }
 }
 
@@ -170,17 +216,52 @@ fn up_words(a: &UpArgs, datafolder: &Path) -> Vec<String> {
     opt("--server-name", a.server_name.clone());
     opt("--datafolder", Some(datafolder.display().to_string()));
     opt("--listen", a.listen.clone());
-    opt("--cluster-port", (a.cluster_port != 6222).then(|| a.cluster_port.to_string()));
-    opt("--client-port", (a.client_port != 4222).then(|| a.client_port.to_string()));
-    opt("--http-port", (a.http_port != 8222).then(|| a.http_port.to_string()));
+    opt(
+        "--cluster-port",
+        (a.cluster_port != 6222).then(|| a.cluster_port.to_string()),
+    );
+    opt(
+        "--client-port",
+        (a.client_port != 4222).then(|| a.client_port.to_string()),
+    );
+    opt(
+        "--http-port",
+        (a.http_port != 8222).then(|| a.http_port.to_string()),
+    );
     opt("--client-host", a.client_host.clone());
-    opt("--nats-config", a.nats_config.as_ref().map(|p| super::absolute(p).display().to_string()));
-    opt("--nats-server-path", a.nats_server_path.as_ref().map(|p| super::absolute(p).display().to_string()));
-    opt("--bootstrap-config", a.bootstrap_config.as_ref().map(|p| super::absolute(p).display().to_string()));
-    opt("--pid-file", a.pid_file.as_ref().map(|p| super::absolute(p).display().to_string()));
+    opt(
+        "--nats-config",
+        a.nats_config
+            .as_ref()
+            .map(|p| super::absolute(p).display().to_string()),
+    );
+    opt(
+        "--nats-server-path",
+        a.nats_server_path
+            .as_ref()
+            .map(|p| super::absolute(p).display().to_string()),
+    );
+    opt(
+        "--bootstrap-config",
+        a.bootstrap_config
+            .as_ref()
+            .map(|p| super::absolute(p).display().to_string()),
+    );
+    opt(
+        "--pid-file",
+        a.pid_file
+            .as_ref()
+            .map(|p| super::absolute(p).display().to_string()),
+    );
     opt("--sys-user", a.sys_user.clone());
-    opt("--sys-password-env", (a.sys_password_env != "NATS_SYS_PASSWORD").then(|| a.sys_password_env.clone()));
-    opt("--ready-timeout", (a.ready_timeout != 60).then(|| a.ready_timeout.to_string()));
+    opt(
+        "--sys-password-env",
+        (a.sys_password_env != "NATS_SYS_PASSWORD").then(|| a.sys_password_env.clone()),
+    );
+    opt(
+        "--ready-timeout",
+        (a.ready_timeout != 60).then(|| a.ready_timeout.to_string()),
+    );
     opt("--ready-url", a.ready_url.clone());
     if !a.nats_args.is_empty() {
         w.push("--".into());
@@ -193,7 +274,9 @@ pub fn unit_text(ctx: &Ctx, a: &InstallArgs, exe: &Path) -> CtlResult<(String, P
     let name = &a.unit.service_name;
     let datafolder = if a.up.datafolder == Path::new(DEFAULT_DATAFOLDER) {
         if a.unit.user {
-            let state = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).unwrap_or_else(|| super::expand_tilde(Path::new("~/.local/state")));
+            let state = std::env::var_os("XDG_STATE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| super::expand_tilde(Path::new("~/.local/state")));
             state.join(name)
         } else {
             PathBuf::from("/var/lib").join(name)
@@ -246,7 +329,14 @@ LimitNOFILE=65536\n",
     if let Some(u) = &a.run_as {
         s.push_str(&format!("User={u}\nGroup={u}\n"));
     }
-    s.push_str(&format!("\n[Install]\nWantedBy={}\n", if a.unit.user { "default.target" } else { "multi-user.target" }));
+    s.push_str(&format!(
+        "\n[Install]\nWantedBy={}\n",
+        if a.unit.user {
+            "default.target"
+        } else {
+            "multi-user.target"
+        }
+    ));
     Ok((s, datafolder))
 }
 
@@ -259,7 +349,11 @@ pub async fn dispatch(ctx: &Ctx, c: &ServiceCmd) -> CtlResult<u8> {
 }
 
 fn step(sd: &Systemd, args: &[&str], later: &mut Vec<String>) -> CtlResult<()> {
-    let shown = format!("systemctl {}{}", if sd.user { "--user " } else { "" }, args.join(" "));
+    let shown = format!(
+        "systemctl {}{}",
+        if sd.user { "--user " } else { "" },
+        args.join(" ")
+    );
     if !sd.present() {
         later.push(shown);
         return Ok(());
@@ -269,8 +363,14 @@ fn step(sd: &Systemd, args: &[&str], later: &mut Vec<String>) -> CtlResult<()> {
             eprintln!("service: {shown}");
             Ok(())
         }
-        Ok((false, out)) => Err(CtlError::new(exit::ERROR, format!("service: `{shown}` failed: {out}"))),
-        Err(e) => Err(CtlError::new(exit::ERROR, format!("service: `{shown}` failed: {e}"))),
+        Ok((false, out)) => Err(CtlError::new(
+            exit::ERROR,
+            format!("service: `{shown}` failed: {out}"),
+        )),
+        Err(e) => Err(CtlError::new(
+            exit::ERROR,
+            format!("service: `{shown}` failed: {e}"),
+        )),
     }
 }
 
@@ -295,7 +395,11 @@ fn install(ctx: &Ctx, a: &InstallArgs) -> CtlResult<u8> {
     }
     let name = &a.unit.service_name;
     if !a.force && !a.unit.user && a.unit.unit_dir.is_none() {
-        if let Some(pkg) = ["/lib/systemd/system", "/usr/lib/systemd/system"].iter().map(|d| Path::new(d).join(format!("{name}.service"))).find(|p| p.exists()) {
+        if let Some(pkg) = ["/lib/systemd/system", "/usr/lib/systemd/system"]
+            .iter()
+            .map(|d| Path::new(d).join(format!("{name}.service")))
+            .find(|p| p.exists())
+        {
             return Err(CtlError::new(
                 exit::ERROR,
                 format!(
@@ -317,21 +421,37 @@ fn install(ctx: &Ctx, a: &InstallArgs) -> CtlResult<u8> {
     };
     if !unchanged {
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| CtlError::new(exit::ERROR, format!("cannot create {}: {e}", d.display())))?;
+            std::fs::create_dir_all(d).map_err(|e| {
+                CtlError::new(exit::ERROR, format!("cannot create {}: {e}", d.display()))
+            })?;
         }
         let tmp = path.with_extension("service.tmp");
         std::fs::write(&tmp, &text)
             .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| CtlError::new(exit::ERROR, format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| {
+                CtlError::new(exit::ERROR, format!("cannot write {}: {e}", path.display()))
+            })?;
     }
-    println!("service: {} {} (data folder {})", path.display(), if unchanged { "unchanged" } else { "written" }, datafolder.display());
+    println!(
+        "service: {} {} (data folder {})",
+        path.display(),
+        if unchanged { "unchanged" } else { "written" },
+        datafolder.display()
+    );
     let sd = Systemd::detect(a.unit.user);
     let mut later = Vec::new();
     step(&sd, &["daemon-reload"], &mut later)?;
     if a.enable {
-        step(&sd, &["enable", "--now", &format!("{name}.service")], &mut later)?;
+        step(
+            &sd,
+            &["enable", "--now", &format!("{name}.service")],
+            &mut later,
+        )?;
     } else {
-        println!("start it with: systemctl {}enable --now {name}.service", if a.unit.user { "--user " } else { "" });
+        println!(
+            "start it with: systemctl {}enable --now {name}.service",
+            if a.unit.user { "--user " } else { "" }
+        );
     }
     print_later(&later);
     Ok(exit::OK)
@@ -341,13 +461,28 @@ fn uninstall(a: &UnitArgs) -> CtlResult<u8> {
     let path = unit_path(a)?;
     let name = &a.service_name;
     if !path.exists() {
-        return Err(CtlError::new(exit::ERROR, format!("service not found: {}", path.display())));
+        return Err(CtlError::new(
+            exit::ERROR,
+            format!("service not found: {}", path.display()),
+        ));
     }
     let sd = Systemd::detect(a.user);
     let mut later = Vec::new();
-    step(&sd, &["disable", "--now", &format!("{name}.service")], &mut later)?;
-    std::fs::remove_file(&path).map_err(|e| CtlError::new(exit::ERROR, format!("cannot remove {}: {e}", path.display())))?;
-    println!("service: {} removed (the data folder is kept)", path.display());
+    step(
+        &sd,
+        &["disable", "--now", &format!("{name}.service")],
+        &mut later,
+    )?;
+    std::fs::remove_file(&path).map_err(|e| {
+        CtlError::new(
+            exit::ERROR,
+            format!("cannot remove {}: {e}", path.display()),
+        )
+    })?;
+    println!(
+        "service: {} removed (the data folder is kept)",
+        path.display()
+    );
     step(&sd, &["daemon-reload"], &mut later)?;
     print_later(&later);
     Ok(exit::OK)
@@ -358,9 +493,10 @@ fn status(ctx: &Ctx, a: &UnitArgs) -> CtlResult<u8> {
     let sd = Systemd::detect(a.user);
     let unit = format!("{}.service", a.service_name);
     let state = sd.present().then(|| sd.unit_state(&unit));
-    let exec = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("ExecStart=").map(str::to_string)));
+    let exec = std::fs::read_to_string(&path).ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("ExecStart=").map(str::to_string))
+    });
     if ctx.output(OutputFormat::Table) == OutputFormat::Json {
         println!(
             "{}",
@@ -377,7 +513,15 @@ fn status(ctx: &Ctx, a: &UnitArgs) -> CtlResult<u8> {
         );
         return Ok(exit::OK);
     }
-    println!("unit-file: {} ({})", path.display(), if path.exists() { "installed" } else { "not installed" });
+    println!(
+        "unit-file: {} ({})",
+        path.display(),
+        if path.exists() {
+            "installed"
+        } else {
+            "not installed"
+        }
+    );
     if let Some(e) = exec {
         println!("exec-start: {e}");
     }

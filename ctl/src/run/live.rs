@@ -45,7 +45,10 @@ fn part(s: impl Into<String>, style: Option<&'static str>) -> Part {
 
 /// Local unix time in seconds.
 pub fn local_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// `0.01s`, `3.21s`, `12.3s`, `4m05s`, `1h02m`.
@@ -98,7 +101,13 @@ fn run_elapsed(snap: &Value, server_now: f64) -> Option<(f64, bool)> {
     let terminal = matches!(status, "COMPLETED" | "FAILED" | "CANCELLED");
     match f(snap.get("start_time")) {
         Some(start) => {
-            let end = f(snap.get("end_time")).or_else(|| if terminal { f(snap.get("updated_at")) } else { None });
+            let end = f(snap.get("end_time")).or_else(|| {
+                if terminal {
+                    f(snap.get("updated_at"))
+                } else {
+                    None
+                }
+            });
             Some((end.unwrap_or(server_now) - start, false))
         }
         None if status == "PENDING" => f(snap.get("updated_at")).map(|u| (server_now - u, true)),
@@ -109,7 +118,11 @@ fn run_elapsed(snap: &Value, server_now: f64) -> Option<(f64, bool)> {
 /// Task names in display order: the started ones by start time, then the others in the order of
 /// `tasks` (then of `task_records`).
 fn task_names(snap: &Value) -> Vec<String> {
-    let mut names: Vec<String> = snap.get("tasks").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut names: Vec<String> = snap
+        .get("tasks")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     let recs = snap.get("task_records").and_then(Value::as_object);
     if let Some(recs) = recs {
         for k in recs.keys() {
@@ -118,7 +131,12 @@ fn task_names(snap: &Value) -> Vec<String> {
             }
         }
     }
-    let started = |n: &String| f(recs.and_then(|r| r.get(n)).and_then(|r| r.get("started_at"))).unwrap_or(f64::INFINITY);
+    let started = |n: &String| {
+        f(recs
+            .and_then(|r| r.get(n))
+            .and_then(|r| r.get("started_at")))
+        .unwrap_or(f64::INFINITY)
+    };
     // A stable sort keeps the given order among tasks not started yet.
     names.sort_by(|a, b| started(a).total_cmp(&started(b)));
     names
@@ -129,7 +147,10 @@ pub fn render(state: &State, now: f64) -> Vec<Vec<Part>> {
     let server_now = now + state.offset;
     let mut lines: Vec<Vec<Part>> = Vec::new();
     let Some(snap) = &state.snapshot else {
-        let mut l = vec![part(format!("run {}", state.run_id), Some(BOLD)), part("  waiting for the first snapshot…", Some(DIM))];
+        let mut l = vec![
+            part(format!("run {}", state.run_id), Some(BOLD)),
+            part("  waiting for the first snapshot…", Some(DIM)),
+        ];
         if let Some(n) = &state.note {
             l.push(part(format!("  ({n})"), Some(YELLOW)));
         }
@@ -137,7 +158,11 @@ pub fn render(state: &State, now: f64) -> Vec<Vec<Part>> {
         return lines;
     };
     let mut head = vec![part(format!("run {}", state.run_id), Some(BOLD))];
-    for (label, key) in [("flow", "flow_name"), ("tag", "tag"), ("worker", "worker_id")] {
+    for (label, key) in [
+        ("flow", "flow_name"),
+        ("tag", "tag"),
+        ("worker", "worker_id"),
+    ] {
         if let Some(v) = s(snap.get(key)).filter(|v| !v.is_empty()) {
             head.push(part(format!("  {label} {v}"), None));
         }
@@ -147,7 +172,10 @@ pub fn render(state: &State, now: f64) -> Vec<Vec<Part>> {
     let status = s(snap.get("status")).unwrap_or("?");
     let mut st = vec![part(status, status_style(status).or(Some(BOLD)))];
     match run_elapsed(snap, server_now) {
-        Some((secs, true)) => st.push(part(format!("  waiting for a worker {}", fmt_duration(secs)), None)),
+        Some((secs, true)) => st.push(part(
+            format!("  waiting for a worker {}", fmt_duration(secs)),
+            None,
+        )),
         Some((secs, false)) => st.push(part(format!("  {}", fmt_duration(secs)), None)),
         None => {}
     }
@@ -168,23 +196,33 @@ pub fn render(state: &State, now: f64) -> Vec<Vec<Part>> {
     let records = snap.get("task_records");
     for name in &names {
         let rec = records.and_then(|r| r.get(name));
-        let state_txt = s(tasks.and_then(|t| t.get(name))).or_else(|| s(rec.and_then(|r| r.get("state")))).unwrap_or("PENDING");
+        let state_txt = s(tasks.and_then(|t| t.get(name)))
+            .or_else(|| s(rec.and_then(|r| r.get("state"))))
+            .unwrap_or("PENDING");
         let style = status_style(state_txt);
         let mut l = vec![
             part(format!("  {} ", task_symbol(state_txt)), style),
-            part(format!("{name}{}  ", " ".repeat(width - name.chars().count())), None),
+            part(
+                format!("{name}{}  ", " ".repeat(width - name.chars().count())),
+                None,
+            ),
             part(format!("{state_txt:<9}"), style),
         ];
         let dur = match f(rec.and_then(|r| r.get("duration_ms"))) {
             Some(ms) => Some(ms / 1000.0),
-            None if state_txt == "RUNNING" => f(rec.and_then(|r| r.get("started_at"))).map(|t| server_now - t),
+            None if state_txt == "RUNNING" => {
+                f(rec.and_then(|r| r.get("started_at"))).map(|t| server_now - t)
+            }
             None => None,
         };
         if let Some(d) = dur {
             l.push(part(format!("  {}", fmt_duration(d)), None));
         }
         if let Some(err) = s(rec.and_then(|r| r.get("error"))).filter(|e| !e.is_empty()) {
-            l.push(part(format!("  {}", err.lines().next().unwrap_or("")), Some(RED)));
+            l.push(part(
+                format!("  {}", err.lines().next().unwrap_or("")),
+                Some(RED),
+            ));
         }
         lines.push(l);
     }
@@ -195,7 +233,9 @@ pub fn render(state: &State, now: f64) -> Vec<Vec<Part>> {
 pub fn final_line(state: &State, end: &End, now: f64) -> Vec<Part> {
     let server_now = now + state.offset;
     let snap = state.snapshot.as_ref();
-    let elapsed = snap.and_then(|s| run_elapsed(s, server_now)).map(|(e, _)| fmt_duration(e));
+    let elapsed = snap
+        .and_then(|s| run_elapsed(s, server_now))
+        .map(|(e, _)| fmt_duration(e));
     match end {
         End::Terminal { status, .. } => {
             let mut l = vec![part(status.clone(), status_style(status).or(Some(BOLD)))];
@@ -204,14 +244,24 @@ pub fn final_line(state: &State, end: &End, now: f64) -> Vec<Part> {
                 l.push(part(format!(" {verb} {e}"), None));
             }
             if status != "COMPLETED" {
-                if let Some(err) = snap.and_then(|s| s.get("error")).and_then(Value::as_str).filter(|e| !e.is_empty()) {
-                    l.push(part(format!(": {}", err.lines().next().unwrap_or("")), Some(RED)));
+                if let Some(err) = snap
+                    .and_then(|s| s.get("error"))
+                    .and_then(Value::as_str)
+                    .filter(|e| !e.is_empty())
+                {
+                    l.push(part(
+                        format!(": {}", err.lines().next().unwrap_or("")),
+                        Some(RED),
+                    ));
                 }
             }
             l
         }
         End::Deadline { last_status, .. } => vec![part(
-            format!("stopped watching: the time limit ran out, run still {}", last_status.as_deref().unwrap_or("unknown")),
+            format!(
+                "stopped watching: the time limit ran out, run still {}",
+                last_status.as_deref().unwrap_or("unknown")
+            ),
             Some(YELLOW),
         )],
         End::MaxEvents { .. } => vec![part("stopped watching: --max-events reached", Some(DIM))],
@@ -249,9 +299,18 @@ pub struct Live {
 
 impl Live {
     pub fn new(run_id: &str) -> Live {
-        let color = std::env::var_os("NO_COLOR").map(|v| v.is_empty()).unwrap_or(true)
+        let color = std::env::var_os("NO_COLOR")
+            .map(|v| v.is_empty())
+            .unwrap_or(true)
             && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
-        Live { state: State { run_id: run_id.to_string(), ..State::default() }, drawn: 0, color }
+        Live {
+            state: State {
+                run_id: run_id.to_string(),
+                ..State::default()
+            },
+            drawn: 0,
+            color,
+        }
     }
 
     fn draw(&mut self) -> CtlResult<()> {
@@ -309,7 +368,11 @@ impl Sink for Live {
         self.state.note = None;
         self.draw()?;
         let (cols, _) = out::terminal_size().unwrap_or((100, 40));
-        out::line(&to_text(&final_line(&self.state, end, local_now()), cols.saturating_sub(1).max(20), self.color))
+        out::line(&to_text(
+            &final_line(&self.state, end, local_now()),
+            cols.saturating_sub(1).max(20),
+            self.color,
+        ))
     }
 }
 
@@ -319,7 +382,10 @@ mod tests {
     use serde_json::json;
 
     fn plain(state: &State, now: f64) -> Vec<String> {
-        render(state, now).iter().map(|l| to_text(l, 200, false)).collect()
+        render(state, now)
+            .iter()
+            .map(|l| to_text(l, 200, false))
+            .collect()
     }
 
     #[test]
@@ -353,18 +419,45 @@ mod tests {
 
     #[test]
     fn pending_failed_and_final_lines() {
-        let mut st = State { run_id: "r2".into(), ..State::default() };
-        assert_eq!(plain(&st, 0.0), vec!["run r2  waiting for the first snapshot…"]);
-        st.snapshot = Some(json!({"status": "PENDING", "flow_name": "f", "tag": "t", "updated_at": 10.0, "tasks": {}}));
-        assert_eq!(plain(&st, 12.5), vec!["run r2  flow f  tag t", "PENDING  waiting for a worker 2.50s", "  (no tasks yet)"]);
-        st.snapshot = Some(json!({"status": "FAILED", "start_time": 10.0, "end_time": 11.5, "error": "ValueError: boom!\ntrace",
-            "tasks": {"boom": "FAILED"}, "task_records": {"boom": {"duration_ms": 1.0, "error": "boom!"}}}));
+        let mut st = State {
+            run_id: "r2".into(),
+            ..State::default()
+        };
+        assert_eq!(
+            plain(&st, 0.0),
+            vec!["run r2  waiting for the first snapshot…"]
+        );
+        st.snapshot = Some(
+            json!({"status": "PENDING", "flow_name": "f", "tag": "t", "updated_at": 10.0, "tasks": {}}),
+        );
+        assert_eq!(
+            plain(&st, 12.5),
+            vec![
+                "run r2  flow f  tag t",
+                "PENDING  waiting for a worker 2.50s",
+                "  (no tasks yet)"
+            ]
+        );
+        st.snapshot = Some(
+            json!({"status": "FAILED", "start_time": 10.0, "end_time": 11.5, "error": "ValueError: boom!\ntrace",
+            "tasks": {"boom": "FAILED"}, "task_records": {"boom": {"duration_ms": 1.0, "error": "boom!"}}}),
+        );
         assert_eq!(plain(&st, 99.0)[2], "  ✗ boom  FAILED     0.00s  boom!");
-        let end = End::Terminal { status: "FAILED".into() };
-        assert_eq!(to_text(&final_line(&st, &end, 99.0), 200, false), "FAILED after 1.50s: ValueError: boom!");
-        let end = End::Terminal { status: "COMPLETED".into() };
+        let end = End::Terminal {
+            status: "FAILED".into(),
+        };
+        assert_eq!(
+            to_text(&final_line(&st, &end, 99.0), 200, false),
+            "FAILED after 1.50s: ValueError: boom!"
+        );
+        let end = End::Terminal {
+            status: "COMPLETED".into(),
+        };
         st.snapshot.as_mut().unwrap()["status"] = json!("COMPLETED");
-        assert_eq!(to_text(&final_line(&st, &end, 99.0), 200, false), "COMPLETED in 1.50s");
+        assert_eq!(
+            to_text(&final_line(&st, &end, 99.0), 200, false),
+            "COMPLETED in 1.50s"
+        );
     }
 
     #[test]

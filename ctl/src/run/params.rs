@@ -8,10 +8,15 @@ use crate::client::{CtlError, CtlResult};
 
 const PARAM_EXAMPLE: &str = "pyococtl run submit --flow-name main --param x=1 --param name=alice";
 const PARAMS_EXAMPLE: &str = "pyococtl run submit --flow-name main --params '{\"x\": 1}'";
-const FILE_EXAMPLE: &str = "pyococtl run submit --flow-name main --params-file params.yaml   # file: `x: 1` or {\"x\": 1}";
+const FILE_EXAMPLE: &str =
+    "pyococtl run submit --flow-name main --params-file params.yaml   # file: `x: 1` or {\"x\": 1}";
 
 /// Merges the three sources: later ones override earlier keys (top level only).
-pub fn build(params_file: Option<&Path>, params: Option<&str>, assignments: &[String]) -> CtlResult<Map<String, Value>> {
+pub fn build(
+    params_file: Option<&Path>,
+    params: Option<&str>,
+    assignments: &[String],
+) -> CtlResult<Map<String, Value>> {
     let mut out = Map::new();
     if let Some(path) = params_file {
         out.extend(parse_params_file(path)?);
@@ -28,10 +33,17 @@ pub fn parse_json_object(raw: &str) -> CtlResult<Map<String, Value>> {
     match serde_json::from_str::<Value>(raw) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(other) => Err(CtlError::usage(
-            format!("--params must be a JSON object, not {} ({})", kind(&other), short(raw)),
+            format!(
+                "--params must be a JSON object, not {} ({})",
+                kind(&other),
+                short(raw)
+            ),
             PARAMS_EXAMPLE,
         )),
-        Err(e) => Err(CtlError::usage(format!("--params must be a valid JSON object: {e} ({})", short(raw)), PARAMS_EXAMPLE)),
+        Err(e) => Err(CtlError::usage(
+            format!("--params must be a valid JSON object: {e} ({})", short(raw)),
+            PARAMS_EXAMPLE,
+        )),
     }
 }
 
@@ -41,16 +53,23 @@ pub fn parse_assignments(items: &[String]) -> CtlResult<Map<String, Value>> {
     let mut out = Map::new();
     for raw in items {
         let Some((key, value)) = raw.split_once('=') else {
-            return Err(CtlError::usage(format!("--param must be key=value ('{raw}')"), PARAM_EXAMPLE));
+            return Err(CtlError::usage(
+                format!("--param must be key=value ('{raw}')"),
+                PARAM_EXAMPLE,
+            ));
         };
         let (key, value) = (key.trim(), value.trim());
         if key.is_empty() {
-            return Err(CtlError::usage(format!("--param key is empty ('{raw}')"), PARAM_EXAMPLE));
+            return Err(CtlError::usage(
+                format!("--param key is empty ('{raw}')"),
+                PARAM_EXAMPLE,
+            ));
         }
         let v = if value.is_empty() {
             Value::String(String::new())
         } else {
-            serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()))
+            serde_json::from_str::<Value>(value)
+                .unwrap_or_else(|_| Value::String(value.to_string()))
         };
         out.insert(key.to_string(), v);
     }
@@ -59,10 +78,18 @@ pub fn parse_assignments(items: &[String]) -> CtlResult<Map<String, Value>> {
 
 /// `--params-file`: JSON, else YAML; the top level must be a mapping.
 pub fn parse_params_file(path: &Path) -> CtlResult<Map<String, Value>> {
-    let raw = std::fs::read(path)
-        .map_err(|e| CtlError::usage(format!("cannot read --params-file {}: {e}", path.display()), FILE_EXAMPLE))?;
-    let text = String::from_utf8(raw)
-        .map_err(|e| CtlError::usage(format!("--params-file {} is not UTF-8 text: {e}", path.display()), FILE_EXAMPLE))?;
+    let raw = std::fs::read(path).map_err(|e| {
+        CtlError::usage(
+            format!("cannot read --params-file {}: {e}", path.display()),
+            FILE_EXAMPLE,
+        )
+    })?;
+    let text = String::from_utf8(raw).map_err(|e| {
+        CtlError::usage(
+            format!("--params-file {} is not UTF-8 text: {e}", path.display()),
+            FILE_EXAMPLE,
+        )
+    })?;
     let value = match serde_json::from_str::<Value>(&text) {
         Ok(v) => v,
         Err(json_err) => match serde_norway::from_str::<serde_norway::Value>(&text) {
@@ -83,7 +110,11 @@ pub fn parse_params_file(path: &Path) -> CtlResult<Map<String, Value>> {
     match value {
         Value::Object(m) => Ok(m),
         other => Err(CtlError::usage(
-            format!("--params-file must contain an object (mapping) at the top level, not {} ({})", kind(&other), path.display()),
+            format!(
+                "--params-file must contain an object (mapping) at the top level, not {} ({})",
+                kind(&other),
+                path.display()
+            ),
             FILE_EXAMPLE,
         )),
     }
@@ -102,11 +133,18 @@ fn yaml_to_json(y: serde_norway::Value) -> Result<Value, String> {
                 Value::from(u)
             } else {
                 let f = n.as_f64().unwrap_or(f64::NAN);
-                serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("{f} cannot be sent as JSON"))?
+                serde_json::Number::from_f64(f)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("{f} cannot be sent as JSON"))?
             }
         }
         Y::String(s) => Value::String(s),
-        Y::Sequence(items) => Value::Array(items.into_iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Y::Sequence(items) => Value::Array(
+            items
+                .into_iter()
+                .map(yaml_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
         Y::Mapping(m) => {
             let mut out = Map::new();
             for (k, v) in m {
@@ -115,7 +153,12 @@ fn yaml_to_json(y: serde_norway::Value) -> Result<Value, String> {
                     Value::Null => "null".into(),
                     Value::Bool(b) => b.to_string(),
                     Value::Number(n) => super::pyjson::dumps(&Value::Number(n)),
-                    other => return Err(format!("a mapping key must be a scalar, not {}", kind(&other))),
+                    other => {
+                        return Err(format!(
+                            "a mapping key must be a scalar, not {}",
+                            kind(&other)
+                        ))
+                    }
                 };
                 out.insert(key, yaml_to_json(v)?);
             }
@@ -155,7 +198,17 @@ mod tests {
 
     #[test]
     fn assignments_decode_json_else_string() {
-        let m = parse_assignments(&s(&["a=1", " b = true ", "c=hello", "d=", "e=[1,2]", "f=\"q\"", "g=x=y", "h={bad"])).unwrap();
+        let m = parse_assignments(&s(&[
+            "a=1",
+            " b = true ",
+            "c=hello",
+            "d=",
+            "e=[1,2]",
+            "f=\"q\"",
+            "g=x=y",
+            "h={bad",
+        ]))
+        .unwrap();
         assert_eq!(
             Value::Object(m),
             json!({"a": 1, "b": true, "c": "hello", "d": "", "e": [1, 2], "f": "q", "g": "x=y", "h": "{bad"})
@@ -166,16 +219,34 @@ mod tests {
     fn assignment_errors() {
         let e = parse_assignments(&s(&["x"])).unwrap_err();
         assert_eq!(e.code, crate::exit::USAGE);
-        assert!(e.message.contains("--param must be key=value ('x')"), "{}", e.message);
-        assert!(e.message.contains("- example: pyococtl run submit"), "{}", e.message);
+        assert!(
+            e.message.contains("--param must be key=value ('x')"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("- example: pyococtl run submit"),
+            "{}",
+            e.message
+        );
         let e = parse_assignments(&s(&[" =1"])).unwrap_err();
-        assert!(e.message.contains("--param key is empty (' =1')"), "{}", e.message);
+        assert!(
+            e.message.contains("--param key is empty (' =1')"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn params_must_be_an_object() {
-        assert!(parse_json_object("[1]").unwrap_err().message.contains("--params must be a JSON object, not a list"));
-        assert!(parse_json_object("{x").unwrap_err().message.contains("--params must be a valid JSON object"));
+        assert!(parse_json_object("[1]")
+            .unwrap_err()
+            .message
+            .contains("--params must be a JSON object, not a list"));
+        assert!(parse_json_object("{x")
+            .unwrap_err()
+            .message
+            .contains("--params must be a valid JSON object"));
         assert_eq!(parse_json_object("{\"x\": 1}").unwrap()["x"], 1);
     }
 
@@ -186,20 +257,39 @@ mod tests {
         let yaml = dir.join("p.yaml");
         std::fs::write(&yaml, "a: 1\nb: 1\nc: 1\n1: one\nnested: {k: [1, 2.5]}\n").unwrap();
         let m = build(Some(&yaml), Some("{\"b\": 2, \"c\": 2}"), &s(&["c=3"])).unwrap();
-        assert_eq!(Value::Object(m), json!({"a": 1, "b": 2, "c": 3, "1": "one", "nested": {"k": [1, 2.5]}}));
+        assert_eq!(
+            Value::Object(m),
+            json!({"a": 1, "b": 2, "c": 3, "1": "one", "nested": {"k": [1, 2.5]}})
+        );
         let js = dir.join("p.json");
         std::fs::write(&js, "{\"z\": null}").unwrap();
-        assert_eq!(Value::Object(build(Some(&js), None, &[]).unwrap()), json!({"z": null}));
+        assert_eq!(
+            Value::Object(build(Some(&js), None, &[]).unwrap()),
+            json!({"z": null})
+        );
         let list = dir.join("l.yaml");
         std::fs::write(&list, "- 1\n- 2\n").unwrap();
         let e = build(Some(&list), None, &[]).unwrap_err();
-        assert!(e.message.contains("must contain an object (mapping) at the top level, not a list"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("must contain an object (mapping) at the top level, not a list"),
+            "{}",
+            e.message
+        );
         let bad = dir.join("bad.yaml");
         std::fs::write(&bad, "a: [1\n").unwrap();
-        assert!(build(Some(&bad), None, &[]).unwrap_err().message.contains("must be a JSON or YAML object"));
+        assert!(build(Some(&bad), None, &[])
+            .unwrap_err()
+            .message
+            .contains("must be a JSON or YAML object"));
         let missing = dir.join("missing.yaml");
         let e = build(Some(&missing), None, &[]).unwrap_err();
-        assert!(e.message.contains(&format!("cannot read --params-file {}", missing.display())), "{}", e.message);
+        assert!(
+            e.message
+                .contains(&format!("cannot read --params-file {}", missing.display())),
+            "{}",
+            e.message
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

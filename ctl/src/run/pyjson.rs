@@ -84,18 +84,33 @@ pub fn float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // `{:e}` gives the shortest round-tripping digits: "1.2345e-5", "1e16". When two strings of
     // that length round-trip, Python takes the one nearest the exact value (ties to even): the
     // correctly rounded string of that many digits, whenever it round-trips.
     let shortest = format!("{:e}", f.abs());
-    let n_digits = shortest.split_once('e').map(|(m, _)| m.chars().filter(char::is_ascii_digit).count()).unwrap_or(1);
+    let n_digits = shortest
+        .split_once('e')
+        .map(|(m, _)| m.chars().filter(char::is_ascii_digit).count())
+        .unwrap_or(1);
     let nearest = format!("{:.*e}", n_digits.saturating_sub(1), f.abs());
-    let sci = if nearest.parse::<f64>().ok() == Some(f.abs()) { nearest } else { shortest };
+    let sci = if nearest.parse::<f64>().ok() == Some(f.abs()) {
+        nearest
+    } else {
+        shortest
+    };
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
     let exp: i32 = exp.parse().expect("`{:e}` exponent is an integer");
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -113,7 +128,11 @@ pub fn float_repr(f: f64) -> String {
         };
         format!("{sign}{body}")
     } else {
-        let mant = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
+        let mant = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{mant}e{esign}{:02}", exp.abs())
     }
@@ -128,10 +147,16 @@ pub fn py_str(value: &Value) -> String {
         Value::Bool(false) => "False".into(),
         Value::Number(n) => number(n),
         Value::String(s) => s.clone(),
-        Value::Array(items) => format!("[{}]", items.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(py_repr).collect::<Vec<_>>().join(", ")
+        ),
         Value::Object(map) => format!(
             "{{{}}}",
-            map.iter().map(|(k, v)| format!("{}: {}", py_repr(&Value::String(k.clone())), py_repr(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", py_repr(&Value::String(k.clone())), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -198,8 +223,12 @@ mod tests {
             dumps(&v),
             r#"{"a": "\u00e9\ud83d\ude00\u007f\u001f\n\"\\/", "b": 1.5, "c": [1, null, true, false], "d": {}, "e": [], "f": -3, "g": 1e+16}"#
         );
-        let parsed: Value = serde_json::from_str(r#"{"run_id":"r","status":"PENDING","t":1.0,"n":10}"#).unwrap();
-        assert_eq!(dumps(&parsed), r#"{"run_id": "r", "status": "PENDING", "t": 1.0, "n": 10}"#);
+        let parsed: Value =
+            serde_json::from_str(r#"{"run_id":"r","status":"PENDING","t":1.0,"n":10}"#).unwrap();
+        assert_eq!(
+            dumps(&parsed),
+            r#"{"run_id": "r", "status": "PENDING", "t": 1.0, "n": 10}"#
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ impl Parser {
 
     fn line_done(&mut self, line: &[u8]) -> Option<Event> {
         if line.is_empty() {
-            let name = self.event.take().filter(|e| !e.is_empty()).unwrap_or_else(|| "message".into());
+            let name = self
+                .event
+                .take()
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "message".into());
             let id = self.id.take();
             let data = self.data.take()?;
             return Some(Event { name, data, id });
@@ -89,9 +93,21 @@ mod tests {
         assert_eq!(
             evs,
             vec![
-                Event { name: "snapshot".into(), data: "{\"a\":1}".into(), id: Some("41".into()) },
-                Event { name: "heartbeat".into(), data: "{\"ts\":1.5}".into(), id: None },
-                Event { name: "message".into(), data: "a\nb".into(), id: None },
+                Event {
+                    name: "snapshot".into(),
+                    data: "{\"a\":1}".into(),
+                    id: Some("41".into())
+                },
+                Event {
+                    name: "heartbeat".into(),
+                    data: "{\"ts\":1.5}".into(),
+                    id: None
+                },
+                Event {
+                    name: "message".into(),
+                    data: "a\nb".into(),
+                    id: None
+                },
             ]
         );
     }

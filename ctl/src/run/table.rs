@@ -22,7 +22,9 @@ pub fn row(item: &Value, time: TimeFormat) -> Vec<String> {
         .iter()
         .map(|key| match item.get(*key) {
             None => "-".to_string(),
-            Some(v) if *key == "updated_at" && time == TimeFormat::Local => local_time(v).unwrap_or_else(|| py_str(v)),
+            Some(v) if *key == "updated_at" && time == TimeFormat::Local => {
+                local_time(v).unwrap_or_else(|| py_str(v))
+            }
             Some(v) => py_str(v),
         })
         .collect()
@@ -31,7 +33,11 @@ pub fn row(item: &Value, time: TimeFormat) -> Vec<String> {
 fn local_time(v: &Value) -> Option<String> {
     let secs = v.as_f64()?;
     let dt = chrono::DateTime::from_timestamp(secs.floor() as i64, 0)?;
-    Some(dt.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
+    Some(
+        dt.with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+    )
 }
 
 /// The whole table, one `\n`-terminated line per row.

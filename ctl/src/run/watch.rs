@@ -57,7 +57,10 @@ pub enum End {
     /// A snapshot with a terminal status arrived.
     Terminal { status: String },
     /// The deadline passed first (without `--until-terminal` this is the normal end).
-    Deadline { last_status: Option<String>, last_error: Option<String> },
+    Deadline {
+        last_status: Option<String>,
+        last_error: Option<String>,
+    },
     /// `--max-events` events were shown.
     MaxEvents { last_status: Option<String> },
 }
@@ -116,7 +119,10 @@ pub fn status_line(ev: &WatchEvent) -> String {
     let empty = Value::Object(Default::default());
     let snap = truthy(ev.data.get("snapshot")).unwrap_or(&empty);
     let pick = |a: Option<&Value>, b: Option<&Value>| {
-        truthy(a).or(truthy(b)).map(pyjson::py_str).unwrap_or_else(|| "-".to_string())
+        truthy(a)
+            .or(truthy(b))
+            .map(pyjson::py_str)
+            .unwrap_or_else(|| "-".to_string())
     };
     let run_id = pick(ev.data.get("run_id"), snap.get("run_id"));
     let status = pick(snap.get("status"), None);
@@ -144,7 +150,11 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
     let start = Instant::now();
     // Without --until-terminal the server ending the stream at --timeout-sec is the normal end;
     // leave it a moment to do so.
-    let grace = if spec.until_terminal { Duration::ZERO } else { Duration::from_secs(2) };
+    let grace = if spec.until_terminal {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(2)
+    };
     let limit_at = (spec.timeout_sec > 0).then(|| start + Duration::from_secs(spec.timeout_sec));
     let deadline = limit_at.map(|l| l + grace);
     let far = start + Duration::from_secs(100 * 365 * 86400);
@@ -172,7 +182,8 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
             return Ok(deadline_end(&last_status, &last_error));
         }
         let server_timeout = match limit_at {
-            Some(d) => (d.saturating_duration_since(now).as_secs_f64().ceil() as u64).clamp(1, MAX_SERVER_TIMEOUT),
+            Some(d) => (d.saturating_duration_since(now).as_secs_f64().ceil() as u64)
+                .clamp(1, MAX_SERVER_TIMEOUT),
             None => MAX_SERVER_TIMEOUT,
         };
         let mut query: Vec<(&str, String)> = Vec::new();
@@ -281,7 +292,11 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
             // The server ended the stream: its timeout (the normal end without --until-terminal
             // when our deadline is near), a restart, or the run went away (the next request says 404).
             None => {
-                if !spec.until_terminal && limit_at.map(|l| Instant::now() + Duration::from_secs(1) >= l).unwrap_or(false) {
+                if !spec.until_terminal
+                    && limit_at
+                        .map(|l| Instant::now() + Duration::from_secs(1) >= l)
+                        .unwrap_or(false)
+                {
                     return Ok(deadline_end(&last_status, &last_error));
                 }
                 // A gateway that keeps closing at once (the original does on a NATS error) is
@@ -295,7 +310,10 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                 }
             }
             Some(reason) => {
-                sink.note(Some(format!("{reason}; reconnecting{}", resume_hint(&last_id))))?;
+                sink.note(Some(format!(
+                    "{reason}; reconnecting{}",
+                    resume_hint(&last_id)
+                )))?;
                 in_trouble = true;
                 last_error = Some(reason);
             }
@@ -330,9 +348,15 @@ mod tests {
             data: json!({"run_id": "r", "snapshot": {"run_id": "r", "status": "RUNNING", "updated_at": 5.0}, "ts": 1795813680.25}),
         };
         assert_eq!(status_line(&ev), "1795813680.25\tsnapshot\tRUNNING\tr");
-        let hb = WatchEvent { name: "heartbeat".into(), data: json!({"run_id": "r", "ts": 7.0}) };
+        let hb = WatchEvent {
+            name: "heartbeat".into(),
+            data: json!({"run_id": "r", "ts": 7.0}),
+        };
         assert_eq!(status_line(&hb), "7.0\theartbeat\t-\tr");
-        let raw = WatchEvent { name: "message".into(), data: json!({"raw": "x"}) };
+        let raw = WatchEvent {
+            name: "message".into(),
+            data: json!({"raw": "x"}),
+        };
         assert_eq!(status_line(&raw), "-\tmessage\t-\t-");
     }
 }

@@ -57,16 +57,27 @@ pub fn choose_format(log_format: &str) -> Format {
 pub fn init(service: &'static str, level: &str, log_format: &str, utc: bool) {
     let level = level_from_name(level);
     // Our crates at the configured level; the NATS client only when something is wrong.
-    let filter = EnvFilter::new(format!("{},async_nats=warn,hyper=warn,h2=warn", level.as_str().to_lowercase()));
+    let filter = EnvFilter::new(format!(
+        "{},async_nats=warn,hyper=warn,h2=warn",
+        level.as_str().to_lowercase()
+    ));
     let format = choose_format(log_format);
     let registry = tracing_subscriber::registry().with(filter);
-    let fallback = PlainLayer { service, json: format != Format::Text, utc };
+    let fallback = PlainLayer {
+        service,
+        json: format != Format::Text,
+        utc,
+    };
     if format == Format::Journald {
         if let Ok(layer) = tracing_journald::layer() {
             // The binary's name (pyoco-server, pyoco-worker), like the lines systemd itself logs.
             let ident = std::env::args()
                 .next()
-                .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+                .and_then(|a| {
+                    std::path::Path::new(&a)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                })
                 .unwrap_or_else(|| service.split(':').next().unwrap_or(service).to_string());
             let layer = layer.with_field_prefix(None).with_syslog_identifier(ident);
             let _ = registry.with(layer).try_init();
@@ -94,27 +105,33 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = value.to_string();
         } else {
-            self.extra.insert(field.name().to_string(), Value::String(value.to_string()));
+            self.extra
+                .insert(field.name().to_string(), Value::String(value.to_string()));
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.extra.insert(field.name().to_string(), Value::from(value));
+        self.extra
+            .insert(field.name().to_string(), Value::from(value));
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.extra.insert(field.name().to_string(), Value::from(value));
+        self.extra
+            .insert(field.name().to_string(), Value::from(value));
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.extra.insert(field.name().to_string(), Value::from(value));
+        self.extra
+            .insert(field.name().to_string(), Value::from(value));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.extra.insert(field.name().to_string(), Value::from(value));
+        self.extra
+            .insert(field.name().to_string(), Value::from(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let text = format!("{value:?}");
         if field.name() == "message" {
             self.message = text;
         } else {
-            self.extra.insert(field.name().to_string(), Value::String(text));
+            self.extra
+                .insert(field.name().to_string(), Value::String(text));
         }
     }
 }
@@ -127,7 +144,9 @@ impl<S: Subscriber> Layer<S> for PlainLayer {
         let ts = if self.utc {
             chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
         } else {
-            chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%z").to_string()
+            chrono::Local::now()
+                .format("%Y-%m-%dT%H:%M:%S%z")
+                .to_string()
         };
         let line = if self.json {
             let mut m = Map::new();
@@ -142,12 +161,27 @@ impl<S: Subscriber> Layer<S> for PlainLayer {
             m.extend(fields.extra);
             serde_json::to_string(&m).unwrap_or_default()
         } else {
-            let ctx: Vec<String> = fields.extra.iter().map(|(k, v)| match v {
-                Value::String(s) => format!("{k}={s}"),
-                other => format!("{k}={other}"),
-            }).collect();
-            let ctx = if ctx.is_empty() { String::new() } else { format!(" ({})", ctx.join(", ")) };
-            format!("{ts} {} {} {} - {}{}", python_level(meta.level()), self.service, meta.target(), fields.message, ctx)
+            let ctx: Vec<String> = fields
+                .extra
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            let ctx = if ctx.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", ctx.join(", "))
+            };
+            format!(
+                "{ts} {} {} {} - {}{}",
+                python_level(meta.level()),
+                self.service,
+                meta.target(),
+                fields.message,
+                ctx
+            )
         };
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{line}");

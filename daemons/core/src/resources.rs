@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self, context::GetStreamErrorKind, kv, object_store, stream, Context,
-};
+use async_nats::jetstream::{self, context::GetStreamErrorKind, kv, object_store, stream, Context};
 
 use crate::config::Config;
 
@@ -64,8 +62,11 @@ impl Names {
     pub fn all_streams(&self) -> Vec<String> {
         let mut v = vec![self.work_stream.clone(), self.dlq_stream.clone()];
         for b in [
-            &self.runs_bucket, &self.workers_bucket, &self.auth_bucket,
-            &self.wheel_history_bucket, &self.idempotency_bucket,
+            &self.runs_bucket,
+            &self.workers_bucket,
+            &self.auth_bucket,
+            &self.wheel_history_bucket,
+            &self.idempotency_bucket,
         ] {
             v.push(format!("KV_{b}"));
         }
@@ -113,7 +114,11 @@ pub struct EnsureError {
 }
 
 fn secs(v: f64) -> Duration {
-    if v > 0.0 { Duration::from_secs_f64(v) } else { Duration::ZERO }
+    if v > 0.0 {
+        Duration::from_secs_f64(v)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// Stream configurations as the original creates them.
@@ -146,7 +151,10 @@ pub fn kv_buckets(n: &Names, cfg: &Config) -> Vec<(String, Duration)> {
         (n.runs_bucket.clone(), Duration::ZERO),
         (n.workers_bucket.clone(), secs(cfg.workers_kv_ttl_sec)),
         (n.auth_bucket.clone(), Duration::ZERO),
-        (n.wheel_history_bucket.clone(), secs(cfg.wheel_history_ttl_sec)),
+        (
+            n.wheel_history_bucket.clone(),
+            secs(cfg.wheel_history_ttl_sec),
+        ),
         (n.idempotency_bucket.clone(), secs(cfg.idempotency_ttl_sec)),
     ]
 }
@@ -184,25 +192,64 @@ async fn stream_info(js: &Context, name: &str) -> Result<Option<stream::Info>, E
     match js.get_stream(name).await {
         Ok(s) => Ok(Some(s.cached_info().clone())),
         Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(EnsureError { resource: name.to_string(), message: e.to_string() }),
+        Err(e) => Err(EnsureError {
+            resource: name.to_string(),
+            message: e.to_string(),
+        }),
     }
 }
 
-fn compare(resource: &str, expected: &stream::Config, actual: &stream::Config, out: &mut Vec<Drift>) {
+fn compare(
+    resource: &str,
+    expected: &stream::Config,
+    actual: &stream::Config,
+    out: &mut Vec<Drift>,
+) {
     let mut push = |field: &'static str, e: String, a: String| {
         if e != a {
-            out.push(Drift { resource: resource.to_string(), field, expected: e, actual: a });
+            out.push(Drift {
+                resource: resource.to_string(),
+                field,
+                expected: e,
+                actual: a,
+            });
         }
     };
     if !expected.subjects.is_empty() {
-        push("subjects", format!("{:?}", expected.subjects), format!("{:?}", actual.subjects));
+        push(
+            "subjects",
+            format!("{:?}", expected.subjects),
+            format!("{:?}", actual.subjects),
+        );
     }
-    push("retention", format!("{:?}", expected.retention), format!("{:?}", actual.retention));
-    push("max_age", format!("{:?}", expected.max_age), format!("{:?}", actual.max_age));
+    push(
+        "retention",
+        format!("{:?}", expected.retention),
+        format!("{:?}", actual.retention),
+    );
+    push(
+        "max_age",
+        format!("{:?}", expected.max_age),
+        format!("{:?}", actual.max_age),
+    );
     // The server stores "unlimited" as -1 whatever was sent (0 or -1).
-    let limit = |v: i64| if v <= 0 { "unlimited".to_string() } else { v.to_string() };
-    push("max_messages", limit(expected.max_messages), limit(actual.max_messages));
-    push("max_bytes", limit(expected.max_bytes), limit(actual.max_bytes));
+    let limit = |v: i64| {
+        if v <= 0 {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    push(
+        "max_messages",
+        limit(expected.max_messages),
+        limit(actual.max_messages),
+    );
+    push(
+        "max_bytes",
+        limit(expected.max_bytes),
+        limit(actual.max_bytes),
+    );
     push(
         "max_messages_per_subject",
         limit(expected.max_messages_per_subject),
@@ -275,7 +322,9 @@ pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>
     }
 
     let bind = |bucket: String| async move {
-        js.get_key_value(bucket.clone()).await.map_err(|e| err(&format!("KV_{bucket}"), &e))
+        js.get_key_value(bucket.clone())
+            .await
+            .map_err(|e| err(&format!("KV_{bucket}"), &e))
     };
     let resources = Resources {
         js: js.clone(),

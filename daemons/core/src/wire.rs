@@ -21,7 +21,10 @@ pub mod run_status {
     /// Terminal states are final: nothing may move a run out of them.
     /// Case-insensitive like the original's `status.upper()` check.
     pub fn is_terminal(status: &str) -> bool {
-        matches!(status.to_ascii_uppercase().as_str(), COMPLETED | FAILED | CANCELLED)
+        matches!(
+            status.to_ascii_uppercase().as_str(),
+            COMPLETED | FAILED | CANCELLED
+        )
     }
 }
 
@@ -36,13 +39,25 @@ pub mod worker_state {
 
 /// Keys of a list summary item, in the original's order (contract §1.3 `GET /runs`).
 pub const SUMMARY_KEYS: [&str; 11] = [
-    "run_id", "flow_name", "tag", "tags", "tenant_id", "api_key_id", "status", "updated_at",
-    "heartbeat_at", "worker_id", "error",
+    "run_id",
+    "flow_name",
+    "tag",
+    "tags",
+    "tenant_id",
+    "api_key_id",
+    "status",
+    "updated_at",
+    "heartbeat_at",
+    "worker_id",
+    "error",
 ];
 
 /// Tag rule of the HTTP API: one subject token of `[A-Za-z0-9_-]`.
 pub fn is_valid_tag(tag: &str) -> bool {
-    !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !tag.is_empty()
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// NATS KV key rule (`[-/_=.a-zA-Z0-9]+`, no leading or trailing dot).
@@ -50,7 +65,9 @@ pub fn is_valid_kv_key(key: &str) -> bool {
     !key.is_empty()
         && !key.starts_with('.')
         && !key.ends_with('.')
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
 }
 
 pub fn str_field<'a>(doc: &'a Doc, key: &str) -> Option<&'a str> {
@@ -153,21 +170,36 @@ pub fn run_view(snapshot: &Doc, with_records: bool) -> Doc {
 /// A worker record normalized as the original does (contract §3.7), with its effective state.
 pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &'static str) {
     let mut d = raw.clone();
-    let stored = match str_field(raw, "state").map(str::to_ascii_uppercase).as_deref() {
+    let stored = match str_field(raw, "state")
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
         Some("RUNNING") => worker_state::RUNNING,
         Some("STOPPED_GRACEFUL") => worker_state::STOPPED_GRACEFUL,
         Some("DISCONNECTED") => worker_state::DISCONNECTED,
         _ => worker_state::IDLE,
     };
     let truthy = |k: &str| f64_field(raw, k).filter(|v| *v != 0.0);
-    let last_seen = truthy("last_seen_at").or_else(|| truthy("heartbeat_at")).unwrap_or(0.0);
-    let last_hb = truthy("last_heartbeat_at").or_else(|| truthy("heartbeat_at")).unwrap_or(last_seen);
+    let last_seen = truthy("last_seen_at")
+        .or_else(|| truthy("heartbeat_at"))
+        .unwrap_or(0.0);
+    let last_hb = truthy("last_heartbeat_at")
+        .or_else(|| truthy("heartbeat_at"))
+        .unwrap_or(last_seen);
     d.insert("state".into(), json!(stored));
-    d.insert("hidden".into(), json!(raw.get("hidden").map(is_truthy).unwrap_or(false)));
+    d.insert(
+        "hidden".into(),
+        json!(raw.get("hidden").map(is_truthy).unwrap_or(false)),
+    );
     let tags: Vec<Value> = match raw.get("tags") {
         Some(Value::Array(a)) => a
             .iter()
-            .filter_map(|t| t.as_str().map(str::trim).filter(|s| !s.is_empty()).map(|s| json!(s)))
+            .filter_map(|t| {
+                t.as_str()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| json!(s))
+            })
             .collect(),
         _ => vec![],
     };
@@ -176,8 +208,13 @@ pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &
     d.insert("last_heartbeat_at".into(), json!(last_hb));
     d.insert("heartbeat_at".into(), json!(last_hb));
     for k in [
-        "current_run_id", "last_run_id", "last_run_status", "last_run_started_at",
-        "last_run_finished_at", "stopped_at", "stop_reason",
+        "current_run_id",
+        "last_run_id",
+        "last_run_status",
+        "last_run_started_at",
+        "last_run_finished_at",
+        "stopped_at",
+        "stop_reason",
     ] {
         d.entry(k.to_string()).or_insert(Value::Null);
     }
@@ -224,17 +261,25 @@ mod tests {
 
     #[test]
     fn worker_disconnected_after_timeout() {
-        let raw: Doc = serde_json::from_value(json!({"worker_id":"w","state":"IDLE","last_seen_at":100.0})).unwrap();
+        let raw: Doc =
+            serde_json::from_value(json!({"worker_id":"w","state":"IDLE","last_seen_at":100.0}))
+                .unwrap();
         assert_eq!(normalize_worker(&raw, 110.0, 20.0).1, "IDLE");
         assert_eq!(normalize_worker(&raw, 121.0, 20.0).1, "DISCONNECTED");
-        let raw: Doc = serde_json::from_value(json!({"state":"STOPPED_GRACEFUL","last_seen_at":1.0})).unwrap();
+        let raw: Doc =
+            serde_json::from_value(json!({"state":"STOPPED_GRACEFUL","last_seen_at":1.0})).unwrap();
         assert_eq!(normalize_worker(&raw, 1000.0, 20.0).1, "STOPPED_GRACEFUL");
     }
 
     #[test]
     fn summary_keeps_only_present_keys_in_order() {
-        let snap: Doc = serde_json::from_value(json!({"status":"PENDING","run_id":"r","params":{},"tag":"t"})).unwrap();
+        let snap: Doc =
+            serde_json::from_value(json!({"status":"PENDING","run_id":"r","params":{},"tag":"t"}))
+                .unwrap();
         let s = run_summary(&snap);
-        assert_eq!(s.keys().collect::<Vec<_>>(), vec!["run_id", "tag", "status"]);
+        assert_eq!(
+            s.keys().collect::<Vec<_>>(),
+            vec!["run_id", "tag", "status"]
+        );
     }
 }

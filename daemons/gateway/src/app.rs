@@ -116,7 +116,11 @@ pub fn router(state: SharedState) -> Router {
 
 async fn health(State(state): State<SharedState>) -> Response {
     // "connected" once the resources are ensured too: the gateway can then serve every request.
-    let nats = if state.current().is_some() { "connected" } else { "disconnected" };
+    let nats = if state.current().is_some() {
+        "connected"
+    } else {
+        "disconnected"
+    };
     axum::Json(json!({"status": "ok", "nats": nats})).into_response()
 }
 
@@ -143,6 +147,11 @@ async fn track_http(State(state): State<SharedState>, req: Request, next: Next) 
     let method = req.method().to_string();
     let started = Instant::now();
     let resp = next.run(req).await;
-    state.metrics.on_http(&route, &method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    state.metrics.on_http(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }

@@ -58,7 +58,11 @@ impl Auth {
     }
 
     /// `Ok(None)` when auth is off; the caller when the key is valid; 401/403/503 otherwise.
-    pub async fn check(&self, headers: &HeaderMap, store: Option<&kv::Store>) -> ApiResult<Option<Principal>> {
+    pub async fn check(
+        &self,
+        headers: &HeaderMap,
+        store: Option<&kv::Store>,
+    ) -> ApiResult<Option<Principal>> {
         if !self.enabled {
             return Ok(None);
         }
@@ -82,23 +86,37 @@ impl Auth {
             .get(apikey::kv_key(&key_id))
             .await
             .map_err(|e| ApiError::nats(e.kind()))?;
-        let principal = match raw.and_then(|b| serde_json::from_slice::<apikey::ApiKeyRecord>(b.as_ref()).ok()) {
+        let principal = match raw
+            .and_then(|b| serde_json::from_slice::<apikey::ApiKeyRecord>(b.as_ref()).ok())
+        {
             None => None,
             Some(record) => {
                 let pepper = self.pepper.clone();
                 let secret = secret.to_string();
                 let tenant = record.tenant_id.clone();
-                let ok = tokio::task::spawn_blocking(move || apikey::verify(&record, &secret, pepper.as_deref()))
-                    .await
-                    .unwrap_or(false);
-                ok.then(|| Principal { tenant_id: tenant, api_key_id: key_id.clone() })
+                let ok = tokio::task::spawn_blocking(move || {
+                    apikey::verify(&record, &secret, pepper.as_deref())
+                })
+                .await
+                .unwrap_or(false);
+                ok.then(|| Principal {
+                    tenant_id: tenant,
+                    api_key_id: key_id.clone(),
+                })
             }
         };
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
-        cache.insert(digest, Cached { key_id, principal: principal.clone(), at: Instant::now() });
+        cache.insert(
+            digest,
+            Cached {
+                key_id,
+                principal: principal.clone(),
+                at: Instant::now(),
+            },
+        );
         principal.map(Some).ok_or_else(invalid)
     }
 

@@ -68,7 +68,11 @@ fn nats_server_binary() -> Option<PathBuf> {
         }
     }
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("nats-server")).find(|p| p.is_file()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("nats-server"))
+                .find(|p| p.is_file())
+        })
         .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
 }
 
@@ -83,7 +87,10 @@ impl DevStack {
             if nats_url != default_url && nats_url != managed {
                 anyhow::bail!("--nats-url {nats_url} conflicts with --with-nats, which serves {managed}; drop one of them");
             }
-            for (what, port) in [("client", args.nats_client_port), ("monitor", args.nats_http_port)] {
+            for (what, port) in [
+                ("client", args.nats_client_port),
+                ("monitor", args.nats_http_port),
+            ] {
                 if port_open(&args.nats_listen_host, port) {
                     anyhow::bail!("NATS {what} port is already in use: {}:{port}; fix: stop what uses it or pass --nats-{}-port", args.nats_listen_host, if what == "client" { "client" } else { "http" });
                 }
@@ -92,7 +99,16 @@ impl DevStack {
             std::fs::create_dir_all(&args.nats_store_dir)?;
             let store = args.nats_store_dir.canonicalize()?;
             let child = Command::new(&bin)
-                .args(["-js", "-a", &args.nats_listen_host, "-p", &args.nats_client_port.to_string(), "-m", &args.nats_http_port.to_string(), "-sd"])
+                .args([
+                    "-js",
+                    "-a",
+                    &args.nats_listen_host,
+                    "-p",
+                    &args.nats_client_port.to_string(),
+                    "-m",
+                    &args.nats_http_port.to_string(),
+                    "-sd",
+                ])
                 .arg(&store)
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -102,22 +118,43 @@ impl DevStack {
             stack.children.push(("nats-server".into(), child));
             let deadline = Instant::now() + Duration::from_secs(10);
             while !port_open(&args.nats_listen_host, args.nats_client_port) {
-                if let Some(status) = stack.children.last_mut().and_then(|(_, c)| c.try_wait().ok().flatten()) {
+                if let Some(status) = stack
+                    .children
+                    .last_mut()
+                    .and_then(|(_, c)| c.try_wait().ok().flatten())
+                {
                     anyhow::bail!("nats-server exited early ({status})");
                 }
                 if Instant::now() > deadline {
-                    anyhow::bail!("timeout waiting for NATS startup: {}:{}", args.nats_listen_host, args.nats_client_port);
+                    anyhow::bail!(
+                        "timeout waiting for NATS startup: {}:{}",
+                        args.nats_listen_host,
+                        args.nats_client_port
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            eprintln!("[pyoco-server] nats-server {} on {managed} (store {})", bin.display(), store.display());
+            eprintln!(
+                "[pyoco-server] nats-server {} on {managed} (store {})",
+                bin.display(),
+                store.display()
+            );
             url = managed;
         }
         if args.with_worker {
             let exe = std::env::current_exe()?;
             let worker = exe.with_file_name("pyoco-worker");
             let mut cmd = Command::new(&worker);
-            cmd.args(["--nats-url", &url, "--tags", &args.tags, "--concurrency", &args.worker_concurrency.to_string(), "--work-dir", ".pyoco-dev/worker"]);
+            cmd.args([
+                "--nats-url",
+                &url,
+                "--tags",
+                &args.tags,
+                "--concurrency",
+                &args.worker_concurrency.to_string(),
+                "--work-dir",
+                ".pyoco-dev/worker",
+            ]);
             if let Some(p) = &args.worker_python {
                 cmd.args(["--python", p]);
             }
@@ -141,9 +178,15 @@ impl DevStack {
     pub async fn stop(mut self) {
         while let Some((name, mut child)) = self.children.pop() {
             if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
-            if tokio::time::timeout(Duration::from_secs(70), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(70), child.wait())
+                .await
+                .is_err()
+            {
                 eprintln!("[pyoco-server] {name} did not stop in time; killing it");
                 let _ = child.kill().await;
             }

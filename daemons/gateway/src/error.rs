@@ -13,7 +13,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        ApiError { status, detail: Value::String(detail.into()) }
+        ApiError {
+            status,
+            detail: Value::String(detail.into()),
+        }
     }
     pub fn not_found(detail: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, detail)
@@ -23,11 +26,17 @@ impl ApiError {
     }
     /// 503 `nats unavailable: <reason>`, the original's answer to any NATS failure.
     pub fn nats(reason: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, format!("nats unavailable: {reason}"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("nats unavailable: {reason}"),
+        )
     }
     /// 422 in pydantic's list form.
     pub fn validation(items: Vec<Value>) -> Self {
-        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, detail: Value::Array(items) }
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: Value::Array(items),
+        }
     }
 }
 

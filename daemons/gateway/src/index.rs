@@ -93,7 +93,10 @@ impl RunFilter {
                 return false;
             }
         }
-        self.status.as_deref().map(|s| s == &*e.status).unwrap_or(true)
+        self.status
+            .as_deref()
+            .map(|s| s == &*e.status)
+            .unwrap_or(true)
             && eq(&self.flow, &e.flow_name)
             && eq(&self.tag, &e.tag)
             && eq(&self.workflow_yaml_sha256, &e.workflow_yaml_sha256)
@@ -164,12 +167,19 @@ impl RunIndex {
 
     /// Applies one KV change. `live` is false during the initial replay (no metric events then).
     fn apply(&self, key: &str, op: Operation, value: &Bytes, revision: u64, live: bool) {
-        let parsed = if op == Operation::Put { serde_json::from_slice::<Doc>(value).ok() } else { None };
+        let parsed = if op == Operation::Put {
+            serde_json::from_slice::<Doc>(value).ok()
+        } else {
+            None
+        };
         let mut inner = self.inner.write().unwrap();
         let generation = inner.generation;
         let old = inner.by_id.remove(key);
         if let Some(old) = &old {
-            inner.order.remove(&SortKey { updated_at: old.updated_at, run_id: key.to_string() });
+            inner.order.remove(&SortKey {
+                updated_at: old.updated_at,
+                run_id: key.to_string(),
+            });
             if let Some(c) = inner.status_counts.get_mut(&*old.status) {
                 *c = c.saturating_sub(1);
             }
@@ -178,16 +188,23 @@ impl RunIndex {
         if let Some(snapshot) = parsed {
             let status = status_of(&snapshot);
             let updated_at = f64_field(&snapshot, "updated_at").unwrap_or(0.0);
-            let pending_since = old.as_ref().and_then(|o| o.pending_since).or_else(|| {
-                (status == run_status::PENDING).then_some(updated_at)
-            });
+            let pending_since = old
+                .as_ref()
+                .and_then(|o| o.pending_since)
+                .or_else(|| (status == run_status::PENDING).then_some(updated_at));
             if live {
                 let old_view = old.as_ref().map(|o| (&*o.status, o.had_start));
-                self.metrics.on_run_change(old_view, &snapshot, pending_since);
+                self.metrics
+                    .on_run_change(old_view, &snapshot, pending_since);
             }
             *inner.status_counts.entry(status.clone()).or_default() += 1;
-            inner.order.insert(SortKey { updated_at, run_id: key.to_string() });
-            let summary = Bytes::from(serde_json::to_vec(&pyoco_core::wire::run_summary(&snapshot)).unwrap_or_default());
+            inner.order.insert(SortKey {
+                updated_at,
+                run_id: key.to_string(),
+            });
+            let summary = Bytes::from(
+                serde_json::to_vec(&pyoco_core::wire::run_summary(&snapshot)).unwrap_or_default(),
+            );
             let status = inner.intern(&status);
             let flow_name = str_field(&snapshot, "flow_name").map(|v| inner.intern(v));
             let tag = str_field(&snapshot, "tag").map(|v| inner.intern(v));
@@ -224,7 +241,10 @@ impl RunIndex {
     pub fn subscribe(&self, run_id: &str) -> watch::Receiver<u64> {
         let mut watchers = self.watchers.lock().unwrap();
         watchers.retain(|_, tx| tx.receiver_count() > 0);
-        watchers.entry(run_id.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
+        watchers
+            .entry(run_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// One page of `GET /runs`: items in `(updated_at, run_id)` descending order, after the
@@ -238,7 +258,11 @@ impl RunIndex {
     ) -> (Vec<RunEntry>, bool) {
         let inner = self.inner.read().unwrap();
         let iter: Box<dyn Iterator<Item = &SortKey>> = match cursor {
-            Some(c) => Box::new(inner.order.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))),
+            Some(c) => Box::new(
+                inner
+                    .order
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
+            ),
             None => Box::new(inner.order.iter()),
         };
         let mut out = Vec::with_capacity(limit.min(256));
@@ -264,7 +288,12 @@ impl RunIndex {
     /// Count of runs per status.
     pub fn status_counts(&self) -> Vec<(String, u64)> {
         let inner = self.inner.read().unwrap();
-        let mut v: Vec<_> = inner.status_counts.iter().filter(|(_, n)| **n > 0).map(|(s, n)| (s.clone(), *n)).collect();
+        let mut v: Vec<_> = inner
+            .status_counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (s.clone(), *n))
+            .collect();
         v.sort();
         v
     }
@@ -277,7 +306,8 @@ impl RunIndex {
             if key.updated_at < since {
                 break;
             }
-            *m.entry(inner.by_id[&key.run_id].status.to_string()).or_default() += 1;
+            *m.entry(inner.by_id[&key.run_id].status.to_string())
+                .or_default() += 1;
         }
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort();
@@ -288,8 +318,13 @@ impl RunIndex {
     pub fn pending_by_tag(&self) -> Vec<(String, u64)> {
         let inner = self.inner.read().unwrap();
         let mut m: HashMap<String, u64> = HashMap::new();
-        for e in inner.by_id.values().filter(|e| &*e.status == run_status::PENDING) {
-            *m.entry(e.tag.as_deref().unwrap_or("").to_string()).or_default() += 1;
+        for e in inner
+            .by_id
+            .values()
+            .filter(|e| &*e.status == run_status::PENDING)
+        {
+            *m.entry(e.tag.as_deref().unwrap_or("").to_string())
+                .or_default() += 1;
         }
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort();
@@ -321,10 +356,18 @@ impl RunIndex {
     /// Drops entries the last replay did not deliver (deleted while the watch was down).
     fn finish_replay(&self, generation: u64) {
         let mut inner = self.inner.write().unwrap();
-        let stale: Vec<String> = inner.by_id.iter().filter(|(_, e)| e.generation < generation).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<String> = inner
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.generation < generation)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in &stale {
             if let Some(e) = inner.by_id.remove(key) {
-                inner.order.remove(&SortKey { updated_at: e.updated_at, run_id: key.clone() });
+                inner.order.remove(&SortKey {
+                    updated_at: e.updated_at,
+                    run_id: key.clone(),
+                });
                 if let Some(c) = inner.status_counts.get_mut(&*e.status) {
                     *c = c.saturating_sub(1);
                 }
@@ -348,7 +391,11 @@ pub struct WorkerIndex {
 
 impl Default for WorkerIndex {
     fn default() -> Self {
-        WorkerIndex { inner: RwLock::default(), generation: Mutex::default(), loaded: watch::channel(false).0 }
+        WorkerIndex {
+            inner: RwLock::default(),
+            generation: Mutex::default(),
+            loaded: watch::channel(false).0,
+        }
     }
 }
 
@@ -359,11 +406,20 @@ impl WorkerIndex {
     }
 
     pub fn all(&self) -> Vec<(Arc<Doc>, u64)> {
-        self.inner.read().unwrap().values().map(|(d, rev, _)| (d.clone(), *rev)).collect()
+        self.inner
+            .read()
+            .unwrap()
+            .values()
+            .map(|(d, rev, _)| (d.clone(), *rev))
+            .collect()
     }
 
     pub fn get(&self, worker_id: &str) -> Option<Arc<Doc>> {
-        self.inner.read().unwrap().get(worker_id).map(|(d, _, _)| d.clone())
+        self.inner
+            .read()
+            .unwrap()
+            .get(worker_id)
+            .map(|(d, _, _)| d.clone())
     }
 
     fn apply(&self, key: &str, op: Operation, value: &Bytes, revision: u64) {
@@ -409,7 +465,10 @@ impl Follower for WorkerIndex {
         self.apply(key, op, value, revision)
     }
     fn finish(&self, generation: u64) {
-        self.inner.write().unwrap().retain(|_, (_, _, g)| *g >= generation);
+        self.inner
+            .write()
+            .unwrap()
+            .retain(|_, (_, _, g)| *g >= generation);
         self.loaded.send_replace(true);
     }
 }
@@ -431,7 +490,10 @@ async fn follow_once<F: Follower>(store: &kv::Store, follower: &F) -> Result<(),
     let mut stream = store.stream.clone();
     let info = stream.info().await.map_err(|e| e.to_string())?;
     let empty = info.state.messages == 0;
-    let mut watch = store.watch_with_history(">").await.map_err(|e| e.to_string())?;
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| e.to_string())?;
     let generation = follower.begin();
     let mut replaying = !empty;
     if empty {
@@ -439,7 +501,13 @@ async fn follow_once<F: Follower>(store: &kv::Store, follower: &F) -> Result<(),
     }
     while let Some(next) = watch.next().await {
         let entry = next.map_err(|e| e.to_string())?;
-        follower.entry(&entry.key, entry.operation, &entry.value, entry.revision, !replaying);
+        follower.entry(
+            &entry.key,
+            entry.operation,
+            &entry.value,
+            entry.revision,
+            !replaying,
+        );
         if replaying && entry.delta == 0 {
             replaying = false;
             follower.finish(generation);

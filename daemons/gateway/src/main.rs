@@ -31,8 +31,13 @@ use crate::index::{follow_bucket, RunIndex, WorkerIndex};
 use crate::metrics::Metrics;
 
 #[derive(Parser)]
-#[command(name = "pyoco-server", version, about = "The pyoco-server HTTP gateway (Rust)", args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  pyoco-server --nats-url nats://127.0.0.1:4222 --port 8000\n  pyoco-server config          # effective configuration and where each value came from")]
+#[command(
+    name = "pyoco-server",
+    version,
+    about = "The pyoco-server HTTP gateway (Rust)",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  pyoco-server --nats-url nats://127.0.0.1:4222 --port 8000\n  pyoco-server config          # effective configuration and where each value came from"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -94,7 +99,11 @@ impl ServeArgs {
         push("log_format", &self.log_format);
         push("http_auth_mode", &self.auth_mode);
         push("dashboard_lang", &self.dashboard_lang);
-        config::load(&LoadOptions { config_file: self.config.clone(), flags, ..LoadOptions::default() })
+        config::load(&LoadOptions {
+            config_file: self.config.clone(),
+            flags,
+            ..LoadOptions::default()
+        })
     }
 }
 
@@ -116,7 +125,10 @@ fn main() {
         print_effective_config(&loaded);
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if let Err(e) = runtime.block_on(serve_with_stack(loaded, args.dev)) {
         eprintln!("[pyoco-server][ERR-PYOCO-0018] {e:#}");
         std::process::exit(1);
@@ -126,7 +138,12 @@ fn main() {
 fn print_effective_config(loaded: &Loaded) {
     let rows = loaded.describe();
     let w = rows.iter().map(|r| r.key.len()).max().unwrap_or(10);
-    let wv = rows.iter().map(|r| r.value.len()).max().unwrap_or(10).min(40);
+    let wv = rows
+        .iter()
+        .map(|r| r.value.len())
+        .max()
+        .unwrap_or(10)
+        .min(40);
     for r in rows {
         println!("{:w$}  {:wv$}  {} ({})", r.key, r.value, r.source, r.env);
     }
@@ -149,7 +166,12 @@ async fn serve_with_stack(mut loaded: Loaded, dev: devstack::DevStackArgs) -> an
 
 async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let cfg = loaded.config.clone();
-    pyoco_core::logging::init("pyoco-server:http", &cfg.log_level, &cfg.log_format, cfg.log_utc);
+    pyoco_core::logging::init(
+        "pyoco-server:http",
+        &cfg.log_level,
+        &cfg.log_format,
+        cfg.log_utc,
+    );
     for warning in &loaded.warnings {
         tracing::warn!(err_id = "ERR-PYOCO-0002", "configuration: {warning}");
     }
@@ -159,9 +181,11 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         Some(l) => tokio::net::TcpListener::from_std(l)?,
         None => {
             let addr = format!("{}:{}", cfg.http_host, cfg.http_port);
-            tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}; fix: choose a free --port or stop what uses it"))?
+            tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {addr}: {e}; fix: choose a free --port or stop what uses it"
+                )
+            })?
         }
     };
     let local = listener.local_addr()?;
@@ -169,7 +193,12 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     let client = pyoco_core::nats::connect(&cfg.nats_url, "pyoco-http-api").await?;
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
-        auth: Arc::new(Auth::new(cfg.api_key_auth(), &cfg.http_api_key_header, cfg.auth_pepper.clone(), cfg.auth_cache_ttl_sec)),
+        auth: Arc::new(Auth::new(
+            cfg.api_key_auth(),
+            &cfg.http_api_key_header,
+            cfg.auth_pepper.clone(),
+            cfg.auth_cache_ttl_sec,
+        )),
         runs: RunIndex::new(metrics.clone()),
         workers: Arc::new(WorkerIndex::default()),
         metrics,
@@ -222,7 +251,11 @@ async fn supervise_nats(state: Arc<AppState>, address: String) {
                     }
                     if !followers_started {
                         tokio::spawn(follow_bucket(res.runs.clone(), state.runs.clone(), "runs"));
-                        tokio::spawn(follow_bucket(res.workers.clone(), state.workers.clone(), "workers"));
+                        tokio::spawn(follow_bucket(
+                            res.workers.clone(),
+                            state.workers.clone(),
+                            "workers",
+                        ));
                         tokio::spawn(follow_bucket(res.auth.clone(), state.auth.clone(), "auth"));
                         followers_started = true;
                     }
@@ -234,7 +267,9 @@ async fn supervise_nats(state: Arc<AppState>, address: String) {
                 }
                 Err(e) => {
                     tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring JetStream resources failed; retrying");
-                    systemd::notify_status(&format!("listening on {address} · NATS resources failing: {e}"));
+                    systemd::notify_status(&format!(
+                        "listening on {address} · NATS resources failing: {e}"
+                    ));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -252,14 +287,19 @@ async fn supervise_nats(state: Arc<AppState>, address: String) {
         } else {
             format!("NATS unreachable at {}, retrying", state.cfg.nats_url)
         };
-        let indexed = if state.runs.is_loaded() { format!("{} runs indexed", state.runs.len()) } else { "indexing runs".into() };
+        let indexed = if state.runs.is_loaded() {
+            format!("{} runs indexed", state.runs.len())
+        } else {
+            "indexing runs".into()
+        };
         systemd::notify_status(&format!("listening on {address} · {nats} · {indexed}"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

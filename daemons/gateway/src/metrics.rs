@@ -9,8 +9,12 @@ use std::sync::Mutex;
 
 use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
 
-const RUN_BUCKETS: [f64; 14] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-const HTTP_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const RUN_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+const HTTP_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 #[derive(Debug, Clone)]
 struct Histogram {
@@ -22,7 +26,12 @@ struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
     }
     fn observe(&mut self, v: f64) {
         for (i, b) in self.bounds.iter().enumerate() {
@@ -38,8 +47,16 @@ impl Histogram {
         for (b, c) in self.bounds.iter().zip(&self.counts) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -83,7 +100,9 @@ pub struct Gauges {
 }
 
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -99,7 +118,9 @@ impl Metrics {
         }
         let was_terminal = old_status.map(run_status::is_terminal).unwrap_or(false);
         if run_status::is_terminal(status) && !was_terminal {
-            *m.finished.entry((status.to_ascii_uppercase(), tag)).or_default() += 1;
+            *m.finished
+                .entry((status.to_ascii_uppercase(), tag))
+                .or_default() += 1;
             if let (Some(s), Some(e)) = (f64_field(new, "start_time"), f64_field(new, "end_time")) {
                 if e >= s {
                     m.run_duration.observe(e - s);
@@ -107,7 +128,9 @@ impl Metrics {
             }
         }
         let had_start = old.map(|(_, h)| h).unwrap_or(false);
-        if let (false, Some(start), Some(since)) = (had_start, f64_field(new, "start_time"), pending_since) {
+        if let (false, Some(start), Some(since)) =
+            (had_start, f64_field(new, "start_time"), pending_since)
+        {
             if start >= since {
                 m.queue_wait.observe(start - since);
             }
@@ -116,7 +139,9 @@ impl Metrics {
 
     pub fn on_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
         let mut m = self.inner.lock().unwrap();
-        *m.http_requests.entry((route.to_string(), method.to_string(), status)).or_default() += 1;
+        *m.http_requests
+            .entry((route.to_string(), method.to_string(), status))
+            .or_default() += 1;
         m.http_duration
             .entry(route.to_string())
             .or_insert_with(|| Histogram::new(&HTTP_BUCKETS))
@@ -153,7 +178,12 @@ impl Metrics {
         }
         o.push_str("# HELP pyoco_runs_finished_total Runs that reached a terminal status since this gateway started.\n# TYPE pyoco_runs_finished_total counter\n");
         for ((s, t), n) in &m.finished {
-            let _ = writeln!(o, "pyoco_runs_finished_total{{status=\"{}\",tag=\"{}\"}} {n}", esc(s), esc(t));
+            let _ = writeln!(
+                o,
+                "pyoco_runs_finished_total{{status=\"{}\",tag=\"{}\"}} {n}",
+                esc(s),
+                esc(t)
+            );
         }
         o.push_str("# HELP pyoco_run_duration_seconds Run execution time (end_time - start_time).\n# TYPE pyoco_run_duration_seconds histogram\n");
         m.run_duration.render(o, "pyoco_run_duration_seconds", "");
@@ -161,11 +191,19 @@ impl Metrics {
         m.queue_wait.render(o, "pyoco_run_queue_wait_seconds", "");
         o.push_str("# HELP pyoco_http_requests_total HTTP requests by route, method and status.\n# TYPE pyoco_http_requests_total counter\n");
         for ((r, meth, s), n) in &m.http_requests {
-            let _ = writeln!(o, "pyoco_http_requests_total{{route=\"{}\",method=\"{meth}\",status=\"{s}\"}} {n}", esc(r));
+            let _ = writeln!(
+                o,
+                "pyoco_http_requests_total{{route=\"{}\",method=\"{meth}\",status=\"{s}\"}} {n}",
+                esc(r)
+            );
         }
         o.push_str("# HELP pyoco_http_request_duration_seconds HTTP request latency by route.\n# TYPE pyoco_http_request_duration_seconds histogram\n");
         for (r, h) in &m.http_duration {
-            h.render(o, "pyoco_http_request_duration_seconds", &format!("route=\"{}\"", esc(r)));
+            h.render(
+                o,
+                "pyoco_http_request_duration_seconds",
+                &format!("route=\"{}\"", esc(r)),
+            );
         }
         out
     }

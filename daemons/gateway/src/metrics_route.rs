@@ -30,7 +30,9 @@ pub async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Ap
         .workers
         .all()
         .iter()
-        .filter(|(raw, _)| worker_alive(normalize_worker(raw, t, state.cfg.worker_disconnect_timeout_sec).1))
+        .filter(|(raw, _)| {
+            worker_alive(normalize_worker(raw, t, state.cfg.worker_disconnect_timeout_sec).1)
+        })
         .count() as u64;
     let dlq_messages = match state.res().await {
         Ok(res) => match res.js.get_stream(&res.names.dlq_stream).await {
@@ -46,5 +48,12 @@ pub async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Ap
         dlq_messages,
         pending_by_tag: state.runs.pending_by_tag(),
     };
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render(&gauges)).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&gauges),
+    )
+        .into_response())
 }

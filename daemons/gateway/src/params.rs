@@ -54,7 +54,10 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -75,13 +78,19 @@ pub struct Errors(pub Vec<Value>);
 
 impl Errors {
     pub fn finish(self) -> ApiResult<()> {
-        if self.0.is_empty() { Ok(()) } else { Err(ApiError::validation(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(self.0))
+        }
     }
 }
 
 /// An optional integer query parameter within `[min, max]`.
 pub fn query_int(q: &Query, key: &str, default: i64, min: i64, max: i64, errs: &mut Errors) -> i64 {
-    let Some(raw) = q.last(key) else { return default };
+    let Some(raw) = q.last(key) else {
+        return default;
+    };
     let loc = json!(["query", key]);
     match raw.trim().parse::<i64>() {
         Err(_) => {
@@ -122,26 +131,40 @@ pub fn parse_lax_bool(s: &str) -> Option<bool> {
 }
 
 pub fn query_bool(q: &Query, key: &str, default: bool, errs: &mut Errors) -> bool {
-    let Some(raw) = q.last(key) else { return default };
+    let Some(raw) = q.last(key) else {
+        return default;
+    };
     match parse_lax_bool(raw) {
         Some(b) => b,
         None => {
-            errs.0.push(item::bool_parsing(json!(["query", key]), json!(raw)));
+            errs.0
+                .push(item::bool_parsing(json!(["query", key]), json!(raw)));
             default
         }
     }
 }
 
 /// A JSON object body the way FastAPI reads a pydantic model body.
-pub fn json_object_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<serde_json::Map<String, Value>> {
+pub fn json_object_body(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<serde_json::Map<String, Value>> {
     if body.is_empty() {
-        return Err(ApiError::validation(vec![item::missing(json!(["body"]), Value::Null)]));
+        return Err(ApiError::validation(vec![item::missing(
+            json!(["body"]),
+            Value::Null,
+        )]));
     }
     let is_json = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
-            let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let ct = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"))
         })
         .unwrap_or(false);
@@ -164,7 +187,11 @@ pub fn json_object_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<serde_js
 }
 
 fn byte_offset(text: &str, line: usize, column: usize) -> usize {
-    let before: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(|l| l.chars().count()).sum();
+    let before: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.chars().count())
+        .sum();
     before + column.saturating_sub(1)
 }
 
@@ -174,8 +201,13 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = Query::parse(Some("include=full&include=records&flow=a%20b&x=1+2&bad=%zz"));
-        assert_eq!(q.all("include"), &["full".to_string(), "records".to_string()]);
+        let q = Query::parse(Some(
+            "include=full&include=records&flow=a%20b&x=1+2&bad=%zz",
+        ));
+        assert_eq!(
+            q.all("include"),
+            &["full".to_string(), "records".to_string()]
+        );
         assert_eq!(q.last("flow"), Some("a b"));
         assert_eq!(q.last("x"), Some("1 2"));
         assert_eq!(q.last("bad"), Some("%zz"));

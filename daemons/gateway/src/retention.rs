@@ -29,12 +29,21 @@ pub async fn sweep(state: &SharedState, retention: f64) -> usize {
     let expired = state.runs.terminal_before(now() - retention, BATCH);
     let mut deleted = 0;
     for (run_id, revision) in expired {
-        if res.runs.delete_expect_revision(&run_id, Some(revision)).await.is_ok() {
+        if res
+            .runs
+            .delete_expect_revision(&run_id, Some(revision))
+            .await
+            .is_ok()
+        {
             deleted += 1;
         }
     }
     if deleted > 0 {
-        tracing::info!(deleted, retention_sec = retention, "deleted runs past retention");
+        tracing::info!(
+            deleted,
+            retention_sec = retention,
+            "deleted runs past retention"
+        );
     }
     deleted
 }

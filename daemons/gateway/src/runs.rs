@@ -14,7 +14,9 @@ use pyoco_core::flow_yaml;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::resources::Resources;
 use pyoco_core::time::now;
-use pyoco_core::wire::{self, f64_field, is_valid_kv_key, is_valid_tag, run_status, str_field, Doc, NewRun};
+use pyoco_core::wire::{
+    self, f64_field, is_valid_kv_key, is_valid_tag, run_status, str_field, Doc, NewRun,
+};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -31,21 +33,32 @@ const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 // Submit
 
 /// `POST /runs`: validate like the original's pydantic model, then create the run.
-pub async fn submit(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn submit(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let obj = params::json_object_body(&headers, &body)?;
     let mut errs = Errors::default();
     let flow_name = match obj.get("flow_name") {
         None => {
-            errs.0.push(item::missing(json!(["body", "flow_name"]), Value::Object(obj.clone())));
+            errs.0.push(item::missing(
+                json!(["body", "flow_name"]),
+                Value::Object(obj.clone()),
+            ));
             String::new()
         }
         Some(Value::String(s)) if s.is_empty() => {
-            errs.0.push(item::too_short(json!(["body", "flow_name"]), json!(s)));
+            errs.0
+                .push(item::too_short(json!(["body", "flow_name"]), json!(s)));
             String::new()
         }
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            errs.0.push(item::string_type(json!(["body", "flow_name"]), other.clone()));
+            errs.0.push(item::string_type(
+                json!(["body", "flow_name"]),
+                other.clone(),
+            ));
             String::new()
         }
     };
@@ -53,7 +66,8 @@ pub async fn submit(State(state): State<SharedState>, headers: HeaderMap, body: 
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(other) => {
-            errs.0.push(item::dict_type(json!(["body", "params"]), other.clone()));
+            errs.0
+                .push(item::dict_type(json!(["body", "params"]), other.clone()));
             Map::new()
         }
     };
@@ -61,11 +75,13 @@ pub async fn submit(State(state): State<SharedState>, headers: HeaderMap, body: 
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if is_valid_tag(s) => Some(s.clone()),
         Some(Value::String(s)) => {
-            errs.0.push(item::pattern(json!(["body", "tag"]), json!(s), TAG_PATTERN));
+            errs.0
+                .push(item::pattern(json!(["body", "tag"]), json!(s), TAG_PATTERN));
             None
         }
         Some(other) => {
-            errs.0.push(item::string_type(json!(["body", "tag"]), other.clone()));
+            errs.0
+                .push(item::string_type(json!(["body", "tag"]), other.clone()));
             None
         }
     };
@@ -76,13 +92,16 @@ pub async fn submit(State(state): State<SharedState>, headers: HeaderMap, body: 
             for (i, t) in a.iter().enumerate() {
                 match t {
                     Value::String(s) => v.push(s.clone()),
-                    other => errs.0.push(item::string_type(json!(["body", "tags", i]), other.clone())),
+                    other => errs
+                        .0
+                        .push(item::string_type(json!(["body", "tags", i]), other.clone())),
                 }
             }
             v
         }
         Some(other) => {
-            errs.0.push(item::list_type(json!(["body", "tags"]), other.clone()));
+            errs.0
+                .push(item::list_type(json!(["body", "tags"]), other.clone()));
             vec![]
         }
     };
@@ -91,20 +110,40 @@ pub async fn submit(State(state): State<SharedState>, headers: HeaderMap, body: 
         Some(Value::Number(n)) => match n.as_f64() {
             Some(t) if t > 0.0 => Some(t),
             _ => {
-                errs.0.push(item::gt_float(json!(["body", "timeout_sec"]), Value::Number(n.clone()), 0.0));
+                errs.0.push(item::gt_float(
+                    json!(["body", "timeout_sec"]),
+                    Value::Number(n.clone()),
+                    0.0,
+                ));
                 None
             }
         },
         Some(other) => {
-            errs.0.push(item::float_type(json!(["body", "timeout_sec"]), other.clone()));
+            errs.0.push(item::float_type(
+                json!(["body", "timeout_sec"]),
+                other.clone(),
+            ));
             None
         }
     };
     errs.finish()?;
     let principal = state.authenticate(&headers).await?;
     let tag = tag.unwrap_or_else(|| state.cfg.default_tag.clone());
-    let tags = if tags.is_empty() { vec![tag.clone()] } else { tags };
-    let run = new_run(&principal, flow_name, tag, tags, params_obj, None, None, timeout_sec);
+    let tags = if tags.is_empty() {
+        vec![tag.clone()]
+    } else {
+        tags
+    };
+    let run = new_run(
+        &principal,
+        flow_name,
+        tag,
+        tags,
+        params_obj,
+        None,
+        None,
+        timeout_sec,
+    );
     create_run(&state, &headers, &principal, run).await
 }
 
@@ -127,7 +166,12 @@ pub async fn submit_yaml(
                     too_large = true;
                     break;
                 }
-                Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("invalid multipart body: {}", e.body_text()))),
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid multipart body: {}", e.body_text()),
+                    ))
+                }
             };
             let name = field.name().unwrap_or("").to_string();
             let data = match field.bytes().await {
@@ -136,7 +180,12 @@ pub async fn submit_yaml(
                     too_large = true;
                     break;
                 }
-                Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("invalid multipart body: {}", e.body_text()))),
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid multipart body: {}", e.body_text()),
+                    ))
+                }
             };
             match name.as_str() {
                 "workflow" => workflow = Some(data),
@@ -148,27 +197,44 @@ pub async fn submit_yaml(
     }
     if too_large {
         let _ = state.authenticate(&headers).await?;
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "workflow too large"));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "workflow too large",
+        ));
     }
     let mut errs = Errors::default();
     if workflow.is_none() {
-        errs.0.push(item::missing(json!(["body", "workflow"]), Value::Null));
+        errs.0
+            .push(item::missing(json!(["body", "workflow"]), Value::Null));
     }
     if flow_name.is_none() {
-        errs.0.push(item::missing(json!(["body", "flow_name"]), Value::Null));
+        errs.0
+            .push(item::missing(json!(["body", "flow_name"]), Value::Null));
     }
     errs.finish()?;
     let (workflow, flow_name) = (workflow.unwrap_or_default(), flow_name.unwrap_or_default());
 
     let principal = state.authenticate(&headers).await?;
-    let tag = tag.filter(|t| !t.is_empty()).unwrap_or_else(|| state.cfg.default_tag.clone()).trim().to_string();
+    let tag = tag
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| state.cfg.default_tag.clone())
+        .trim()
+        .to_string();
     if !is_valid_tag(&tag) {
         return Err(ApiError::unprocessable("invalid tag"));
     }
     let max = state.cfg.workflow_yaml_max_bytes;
     if max > 0 && workflow.len() as i64 > max {
-        tracing::warn!(err_id = "ERR-PYOCO-0016", size_bytes = workflow.len(), max_bytes = max, "workflow yaml too large");
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "workflow too large"));
+        tracing::warn!(
+            err_id = "ERR-PYOCO-0016",
+            size_bytes = workflow.len(),
+            max_bytes = max,
+            "workflow yaml too large"
+        );
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "workflow too large",
+        ));
     }
     let parsed = flow_yaml::parse_workflow_yaml(&workflow, true).map_err(|e| {
         tracing::info!(err_id = "ERR-PYOCO-0002", reason = %e.code, "invalid workflow yaml");
@@ -219,7 +285,12 @@ fn new_run(
 
 /// Stores the PENDING snapshot and queues the job. With an `Idempotency-Key` header, a key seen
 /// before (same tenant, within the TTL) returns the first run instead of creating another.
-async fn create_run(state: &SharedState, headers: &HeaderMap, principal: &Option<Principal>, run: NewRun) -> ApiResult<Response> {
+async fn create_run(
+    state: &SharedState,
+    headers: &HeaderMap,
+    principal: &Option<Principal>,
+    run: NewRun,
+) -> ApiResult<Response> {
     let res = state.res().await?;
     let job = to_ascii_vec(&run.job_message());
     let max_payload = state.client.server_info().max_payload;
@@ -236,13 +307,18 @@ async fn create_run(state: &SharedState, headers: &HeaderMap, principal: &Option
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .map(|k| {
-            let tenant = principal.as_ref().map(|p| p.tenant_id.as_str()).unwrap_or("_");
+            let tenant = principal
+                .as_ref()
+                .map(|p| p.tenant_id.as_str())
+                .unwrap_or("_");
             format!("{tenant}.{}", hex::encode(Sha256::digest(k.as_bytes())))
         });
     if let Some(key) = &idem_key {
         if let Some(existing) = claim_idempotency_key(&res.idempotency, key, &run.run_id).await? {
             let status = match res.runs.get(existing.clone()).await {
-                Ok(Some(b)) => serde_json::from_slice::<Doc>(&b).ok().and_then(|d| str_field(&d, "status").map(str::to_string)),
+                Ok(Some(b)) => serde_json::from_slice::<Doc>(&b)
+                    .ok()
+                    .and_then(|d| str_field(&d, "status").map(str::to_string)),
                 _ => None,
             }
             .unwrap_or_else(|| run_status::PENDING.to_string());
@@ -272,16 +348,22 @@ async fn create_run(state: &SharedState, headers: &HeaderMap, principal: &Option
 }
 
 /// Claims `key` for `run_id`; returns the run id that already holds it, if any.
-async fn claim_idempotency_key(store: &kv::Store, key: &str, run_id: &str) -> ApiResult<Option<String>> {
+async fn claim_idempotency_key(
+    store: &kv::Store,
+    key: &str,
+    run_id: &str,
+) -> ApiResult<Option<String>> {
     for _ in 0..3 {
         match store.create(key, run_id.to_string().into()).await {
             Ok(_) => return Ok(None),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match store.get(key).await {
-                Ok(Some(v)) => return Ok(Some(String::from_utf8_lossy(&v).into_owned())),
-                // Expired or deleted between create and get: try to claim again.
-                Ok(None) => continue,
-                Err(e) => return Err(ApiError::nats(e.kind())),
-            },
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match store.get(key).await {
+                    Ok(Some(v)) => return Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+                    // Expired or deleted between create and get: try to claim again.
+                    Ok(None) => continue,
+                    Err(e) => return Err(ApiError::nats(e.kind())),
+                }
+            }
             Err(e) => return Err(ApiError::nats(e.kind())),
         }
     }
@@ -320,14 +402,23 @@ struct Cursor {
 }
 
 pub fn encode_cursor(updated_at: f64, run_id: &str) -> String {
-    let text = serde_json::to_string(&Cursor { u: updated_at, r: run_id.to_string() }).unwrap_or_default();
+    let text = serde_json::to_string(&Cursor {
+        u: updated_at,
+        r: run_id.to_string(),
+    })
+    .unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
 fn decode_cursor(c: &str) -> Option<SortKey> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c.trim_end_matches('='))
+        .ok()?;
     let cur: Cursor = serde_json::from_slice(&raw).ok()?;
-    Some(SortKey { updated_at: cur.u, run_id: cur.r })
+    Some(SortKey {
+        updated_at: cur.u,
+        run_id: cur.r,
+    })
 }
 
 fn non_empty(q: &Query, key: &str) -> Option<String> {
@@ -335,11 +426,17 @@ fn non_empty(q: &Query, key: &str) -> Option<String> {
 }
 
 fn wants(include: &[String], words: &[&str]) -> bool {
-    include.iter().any(|i| words.contains(&i.trim().to_ascii_lowercase().as_str()))
+    include
+        .iter()
+        .any(|i| words.contains(&i.trim().to_ascii_lowercase().as_str()))
 }
 
 /// `GET /runs`: answered from the in-memory index.
-pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+pub async fn list(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref());
     let mut errs = Errors::default();
     let limit = params::query_int(&q, "limit", 50, 1, 200, &mut errs) as usize;
@@ -363,19 +460,25 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
     };
     let vnext = q.has("updated_after") || q.has("cursor") || filter.workflow_yaml_sha256.is_some();
     let full = wants(q.all("include"), &["full", "all"]);
-    let (items, more) = state.runs.page(&filter, updated_after, cursor.as_ref(), limit);
+    let (items, more) = state
+        .runs
+        .page(&filter, updated_after, cursor.as_ref(), limit);
     let items: Vec<Doc> = if full {
         // The whole snapshots live in KV: one read per item of this page (≤ 200), in parallel.
         let res = state.res().await?;
         let reads = items.iter().map(|e| {
             let runs = res.runs.clone();
-            let id = str_field(&e.summary_doc(), "run_id").unwrap_or("").to_string();
+            let id = str_field(&e.summary_doc(), "run_id")
+                .unwrap_or("")
+                .to_string();
             async move { runs.get(id).await }
         });
         let mut docs = Vec::with_capacity(items.len());
         for (entry, got) in items.iter().zip(futures::future::join_all(reads).await) {
             match got {
-                Ok(Some(b)) => docs.push(serde_json::from_slice::<Doc>(&b).unwrap_or_else(|_| entry.summary_doc())),
+                Ok(Some(b)) => docs.push(
+                    serde_json::from_slice::<Doc>(&b).unwrap_or_else(|_| entry.summary_doc()),
+                ),
                 // Deleted since the page was cut: leave it out, as a list taken a moment later would.
                 Ok(None) => {}
                 Err(e) => return Err(ApiError::nats(e.kind())),
@@ -404,17 +507,26 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
 // Single run
 
 /// Reads a run the caller may see: 404 for a missing run, an impossible id, or another tenant.
-pub async fn load_run(state: &SharedState, principal: &Option<Principal>, run_id: &str) -> ApiResult<(Doc, u64)> {
+pub async fn load_run(
+    state: &SharedState,
+    principal: &Option<Principal>,
+    run_id: &str,
+) -> ApiResult<(Doc, u64)> {
     if !is_valid_kv_key(run_id) {
         return Err(ApiError::not_found("run not found"));
     }
     let res = state.res().await?;
-    let entry = res.runs.entry(run_id).await.map_err(|e| ApiError::nats(e.kind()))?;
+    let entry = res
+        .runs
+        .entry(run_id)
+        .await
+        .map_err(|e| ApiError::nats(e.kind()))?;
     let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
         tracing::info!(err_id = "ERR-PYOCO-0005", run_id = %run_id, "run not found");
         return Err(ApiError::not_found("run not found"));
     };
-    let doc: Doc = serde_json::from_slice(&entry.value).map_err(|_| ApiError::not_found("run not found"))?;
+    let doc: Doc =
+        serde_json::from_slice(&entry.value).map_err(|_| ApiError::not_found("run not found"))?;
     check_tenant(principal, &doc)?;
     Ok((doc, entry.revision))
 }
@@ -429,7 +541,10 @@ pub fn check_tenant(principal: &Option<Principal>, doc: &Doc) -> ApiResult<()> {
 }
 
 pub fn include_records(q: &Query) -> bool {
-    wants(q.all("include"), &["records", "task_records", "full", "all"])
+    wants(
+        q.all("include"),
+        &["records", "task_records", "full", "all"],
+    )
 }
 
 /// `GET /runs/{run_id}` with `include` and the worker enrichment.
@@ -443,14 +558,22 @@ pub async fn get_run(
     let principal = state.authenticate(&headers).await?;
     let (doc, _) = load_run(&state, &principal, &run_id).await?;
     let mut view = wire::run_view(&doc, include_records(&q));
-    if let Some(worker_id) = doc.get("worker_id").filter(|v| wire::is_truthy(v)).and_then(Value::as_str) {
+    if let Some(worker_id) = doc
+        .get("worker_id")
+        .filter(|v| wire::is_truthy(v))
+        .and_then(Value::as_str)
+    {
         crate::workers::enrich_run(&state, worker_id, &mut view);
     }
     Ok(Json(Value::Object(view)).into_response())
 }
 
 /// `GET /runs/{run_id}/tasks`.
-pub async fn get_tasks(State(state): State<SharedState>, headers: HeaderMap, Path(run_id): Path<String>) -> ApiResult<Response> {
+pub async fn get_tasks(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> ApiResult<Response> {
     let principal = state.authenticate(&headers).await?;
     let (doc, _) = load_run(&state, &principal, &run_id).await?;
     Ok(Json(json!({
@@ -466,7 +589,11 @@ pub async fn get_tasks(State(state): State<SharedState>, headers: HeaderMap, Pat
 
 /// `POST /runs/{run_id}/cancel`: compare-and-set on the snapshot's revision, retried on conflict,
 /// so no concurrent worker write can erase the request. A PENDING run is cancelled at once.
-pub async fn cancel(State(state): State<SharedState>, headers: HeaderMap, Path(run_id): Path<String>) -> ApiResult<Response> {
+pub async fn cancel(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(run_id): Path<String>,
+) -> ApiResult<Response> {
     let principal = state.authenticate(&headers).await?;
     for _ in 0..50 {
         let (mut doc, revision) = load_run(&state, &principal, &run_id).await?;
@@ -475,11 +602,18 @@ pub async fn cancel(State(state): State<SharedState>, headers: HeaderMap, Path(r
             return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
         }
         let t = now();
-        if doc.get("cancel_requested_at").map(|v| !wire::is_truthy(v)).unwrap_or(true) {
+        if doc
+            .get("cancel_requested_at")
+            .map(|v| !wire::is_truthy(v))
+            .unwrap_or(true)
+        {
             doc.insert("cancel_requested_at".into(), json!(t));
         }
         if let Some(p) = &principal {
-            doc.insert("cancel_requested_by".into(), json!(format!("api_key:{}", p.api_key_id)));
+            doc.insert(
+                "cancel_requested_by".into(),
+                json!(format!("api_key:{}", p.api_key_id)),
+            );
         }
         if status.eq_ignore_ascii_case(run_status::PENDING) {
             // No worker has it: cancel now. The worker that later receives the job sees a
@@ -491,7 +625,11 @@ pub async fn cancel(State(state): State<SharedState>, headers: HeaderMap, Path(r
         }
         doc.insert("updated_at".into(), json!(t));
         let res = state.res().await?;
-        match res.runs.update(&run_id, to_ascii_vec(&doc).into(), revision).await {
+        match res
+            .runs
+            .update(&run_id, to_ascii_vec(&doc).into(), revision)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(run_id = %run_id, status = %str_field(&doc, "status").unwrap_or(""), "cancel requested");
                 return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
@@ -500,5 +638,7 @@ pub async fn cancel(State(state): State<SharedState>, headers: HeaderMap, Path(r
             Err(e) => return Err(ApiError::nats(e.kind())),
         }
     }
-    Err(ApiError::nats("cancel kept conflicting with concurrent writes; retry"))
+    Err(ApiError::nats(
+        "cancel kept conflicting with concurrent writes; retry",
+    ))
 }

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
-use pyoco_core::wire::{self, f64_field, is_valid_kv_key, normalize_worker, worker_alive, worker_state, Doc};
+use pyoco_core::wire::{
+    self, f64_field, is_valid_kv_key, normalize_worker, worker_alive, worker_state, Doc,
+};
 use serde_json::{json, Value};
 
 use crate::app::SharedState;
@@ -19,12 +21,22 @@ use crate::params::{self, Errors, Query};
 pub fn enrich_run(state: &SharedState, worker_id: &str, view: &mut Doc) {
     match state.workers.get(worker_id) {
         Some(raw) => {
-            let (rec, effective) = normalize_worker(&raw, now(), state.cfg.worker_disconnect_timeout_sec);
+            let (rec, effective) =
+                normalize_worker(&raw, now(), state.cfg.worker_disconnect_timeout_sec);
             view.insert("worker_alive".into(), json!(worker_alive(effective)));
             view.insert("worker_state".into(), json!(effective));
-            view.insert("worker_heartbeat_at".into(), rec.get("last_heartbeat_at").cloned().unwrap_or(Value::Null));
-            view.insert("worker_hidden".into(), rec.get("hidden").cloned().unwrap_or(json!(false)));
-            view.insert("worker_tags".into(), rec.get("tags").cloned().unwrap_or(json!([])));
+            view.insert(
+                "worker_heartbeat_at".into(),
+                rec.get("last_heartbeat_at").cloned().unwrap_or(Value::Null),
+            );
+            view.insert(
+                "worker_hidden".into(),
+                rec.get("hidden").cloned().unwrap_or(json!(false)),
+            );
+            view.insert(
+                "worker_tags".into(),
+                rec.get("tags").cloned().unwrap_or(json!([])),
+            );
         }
         None => {
             view.insert("worker_alive".into(), json!(false));
@@ -34,7 +46,11 @@ pub fn enrich_run(state: &SharedState, worker_id: &str, view: &mut Doc) {
     }
 }
 
-pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+pub async fn list(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let q = Query::parse(raw.as_deref());
     let mut errs = Errors::default();
     let include_hidden = params::query_bool(&q, "include_hidden", false, &mut errs);
@@ -44,11 +60,18 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
         tracing::info!(err_id = "ERR-PYOCO-0019", "invalid workers request");
         ApiError::unprocessable("invalid workers request")
     };
-    let scope = q.last("scope").map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).unwrap_or_else(|| "active".into());
+    let scope = q
+        .last("scope")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "active".into());
     if scope != "active" && scope != "all" {
         return Err(invalid());
     }
-    let state_filter = q.last("state").map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty());
+    let state_filter = q
+        .last("state")
+        .map(|s| s.trim().to_ascii_uppercase())
+        .filter(|s| !s.is_empty());
     if let Some(s) = &state_filter {
         if !worker_state::ALL.contains(&s.as_str()) {
             return Err(invalid());
@@ -63,14 +86,19 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
         .all()
         .into_iter()
         .filter_map(|(raw, _)| {
-            let (mut rec, effective) = normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
+            let (mut rec, effective) =
+                normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
             if !include_hidden && rec.get("hidden").map(wire::is_truthy).unwrap_or(false) {
                 return None;
             }
             if scope == "active" && !worker_alive(effective) {
                 return None;
             }
-            if state_filter.as_deref().map(|s| s != effective).unwrap_or(false) {
+            if state_filter
+                .as_deref()
+                .map(|s| s != effective)
+                .unwrap_or(false)
+            {
                 return None;
             }
             rec.insert("state".into(), json!(effective));
@@ -78,7 +106,11 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap, RawQuery
         })
         .collect();
     items.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let items: Vec<Value> = items.into_iter().take(limit).map(|(_, d)| Value::Object(d)).collect();
+    let items: Vec<Value> = items
+        .into_iter()
+        .take(limit)
+        .map(|(_, d)| Value::Object(d))
+        .collect();
     Ok(Json(Value::Array(items)).into_response())
 }
 
@@ -92,11 +124,25 @@ pub async fn patch(
 ) -> ApiResult<Response> {
     let obj = params::json_object_body(&headers, &body)?;
     let hidden = match obj.get("hidden") {
-        None => return Err(ApiError::validation(vec![item::missing(json!(["body", "hidden"]), Value::Object(obj.clone()))])),
+        None => {
+            return Err(ApiError::validation(vec![item::missing(
+                json!(["body", "hidden"]),
+                Value::Object(obj.clone()),
+            )]))
+        }
         Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => n.as_i64() == Some(1),
-        Some(Value::String(s)) if params::parse_lax_bool(s).is_some() => params::parse_lax_bool(s).unwrap_or(false),
-        Some(other) => return Err(ApiError::validation(vec![item::bool_parsing(json!(["body", "hidden"]), other.clone())])),
+        Some(Value::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
+            n.as_i64() == Some(1)
+        }
+        Some(Value::String(s)) if params::parse_lax_bool(s).is_some() => {
+            params::parse_lax_bool(s).unwrap_or(false)
+        }
+        Some(other) => {
+            return Err(ApiError::validation(vec![item::bool_parsing(
+                json!(["body", "hidden"]),
+                other.clone(),
+            )]))
+        }
     };
     state.authenticate(&headers).await?;
     let not_found = || {
@@ -108,7 +154,11 @@ pub async fn patch(
     }
     let res = state.res().await?;
     for _ in 0..50 {
-        let entry = res.workers.entry(&worker_id).await.map_err(|e| ApiError::nats(e.kind()))?;
+        let entry = res
+            .workers
+            .entry(&worker_id)
+            .await
+            .map_err(|e| ApiError::nats(e.kind()))?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
             return Err(not_found());
         };
@@ -117,11 +167,22 @@ pub async fn patch(
         let (mut rec, _) = normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
         rec.insert("hidden".into(), json!(hidden));
         rec.insert("updated_at".into(), json!(t));
-        match res.workers.update(&worker_id, to_ascii_vec(&rec).into(), entry.revision).await {
-            Ok(_) => return Ok(Json(json!({"worker_id": worker_id, "hidden": hidden, "updated_at": t})).into_response()),
+        match res
+            .workers
+            .update(&worker_id, to_ascii_vec(&rec).into(), entry.revision)
+            .await
+        {
+            Ok(_) => {
+                return Ok(
+                    Json(json!({"worker_id": worker_id, "hidden": hidden, "updated_at": t}))
+                        .into_response(),
+                )
+            }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(ApiError::nats(e.kind())),
         }
     }
-    Err(ApiError::nats("worker record kept conflicting with concurrent writes; retry"))
+    Err(ApiError::nats(
+        "worker record kept conflicting with concurrent writes; retry",
+    ))
 }

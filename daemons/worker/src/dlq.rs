@@ -12,18 +12,33 @@ pub async fn publish_raw(ctx: &JobCtx, tag: &str, reason: &str, error: &str, pay
 }
 
 /// With a message id, a repeated publish (several workers handling one event) is stored once.
-pub async fn publish_raw_with_id(ctx: &JobCtx, tag: &str, reason: &str, error: &str, payload: Value, msg_id: Option<&str>) {
+pub async fn publish_raw_with_id(
+    ctx: &JobCtx,
+    tag: &str,
+    reason: &str,
+    error: &str,
+    payload: Value,
+    msg_id: Option<&str>,
+) {
     let mut doc = json!({"reason": reason, "error": error, "timestamp": now()});
     if let (Some(d), Value::Object(p)) = (doc.as_object_mut(), payload) {
         d.extend(p);
     }
-    let subject = ctx.res.names.dlq_subject(if tag.is_empty() { "unknown" } else { tag });
+    let subject = ctx
+        .res
+        .names
+        .dlq_subject(if tag.is_empty() { "unknown" } else { tag });
     let result = async {
-        let mut publish = async_nats::jetstream::message::PublishMessage::build().payload(to_ascii_vec(&doc).into());
+        let mut publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(to_ascii_vec(&doc).into());
         if let Some(id) = msg_id {
             publish = publish.message_id(id);
         }
-        ctx.res.js.send_publish(subject.clone(), publish).await?.await?;
+        ctx.res
+            .js
+            .send_publish(subject.clone(), publish)
+            .await?
+            .await?;
         Ok::<_, async_nats::Error>(())
     }
     .await;

@@ -23,9 +23,16 @@ use crate::runner::{Runner, RunnerSpec};
 const SHORT_POLL: Duration = Duration::from_millis(250);
 
 /// Binds (or creates, as the original does) the durable consumer of each tag.
-pub async fn bind_consumers(js: &jetstream::Context, cfg: &Config, tags: &[String]) -> Result<Vec<PullConsumer>, String> {
+pub async fn bind_consumers(
+    js: &jetstream::Context,
+    cfg: &Config,
+    tags: &[String],
+) -> Result<Vec<PullConsumer>, String> {
     let names = Names::from_config(cfg);
-    let stream: Stream = js.get_stream(&names.work_stream).await.map_err(|e| format!("stream {}: {e}", names.work_stream))?;
+    let stream: Stream = js
+        .get_stream(&names.work_stream)
+        .await
+        .map_err(|e| format!("stream {}: {e}", names.work_stream))?;
     let mut out = Vec::new();
     for tag in tags {
         let name = Names::consumer_name(tag);
@@ -43,7 +50,10 @@ pub async fn bind_consumers(js: &jetstream::Context, cfg: &Config, tags: &[Strin
                 match stream.create_consumer(config).await {
                     Ok(c) => c,
                     // Created by another worker meanwhile: use theirs.
-                    Err(e) => stream.get_consumer(&name).await.map_err(|_| format!("consumer {name}: {e}"))?,
+                    Err(e) => stream
+                        .get_consumer(&name)
+                        .await
+                        .map_err(|_| format!("consumer {name}: {e}"))?,
                 }
             }
         };
@@ -98,9 +108,16 @@ impl FetchLoop {
             // Fill: give tags without an outstanding pull a share of the free runners.
             if !stopping {
                 let mut free = idle.len().saturating_sub(reserved);
-                let waiting: Vec<usize> = (0..self.tags.len()).map(|i| (rr + i) % self.tags.len()).filter(|i| !pulling[*i]).collect();
+                let waiting: Vec<usize> = (0..self.tags.len())
+                    .map(|i| (rr + i) % self.tags.len())
+                    .filter(|i| !pulling[*i])
+                    .collect();
                 let long = free >= waiting.len();
-                let expiry = if long || self.run_once { self.poll_timeout } else { SHORT_POLL };
+                let expiry = if long || self.run_once {
+                    self.poll_timeout
+                } else {
+                    SHORT_POLL
+                };
                 let mut remaining = waiting.len();
                 for i in waiting {
                     if free == 0 {
@@ -125,7 +142,12 @@ impl FetchLoop {
                 }
                 return;
             }
-            self.status.send_replace(LoopStatus { busy, runners: total, last_fetch, last_tick: Instant::now() });
+            self.status.send_replace(LoopStatus {
+                busy,
+                runners: total,
+                last_fetch,
+                last_tick: Instant::now(),
+            });
 
             tokio::select! {
                 Some(ev) = rx.recv() => match ev {
@@ -203,9 +225,21 @@ pub async fn respawn(spec: &RunnerSpec, slot: usize) -> Runner {
     }
 }
 
-async fn pull(consumer: PullConsumer, i: usize, want: usize, expiry: Duration, tx: mpsc::Sender<Event>) {
+async fn pull(
+    consumer: PullConsumer,
+    i: usize,
+    want: usize,
+    expiry: Duration,
+    tx: mpsc::Sender<Event>,
+) {
     let mut got = 0usize;
-    match consumer.fetch().max_messages(want).expires(expiry).messages().await {
+    match consumer
+        .fetch()
+        .max_messages(want)
+        .expires(expiry)
+        .messages()
+        .await
+    {
         Ok(mut batch) => {
             while let Some(item) = batch.next().await {
                 match item {

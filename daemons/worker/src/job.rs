@@ -81,7 +81,10 @@ pub struct InvalidJob {
 
 /// The original's decoding rules (§2.5), plus type checks where the original would crash later.
 pub fn decode_job(payload: &[u8]) -> Result<Job, InvalidJob> {
-    let invalid = |reason: &str, run_id: Option<String>| InvalidJob { reason: reason.to_string(), run_id };
+    let invalid = |reason: &str, run_id: Option<String>| InvalidJob {
+        reason: reason.to_string(),
+        run_id,
+    };
     let doc: Doc = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Err(invalid("job is not a JSON object", None)),
@@ -106,7 +109,10 @@ pub fn decode_job(payload: &[u8]) -> Result<Job, InvalidJob> {
     }
     let tag = str_field(&doc, "tag").unwrap_or("default").to_string();
     let tags: Vec<String> = match doc.get("tags") {
-        Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect(),
         _ => vec![],
     };
     let params = match doc.get("params") {
@@ -122,14 +128,24 @@ pub fn decode_job(payload: &[u8]) -> Result<Job, InvalidJob> {
     Ok(Job {
         run_id,
         flow_name,
-        tags: if tags.is_empty() { vec![tag.clone()] } else { tags },
+        tags: if tags.is_empty() {
+            vec![tag.clone()]
+        } else {
+            tags
+        },
         tag,
         tenant_id: doc.get("tenant_id").cloned().unwrap_or(Value::Null),
         api_key_id: doc.get("api_key_id").cloned().unwrap_or(Value::Null),
         params,
         workflow_yaml,
-        workflow_yaml_sha256: doc.get("workflow_yaml_sha256").cloned().unwrap_or(Value::Null),
-        workflow_yaml_bytes: doc.get("workflow_yaml_bytes").cloned().unwrap_or(Value::Null),
+        workflow_yaml_sha256: doc
+            .get("workflow_yaml_sha256")
+            .cloned()
+            .unwrap_or(Value::Null),
+        workflow_yaml_bytes: doc
+            .get("workflow_yaml_bytes")
+            .cloned()
+            .unwrap_or(Value::Null),
         timeout_sec: f64_field(&doc, "timeout_sec").filter(|t| *t > 0.0),
     })
 }
@@ -148,7 +164,15 @@ struct Final {
 
 impl Final {
     fn failed(error: String, kind: &str) -> Final {
-        Final { status: run_status::FAILED.into(), error: Some(error), error_kind: Some(kind.into()), tasks: None, task_records: None, end_time: now(), flow_name: None }
+        Final {
+            status: run_status::FAILED.into(),
+            error: Some(error),
+            error_kind: Some(kind.into()),
+            tasks: None,
+            task_records: None,
+            end_time: now(),
+            flow_name: None,
+        }
     }
 }
 
@@ -166,7 +190,8 @@ fn nak_delay(delivered: i64) -> Duration {
 /// Processes one message with `runner`; returns the runner and what became of it.
 pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> RunnerFate {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let last_delivery = ctx.cfg.consumer_max_deliver > 0 && delivered >= ctx.cfg.consumer_max_deliver;
+    let last_delivery =
+        ctx.cfg.consumer_max_deliver > 0 && delivered >= ctx.cfg.consumer_max_deliver;
     let job = match decode_job(&msg.payload) {
         Ok(j) => j,
         Err(inv) => {
@@ -211,7 +236,19 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
                             let _ = msg.double_ack().await;
                             RunnerFate::Reusable(runner)
                         }
-                        Err(e) => retry_later(ctx, &msg, &job, &mut state, delivered, last_delivery, &e.to_string(), runner).await,
+                        Err(e) => {
+                            retry_later(
+                                ctx,
+                                &msg,
+                                &job,
+                                &mut state,
+                                delivered,
+                                last_delivery,
+                                &e.to_string(),
+                                runner,
+                            )
+                            .await
+                        }
                     };
                 }
             }
@@ -232,13 +269,32 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
             return RunnerFate::Reusable(runner);
         }
         Err(e) => {
-            return retry_later(ctx, &msg, &job, &mut state, delivered, last_delivery, &e.to_string(), runner).await;
+            return retry_later(
+                ctx,
+                &msg,
+                &job,
+                &mut state,
+                delivered,
+                last_delivery,
+                &e.to_string(),
+                runner,
+            )
+            .await;
         }
     }
     ctx.registry.run_started(&job.run_id).await;
     tracing::info!(run_id = %job.run_id, flow_name = %job.flow_name, tag = %job.tag, worker_id = %ctx.worker_id, delivered, "run started");
 
-    let (fin, runner, runner_ok) = execute(ctx, &msg, &job, &mut state, &mut writer, runner, &mut key_changes).await;
+    let (fin, runner, runner_ok) = execute(
+        ctx,
+        &msg,
+        &job,
+        &mut state,
+        &mut writer,
+        runner,
+        &mut key_changes,
+    )
+    .await;
     let Some(fin) = fin else {
         // Drained: put back for another worker.
         return requeue(ctx, &msg, &mut state, runner).await;
@@ -277,12 +333,36 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         }
     }
     if !written {
-        return retry_later(ctx, &msg, &job, &mut state, delivered, last_delivery, "terminal snapshot could not be written", runner).await;
+        return retry_later(
+            ctx,
+            &msg,
+            &job,
+            &mut state,
+            delivered,
+            last_delivery,
+            "terminal snapshot could not be written",
+            runner,
+        )
+        .await;
     }
     match fin.error_kind.as_deref() {
-        Some("flow_not_found") => dlq::publish_run(ctx, "flow_not_found", fin.error.as_deref().unwrap_or(""), &job).await,
+        Some("flow_not_found") => {
+            dlq::publish_run(
+                ctx,
+                "flow_not_found",
+                fin.error.as_deref().unwrap_or(""),
+                &job,
+            )
+            .await
+        }
         Some("execution_error") if ctx.cfg.dlq_publish_execution_error => {
-            dlq::publish_run(ctx, "execution_error", fin.error.as_deref().unwrap_or(""), &job).await
+            dlq::publish_run(
+                ctx,
+                "execution_error",
+                fin.error.as_deref().unwrap_or(""),
+                &job,
+            )
+            .await
         }
         _ => {}
     }
@@ -292,7 +372,11 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     ctx.registry.run_finished(&job.run_id, &fin.status).await;
     tracing::info!(run_id = %job.run_id, status = %fin.status, error = fin.error.as_deref().unwrap_or(""), "run finished");
     *runner.current.lock().unwrap() = None;
-    if runner_ok { RunnerFate::Reusable(runner) } else { RunnerFate::Replace(runner) }
+    if runner_ok {
+        RunnerFate::Reusable(runner)
+    } else {
+        RunnerFate::Replace(runner)
+    }
 }
 
 /// Runs the job in the runner until it ends, is killed, or the worker drains (`None`).
@@ -310,7 +394,11 @@ async fn execute(
     // A flow.yaml job is checked again with the policy (as the original worker does).
     if let Some(yaml) = &job.workflow_yaml {
         if let Err(e) = flow_yaml::parse_workflow_yaml(yaml.as_bytes(), true) {
-            return (Some(Final::failed(e.to_string(), "build_error")), runner, true);
+            return (
+                Some(Final::failed(e.to_string(), "build_error")),
+                runner,
+                true,
+            );
         }
     }
     let request = json!({
@@ -319,7 +407,14 @@ async fn execute(
     });
     if let Err(e) = runner.send(&request).await {
         let text = runner.exit_text().await;
-        return (Some(Final::failed(format!("runner_exited: {text} ({e})"), "runner_exited")), runner, false);
+        return (
+            Some(Final::failed(
+                format!("runner_exited: {text} ({e})"),
+                "runner_exited",
+            )),
+            runner,
+            false,
+        );
     }
 
     let t0 = Instant::now();
@@ -447,10 +542,18 @@ async fn next_change(sub: &mut Option<async_nats::Subscriber>) -> Option<async_n
     }
 }
 
-async fn send_cancel(runner: &mut Runner, job: &Job, sent: &mut bool, kill_at: &mut Option<Instant>, after: Duration) {
+async fn send_cancel(
+    runner: &mut Runner,
+    job: &Job,
+    sent: &mut bool,
+    kill_at: &mut Option<Instant>,
+    after: Duration,
+) {
     *sent = true;
     tracing::info!(run_id = %job.run_id, "cancel requested; telling the runner");
-    let _ = runner.send(&json!({"type": "cancel", "run_id": job.run_id})).await;
+    let _ = runner
+        .send(&json!({"type": "cancel", "run_id": job.run_id}))
+        .await;
     if !after.is_zero() {
         *kill_at = Some(Instant::now() + after);
     }
@@ -469,7 +572,9 @@ fn end_open_tasks(tasks: &Map<String, Value>, to: &str) -> Map<String, Value> {
 
 /// Interim task records from the events; the runner's `run_finished` has the final ones.
 fn apply_task_event(state: &mut RunState, m: &Value) {
-    let Some(task) = m["task"].as_str() else { return };
+    let Some(task) = m["task"].as_str() else {
+        return;
+    };
     let st = m["state"].as_str().unwrap_or("PENDING");
     let ts = m["ts"].as_f64().unwrap_or_else(now);
     state.tasks.insert(task.to_string(), json!(st));
@@ -497,7 +602,10 @@ fn apply_task_event(state: &mut RunState, m: &Value) {
 fn final_from(m: &Value) -> Final {
     let obj = |k: &str| m.get(k).and_then(Value::as_object).cloned();
     Final {
-        status: m["status"].as_str().unwrap_or(run_status::FAILED).to_string(),
+        status: m["status"]
+            .as_str()
+            .unwrap_or(run_status::FAILED)
+            .to_string(),
         error: m["error"].as_str().map(str::to_string),
         error_kind: m["error_kind"].as_str().map(str::to_string),
         tasks: obj("tasks"),
@@ -510,9 +618,21 @@ fn final_from(m: &Value) -> Final {
 /// A transient failure: NAK with a growing delay, or on the last allowed delivery end the run
 /// FAILED and dead-letter it, so it never stays RUNNING.
 #[allow(clippy::too_many_arguments)]
-async fn retry_later(ctx: &JobCtx, msg: &jetstream::Message, job: &Job, state: &mut RunState, delivered: i64, last: bool, why: &str, runner: Runner) -> RunnerFate {
+async fn retry_later(
+    ctx: &JobCtx,
+    msg: &jetstream::Message,
+    job: &Job,
+    state: &mut RunState,
+    delivered: i64,
+    last: bool,
+    why: &str,
+    runner: Runner,
+) -> RunnerFate {
     if last {
-        let error = format!("max_deliver_exceeded: delivery {delivered} of {} failed: {why}", ctx.cfg.consumer_max_deliver);
+        let error = format!(
+            "max_deliver_exceeded: delivery {delivered} of {} failed: {why}",
+            ctx.cfg.consumer_max_deliver
+        );
         state.status = run_status::FAILED.into();
         state.error = Some(error.clone());
         state.end_time = Some(now());
@@ -525,18 +645,31 @@ async fn retry_later(ctx: &JobCtx, msg: &jetstream::Message, job: &Job, state: &
         tracing::warn!(run_id = %state.run_id, err_id = "ERR-PYOCO-0003", delay_sec = delay.as_secs(), "transient failure, job put back: {why}");
         let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
-    ctx.registry.run_finished(&state.run_id, if last { run_status::FAILED } else { "RETRY" }).await;
+    ctx.registry
+        .run_finished(
+            &state.run_id,
+            if last { run_status::FAILED } else { "RETRY" },
+        )
+        .await;
     RunnerFate::Reusable(runner)
 }
 
 /// Drain: the run goes back to PENDING with a note and the job to the queue for another worker.
-async fn requeue(ctx: &JobCtx, msg: &jetstream::Message, state: &mut RunState, runner: Runner) -> RunnerFate {
+async fn requeue(
+    ctx: &JobCtx,
+    msg: &jetstream::Message,
+    state: &mut RunState,
+    runner: Runner,
+) -> RunnerFate {
     state.status = run_status::PENDING.into();
     state.tasks.clear();
     state.task_records.clear();
     state.start_time = None;
     state.end_time = None;
-    state.note = Some(format!("requeued: worker {} stopped before the run finished", ctx.worker_id));
+    state.note = Some(format!(
+        "requeued: worker {} stopped before the run finished",
+        ctx.worker_id
+    ));
     let _ = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await;
     let _ = msg.ack_with(AckKind::Nak(None)).await;
     ctx.registry.run_finished(&state.run_id, "REQUEUED").await;
@@ -553,7 +686,15 @@ async fn invalid_job(ctx: &JobCtx, msg: &jetstream::Message, inv: InvalidJob, de
     dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": delivered, "payload": raw})).await;
     if let Some(run_id) = inv.run_id {
         // Keep what the gateway stored (flow name, params, tenant): merge, don't replace.
-        let stored = ctx.res.runs.get(&run_id).await.ok().flatten().and_then(|b| serde_json::from_slice::<Doc>(&b).ok()).unwrap_or_default();
+        let stored = ctx
+            .res
+            .runs
+            .get(&run_id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Doc>(&b).ok())
+            .unwrap_or_default();
         let field = |k: &str| stored.get(k).cloned().unwrap_or(Value::Null);
         let job = Job {
             run_id,
@@ -562,7 +703,11 @@ async fn invalid_job(ctx: &JobCtx, msg: &jetstream::Message, inv: InvalidJob, de
             tags: vec![str_field(&stored, "tag").unwrap_or(&tag).to_string()],
             tenant_id: field("tenant_id"),
             api_key_id: field("api_key_id"),
-            params: stored.get("params").and_then(Value::as_object).cloned().unwrap_or_default(),
+            params: stored
+                .get("params")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
             workflow_yaml: None,
             workflow_yaml_sha256: field("workflow_yaml_sha256"),
             workflow_yaml_bytes: field("workflow_yaml_bytes"),
@@ -583,8 +728,15 @@ async fn invalid_job(ctx: &JobCtx, msg: &jetstream::Message, inv: InvalidJob, de
 /// message leaves the work queue. Advisories go to one worker of the queue group; the
 /// compare-and-set write and the DLQ message id make a repeat harmless anyway.
 pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
-    let Ok(adv) = serde_json::from_slice::<Value>(advisory) else { return };
-    let (Some(seq), deliveries) = (adv["stream_seq"].as_u64(), adv["deliveries"].as_i64().unwrap_or(0)) else { return };
+    let Ok(adv) = serde_json::from_slice::<Value>(advisory) else {
+        return;
+    };
+    let (Some(seq), deliveries) = (
+        adv["stream_seq"].as_u64(),
+        adv["deliveries"].as_i64().unwrap_or(0),
+    ) else {
+        return;
+    };
     let stream = match ctx.res.js.get_stream(&ctx.res.names.work_stream).await {
         Ok(s) => s,
         Err(e) => {
@@ -592,13 +744,23 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
             return;
         }
     };
-    let Ok(raw) = stream.get_raw_message(seq).await else { return };
+    let Ok(raw) = stream.get_raw_message(seq).await else {
+        return;
+    };
     let subject = raw.subject.to_string();
     let tag = subject.rsplit('.').next().unwrap_or("").to_string();
-    let error = format!("max_deliver_exceeded: the job was delivered {deliveries} times without finishing");
+    let error =
+        format!("max_deliver_exceeded: the job was delivered {deliveries} times without finishing");
     match decode_job(&raw.payload) {
         Ok(job) => {
-            let stored = ctx.res.runs.get(&job.run_id).await.ok().flatten().and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
+            let stored = ctx
+                .res
+                .runs
+                .get(&job.run_id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
             let mut state = RunState::from_job(&job, &ctx.worker_id);
             state.status = run_status::FAILED.into();
             state.end_time = Some(now());
@@ -623,7 +785,15 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
                         "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id, "num_delivered": deliveries,
                         "job": job.to_doc()});
                     // One letter per lost message (its stream sequence), however many workers see the advisory.
-                    dlq::publish_raw_with_id(ctx, &job.tag, "max_deliver_exceeded", &error, payload, Some(&format!("max-deliver-{}-{seq}", job.run_id))).await;
+                    dlq::publish_raw_with_id(
+                        ctx,
+                        &job.tag,
+                        "max_deliver_exceeded",
+                        &error,
+                        payload,
+                        Some(&format!("max-deliver-{}-{seq}", job.run_id)),
+                    )
+                    .await;
                 }
                 Err(WriteError::Terminal(_)) => {}
                 Err(e) => {
@@ -646,9 +816,15 @@ mod tests {
     #[test]
     fn decodes_like_the_original() {
         let j = decode_job(br#"{"run_id":"r","flow_name":"f"}"#).unwrap();
-        assert_eq!((j.tag.as_str(), j.tags.clone(), j.params.len()), ("default", vec!["default".to_string()], 0));
+        assert_eq!(
+            (j.tag.as_str(), j.tags.clone(), j.params.len()),
+            ("default", vec!["default".to_string()], 0)
+        );
         let j = decode_job(br#"{"run_id":"r","flow_name":"f","tag":"a","tags":["x"],"submitted_at":"1.5","timeout_sec":2}"#).unwrap();
-        assert_eq!((j.tag.as_str(), j.tags.clone(), j.timeout_sec), ("a", vec!["x".to_string()], Some(2.0)));
+        assert_eq!(
+            (j.tag.as_str(), j.tags.clone(), j.timeout_sec),
+            ("a", vec!["x".to_string()], Some(2.0))
+        );
     }
 
     #[test]
@@ -658,7 +834,10 @@ mod tests {
         let e = decode_job(br#"{"flow_name":"f"}"#).unwrap_err();
         assert_eq!(e.reason, "missing run_id");
         let e = decode_job(br#"{"run_id":"r","flow_name":"f","params":[1]}"#).unwrap_err();
-        assert_eq!((e.reason.as_str(), e.run_id.as_deref()), ("params is not an object", Some("r")));
+        assert_eq!(
+            (e.reason.as_str(), e.run_id.as_deref()),
+            ("params is not an object", Some("r"))
+        );
         let e = decode_job(br#"{"run_id":"r","flow_name":"f","submitted_at":"soon"}"#).unwrap_err();
         assert_eq!(e.reason, "submitted_at is not a number");
         assert!(decode_job(br#"{"run_id":"a b","flow_name":"f"}"#).is_err());

@@ -26,8 +26,12 @@ use crate::registry::Registry;
 use crate::runner::{Runner, RunnerSpec};
 
 #[derive(Parser, Clone, Default)]
-#[command(name = "pyoco-worker", version, about = "Runs pyoco flows from NATS JetStream (pyoco-server worker, Rust)",
-    after_help = "Examples:\n  pyoco-worker --nats-url nats://127.0.0.1:4222 --tags hello --concurrency 4\n  pyoco-worker --tags gpu,cpu --flow-resolver myflows:resolve --python /opt/venv/bin/python\n\nExit codes: 0 stopped (drained), 1 cannot start (runtime, NATS resources), 2 bad configuration.")]
+#[command(
+    name = "pyoco-worker",
+    version,
+    about = "Runs pyoco flows from NATS JetStream (pyoco-server worker, Rust)",
+    after_help = "Examples:\n  pyoco-worker --nats-url nats://127.0.0.1:4222 --tags hello --concurrency 4\n  pyoco-worker --tags gpu,cpu --flow-resolver myflows:resolve --python /opt/venv/bin/python\n\nExit codes: 0 stopped (drained), 1 cannot start (runtime, NATS resources), 2 bad configuration."
+)]
 struct Cli {
     /// TOML configuration file (default: $PYOCO_CONFIG, else /etc/pyoco/pyoco.toml when present).
     #[arg(long)]
@@ -99,7 +103,11 @@ impl Cli {
         if !self.pythonpath.is_empty() {
             flags.push(("worker_pythonpath".into(), self.pythonpath.join(":")));
         }
-        config::load(&LoadOptions { config_file: self.config.clone(), flags, ..LoadOptions::default() })
+        config::load(&LoadOptions {
+            config_file: self.config.clone(),
+            flags,
+            ..LoadOptions::default()
+        })
     }
 }
 
@@ -110,7 +118,12 @@ fn fail(code: i32, msg: impl std::fmt::Display) -> ! {
 
 /// Tags: comma-separated, trimmed, empties dropped, each one subject token.
 fn parse_tags(raw: &str, default_tag: &str) -> Result<Vec<String>, String> {
-    let mut tags: Vec<String> = raw.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
+    let mut tags: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
     if tags.is_empty() {
         tags.push(default_tag.to_string());
     }
@@ -124,15 +137,29 @@ fn parse_tags(raw: &str, default_tag: &str) -> Result<Vec<String>, String> {
 }
 
 fn default_worker_id(tags: &[String]) -> String {
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "worker".into());
-    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "worker".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     format!("{host}-{}", tags.join("-"))
 }
 
 /// A `path/file.py:function` resolver is made absolute against our working directory, since
 /// runners run in their own slot directories; the `module:function` form is left as is.
 fn absolute_resolver(spec: &str) -> String {
-    let Some((path, func)) = spec.rsplit_once(':') else { return spec.to_string() };
+    let Some((path, func)) = spec.rsplit_once(':') else {
+        return spec.to_string();
+    };
     let is_file = path.ends_with(".py") || path.contains('/') || path.contains('\\');
     if !is_file || PathBuf::from(path).is_absolute() {
         return spec.to_string();
@@ -157,19 +184,37 @@ fn main() {
     let cli = Cli::parse();
     let loaded = cli.load().unwrap_or_else(|e| fail(2, e));
     let cfg = loaded.config.clone();
-    pyoco_core::logging::init("pyoco-server:worker", &cfg.log_level, &cfg.log_format, cfg.log_utc);
+    pyoco_core::logging::init(
+        "pyoco-server:worker",
+        &cfg.log_level,
+        &cfg.log_format,
+        cfg.log_utc,
+    );
     for w in &loaded.warnings {
         tracing::warn!(err_id = "ERR-PYOCO-0002", "configuration: {w}");
     }
     let tags = parse_tags(&cfg.worker_tags, &cfg.default_tag).unwrap_or_else(|e| fail(2, e));
     if cfg.worker_concurrency < 1 || cfg.worker_concurrency > 256 {
-        fail(2, format!("--concurrency {}: must be between 1 and 256; example: --concurrency 4", cfg.worker_concurrency));
+        fail(
+            2,
+            format!(
+                "--concurrency {}: must be between 1 and 256; example: --concurrency 4",
+                cfg.worker_concurrency
+            ),
+        );
     }
-    let worker_id = if cfg.worker_id.trim().is_empty() { default_worker_id(&tags) } else { cfg.worker_id.trim().to_string() };
+    let worker_id = if cfg.worker_id.trim().is_empty() {
+        default_worker_id(&tags)
+    } else {
+        cfg.worker_id.trim().to_string()
+    };
     if !pyoco_core::wire::is_valid_kv_key(&worker_id) {
         fail(2, format!("--worker-id '{worker_id}': use letters, digits, '-', '_', '.', '=' or '/'; example: --worker-id $(hostname)-hello"));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = runtime.block_on(run(cfg, cli.run_once, tags, worker_id));
     std::process::exit(code);
 }
@@ -191,12 +236,22 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
         Ok(d) => d,
         Err(e) => fail(1, format!("cannot write the runner shim under {}: {e}; fix: point --work-dir at a writable directory", work_dir.display())),
     };
-    let python = if cfg.python.trim().is_empty() { default_python() } else { PathBuf::from(cfg.python.trim()) };
+    let python = if cfg.python.trim().is_empty() {
+        default_python()
+    } else {
+        PathBuf::from(cfg.python.trim())
+    };
     let spec = RunnerSpec {
         python: python.clone(),
         shim_dir,
-        flow_resolver: Some(absolute_resolver(cfg.worker_flow_resolver.trim())).filter(|s| !s.is_empty()),
-        pythonpath: cfg.worker_pythonpath.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+        flow_resolver: Some(absolute_resolver(cfg.worker_flow_resolver.trim()))
+            .filter(|s| !s.is_empty()),
+        pythonpath: cfg
+            .worker_pythonpath
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect(),
         work_dir: work_dir.clone(),
         ready_timeout: Duration::from_secs(60),
     };
@@ -218,10 +273,13 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     }
 
     // NATS: retried until reachable (an outage at start is not fatal).
-    let client = match pyoco_core::nats::connect(&cfg.nats_url, &format!("pyoco-nats-worker:{worker_id}")).await {
-        Ok(c) => c,
-        Err(e) => fail(1, format!("NATS URL {}: {e}", cfg.nats_url)),
-    };
+    let client =
+        match pyoco_core::nats::connect(&cfg.nats_url, &format!("pyoco-nats-worker:{worker_id}"))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => fail(1, format!("NATS URL {}: {e}", cfg.nats_url)),
+        };
     let js = async_nats::jetstream::new(client.clone());
     let mut backoff = Duration::from_millis(200);
     let (res, consumers) = loop {
@@ -233,10 +291,14 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
                     }
                     match fetch::bind_consumers(&js, &cfg, &tags).await {
                         Ok(c) => break (res, c),
-                        Err(e) => tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "binding consumers failed; retrying"),
+                        Err(e) => {
+                            tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "binding consumers failed; retrying")
+                        }
                     }
                 }
-                Err(e) => tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring resources failed; retrying"),
+                Err(e) => {
+                    tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring resources failed; retrying")
+                }
             }
         } else {
             systemd::notify_status(&format!("NATS unreachable at {}, retrying", cfg.nats_url));
@@ -249,11 +311,17 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     if let Err(e) = registry.write().await {
         tracing::warn!(worker_id = %worker_id, error = %e, "writing the worker record failed");
     }
-    tokio::spawn(registry.clone().writer_loop(Duration::from_secs_f64(cfg.worker_heartbeat_interval_sec.max(0.1))));
+    tokio::spawn(registry.clone().writer_loop(Duration::from_secs_f64(
+        cfg.worker_heartbeat_interval_sec.max(0.1),
+    )));
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let cancel_kill_after = if cfg.cancel_kill_after_sec < 0.0 { cfg.cancel_grace_period_sec } else { cfg.cancel_kill_after_sec };
+    let cancel_kill_after = if cfg.cancel_kill_after_sec < 0.0 {
+        cfg.cancel_grace_period_sec
+    } else {
+        cfg.cancel_kill_after_sec
+    };
     let max_payload = client.server_info().max_payload;
     let ctx = Arc::new(JobCtx {
         res: res.clone(),
@@ -261,14 +329,24 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
         registry: registry.clone(),
         limits: snapshot::Limits {
             max_snapshot_bytes: cfg.max_run_snapshot_bytes.max(0) as usize,
-            max_payload: if max_payload > 0 { max_payload } else { 1024 * 1024 },
+            max_payload: if max_payload > 0 {
+                max_payload
+            } else {
+                1024 * 1024
+            },
         },
-        run_timeout: (cfg.worker_run_timeout_sec > 0.0).then(|| Duration::from_secs_f64(cfg.worker_run_timeout_sec)),
+        run_timeout: (cfg.worker_run_timeout_sec > 0.0)
+            .then(|| Duration::from_secs_f64(cfg.worker_run_timeout_sec)),
         cancel_kill_after: Duration::from_secs_f64(cancel_kill_after.max(0.0)),
         drain: drain_rx,
         cfg: Arc::new(cfg.clone()),
     });
-    let (status_tx, status_rx) = tokio::sync::watch::channel(LoopStatus { busy: 0, runners: runners.len(), last_fetch: Instant::now(), last_tick: Instant::now() });
+    let (status_tx, status_rx) = tokio::sync::watch::channel(LoopStatus {
+        busy: 0,
+        runners: runners.len(),
+        last_fetch: Instant::now(),
+        last_tick: Instant::now(),
+    });
     let fetch_loop = FetchLoop {
         ctx,
         consumers,
@@ -280,8 +358,15 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     };
     // Max-deliveries advisories of our consumers: one worker of the group handles each.
     for tag in &tags {
-        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}", res.names.work_stream, resources::Names::consumer_name(tag));
-        match client.queue_subscribe(subject.clone(), "pyoco-max-deliveries".to_string()).await {
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            res.names.work_stream,
+            resources::Names::consumer_name(tag)
+        );
+        match client
+            .queue_subscribe(subject.clone(), "pyoco-max-deliveries".to_string())
+            .await
+        {
             Ok(mut sub) => {
                 let ctx = fetch_loop.ctx.clone();
                 tokio::spawn(async move {
@@ -291,16 +376,23 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
                     }
                 });
             }
-            Err(e) => tracing::warn!(subject = %subject, error = %e, "cannot subscribe to max-deliveries advisories"),
+            Err(e) => {
+                tracing::warn!(subject = %subject, error = %e, "cannot subscribe to max-deliveries advisories")
+            }
         }
     }
     let loop_task = tokio::spawn(fetch_loop.run(runners, stop_rx));
     tokio::spawn(status_and_watchdog(status_rx, tags.join(",")));
 
     tracing::info!(worker_id = %worker_id, tags = %tags.join(","), concurrency = cfg.worker_concurrency, "worker ready");
-    systemd::notify_ready(&format!("tags {} · 0/{} busy", tags.join(","), cfg.worker_concurrency));
+    systemd::notify_ready(&format!(
+        "tags {} · 0/{} busy",
+        tags.join(","),
+        cfg.worker_concurrency
+    ));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     let mut loop_task = loop_task;
     let mut interrupted = false;
     tokio::select! {
@@ -319,13 +411,19 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     registry.stopped("graceful_shutdown").await;
     tracing::info!(worker_id = %worker_id, "stopped");
     // Ctrl-C in a terminal exits 130 like the original; SIGTERM (systemd) is a clean stop.
-    if interrupted { 130 } else { 0 }
+    if interrupted {
+        130
+    } else {
+        0
+    }
 }
 
 /// Keeps `STATUS=` current and pings the watchdog only while the fetch loop is alive.
 async fn status_and_watchdog(status: tokio::sync::watch::Receiver<LoopStatus>, tags: String) {
     let watchdog = systemd::watchdog_interval();
-    let every = watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
+    let every = watchdog
+        .unwrap_or(Duration::from_secs(1))
+        .min(Duration::from_secs(1));
     loop {
         tokio::time::sleep(every).await;
         let s = status.borrow().clone();

@@ -68,16 +68,28 @@ impl Registry {
     pub async fn write(&self) -> Result<(), String> {
         let _one_at_a_time = self.write_lock.lock().await;
         for _ in 0..20 {
-            let entry = self.store.entry(&self.worker_id).await.map_err(|e| e.to_string())?;
+            let entry = self
+                .store
+                .entry(&self.worker_id)
+                .await
+                .map_err(|e| e.to_string())?;
             let (mut doc, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice::<Doc>(&e.value).unwrap_or_default(), Some(e.revision)),
+                Some(e) if e.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<Doc>(&e.value).unwrap_or_default(),
+                    Some(e.revision),
+                ),
                 Some(e) => (Doc::new(), Some(e.revision)),
                 None => (Doc::new(), None),
             };
             let local = self.local.lock().await.clone();
             let t = now();
             let hidden = doc.get("hidden").cloned().unwrap_or(json!(false));
-            let current = local.current_run_ids.first().cloned().map(Value::String).unwrap_or(Value::Null);
+            let current = local
+                .current_run_ids
+                .first()
+                .cloned()
+                .map(Value::String)
+                .unwrap_or(Value::Null);
             for (k, v) in [
                 ("worker_id", json!(self.worker_id)),
                 ("instance_id", json!(self.instance_id)),
@@ -104,8 +116,28 @@ impl Registry {
             }
             let bytes = to_ascii_vec(&doc);
             let res = match revision {
-                Some(rev) => self.store.update(&self.worker_id, bytes.into(), rev).await.map(|_| ()).map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string())),
-                None => self.store.create(&self.worker_id, bytes.into()).await.map(|_| ()).map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string())),
+                Some(rev) => self
+                    .store
+                    .update(&self.worker_id, bytes.into(), rev)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    }),
+                None => self
+                    .store
+                    .create(&self.worker_id, bytes.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::CreateErrorKind::AlreadyExists,
+                            e.to_string(),
+                        )
+                    }),
             };
             match res {
                 Ok(()) => return Ok(()),
@@ -150,7 +182,11 @@ impl Registry {
         let (run_id, status) = (run_id.to_string(), status.to_string());
         self.update(|l| {
             l.current_run_ids.retain(|r| *r != run_id);
-            l.state = if l.current_run_ids.is_empty() { worker_state::IDLE } else { worker_state::RUNNING };
+            l.state = if l.current_run_ids.is_empty() {
+                worker_state::IDLE
+            } else {
+                worker_state::RUNNING
+            };
             l.last_run_id = json!(run_id);
             l.last_run_status = json!(status);
             l.last_run_finished_at = json!(now());

@@ -100,13 +100,18 @@ impl Runner {
     /// Starts a runner and waits for its `ready` handshake.
     pub async fn spawn(spec: &RunnerSpec, slot: usize) -> Result<Runner, SpawnError> {
         let cwd = spec.work_dir.join(format!("slot-{slot}"));
-        std::fs::create_dir_all(&cwd).map_err(|e| SpawnError::Start(format!("cannot create {}: {e}", cwd.display())))?;
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| SpawnError::Start(format!("cannot create {}: {e}", cwd.display())))?;
         let mut cmd = Command::new(&spec.python);
         cmd.arg(spec.shim_dir.join(SHIM_FILE));
         if let Some(r) = &spec.flow_resolver {
             cmd.args(["--flow-resolver", r]);
         }
-        let mut pythonpath: Vec<String> = spec.pythonpath.iter().map(|p| p.display().to_string()).collect();
+        let mut pythonpath: Vec<String> = spec
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         if let Ok(existing) = std::env::var("PYTHONPATH") {
             if !existing.is_empty() {
                 pythonpath.push(existing);
@@ -172,7 +177,14 @@ impl Runner {
                 _ => return Err(SpawnError::NotReady(format!("unexpected first message from the runner: {m}"))),
             },
         };
-        Ok(Runner { slot, info, child, stdin, events, current })
+        Ok(Runner {
+            slot,
+            info,
+            child,
+            stdin,
+            events,
+            current,
+        })
     }
 
     pub async fn send(&mut self, msg: &Value) -> std::io::Result<()> {
@@ -202,7 +214,10 @@ impl Runner {
         let Some(pid) = self.child.id() else { return };
         let pgid = Pid::from_raw(pid as i32);
         let _ = killpg(pgid, Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = self.child.wait().await;
         }
@@ -223,7 +238,12 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit code {c}"),
-        (None, Some(s)) => format!("killed by signal {}", Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| s.to_string())),
+        (None, Some(s)) => format!(
+            "killed by signal {}",
+            Signal::try_from(s)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| s.to_string())
+        ),
         _ => status.to_string(),
     }
 }
@@ -242,7 +262,9 @@ async fn read_protocol(stdout: tokio::process::ChildStdout, tx: mpsc::Sender<Run
                             return;
                         }
                     }
-                    _ => tracing::warn!(line = %truncate(&line, 300), "runner wrote a non-protocol line on its protocol channel; ignored"),
+                    _ => {
+                        tracing::warn!(line = %truncate(&line, 300), "runner wrote a non-protocol line on its protocol channel; ignored")
+                    }
                 }
             }
             Ok(None) | Err(_) => {

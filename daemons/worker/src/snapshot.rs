@@ -70,7 +70,11 @@ pub enum WriteError {
 impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WriteError::Terminal(d) => write!(f, "run already {}", str_field(d, "status").unwrap_or("terminal")),
+            WriteError::Terminal(d) => write!(
+                f,
+                "run already {}",
+                str_field(d, "status").unwrap_or("terminal")
+            ),
             WriteError::Nats(e) => f.write_str(e),
         }
     }
@@ -87,8 +91,14 @@ pub struct Limits {
 
 /// A cancel asked for by the gateway (or anyone) on the stored snapshot.
 pub fn cancel_requested(stored: &Doc) -> bool {
-    stored.get("cancel_requested_at").map(is_truthy).unwrap_or(false)
-        || matches!(str_field(stored, "status"), Some(run_status::CANCELLING) | Some(run_status::CANCELLED))
+    stored
+        .get("cancel_requested_at")
+        .map(is_truthy)
+        .unwrap_or(false)
+        || matches!(
+            str_field(stored, "status"),
+            Some(run_status::CANCELLING) | Some(run_status::CANCELLED)
+        )
 }
 
 impl RunState {
@@ -104,8 +114,10 @@ impl RunState {
         put(&mut d, "tags", json!(self.tags));
         d.entry("tenant_id").or_insert(self.tenant_id.clone());
         d.entry("api_key_id").or_insert(self.api_key_id.clone());
-        d.entry("workflow_yaml_sha256").or_insert(self.workflow_yaml_sha256.clone());
-        d.entry("workflow_yaml_bytes").or_insert(self.workflow_yaml_bytes.clone());
+        d.entry("workflow_yaml_sha256")
+            .or_insert(self.workflow_yaml_sha256.clone());
+        d.entry("workflow_yaml_bytes")
+            .or_insert(self.workflow_yaml_bytes.clone());
         d.entry("cancel_requested_at").or_insert(Value::Null);
         d.entry("cancel_requested_by").or_insert(Value::Null);
         // A cancel requested on the stored run shows as CANCELLING until we end the run.
@@ -120,12 +132,20 @@ impl RunState {
         put(&mut d, "status", json!(status));
         put(&mut d, "params", Value::Object(self.params.clone()));
         put(&mut d, "tasks", Value::Object(self.tasks.clone()));
-        put(&mut d, "task_records", Value::Object(self.task_records.clone()));
+        put(
+            &mut d,
+            "task_records",
+            Value::Object(self.task_records.clone()),
+        );
         d.remove("task_records_truncated");
         put(&mut d, "start_time", json!(self.start_time));
         put(&mut d, "end_time", json!(self.end_time));
         put(&mut d, "heartbeat_at", json!(t));
-        let updated = if changed { t } else { stored.and_then(|s| f64_field(s, "updated_at")).unwrap_or(t) };
+        let updated = if changed {
+            t
+        } else {
+            stored.and_then(|s| f64_field(s, "updated_at")).unwrap_or(t)
+        };
         put(&mut d, "updated_at", json!(updated));
         put(&mut d, "error", json!(self.error));
         put(&mut d, "worker_id", json!(self.worker_id));
@@ -157,7 +177,10 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
         bytes = to_ascii_vec(&doc);
     }
     if bytes.len() > cap {
-        doc.insert("params".into(), json!({"_truncated": "params too large for a snapshot; see the job message"}));
+        doc.insert(
+            "params".into(),
+            json!({"_truncated": "params too large for a snapshot; see the job message"}),
+        );
         doc.insert("snapshot_truncated".into(), json!(true));
         bytes = to_ascii_vec(&doc);
     }
@@ -175,7 +198,11 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(store: kv::Store, limits: Limits) -> Writer {
-        Writer { store, limits, last: None }
+        Writer {
+            store,
+            limits,
+            last: None,
+        }
     }
 
     /// Starts from a stored version the caller already read.
@@ -189,7 +216,11 @@ impl Writer {
     pub async fn write(&mut self, state: &RunState, changed: bool) -> Result<Doc, WriteError> {
         if let Some((rev, stored)) = self.last.take() {
             let doc = state.merged(Some(&stored), now(), changed);
-            match self.store.update(&state.run_id, encode(doc.clone(), self.limits).into(), rev).await {
+            match self
+                .store
+                .update(&state.run_id, encode(doc.clone(), self.limits).into(), rev)
+                .await
+            {
                 Ok(new_rev) => {
                     self.last = Some((new_rev, doc.clone()));
                     return Ok(doc);
@@ -199,9 +230,16 @@ impl Writer {
             }
         }
         for attempt in 0..30u32 {
-            let entry = self.store.entry(&state.run_id).await.map_err(|e| WriteError::Nats(e.to_string()))?;
+            let entry = self
+                .store
+                .entry(&state.run_id)
+                .await
+                .map_err(|e| WriteError::Nats(e.to_string()))?;
             let (stored, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (serde_json::from_slice::<Doc>(&e.value).ok(), Some(e.revision)),
+                Some(e) if e.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<Doc>(&e.value).ok(),
+                    Some(e.revision),
+                ),
                 Some(e) => (None, Some(e.revision)),
                 None => (None, None),
             };
@@ -213,12 +251,28 @@ impl Writer {
             let doc = state.merged(stored.as_ref(), now(), changed);
             let bytes = encode(doc.clone(), self.limits);
             let result = match revision {
-                Some(rev) => self.store.update(&state.run_id, bytes.into(), rev).await.map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision { None } else { Some(e.to_string()) }
-                }),
-                None => self.store.create(&state.run_id, bytes.into()).await.map_err(|e| {
-                    if e.kind() == kv::CreateErrorKind::AlreadyExists { None } else { Some(e.to_string()) }
-                }),
+                Some(rev) => self
+                    .store
+                    .update(&state.run_id, bytes.into(), rev)
+                    .await
+                    .map_err(|e| {
+                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                            None
+                        } else {
+                            Some(e.to_string())
+                        }
+                    }),
+                None => self
+                    .store
+                    .create(&state.run_id, bytes.into())
+                    .await
+                    .map_err(|e| {
+                        if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                            None
+                        } else {
+                            Some(e.to_string())
+                        }
+                    }),
             };
             match result {
                 Ok(new_rev) => {
@@ -232,13 +286,22 @@ impl Writer {
                 Err(Some(e)) => return Err(WriteError::Nats(e)),
             }
         }
-        Err(WriteError::Nats("snapshot kept conflicting with concurrent writes".into()))
+        Err(WriteError::Nats(
+            "snapshot kept conflicting with concurrent writes".into(),
+        ))
     }
 }
 
 /// A one-off write (no earlier revision known).
-pub async fn write(store: &kv::Store, state: &RunState, changed: bool, limits: Limits) -> Result<Doc, WriteError> {
-    Writer::new(store.clone(), limits).write(state, changed).await
+pub async fn write(
+    store: &kv::Store,
+    state: &RunState,
+    changed: bool,
+    limits: Limits,
+) -> Result<Doc, WriteError> {
+    Writer::new(store.clone(), limits)
+        .write(state, changed)
+        .await
 }
 
 #[cfg(test)]
@@ -247,7 +310,10 @@ mod tests {
     use serde_json::json;
 
     fn state() -> RunState {
-        let job = crate::job::decode_job(br#"{"run_id":"r1","flow_name":"main","tag":"t","params":{"x":1}}"#).unwrap();
+        let job = crate::job::decode_job(
+            br#"{"run_id":"r1","flow_name":"main","tag":"t","params":{"x":1}}"#,
+        )
+        .unwrap();
         RunState::from_job(&job, "w1")
     }
 
@@ -265,16 +331,25 @@ mod tests {
         assert_eq!(d["custom"], json!([1]), "unknown fields survive");
         assert_eq!(d["worker_id"], "w1");
         // A heartbeat-only write keeps updated_at.
-        let stored: Doc = serde_json::from_value(json!({"run_id": "r1", "status": "RUNNING", "updated_at": 3.0})).unwrap();
+        let stored: Doc =
+            serde_json::from_value(json!({"run_id": "r1", "status": "RUNNING", "updated_at": 3.0}))
+                .unwrap();
         let d = state().merged(Some(&stored), 10.0, false);
-        assert_eq!((d["updated_at"].clone(), d["heartbeat_at"].clone()), (json!(3.0), json!(10.0)));
+        assert_eq!(
+            (d["updated_at"].clone(), d["heartbeat_at"].clone()),
+            (json!(3.0), json!(10.0))
+        );
     }
 
     #[test]
     fn size_limits_apply_to_every_write() {
         let mut s = state();
-        s.task_records.insert("t".into(), json!({"output": "x".repeat(10_000)}));
-        let limits = Limits { max_snapshot_bytes: 4096, max_payload: 1024 * 1024 };
+        s.task_records
+            .insert("t".into(), json!({"output": "x".repeat(10_000)}));
+        let limits = Limits {
+            max_snapshot_bytes: 4096,
+            max_payload: 1024 * 1024,
+        };
         let d: Doc = serde_json::from_slice(&encode(s.merged(None, 1.0, true), limits)).unwrap();
         assert_eq!(d["task_records"], json!({}));
         assert_eq!(d["task_records_truncated"], true);
@@ -282,7 +357,10 @@ mod tests {
         let mut s = state();
         s.error = Some("e".repeat(50_000));
         s.params.insert("big".into(), json!("p".repeat(200_000)));
-        let limits = Limits { max_snapshot_bytes: 0, max_payload: 64 * 1024 };
+        let limits = Limits {
+            max_snapshot_bytes: 0,
+            max_payload: 64 * 1024,
+        };
         let bytes = encode(s.merged(None, 1.0, true), limits);
         assert!(bytes.len() <= 64 * 1024, "{}", bytes.len());
     }
