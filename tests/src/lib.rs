@@ -74,6 +74,19 @@ pub async fn nats_connect(url: &str) -> async_nats::Client {
     }
 }
 
+/// Compares `actual` with `tests/golden/<name>`; `PYOCO_UPDATE_GOLDEN=1` rewrites the file instead.
+pub fn golden(name: &str, actual: &str) {
+    let path = workspace_root().join("tests/golden").join(name);
+    if std::env::var("PYOCO_UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (PYOCO_UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(actual, expected, "output differs from {}", path.display());
+}
+
 /// A unique id with a readable prefix, e.g. `unique("worker")` → `worker-3f2a9c1b`.
 pub fn unique(prefix: &str) -> String {
     format!(

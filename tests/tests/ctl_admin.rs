@@ -78,18 +78,6 @@ fn mask_id(s: &str, id: &str, label: &str) -> String {
     s.replace(id, &format!("{label:<width$}", width = id.len()))
 }
 
-fn golden(name: &str, actual: &str) {
-    let path = workspace_root().join("tests/golden").join(name);
-    if std::env::var("PYOCO_UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (PYOCO_UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert_eq!(actual, expected, "output differs from {}", path.display());
-}
-
 async fn get(url: &str, key: Option<&str>) -> (u16, Value) {
     let mut req = http().get(url);
     if let Some(k) = key {

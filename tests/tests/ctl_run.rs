@@ -30,18 +30,6 @@ fn expect_code(out: &Output, code: i32) -> &Output {
     out
 }
 
-fn golden(name: &str, actual: &str) {
-    let path = workspace_root().join("tests/golden").join(name);
-    if std::env::var("PYOCO_UPDATE_GOLDEN").as_deref() == Ok("1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (PYOCO_UPDATE_GOLDEN=1 writes it)", path.display()));
-    assert_eq!(actual, expected, "output differs from {}", path.display());
-}
-
 /// What Python's `json.dumps(json.loads(line), ensure_ascii=True)` prints for each line: the
 /// original's text.
 async fn python_dumps(text: &str) -> String {
