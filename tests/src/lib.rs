@@ -74,6 +74,23 @@ pub async fn nats_connect(url: &str) -> async_nats::Client {
     }
 }
 
+/// Runs `pyococtl` to completion (see [`run_workspace_bin`]).
+pub async fn ctl(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    run_workspace_bin("pyococtl", args, env).await
+}
+
+/// Panics with stdout/stderr unless the exit code is `code`; returns `out`.
+pub fn expect_code(out: &std::process::Output, code: i32) -> &std::process::Output {
+    assert_eq!(
+        out.code(),
+        Some(code),
+        "exit code\nstdout:\n{}\nstderr:\n{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    out
+}
+
 /// Compares `actual` with `tests/golden/<name>`; `PYOCO_UPDATE_GOLDEN=1` rewrites the file instead.
 pub fn golden(name: &str, actual: &str) {
     let path = workspace_root().join("tests/golden").join(name);

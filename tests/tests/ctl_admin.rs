@@ -13,22 +13,6 @@ use serde_json::{json, Value};
 
 const PEPPER: &str = "pepper-for-ctl-tests";
 
-async fn ctl(args: &[&str], env: &[(&str, &str)]) -> Output {
-    run_workspace_bin("pyococtl", args, env).await
-}
-
-/// Panics with stdout/stderr unless the exit code is `code`.
-fn expect_code(out: &Output, code: i32) -> &Output {
-    assert_eq!(
-        out.code(),
-        Some(code),
-        "exit code\nstdout:\n{}\nstderr:\n{}",
-        out.stdout_text(),
-        out.stderr_text()
-    );
-    out
-}
-
 /// What Python's `json.dumps(json.loads(line), ensure_ascii=True)` prints: the original's text.
 async fn python_dumps(line: &str) -> String {
     let script = "import json,sys; sys.stdout.write(json.dumps(json.loads(sys.argv[1]), ensure_ascii=True) + '\\n')";

@@ -5,7 +5,6 @@
 //! (real systemd is tested elsewhere) and the Go `nats` CLI with a recording shell script.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,22 +12,6 @@ use pyoco_tests::*;
 use serde_json::{json, Value};
 
 const PEPPER: &str = "pepper-for-ops-tests";
-
-async fn ctl(args: &[&str], env: &[(&str, &str)]) -> Output {
-    run_workspace_bin("pyococtl", args, env).await
-}
-
-/// Panics with stdout/stderr unless the exit code is `code`.
-fn expect_code(out: &Output, code: i32) -> &Output {
-    assert_eq!(
-        out.code(),
-        Some(code),
-        "exit code\nstdout:\n{}\nstderr:\n{}",
-        out.stdout_text(),
-        out.stderr_text()
-    );
-    out
-}
 
 /// The nats-server of `PYOCO_TEST_NATS` (default: Debian's 2.9).
 fn debian() -> String {

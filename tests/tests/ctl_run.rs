@@ -18,18 +18,6 @@ use tokio::io::AsyncBufReadExt;
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-/// Panics with stdout/stderr unless the exit code is `code`.
-fn expect_code(out: &Output, code: i32) -> &Output {
-    assert_eq!(
-        out.code(),
-        Some(code),
-        "exit code\nstdout:\n{}\nstderr:\n{}",
-        out.stdout_text(),
-        out.stderr_text()
-    );
-    out
-}
-
 /// What Python's `json.dumps(json.loads(line), ensure_ascii=True)` prints for each line: the
 /// original's text.
 async fn python_dumps(text: &str) -> String {
