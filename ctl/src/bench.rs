@@ -579,23 +579,23 @@ async fn count_runs(kv: &async_nats::jetstream::kv::Store) -> Result<u64> {
 
 /// The gateway's initial PENDING snapshot (contract §2.1, key order of the server's snapshot).
 fn pending_snapshot(run_id: &str, flow_name: &str, tag: &str, ts: f64) -> Value {
-    json!({
-        "run_id": run_id,
-        "flow_name": flow_name,
-        "tag": tag,
-        "tags": [tag],
-        "tenant_id": null,
-        "api_key_id": null,
-        "status": "PENDING",
-        "params": {"x": 1},
-        "tasks": {},
-        "task_records": {},
-        "start_time": null,
-        "end_time": null,
-        "heartbeat_at": ts,
-        "updated_at": ts,
-        "error": null,
-    })
+    // The gateway's own document for a new run (contract §2.1), so seeded runs are real ones.
+    let mut params = serde_json::Map::new();
+    params.insert("x".into(), json!(1));
+    let run = pyoco_core::wire::NewRun {
+        run_id: run_id.to_string(),
+        flow_name: flow_name.to_string(),
+        tag: tag.to_string(),
+        tags: vec![tag.to_string()],
+        tenant_id: None,
+        api_key_id: None,
+        params,
+        workflow_yaml: None,
+        workflow_yaml_text: None,
+        timeout_sec: None,
+        now: ts,
+    };
+    Value::Object(run.initial_snapshot())
 }
 
 async fn seed_runs(ctx: &Ctx, want: u64) -> Result<Value> {
