@@ -133,13 +133,55 @@ struct Opts {
     min: Option<f64>,
     /// Read from the process environment only, never from `.env`.
     process_env_only: bool,
+    /// The value names a path: made absolute once at load time (see [`PathRule`]).
+    path: PathRule,
+}
+
+/// How a path-valued setting is made absolute by [`load`]: against the directory the command
+/// was started in, or, for a value from the TOML file, against that file's directory. Daemons
+/// change directory (every runner runs in its own slot directory), so a relative path kept as
+/// given would silently mean something else later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathRule {
+    /// Not a path.
+    None,
+    /// One path.
+    Path,
+    /// `:`-separated paths (like `PYTHONPATH`).
+    List,
+    /// A program: resolved only when it contains a `/` (a bare `python3` is looked up in `PATH`).
+    Program,
+    /// `module:function` (left as is) or `path/file.py:function` (the path part resolved); the
+    /// file form is recognised as the original's worker does: it ends with `.py` or contains `/`.
+    Resolver,
 }
 
 impl Opts {
     const NEW: Opts = Opts {
         min: None,
         process_env_only: false,
+        path: PathRule::None,
     };
+
+    const fn path(mut self) -> Self {
+        self.path = PathRule::Path;
+        self
+    }
+
+    const fn path_list(mut self) -> Self {
+        self.path = PathRule::List;
+        self
+    }
+
+    const fn program(mut self) -> Self {
+        self.path = PathRule::Program;
+        self
+    }
+
+    const fn resolver(mut self) -> Self {
+        self.path = PathRule::Resolver;
+        self
+    }
 
     const fn min(mut self, min: f64) -> Self {
         self.min = Some(min);
@@ -262,7 +304,7 @@ config_fields! {
     /// Workers sync and install wheels from the object store.
     wheel_sync_enabled: bool = false, "PYOCO_WHEEL_SYNC_ENABLED";
     /// Local directory of synced wheels.
-    wheel_sync_dir: String = ".pyoco/wheels".into(), "PYOCO_WHEEL_SYNC_DIR";
+    wheel_sync_dir: String = ".pyoco/wheels".into(), "PYOCO_WHEEL_SYNC_DIR", path();
     /// Wheel sync interval (min 0.1).
     wheel_sync_interval_sec: f64 = 10.0, "PYOCO_WHEEL_SYNC_INTERVAL_SEC", min(0.1);
     /// Timeout of one wheel install (min 1).
@@ -273,6 +315,9 @@ config_fields! {
     wheel_history_ttl_sec: f64 = 7_776_000.0, "PYOCO_WHEEL_HISTORY_TTL_SEC";
     /// Dashboard language: `auto`, `ja` or `en`.
     dashboard_lang: String = "auto".into(), "PYOCO_DASHBOARD_LANG";
+    /// Gateway: how long `/health` and systemd's `READY=1` wait at start for the first NATS
+    /// connection and the resources before the gateway reports itself up without them.
+    ready_timeout_sec: f64 = 5.0, "PYOCO_READY_TIMEOUT_SEC";
     /// Finished runs older than this are removed (0 = keep forever).
     run_retention_sec: f64 = 2_592_000.0, "PYOCO_RUN_RETENTION_SEC";
     /// KV bucket of idempotency keys.
@@ -284,15 +329,15 @@ config_fields! {
     /// Worker: its id; empty = `<hostname>-<tags>` (unique per host and tag set).
     worker_id: String = "".into(), "PYOCO_WORKER_ID";
     /// Worker: `module:function` or `file.py:function` resolving flow names (the original's `--flow-resolver`).
-    worker_flow_resolver: String = "".into(), "PYOCO_WORKER_FLOW_RESOLVER";
+    worker_flow_resolver: String = "".into(), "PYOCO_WORKER_FLOW_RESOLVER", resolver();
     /// Worker: runner processes, i.e. runs at once.
     worker_concurrency: i64 = 1, "PYOCO_WORKER_CONCURRENCY";
     /// Worker: the runners' Python; empty = `$VIRTUAL_ENV/bin/python`, else `python3`.
-    python: String = "".into(), "PYOCO_PYTHON";
+    python: String = "".into(), "PYOCO_PYTHON", program();
     /// Worker: directories prepended to the runners' `PYTHONPATH`, `:`-separated.
-    worker_pythonpath: String = "".into(), "PYOCO_WORKER_PYTHONPATH";
+    worker_pythonpath: String = "".into(), "PYOCO_WORKER_PYTHONPATH", path_list();
     /// Worker: where runner working directories live; empty = `./.pyoco-worker` (or `$STATE_DIRECTORY`).
-    worker_work_dir: String = "".into(), "PYOCO_WORKER_WORK_DIR";
+    worker_work_dir: String = "".into(), "PYOCO_WORKER_WORK_DIR", path();
     /// Worker: on SIGTERM, how long running runs may finish before they are put back.
     worker_drain_timeout_sec: f64 = 60.0, "PYOCO_WORKER_DRAIN_TIMEOUT_SEC";
     /// Worker: a run still running after this long is killed and FAILED with `timeout` (0 = none).
@@ -495,6 +540,9 @@ pub struct LoadOptions {
     /// `PYOCO_LOAD_DOTENV`, `PYOCO_ENV_FILE`, `HOME`); `/etc/pyoco/pyoco.toml` is then never
     /// read implicitly.
     pub env_overrides: Option<HashMap<String, String>>,
+    /// The directory relative paths of flags, the environment and `.env` are resolved against
+    /// (and where `.env` is looked for); `None` = the current directory.
+    pub base_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -504,6 +552,7 @@ impl Default for LoadOptions {
             flags: Vec::new(),
             use_process_env: true,
             env_overrides: None,
+            base_dir: None,
         }
     }
 }
@@ -701,6 +750,8 @@ fn read_secret_file(path: &Path, origin: &str) -> Result<Option<String>, ConfigE
 
 /// Mutable state of one [`load`] run.
 struct Builder {
+    /// Base of relative paths given outside the TOML file.
+    cwd: PathBuf,
     config: Config,
     sources: BTreeMap<&'static str, Source>,
     warnings: Vec<String>,
@@ -777,6 +828,8 @@ impl Builder {
                     });
                 };
                 let origin = format!("`{key}` in {}", path.display());
+                let file = absolutize(path.parent().unwrap_or(Path::new("/")), file);
+                let file = file.as_str();
                 match read_secret_file(Path::new(file), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), source.clone()),
                     None => self
@@ -857,6 +910,7 @@ impl Builder {
             }
             (None, Some(path)) => {
                 let origin = format!("{file_var} in {label}");
+                let path = &absolutize(&self.cwd, py_strip(path));
                 match read_secret_file(Path::new(path), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), source.clone()),
                     None => self
@@ -890,6 +944,7 @@ impl Builder {
                 self.set(f, v, Source::Flag);
             } else if let Some(f) = secret_file_field(name) {
                 let origin = format!("command-line flag `{name}`");
+                let raw = &absolutize(&self.cwd, raw);
                 match read_secret_file(Path::new(raw), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), Source::Flag),
                     None => self
@@ -904,6 +959,29 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// Make every path-valued setting absolute (see [`PathRule`]): TOML values against the
+    /// file's directory, flags, environment and `.env` against `cwd`.
+    fn apply_paths(&mut self, cwd: &Path) {
+        for f in FIELDS {
+            if f.opts.path == PathRule::None {
+                continue;
+            }
+            let Value::Str(raw) = (f.get)(&self.config) else {
+                continue;
+            };
+            let base = match &self.sources[f.name] {
+                Source::File(file) => file.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                // Defaults are the daemons' own (made absolute where they are used).
+                Source::Default => continue,
+                _ => cwd.to_path_buf(),
+            };
+            let resolved = resolve_path_value(f.opts.path, &base, &raw);
+            if resolved != raw {
+                (f.set)(&mut self.config, Value::Str(resolved));
+            }
+        }
     }
 
     /// Raise values below their minimum (the original's workers do `max(min, value)`).
@@ -923,12 +1001,60 @@ impl Builder {
     }
 }
 
+/// `raw` joined to `base` when relative; `.` components dropped (`..` kept: only the file
+/// system knows what it means under symlinks). Empty stays empty.
+pub fn absolutize(base: &Path, raw: &str) -> String {
+    if raw.is_empty() {
+        return String::new();
+    }
+    let p = Path::new(raw);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        if c != std::path::Component::CurDir {
+            out.push(c);
+        }
+    }
+    out.display().to_string()
+}
+
+/// The absolute form of one path-valued setting (see [`PathRule`]).
+pub fn resolve_path_value(rule: PathRule, base: &Path, raw: &str) -> String {
+    let trimmed = py_strip(raw);
+    match rule {
+        PathRule::None => raw.to_string(),
+        PathRule::Path => absolutize(base, trimmed),
+        PathRule::List => trimmed
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(|p| absolutize(base, p))
+            .collect::<Vec<_>>()
+            .join(":"),
+        PathRule::Program if trimmed.contains('/') => absolutize(base, trimmed),
+        PathRule::Program => trimmed.to_string(),
+        PathRule::Resolver => match trimmed.rsplit_once(':') {
+            Some((path, func))
+                if path.ends_with(".py") || path.contains('/') || path.contains('\\') =>
+            {
+                format!("{}:{func}", absolutize(base, path))
+            }
+            _ => trimmed.to_string(),
+        },
+    }
+}
+
 /// Which TOML file to read.
 fn resolve_config_file(
     opts: &LoadOptions,
     env: &HashMap<String, String>,
+    cwd: &Path,
 ) -> Result<Option<PathBuf>, ConfigError> {
     if let Some(path) = &opts.config_file {
+        let path = &PathBuf::from(absolutize(cwd, &path.display().to_string()));
         if !path.exists() {
             return Err(ConfigError::ConfigFileMissing {
                 path: path.clone(),
@@ -942,7 +1068,7 @@ fn resolve_config_file(
         .map(|v| py_strip(v))
         .filter(|v| !v.is_empty())
     {
-        let path = PathBuf::from(path);
+        let path = PathBuf::from(absolutize(cwd, path));
         if !path.exists() {
             return Err(ConfigError::ConfigFileMissing {
                 path,
@@ -969,19 +1095,26 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         None => HashMap::new(),
     };
 
+    let cwd = match &opts.base_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    };
     let mut b = Builder {
+        cwd: cwd.clone(),
         config: Config::defaults(),
         sources: FIELDS.iter().map(|f| (f.name, Source::Default)).collect(),
         warnings: Vec::new(),
     };
 
-    let config_file = resolve_config_file(opts, &env)?;
+    // Absolute (the file exists: canonical), so that messages, `config` and the paths inside the
+    // file are unambiguous. so that messages, `config` and the paths inside the file are unambiguous.
+    let config_file =
+        resolve_config_file(opts, &env, &cwd)?.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
     if let Some(path) = &config_file {
         b.apply_file(path)?;
     }
 
     let dotenv = if env_active {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         dotenv::load_dotenv_with(&|k| env.get(k).cloned(), &cwd)
     } else {
         None
@@ -992,6 +1125,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     b.apply_env(&env, Source::Env)?;
     b.apply_flags(&opts.flags)?;
     b.apply_minimums();
+    let cwd = b.cwd.clone();
+    b.apply_paths(&cwd);
 
     Ok(Loaded {
         config: b.config,
@@ -1015,6 +1150,88 @@ mod tests {
         let mut env = no_dotenv();
         env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         LoadOptions::with_env(env)
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_start_directory_or_the_toml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("project");
+        let etc = dir.path().join("etc");
+        fs::create_dir_all(&base).unwrap();
+        fs::create_dir_all(&etc).unwrap();
+        let toml_path = etc.join("pyoco.toml");
+        fs::write(
+            &toml_path,
+            "worker_work_dir = \"state/work\"\nwheel_sync_dir = \"/abs/wheels\"\n",
+        )
+        .unwrap();
+        let mut opts = env_opts(&[
+            ("PYOCO_PYTHON", ".venv/bin/python"),
+            ("PYOCO_WORKER_PYTHONPATH", "tasks:./lib::/opt/shared"),
+        ]);
+        opts.base_dir = Some(base.clone());
+        // Relative to the start directory, not to the process's current one.
+        opts.config_file = Some(PathBuf::from("../etc/pyoco.toml"));
+        opts.flags = vec![(
+            "worker_flow_resolver".into(),
+            "flows/resolve.py:resolve".into(),
+        )];
+        let l = load(&opts).unwrap();
+        let b = base.display();
+        assert_eq!(l.config.python, format!("{b}/.venv/bin/python"));
+        assert_eq!(
+            l.config.worker_pythonpath,
+            format!("{b}/tasks:{b}/lib:/opt/shared")
+        );
+        assert_eq!(
+            l.config.worker_flow_resolver,
+            format!("{b}/flows/resolve.py:resolve")
+        );
+        // TOML values: against the file's directory; absolute values stay.
+        assert_eq!(
+            l.config.worker_work_dir,
+            format!("{}/state/work", etc.display())
+        );
+        assert_eq!(l.config.wheel_sync_dir, "/abs/wheels");
+        assert_eq!(
+            l.config_file.as_deref(),
+            Some(etc.join("pyoco.toml").as_path())
+        );
+
+        // A bare program name is looked up in PATH, a module resolver is not a path.
+        let mut opts = env_opts(&[
+            ("PYOCO_PYTHON", "python3"),
+            ("PYOCO_WORKER_FLOW_RESOLVER", "myflows.registry:resolve"),
+        ]);
+        opts.base_dir = Some(base.clone());
+        let l = load(&opts).unwrap();
+        assert_eq!(l.config.python, "python3");
+        assert_eq!(l.config.worker_flow_resolver, "myflows.registry:resolve");
+        assert_eq!(
+            l.config.wheel_sync_dir, ".pyoco/wheels",
+            "defaults stay as they are"
+        );
+        assert_eq!(
+            l.config.worker_work_dir, "",
+            "empty stays empty (daemon default)"
+        );
+        assert_eq!(
+            resolve_path_value(PathRule::Resolver, &base, "resolve.py:f"),
+            format!("{b}/resolve.py:f")
+        );
+    }
+
+    #[test]
+    fn secret_files_in_toml_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("pepper"), "s3cret\n").unwrap();
+        let toml_path = dir.path().join("pyoco.toml");
+        fs::write(&toml_path, "auth_pepper_file = \"pepper\"\n").unwrap();
+        let mut opts = env_opts(&[]);
+        opts.config_file = Some(toml_path);
+        opts.base_dir = Some(PathBuf::from("/nonexistent"));
+        let l = load(&opts).unwrap();
+        assert_eq!(l.config.auth_pepper.as_deref(), Some("s3cret"));
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Becomes true once the resources were ensured the first time.
     pub ready: tokio::sync::watch::Sender<bool>,
+    /// When the gateway started: `/health` and `READY=1` wait for `ready` until
+    /// `started + ready_timeout_sec`.
+    pub started: Instant,
+    /// Cancelled when the gateway stops: long-lived responses (SSE) end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -87,6 +92,24 @@ impl AppState {
         self.auth.check(headers, store.as_ref()).await
     }
 
+    /// At start, waits until the resources are ensured, but no longer than `ready_timeout_sec`
+    /// after start; returns whether they are. Clients (and the original's test suite) take
+    /// `/health` 200 as "ready", so it must not answer before the buckets exist unless NATS
+    /// really is unreachable.
+    pub async fn wait_ready_at_start(&self) -> bool {
+        let mut ready = self.ready.subscribe();
+        if *ready.borrow() {
+            return true;
+        }
+        let bound = std::time::Duration::from_secs_f64(self.cfg.ready_timeout_sec.max(0.0));
+        let left = bound.saturating_sub(self.started.elapsed());
+        if !left.is_zero() {
+            let _ = tokio::time::timeout(left, ready.wait_for(|r| *r)).await;
+        }
+        let is_ready = *ready.borrow();
+        is_ready
+    }
+
     pub fn nats_connected(&self) -> bool {
         pyoco_core::nats::is_connected(&self.client)
     }
@@ -115,6 +138,7 @@ pub fn router(state: SharedState) -> Router {
 }
 
 async fn health(State(state): State<SharedState>) -> Response {
+    state.wait_ready_at_start().await;
     // "connected" once the resources are ensured too: the gateway can then serve every request.
     let nats = if state.current().is_some() {
         "connected"

@@ -24,6 +24,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use pyoco_core::config::{self, LoadOptions, Loaded};
 use pyoco_core::{resources, systemd};
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::auth::Auth;
@@ -152,20 +153,118 @@ fn print_effective_config(loaded: &Loaded) {
     }
 }
 
-/// `up --with-nats/--with-worker`: start those first, stop them after the gateway stopped.
-async fn serve_with_stack(mut loaded: Loaded, dev: devstack::DevStackArgs) -> anyhow::Result<()> {
-    if !dev.with_nats && !dev.with_worker {
-        return serve(loaded).await;
+/// Binds the HTTP socket: systemd's (socket activation) or our own.
+async fn bind_listener(cfg: &config::Config) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(l) = systemd::inherited_listener("http")? {
+        return Ok(tokio::net::TcpListener::from_std(l)?);
     }
-    let (stack, url) = devstack::DevStack::start(&dev, &loaded.config.nats_url).await?;
-    loaded.config.nats_url = url;
-    let result = serve(loaded).await;
-    stack.stop().await;
-    result
+    let addr = format!("{}:{}", cfg.http_host, cfg.http_port);
+    tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e}; fix: choose a free --port or stop what uses it"
+        )
+    })
 }
 
-async fn serve(loaded: Loaded) -> anyhow::Result<()> {
-    let cfg = loaded.config.clone();
+/// The gateway alone: serve until SIGTERM / Ctrl-C.
+async fn serve_until_signal(loaded: Loaded) -> anyhow::Result<()> {
+    init_logging(&loaded);
+    let listener = bind_listener(&loaded.config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    serve(loaded, listener, shutdown, None).await
+}
+
+/// `up --with-nats/--with-worker`: a supervised local stack. Start order NATS → gateway →
+/// worker, stop order the reverse; a part that dies stops the rest and `up` exits non-zero.
+async fn serve_with_stack(
+    mut loaded: Loaded,
+    mut dev: devstack::DevStackArgs,
+) -> anyhow::Result<()> {
+    if !dev.with_nats && !dev.with_worker {
+        return serve_until_signal(loaded).await;
+    }
+    init_logging(&loaded);
+    let cwd = std::env::current_dir()?;
+    dev.resolve_paths(&cwd);
+    loaded.config.nats_url = devstack::DevStack::nats_url(&dev, &loaded.config.nats_url)?;
+    // The HTTP port first: a busy port fails before anything was started.
+    let listener = bind_listener(&loaded.config).await?;
+    let mut stack = devstack::DevStack::start_nats(&dev).await?;
+    let nats_url = loaded.config.nats_url.clone();
+
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut gateway = tokio::spawn(serve(loaded, listener, shutdown.clone(), Some(ready_tx)));
+    let mut signal = Box::pin(shutdown_signal());
+
+    // The worker once the gateway has ensured the resources (bounded by its ready timeout).
+    let started = tokio::select! {
+        _ = ready_rx => stack.start_worker(&dev, &nats_url),
+        r = &mut gateway => {
+            stack.stop().await;
+            return gateway_result(r);
+        }
+        _ = &mut signal => Ok(()),
+    };
+    let reason = match started {
+        Err(e) => {
+            shutdown.cancel();
+            let _ = tokio::time::timeout(GATEWAY_STOP, &mut gateway).await;
+            stack.stop().await;
+            return Err(e);
+        }
+        Ok(()) if shutdown.is_cancelled() => devstack::StopReason::Signal,
+        Ok(()) => tokio::select! {
+            _ = &mut signal => devstack::StopReason::Signal,
+            reason = stack.watch() => reason,
+            r = &mut gateway => {
+                stack.stop().await;
+                return gateway_result(r).and_then(|_| Err(anyhow::anyhow!("the gateway stopped on its own")));
+            }
+        },
+    };
+    // Reverse order: the worker drains and writes its final record while NATS is still up.
+    stack.stop_worker().await;
+    shutdown.cancel();
+    let gateway_outcome = match tokio::time::timeout(GATEWAY_STOP, &mut gateway).await {
+        Ok(r) => gateway_result(r),
+        Err(_) => {
+            gateway.abort();
+            Ok(())
+        }
+    };
+    stack.stop().await;
+    match reason {
+        devstack::StopReason::Signal => gateway_outcome,
+        devstack::StopReason::ChildDied {
+            name,
+            status,
+            last_lines,
+        } => Err(anyhow::anyhow!(
+            "{name} exited unexpectedly ({status}); stopped the rest of the stack. Its last lines:\n{last_lines}"
+        )),
+    }
+}
+
+/// How long the gateway may take to close its connections when the stack stops.
+const GATEWAY_STOP: Duration = Duration::from_secs(2);
+
+fn gateway_result(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the gateway task failed: {e}")),
+    }
+}
+
+fn init_logging(loaded: &Loaded) {
+    let cfg = &loaded.config;
     pyoco_core::logging::init(
         "pyoco-server:http",
         &cfg.log_level,
@@ -175,19 +274,17 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     for warning in &loaded.warnings {
         tracing::warn!(err_id = "ERR-PYOCO-0002", "configuration: {warning}");
     }
+}
 
-    // The socket first: systemd's (socket activation) or our own bind.
-    let listener = match systemd::inherited_listener("http")? {
-        Some(l) => tokio::net::TcpListener::from_std(l)?,
-        None => {
-            let addr = format!("{}:{}", cfg.http_host, cfg.http_port);
-            tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {addr}: {e}; fix: choose a free --port or stop what uses it"
-                )
-            })?
-        }
-    };
+/// Serves the HTTP API on `listener` until `shutdown` is cancelled. `on_ready` is told once
+/// the resources are ensured (or the ready timeout passed).
+async fn serve(
+    loaded: Loaded,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    on_ready: Option<tokio::sync::oneshot::Sender<bool>>,
+) -> anyhow::Result<()> {
+    let cfg = loaded.config.clone();
     let local = listener.local_addr()?;
 
     let client = pyoco_core::nats::connect(&cfg.nats_url, "pyoco-http-api").await?;
@@ -204,6 +301,8 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         metrics,
         resources: RwLock::new(None),
         ready: tokio::sync::watch::channel(false).0,
+        started: std::time::Instant::now(),
+        shutdown: shutdown.clone(),
         client,
         cfg,
     });
@@ -220,14 +319,32 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     }
 
     tracing::info!(address = %local, "listening");
-    systemd::notify_ready(&format!("listening on {local} · NATS connecting"));
+    // READY=1 once NATS and the resources are there (bounded): a unit ordered after this one
+    // starts against a gateway that can serve it.
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let ready = state.wait_ready_at_start().await;
+            let nats = if ready {
+                "NATS connected".to_string()
+            } else {
+                tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, ready_timeout_sec = state.cfg.ready_timeout_sec, "NATS not reachable yet; serving anyway (requests that need NATS answer 503 until it is). Is nats-server running there? (`pyococtl up`, or `pyoco-server up --with-nats`)");
+                format!("NATS unreachable at {}, retrying", state.cfg.nats_url)
+            };
+            systemd::notify_ready(&format!("listening on {local} · {nats}"));
+            if let Some(tx) = on_ready {
+                let _ = tx.send(ready);
+            }
+        });
+    }
     // No Nagle: small SSE frames and JSON answers go out at once instead of waiting up to
     // 40 ms for a delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let stopping = shutdown.clone();
     axum::serve(listener, app::router(state.clone()))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move { stopping.cancelled().await })
         .await?;
     tracing::info!("stopped");
     Ok(())

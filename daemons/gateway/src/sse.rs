@@ -3,7 +3,8 @@
 //! The original polls KV every 0.5 s per connection and never ends the stream. Here each change
 //! of the run's key (delivered by the gateway's KV watch) is sent at once with `id:` = the KV
 //! revision; `Last-Event-ID` resumes (a snapshot is sent only when newer than that revision); the
-//! stream ends after the terminal snapshot, or after `timeout_sec`. A `heartbeat` event follows
+//! stream ends after the terminal snapshot, after `timeout_sec`, or with a `shutdown` event when
+//! the gateway stops (clients reconnect with `Last-Event-ID`). A `heartbeat` event follows
 //! 5 s without a snapshot, as in the original.
 
 use std::convert::Infallible;
@@ -52,6 +53,7 @@ pub async fn watch(
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let runs = state.runs.clone();
     let store = state.res().await?.runs;
+    let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(timeout_sec as u64);
         let mut last_sent = resume_after;
@@ -127,6 +129,16 @@ pub async fn watch(
                     last_event = Instant::now();
                 }
                 _ = tokio::time::sleep_until(deadline) => return,
+                // The gateway stops: end the stream (clients reconnect with Last-Event-ID)
+                // instead of holding the shutdown until systemd's SIGKILL.
+                _ = shutdown.cancelled() => {
+                    let data = json!({"run_id": run_id, "ts": now(), "reason": "gateway stopping"});
+                    let mut frame = b"event: shutdown\ndata: ".to_vec();
+                    frame.extend(to_ascii_vec(&data));
+                    frame.extend_from_slice(b"\n\n");
+                    let _ = tx.send(Ok(Bytes::from(frame))).await;
+                    return;
+                }
             }
         }
     });

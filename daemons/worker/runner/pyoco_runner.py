@@ -180,6 +180,10 @@ class Fatal(Exception):
 
 
 def _install_hint():
+    if sys.prefix == getattr(sys, "base_prefix", sys.prefix):
+        # Not a virtual environment: Debian's Python refuses `pip install` (PEP 668).
+        return (f'python3 -m venv ~/.pyoco-venv && ~/.pyoco-venv/bin/pip install "pyoco>={MIN_PYOCO_TEXT}", '
+                f'then start the worker with --python ~/.pyoco-venv/bin/python (or PYOCO_PYTHON=...)')
     return f'{sys.executable} -m pip install "pyoco>={MIN_PYOCO_TEXT}"'
 
 
@@ -1132,11 +1136,16 @@ def _rid(msg):
 
 
 def _parse_args(argv):
+    """Returns (resolver spec or None, compat dirs to append to sys.path)."""
     resolver = None
+    compat = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--flow-resolver":
+        if arg == "--compat-path" and i + 1 < len(argv):
+            compat.append(argv[i + 1])
+            i += 2
+        elif arg == "--flow-resolver":
             if i + 1 >= len(argv):
                 raise Fatal("resolver_error",
                             "--flow-resolver must be module:function or file.py:function ('')")
@@ -1146,8 +1155,8 @@ def _parse_args(argv):
             resolver = arg.split("=", 1)[1]
             i += 1
         else:
-            raise Fatal("usage", f"unknown argument {arg!r}; usage: pyoco_runner.py [--flow-resolver module:function|path/file.py:function]")
-    return resolver
+            raise Fatal("usage", f"unknown argument {arg!r}; usage: pyoco_runner.py [--flow-resolver module:function|path/file.py:function] [--compat-path DIR]")
+    return resolver, compat
 
 
 def main():
@@ -1176,7 +1185,10 @@ def main():
 
     # 2. pyoco and the resolver.
     try:
-        resolver_spec = _parse_args(sys.argv[1:])
+        resolver_spec, compat = _parse_args(sys.argv[1:])
+        # Last on the path: stand-ins (the original's example module) never shadow a real
+        # installed package of the same name.
+        sys.path.extend(compat)
         version = load_pyoco()
         resolver = load_flow_resolver(resolver_spec) if resolver_spec is not None else None
     except Fatal as exc:

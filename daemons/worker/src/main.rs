@@ -154,22 +154,6 @@ fn default_worker_id(tags: &[String]) -> String {
     format!("{host}-{}", tags.join("-"))
 }
 
-/// A `path/file.py:function` resolver is made absolute against our working directory, since
-/// runners run in their own slot directories; the `module:function` form is left as is.
-fn absolute_resolver(spec: &str) -> String {
-    let Some((path, func)) = spec.rsplit_once(':') else {
-        return spec.to_string();
-    };
-    let is_file = path.ends_with(".py") || path.contains('/') || path.contains('\\');
-    if !is_file || PathBuf::from(path).is_absolute() {
-        return spec.to_string();
-    }
-    match std::env::current_dir() {
-        Ok(cwd) => format!("{}:{func}", cwd.join(path).display()),
-        Err(_) => spec.to_string(),
-    }
-}
-
 fn default_python() -> PathBuf {
     if let Ok(venv) = std::env::var("VIRTUAL_ENV") {
         let p = PathBuf::from(venv).join("bin/python");
@@ -232,7 +216,7 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
         fail(1, format!("cannot create the work directory {}: {e}; fix: point --work-dir at a writable directory", work_dir.display()));
     }
     let work_dir = work_dir.canonicalize().unwrap_or(work_dir);
-    let shim_dir = match runner::install_shim(&work_dir) {
+    let (shim_dir, compat_dir) = match runner::install_shim(&work_dir) {
         Ok(d) => d,
         Err(e) => fail(1, format!("cannot write the runner shim under {}: {e}; fix: point --work-dir at a writable directory", work_dir.display())),
     };
@@ -244,8 +228,9 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
     let spec = RunnerSpec {
         python: python.clone(),
         shim_dir,
-        flow_resolver: Some(absolute_resolver(cfg.worker_flow_resolver.trim()))
-            .filter(|s| !s.is_empty()),
+        compat_dir: Some(compat_dir),
+        // Already absolute: the configuration resolves path-valued settings at load.
+        flow_resolver: Some(cfg.worker_flow_resolver.trim().to_string()).filter(|s| !s.is_empty()),
         pythonpath: cfg
             .worker_pythonpath
             .split(':')
@@ -256,6 +241,12 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
         ready_timeout: Duration::from_secs(60),
     };
 
+    for dir in &spec.pythonpath {
+        if !dir.is_dir() {
+            tracing::warn!(err_id = "ERR-PYOCO-0002", path = %dir.display(), "--pythonpath / PYOCO_WORKER_PYTHONPATH entry is not a directory; task modules there cannot be imported");
+        }
+    }
+    tracing::info!(python = %python.display(), pythonpath = %cfg.worker_pythonpath, work_dir = %work_dir.display(), flow_resolver = %cfg.worker_flow_resolver, "starting runners");
     // Runners first: a missing or too old pyoco is a start-up error, not a failed run later.
     systemd::notify_status("starting Python runners");
     let mut runners = Vec::new();
@@ -282,6 +273,8 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
         };
     let js = async_nats::jetstream::new(client.clone());
     let mut backoff = Duration::from_millis(200);
+    let waited_since = Instant::now();
+    let mut next_warning = Duration::from_secs(3);
     let (res, consumers) = loop {
         if pyoco_core::nats::is_connected(&client) {
             match resources::ensure(&js, &cfg).await {
@@ -302,6 +295,10 @@ async fn run(cfg: Config, run_once: bool, tags: Vec<String>, worker_id: String) 
             }
         } else {
             systemd::notify_status(&format!("NATS unreachable at {}, retrying", cfg.nats_url));
+            if waited_since.elapsed() >= next_warning {
+                tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %cfg.nats_url, waited_sec = waited_since.elapsed().as_secs(), "NATS is not reachable yet; retrying. Is nats-server running there? (start one with `pyococtl up`, or `pyoco-server up --with-nats` for a local stack; or point --nats-url / PYOCO_NATS_URL at yours)");
+                next_warning = waited_since.elapsed() + Duration::from_secs(10);
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -22,6 +22,18 @@ use tokio::sync::mpsc;
 pub const SHIM_SOURCE: &str = include_str!("../runner/pyoco_runner.py");
 pub const SHIM_FILE: &str = "pyoco_runner.py";
 pub const PROTOCOL: i64 = 1;
+/// Stand-in modules put at the end of the runners' `sys.path` (`runner/compat/`): the
+/// original's example tasks, so its quickstart flow runs on a runtime without the original.
+const COMPAT_FILES: &[(&str, &str)] = &[
+    (
+        "pyoco_server/__init__.py",
+        include_str!("../runner/compat/pyoco_server/__init__.py"),
+    ),
+    (
+        "pyoco_server/_workflow_test_tasks.py",
+        include_str!("../runner/compat/pyoco_server/_workflow_test_tasks.py"),
+    ),
+];
 
 /// How to start runners (shared by all slots).
 #[derive(Debug, Clone)]
@@ -29,6 +41,8 @@ pub struct RunnerSpec {
     pub python: PathBuf,
     /// The directory holding only the shim (so nothing else lands on `sys.path[0]`).
     pub shim_dir: PathBuf,
+    /// Stand-in packages appended to the runners' `sys.path` (see `COMPAT_FILES`).
+    pub compat_dir: Option<PathBuf>,
     pub flow_resolver: Option<String>,
     pub pythonpath: Vec<PathBuf>,
     /// Parent of the per-slot working directories.
@@ -36,17 +50,30 @@ pub struct RunnerSpec {
     pub ready_timeout: Duration,
 }
 
-/// Writes the shim into `<work_dir>/runner/` (a directory with nothing else in it).
-pub fn install_shim(work_dir: &Path) -> std::io::Result<PathBuf> {
+/// Writes the shim into `<work_dir>/runner/` (a directory with nothing else in it) and the
+/// stand-in packages into `<work_dir>/compat/`; returns both directories.
+pub fn install_shim(work_dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let dir = work_dir.join("runner");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(SHIM_FILE);
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(SHIM_SOURCE) {
-        let tmp = dir.join(format!(".{SHIM_FILE}.tmp"));
-        std::fs::write(&tmp, SHIM_SOURCE)?;
-        std::fs::rename(&tmp, &path)?;
+    write_if_changed(&dir.join(SHIM_FILE), SHIM_SOURCE)?;
+    let compat = work_dir.join("compat");
+    for (rel, text) in COMPAT_FILES {
+        write_if_changed(&compat.join(rel), text)?;
     }
-    Ok(dir)
+    Ok((dir, compat))
+}
+
+/// Replaces `path` atomically when its content differs (runners of another worker on the same
+/// work directory may be reading it).
+fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// What the runner reported in its `ready` handshake.
@@ -106,6 +133,9 @@ impl Runner {
         cmd.arg(spec.shim_dir.join(SHIM_FILE));
         if let Some(r) = &spec.flow_resolver {
             cmd.args(["--flow-resolver", r]);
+        }
+        if let Some(dir) = &spec.compat_dir {
+            cmd.arg("--compat-path").arg(dir);
         }
         let mut pythonpath: Vec<String> = spec
             .pythonpath
