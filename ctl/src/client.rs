@@ -134,7 +134,7 @@ impl Client {
         if e.is_connect() {
             CtlError::new(
                 exit::ERROR,
-                format!("ERR-PYOCO-HTTP: connection error\n- reason: cannot connect to the gateway at {}\n- hint: is pyoco-server running there? check --server / PYOCO_SERVER (systemctl status pyoco-server)", self.base),
+                format!("ERR-PYOCO-HTTP: connection error\n- reason: cannot connect to the gateway at {}\n- hint: is pyoco-server running there? check --server / PYOCO_SERVER (systemctl status pyoco-server; for a local stack: pyoco-server up --with-nats --with-worker)", self.base),
             )
         } else if e.is_timeout() {
             CtlError::new(

@@ -94,6 +94,9 @@ pub struct SubmitWatch {
     /// With --watch: give up after this many seconds (exit 5); 0 = wait until the run ends.
     #[arg(long, value_name = "SECONDS", default_value_t = 0, requires = "watch")]
     pub watch_timeout_sec: u64,
+    /// Print only the run id (for scripts: `run_id=$(pyococtl run submit … -q)`).
+    #[arg(short, long, conflicts_with = "watch")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -351,10 +354,18 @@ async fn submit(ctx: &Ctx, a: &SubmitArgs) -> CtlResult<u8> {
         req = req.header("Idempotency-Key", k.as_str());
     }
     let resp = client.json(req).await?;
-    out::line(&pyjson::dumps(&resp))?;
+    print_submitted(&resp, a.watch.quiet)?;
     match mode {
         None => Ok(exit::OK),
         Some(mode) => watch_submitted(&client, &resp, a.watch.watch_timeout_sec, mode).await,
+    }
+}
+
+/// The gateway's answer to a submit: as pyoco-client prints it, or only the run id (`-q`).
+fn print_submitted(resp: &Value, quiet: bool) -> CtlResult<()> {
+    match resp.get("run_id").and_then(Value::as_str) {
+        Some(id) if quiet => out::line(id),
+        _ => out::line(&pyjson::dumps(resp)),
     }
 }
 
@@ -407,7 +418,7 @@ async fn submit_yaml(ctx: &Ctx, a: &SubmitYamlArgs) -> CtlResult<u8> {
         req = req.header("Idempotency-Key", k.as_str());
     }
     let resp = client.json(req).await?;
-    out::line(&pyjson::dumps(&resp))?;
+    print_submitted(&resp, a.watch.quiet)?;
     match mode {
         None => Ok(exit::OK),
         Some(mode) => watch_submitted(&client, &resp, a.watch.watch_timeout_sec, mode).await,

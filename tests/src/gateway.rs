@@ -189,6 +189,19 @@ pub fn spawn_workspace_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> D
     Daemon::spawn(name, cmd)
 }
 
+/// Like [`spawn_workspace_bin`], but started in `cwd` (for relative paths on the command line).
+pub fn spawn_workspace_bin_in(
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &std::path::Path,
+) -> Daemon {
+    let mut cmd = Command::new(bin_path(name));
+    cmd.args(args).current_dir(cwd);
+    apply_env(&mut cmd, RUST_DEFAULTS, env);
+    Daemon::spawn(name, cmd)
+}
+
 /// Runs a workspace binary (`pyococtl` …) to completion in a temp CWD (same env rules as
 /// [`spawn_workspace_bin`]); panics if it runs longer than [`CLI_TIMEOUT`].
 pub async fn run_workspace_bin(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -33,7 +33,8 @@ pub use env::{
 };
 pub use gateway::{
     orig_admin, orig_client, orig_venv_run, run_python_program, run_workspace_bin,
-    spawn_workspace_bin, wait_healthy, AnyGateway, Gateway, GatewayKind, OrigGateway, OrigWorker,
+    spawn_workspace_bin, spawn_workspace_bin_in, wait_healthy, AnyGateway, Gateway, GatewayKind,
+    OrigGateway, OrigWorker,
 };
 pub use http::{get_run, http, wait_for_run_status, wait_until};
 pub use jetstream::{account_info_json, create_kv};
