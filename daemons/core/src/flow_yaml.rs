@@ -72,6 +72,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqA
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::py;
+
 /// The contract's example single-flow `flow.yaml` (§4): `add_one >> to_text` with `x: 1`, tasks
 /// from the original's test module. Used by tests and by `pyococtl bench`.
 pub const EXAMPLE_FLOW_YAML: &str = "version: 1
@@ -236,7 +238,7 @@ pub fn parse_workflow_yaml(
                 "unknown keys in 'flow'",
             )?;
             match flow.get("graph") {
-                Some(Py::Str(g)) if !py_strip(g).is_empty() => graph = g.clone(),
+                Some(Py::Str(g)) if !py::strip(g).is_empty() => graph = g.clone(),
                 other => {
                     return Err(YamlPolicyError::new(
                         "missing_flow_graph",
@@ -291,7 +293,7 @@ pub fn parse_workflow_yaml(
     };
     for (name, conf) in &tasks_map.entries {
         let name = match name {
-            Py::Str(s) if !py_strip(s).is_empty() => s.clone(),
+            Py::Str(s) if !py::strip(s).is_empty() => s.clone(),
             other => {
                 return Err(YamlPolicyError::new(
                     "invalid_task_name",
@@ -488,57 +490,15 @@ fn describe_short(v: &Py) -> String {
     }
 }
 
-/// Python's `str.isspace` (Rust's `char::is_whitespace` plus the four ASCII separators).
-fn py_isspace(c: char) -> bool {
-    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
-}
-
-/// Python's `str.strip()`.
-fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_isspace)
-}
-
 /// Python's `int(value)` for the value kinds YAML yields, limited to `i64`.
 fn py_int(v: &Py) -> Option<i64> {
     match v {
         Py::Bool(b) => Some(i64::from(*b)),
         Py::Int(i) => i64::try_from(*i).ok(),
-        Py::Float(f) => {
-            if !f.is_finite() {
-                return None;
-            }
-            let t = f.trunc();
-            // i64::MIN is exactly representable; the exclusive upper bound 2^63 as well.
-            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&t) {
-                Some(t as i64)
-            } else {
-                None
-            }
-        }
-        Py::Str(s) => py_int_str(s),
+        Py::Float(f) => py::int_from_float(*f),
+        Py::Str(s) => py::int_from_str(s),
         _ => None,
     }
-}
-
-/// Python's `int(str)` in base 10: surrounding whitespace, an optional sign, digits with single
-/// underscores between them.
-fn py_int_str(s: &str) -> Option<i64> {
-    let t = py_strip(s);
-    let (neg, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let b = digits.as_bytes();
-    if b.is_empty() || !b[0].is_ascii_digit() || !b[b.len() - 1].is_ascii_digit() {
-        return None;
-    }
-    if b.iter().any(|c| !c.is_ascii_digit() && *c != b'_') || digits.contains("__") {
-        return None;
-    }
-    let clean: String = digits.chars().filter(|c| *c != '_').collect();
-    let n: i128 = clean.parse().ok()?;
-    i64::try_from(if neg { -n } else { n }).ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,7 +540,7 @@ fn to_json(v: &Py, strict: bool) -> Result<Value, String> {
         }
         Py::Float(f) => match serde_json::Number::from_f64(*f) {
             Some(n) => Value::Number(n),
-            None if strict => return Err(format!("{} is not a JSON number", py_float_repr(*f))),
+            None if strict => return Err(format!("{} is not a JSON number", py::float_repr(*f))),
             None => Value::Null,
         },
         Py::Str(s) => Value::String(s.clone()),
@@ -613,7 +573,7 @@ fn json_key(k: &Py, strict: bool) -> Result<String, String> {
         Py::Bool(false) => "false".into(),
         Py::Int(i) => i.to_string(),
         Py::BigInt(t) => t.clone(),
-        Py::Float(f) => py_float_repr(*f),
+        Py::Float(f) => py::float_repr(*f),
         Py::Opaque { kind, text, .. } => {
             if strict {
                 return Err(format!(
@@ -625,56 +585,6 @@ fn json_key(k: &Py, strict: bool) -> Result<String, String> {
         }
         Py::Seq(_) | Py::Map(_) => unreachable!("unhashable keys are refused while loading"),
     })
-}
-
-/// Python's `float.__repr__` (`json.dumps` spelling for the non-finite values).
-fn py_float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
-    }
-    // Shortest round-trip digits, as Python's repr uses.
-    let e = format!("{:e}", f.abs());
-    let (mantissa, exp) = e.split_once('e').expect("LowerExp has an exponent");
-    let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    let decpt = exp + 1;
-    let sign = if f < 0.0 { "-" } else { "" };
-    let body = if -4 < decpt && decpt <= 16 {
-        let n = digits.len() as i32;
-        if decpt <= 0 {
-            format!("0.{}{}", "0".repeat((-decpt) as usize), digits)
-        } else if decpt >= n {
-            format!("{}{}.0", digits, "0".repeat((decpt - n) as usize))
-        } else {
-            format!(
-                "{}.{}",
-                &digits[..decpt as usize],
-                &digits[decpt as usize..]
-            )
-        }
-    } else {
-        let m = if digits.len() > 1 {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        } else {
-            digits
-        };
-        format!("{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
-    };
-    format!("{sign}{body}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -754,12 +664,7 @@ impl Py {
             Py::Bool(false) => "False".into(),
             Py::Int(i) => i.to_string(),
             Py::BigInt(t) => t.clone(),
-            Py::Float(f) => match py_float_repr(*f).as_str() {
-                "NaN" => "nan".into(),
-                "Infinity" => "inf".into(),
-                "-Infinity" => "-inf".into(),
-                other => other.to_string(),
-            },
+            Py::Float(f) => py::float_str(*f),
             Py::Str(s) => s.clone(),
             Py::Seq(_) => "[...]".into(),
             Py::Map(_) => "{...}".into(),
@@ -1963,19 +1868,22 @@ mod tests {
     }
 
     #[test]
-    fn flow_yaml_float_repr() {
-        for (f, want) in [
-            (1.0, "1.0"),
-            (1.5, "1.5"),
-            (1e16, "1e+16"),
-            (1e15, "1000000000000000.0"),
-            (1e-5, "1e-05"),
-            (0.0001, "0.0001"),
-            (-2.5e-7, "-2.5e-07"),
-            (123456789.125, "123456789.125"),
-            (1.2345e20, "1.2345e+20"),
-        ] {
-            assert_eq!(py_float_repr(f), want);
-        }
+    fn flow_yaml_float_keys_and_messages_like_python() {
+        // Float keys become JSON keys as json.dumps writes them (repr, Python's exponent form);
+        // messages name keys as str() does (`inf`, not json's `Infinity`).
+        let d = defaults("flow:\n  graph: a\n  defaults: {1.0e+16: a, 0.00001: b, -0.0: c}\n");
+        assert_eq!(d, json!({"1e+16": "a", "1e-05": "b", "-0.0": "c"}));
+        let e = parse_workflow_yaml(b"flow: {graph: a}\n.inf: 1\n", true).unwrap_err();
+        assert_eq!(e.code, "unknown_top_level_keys");
+        assert!(e.detail.contains(": inf (allowed"), "{e}");
+        // int() of a string skips Unicode spaces but not U+001C..U+001F, as CPython does.
+        let v = |s: &str| {
+            parse_workflow_yaml(
+                format!("flow: {{graph: a}}\nversion: \"{s}\"\n").as_bytes(),
+                true,
+            )
+        };
+        assert_eq!(v("\\u30007").unwrap().version, 7);
+        assert_eq!(v("\\x1c7").unwrap_err().code, "invalid_version");
     }
 }
