@@ -294,8 +294,12 @@ mod tests {
     fn int_from_float_truncates() {
         assert_eq!(int_from_float(1.9), Some(1));
         assert_eq!(int_from_float(-1.9), Some(-1));
-        assert_eq!(int_from_float(-9.223372036854775808e18), Some(i64::MIN));
-        assert_eq!(int_from_float(9.223372036854775808e18), None);
+        assert_eq!(int_from_float(-(2f64.powi(63))), Some(i64::MIN));
+        assert_eq!(int_from_float(2f64.powi(63)), None);
+        assert_eq!(
+            int_from_float(2f64.powi(63) - 1024.0),
+            Some(i64::MAX - 1023)
+        );
         assert_eq!(int_from_float(f64::NAN), None);
     }
 
