@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::dotenv::{self, py_strip};
+use crate::dotenv;
+use crate::py;
 
 /// The TOML file read when neither `--config` nor `PYOCO_CONFIG` is given (if it exists).
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/pyoco/pyoco.toml";
@@ -373,7 +374,7 @@ pub fn env_var_of(name: &str) -> Option<&'static str> {
 impl Config {
     /// Whether API key auth is on (`http_auth_mode` is `api_key` after trim + lowercase).
     pub fn api_key_auth(&self) -> bool {
-        py_strip(&self.http_auth_mode).to_lowercase() == "api_key"
+        py::strip(&self.http_auth_mode).to_lowercase() == "api_key"
     }
 }
 
@@ -410,44 +411,19 @@ fn render(v: Value) -> String {
 // ---------------------------------------------------------------------------------------------
 // Text parsing (env, .env, flags), Python-compatible.
 
-/// Remove `_` separators the way Python's `int()`/`float()` allow them (only between digits).
-fn strip_digit_underscores(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
-    for (i, c) in s.char_indices() {
-        if c == '_' {
-            let prev_ok = i > 0 && b[i - 1].is_ascii_digit();
-            let next_ok = b.get(i + 1).is_some_and(|n| n.is_ascii_digit());
-            if !(prev_ok && next_ok) {
-                return None;
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Some(out)
-}
-
 /// Python `int(str)` restricted to base 10 and the `i64` range.
 fn parse_int(raw: &str) -> Option<i64> {
-    let s = strip_digit_underscores(py_strip(raw))?;
-    let digits = s.strip_prefix(['+', '-']).unwrap_or(&s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    py::int_from_str(raw)
 }
 
-/// Python `float(str)`, but only finite values are accepted.
+/// Python `float(str)`, but only finite values are accepted: no setting can use an infinity or
+/// NaN, which Python would accept.
 fn parse_float(raw: &str) -> Option<f64> {
-    // Rust's `f64` grammar matches Python's decimal/exponent forms; infinities and NaN (which
-    // both accept) are rejected because no setting can use them.
-    let s = strip_digit_underscores(py_strip(raw))?;
-    s.parse::<f64>().ok().filter(|x| x.is_finite())
+    py::float_from_str(raw).filter(|x| x.is_finite())
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {
-    match py_strip(raw).to_lowercase().as_str() {
+    match py::strip(raw).to_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),
         _ => None,
@@ -471,7 +447,7 @@ fn parse_toml(kind: Kind, v: &toml::Value) -> Result<Value, (String, Option<Stri
     let wrong = || (v.type_str().to_string(), None);
     match (kind, v) {
         (Kind::Str | Kind::Secret, toml::Value::String(s)) => {
-            if py_strip(s).is_empty() {
+            if py::strip(s).is_empty() {
                 Err((
                     "an empty string".into(),
                     Some("it must not be empty (remove the key to use the default)".into()),
@@ -745,7 +721,7 @@ fn read_secret_file(path: &Path, origin: &str) -> Result<Option<String>, ConfigE
         source,
     })?;
     let text = text.trim_end_matches(['\n', '\r']);
-    Ok((!py_strip(text).is_empty()).then(|| text.to_string()))
+    Ok((!py::strip(text).is_empty()).then(|| text.to_string()))
 }
 
 /// Mutable state of one [`load`] run.
@@ -896,8 +872,8 @@ impl Builder {
     ) -> Result<(), ConfigError> {
         let file_var = format!("{}{FILE_SUFFIX_ENV}", f.env);
         // As in the original, a blank (whitespace-only) secret counts as unset.
-        let direct = values.get(f.env).filter(|v| !py_strip(v).is_empty());
-        let file = values.get(&file_var).filter(|v| !py_strip(v).is_empty());
+        let direct = values.get(f.env).filter(|v| !py::strip(v).is_empty());
+        let file = values.get(&file_var).filter(|v| !py::strip(v).is_empty());
         match (direct, file) {
             (Some(_), Some(_)) => Err(ConfigError::Conflict {
                 origin: label.to_string(),
@@ -1065,7 +1041,7 @@ fn resolve_config_file(
     }
     if let Some(path) = env
         .get(CONFIG_FILE_ENV)
-        .map(|v| py_strip(v))
+        .map(|v| py::strip(v))
         .filter(|v| !v.is_empty())
     {
         let path = PathBuf::from(absolutize(cwd, path));

@@ -25,57 +25,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::py;
+
 /// Environment variable that disables the `.env` loader when `0/false/no/off`.
 pub const LOAD_DOTENV_VAR: &str = "PYOCO_LOAD_DOTENV";
 /// Environment variable naming the `.env` file (default `.env`).
 pub const ENV_FILE_VAR: &str = "PYOCO_ENV_FILE";
-
-/// Python's `str.isspace()` (Rust's `char::is_whitespace` plus the ASCII separators 0x1C..=0x1F).
-fn py_is_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
-/// Python's `str.strip()` with no argument.
-pub(crate) fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_is_space)
-}
-
-/// Python's `str.splitlines()` (without keepends).
-fn py_splitlines(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut iter = text.char_indices().peekable();
-    while let Some((i, c)) = iter.next() {
-        let is_break = matches!(
-            c,
-            '\n' | '\r'
-                | '\u{0b}'
-                | '\u{0c}'
-                | '\u{1c}'
-                | '\u{1d}'
-                | '\u{1e}'
-                | '\u{85}'
-                | '\u{2028}'
-                | '\u{2029}'
-        );
-        if !is_break {
-            continue;
-        }
-        out.push(&text[start..i]);
-        let mut end = i + c.len_utf8();
-        if c == '\r' {
-            if let Some(&(j, '\n')) = iter.peek() {
-                iter.next();
-                end = j + 1;
-            }
-        }
-        start = end;
-    }
-    if start < text.len() {
-        out.push(&text[start..]);
-    }
-    out
-}
 
 /// `^[A-Za-z_][A-Za-z0-9_]*$`
 fn is_valid_key(key: &str) -> bool {
@@ -89,19 +44,19 @@ fn is_valid_key(key: &str) -> bool {
 
 /// Parse one `.env` line; `None` for blank, comment and malformed lines.
 pub fn parse_dotenv_line(line: &str) -> Option<(String, String)> {
-    let mut raw = py_strip(line);
+    let mut raw = py::strip(line);
     if raw.is_empty() || raw.starts_with('#') {
         return None;
     }
     if let Some(rest) = raw.strip_prefix("export ") {
-        raw = py_strip(rest);
+        raw = py::strip(rest);
     }
     let (key, value) = raw.split_once('=')?;
-    let key = py_strip(key);
+    let key = py::strip(key);
     if !is_valid_key(key) {
         return None;
     }
-    let value = py_strip(value);
+    let value = py::strip(value);
     if let (Some(first), Some(last)) = (value.chars().next(), value.chars().last()) {
         if first == last && (first == '\'' || first == '"') {
             // Same rule as Python's value[1:-1]: a lone quote gives an empty body.
@@ -119,7 +74,7 @@ pub fn parse_dotenv_line(line: &str) -> Option<(String, String)> {
         }
     }
     let value = match value.split_once(" #") {
-        Some((before, _)) => py_strip(before),
+        Some((before, _)) => py::strip(before),
         None => value,
     };
     Some((key.to_string(), value.to_string()))
@@ -128,7 +83,7 @@ pub fn parse_dotenv_line(line: &str) -> Option<(String, String)> {
 /// Parse a whole `.env` text; entries are returned in file order (duplicates included, the last
 /// one wins when collected into a map).
 pub fn parse_dotenv(text: &str) -> Vec<(String, String)> {
-    py_splitlines(text)
+    py::splitlines(text)
         .into_iter()
         .filter_map(parse_dotenv_line)
         .collect()
@@ -224,7 +179,7 @@ pub fn decode_python_escapes(s: &str) -> Option<String> {
 
 fn is_off(raw: &str) -> bool {
     matches!(
-        py_strip(raw).to_lowercase().as_str(),
+        py::strip(raw).to_lowercase().as_str(),
         "0" | "false" | "no" | "off"
     )
 }
@@ -239,7 +194,7 @@ pub fn dotenv_path_with(lookup: &dyn Fn(&str) -> Option<String>, cwd: &Path) -> 
         }
     }
     let name = lookup(ENV_FILE_VAR).unwrap_or_else(|| ".env".to_string());
-    let name = py_strip(&name);
+    let name = py::strip(&name);
     if name.is_empty() {
         return None;
     }
@@ -397,11 +352,11 @@ mod tests {
         .collect();
         assert_eq!(parsed, expected);
         assert_eq!(
-            py_splitlines("a\x1cb\u{85}c\u{2028}d\re\r\nf\x0bg\x0ch"),
+            py::splitlines("a\x1cb\u{85}c\u{2028}d\re\r\nf\x0bg\x0ch"),
             vec!["a", "b", "c", "d", "e", "f", "g", "h"]
         );
-        assert_eq!(py_splitlines("a\n"), vec!["a"]);
-        assert_eq!(py_splitlines("a\n\nb"), vec!["a", "", "b"]);
+        assert_eq!(py::splitlines("a\n"), vec!["a"]);
+        assert_eq!(py::splitlines("a\n\nb"), vec!["a", "", "b"]);
         // Python's strip() also removes 0x1C..0x1F.
         assert_eq!(p("K=v\u{1f}"), kv("K", "v"));
     }

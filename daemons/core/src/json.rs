@@ -1,35 +1,13 @@
 //! JSON encoding identical to what the Python original writes to NATS:
-//! `json.dumps(obj, separators=(",", ":"), ensure_ascii=True)`.
-//!
-//! serde_json already writes compact JSON with Python-compatible float repr; what it does not do
-//! is escape non-ASCII characters. Non-ASCII can only occur inside JSON strings, so escaping every
-//! non-ASCII char of the encoded text as `\uXXXX` (UTF-16 surrogate pairs above the BMP) is exact.
+//! `json.dumps(obj, separators=(",", ":"), ensure_ascii=True)`. The rules live in
+//! [`crate::py::json`]; this is the name the daemons call.
 
 use serde::Serialize;
 
-/// Compact JSON with non-ASCII escaped, as bytes ready for a KV put or a publish.
+/// Compact JSON with non-ASCII escaped and floats as Python's `repr`, as bytes ready for a KV
+/// put or a publish.
 pub fn to_ascii_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let text = serde_json::to_string(value).expect("serializing a JSON value cannot fail");
-    escape_non_ascii(&text).into_bytes()
-}
-
-/// Escapes every non-ASCII character of already-encoded JSON text.
-pub fn escape_non_ascii(text: &str) -> String {
-    if text.is_ascii() {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut units = [0u16; 2];
-    for ch in text.chars() {
-        if ch.is_ascii() {
-            out.push(ch);
-        } else {
-            for unit in ch.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{:04x}", unit));
-            }
-        }
-    }
-    out
+    crate::py::json::to_vec_compact(value)
 }
 
 #[cfg(test)]
@@ -49,10 +27,11 @@ mod tests {
 
     #[test]
     fn floats_like_python_repr() {
-        let v = json!({"t": 1732742681.123456_f64, "z": 1.0_f64});
+        // Plain serde_json writes 1e16, 1e-7 and 1e-5 here.
+        let v = json!({"t": 1732742681.123456_f64, "z": 1.0_f64, "e": [1e16, 1e-7, 0.00001]});
         assert_eq!(
             String::from_utf8(to_ascii_vec(&v)).unwrap(),
-            r#"{"t":1732742681.123456,"z":1.0}"#
+            r#"{"t":1732742681.123456,"z":1.0,"e":[1e+16,1e-07,1e-05]}"#
         );
     }
 }

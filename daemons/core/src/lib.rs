@@ -10,6 +10,7 @@ pub mod flow_yaml;
 pub mod json;
 pub mod logging;
 pub mod nats;
+pub mod py;
 pub mod resources;
 pub mod systemd;
 pub mod time;
