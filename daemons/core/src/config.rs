@@ -886,7 +886,7 @@ impl Builder {
             }
             (None, Some(path)) => {
                 let origin = format!("{file_var} in {label}");
-                let path = &absolutize(&self.cwd, py_strip(path));
+                let path = &absolutize(&self.cwd, py::strip(path));
                 match read_secret_file(Path::new(path), &origin)? {
                     Some(secret) => self.set(f, Value::Secret(Some(secret)), source.clone()),
                     None => self
@@ -1000,7 +1000,7 @@ pub fn absolutize(base: &Path, raw: &str) -> String {
 
 /// The absolute form of one path-valued setting (see [`PathRule`]).
 pub fn resolve_path_value(rule: PathRule, base: &Path, raw: &str) -> String {
-    let trimmed = py_strip(raw);
+    let trimmed = py::strip(raw);
     match rule {
         PathRule::None => raw.to_string(),
         PathRule::Path => absolutize(base, trimmed),
