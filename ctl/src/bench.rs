@@ -714,69 +714,23 @@ async fn scenario_list(ctx: &Arc<Ctx>) -> Result<Value> {
 // ---------------------------------------------------------------------------------------------
 // sse
 
+/// An event with the arrival time of the chunk that completed it.
 struct SseEvent {
-    name: String,
-    data: String,
+    event: pyoco_core::sse::Event,
     at: Instant,
-}
-
-/// Position and length of the first blank-line event terminator in `buf`.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let a = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let b = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    match (a, b) {
-        (Some(x), Some(y)) => Some(if x.0 <= y.0 { x } else { y }),
-        (x, y) => x.or(y),
-    }
-}
-
-fn parse_event(raw: &[u8], at: Instant) -> Option<SseEvent> {
-    let text = String::from_utf8_lossy(raw);
-    let mut name = String::from("message");
-    let mut data: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() || line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => name = value.to_string(),
-            "data" => data.push(value.to_string()),
-            _ => {}
-        }
-    }
-    if data.is_empty() {
-        return None;
-    }
-    Some(SseEvent {
-        name,
-        data: data.join("\n"),
-        at,
-    })
 }
 
 /// Reads an SSE body and forwards each event, stamped with the arrival time of the chunk that
 /// completed it. The channel closes when the stream ends.
 async fn sse_reader(resp: reqwest::Response, tx: mpsc::UnboundedSender<SseEvent>) {
     let mut stream = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut parser = pyoco_core::sse::Parser::new();
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else { break };
         let at = Instant::now();
-        buf.extend_from_slice(&chunk);
-        while let Some((end, sep)) = find_event_end(&buf) {
-            let raw: Vec<u8> = buf.drain(..end + sep).collect();
-            if let Some(ev) = parse_event(&raw[..end], at) {
-                if tx.send(ev).is_err() {
-                    return;
-                }
+        for event in parser.push(&chunk) {
+            if tx.send(SseEvent { event, at }).is_err() {
+                return;
             }
         }
     }
@@ -813,7 +767,9 @@ async fn open_watch(ctx: &Ctx, run_id: &str, timeout_sec: u64) -> Result<(Watch,
     let mut w = Watch { rx, task };
     loop {
         match tokio::time::timeout(SSE_EVENT_WAIT, w.rx.recv()).await {
-            Ok(Some(ev)) if ev.name == "snapshot" => return Ok((w, ev.at.duration_since(t))),
+            Ok(Some(ev)) if ev.event.event == "snapshot" => {
+                return Ok((w, ev.at.duration_since(t)))
+            }
             Ok(Some(_)) => continue,
             Ok(None) => bail!("watch stream ended before the first snapshot event"),
             Err(_) => bail!("no first snapshot event within {SSE_EVENT_WAIT:?}"),
@@ -822,7 +778,7 @@ async fn open_watch(ctx: &Ctx, run_id: &str, timeout_sec: u64) -> Result<(Watch,
 }
 
 fn event_seq(ev: &SseEvent) -> Option<u64> {
-    let v: Value = serde_json::from_str(&ev.data).ok()?;
+    let v: Value = serde_json::from_str(&ev.event.data).ok()?;
     v.get("snapshot")?.get("bench_seq")?.as_u64()
 }
 
@@ -915,7 +871,7 @@ async fn scenario_sse(ctx: &Arc<Ctx>) -> Result<Value> {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, watch.rx.recv()).await {
                 Ok(Some(ev)) => {
-                    if ev.name == "snapshot" && event_seq(&ev) == Some(seq) {
+                    if ev.event.event == "snapshot" && event_seq(&ev) == Some(seq) {
                         if seq > 0 {
                             lat_us.push(ev.at.saturating_duration_since(t_ack).as_micros() as u64);
                         }
@@ -1495,20 +1451,6 @@ fn print_table(report: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_framing() {
-        let buf = b"event: snapshot\ndata: {\"a\":1}\n\nevent: heartbeat\r\ndata: x\r\n\r\n";
-        let (end, sep) = find_event_end(buf).unwrap();
-        let ev = parse_event(&buf[..end], Instant::now()).unwrap();
-        assert_eq!(ev.name, "snapshot");
-        assert_eq!(ev.data, "{\"a\":1}");
-        let rest = &buf[end + sep..];
-        let (end2, _) = find_event_end(rest).unwrap();
-        let ev2 = parse_event(&rest[..end2], Instant::now()).unwrap();
-        assert_eq!(ev2.name, "heartbeat");
-        assert_eq!(ev2.data, "x");
-    }
 
     #[test]
     fn percentiles_nearest_rank() {

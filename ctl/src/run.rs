@@ -15,7 +15,6 @@ mod live;
 mod out;
 mod params;
 pub(crate) mod pyjson;
-mod sse;
 mod table;
 mod watch;
 

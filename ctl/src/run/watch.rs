@@ -241,7 +241,7 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
         }
 
         let opened = Instant::now();
-        let mut parser = super::sse::Parser::default();
+        let mut parser = pyoco_core::sse::Parser::new();
         let mut first_snapshot = true;
         let dropped: Option<String> = loop {
             tokio::select! {
@@ -251,12 +251,17 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                     Ok(Ok(None)) => break None,
                     Ok(Ok(Some(bytes))) => {
                         for ev in parser.push(&bytes) {
-                            if let Some(id) = ev.id.filter(|i| !i.is_empty()) {
-                                last_id = Some(id);
+                            // Stray spaces around a name or an id are tolerated here.
+                            if let Some(id) = ev.id.as_deref().map(str::trim).filter(|i| !i.is_empty()) {
+                                last_id = Some(id.to_string());
                             }
+                            let name = match ev.event.trim() {
+                                "" => "message".to_string(),
+                                n => n.to_string(),
+                            };
                             let data: Value = serde_json::from_str(ev.data.trim()).unwrap_or_else(|_| json!({"raw": ev.data}));
                             let mut status = None;
-                            if ev.name == "snapshot" {
+                            if name == "snapshot" {
                                 let snap = data.get("snapshot").cloned();
                                 let dup = reconnect && first_snapshot && snap.is_some() && snap == last_snapshot;
                                 first_snapshot = false;
@@ -269,7 +274,7 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                                     last_status = status.clone();
                                 }
                             }
-                            let wev = WatchEvent { name: ev.name, data };
+                            let wev = WatchEvent { name, data };
                             sink.event(&wev)?;
                             count += 1;
                             if let Some(st) = status.filter(|s| is_terminal(s)) {

@@ -11,6 +11,7 @@ pub mod json;
 pub mod logging;
 pub mod nats;
 pub mod resources;
+pub mod sse;
 pub mod systemd;
 pub mod time;
 pub mod wire;
