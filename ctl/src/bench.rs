@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
+use pyoco_core::wire::run_status;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -937,19 +938,17 @@ struct StatusOnly {
     error: Option<Value>,
 }
 
-fn is_terminal(status: &str) -> bool {
-    matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
-}
-
 impl Completions {
     fn record(&self, key: &str, value: &[u8], at: Instant) {
         self.updates.fetch_add(1, Ordering::Relaxed);
         let Ok(s) = serde_json::from_slice::<StatusOnly>(value) else {
             return;
         };
-        let Some(status) = s.status.filter(|st| is_terminal(st)) else {
+        let Some(status) = s.status.filter(|st| run_status::is_terminal(st)) else {
             return;
         };
+        // is_terminal ignores case (as the original does); the outcome checks compare upper case.
+        let status = status.to_ascii_uppercase();
         let mut done = self.done.lock().unwrap();
         if done.contains_key(key) {
             return;
@@ -1482,6 +1481,8 @@ mod tests {
         c.record("c", b"not json", t);
         assert!(c.get("c").is_none());
         assert_eq!(c.updates.load(Ordering::Relaxed), 5);
+        c.record("d", br#"{"status":"completed"}"#, t);
+        assert_eq!(c.get("d").unwrap().status, "COMPLETED");
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use pyoco_core::wire::run_status::is_terminal;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -22,10 +23,6 @@ use crate::client::{Client, CtlResult};
 
 const IDLE: Duration = Duration::from_secs(30);
 const MAX_SERVER_TIMEOUT: u64 = 600;
-
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
-}
 
 /// What to follow and when to stop.
 #[derive(Debug, Clone)]
@@ -278,7 +275,8 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                             sink.event(&wev)?;
                             count += 1;
                             if let Some(st) = status.filter(|s| is_terminal(s)) {
-                                return Ok(End::Terminal { status: st });
+                                // Upper case, as the exit code mapping expects.
+                                return Ok(End::Terminal { status: st.to_ascii_uppercase() });
                             }
                             if spec.max_events > 0 && count >= spec.max_events {
                                 return Ok(End::MaxEvents { last_status: last_status.clone() });
