@@ -212,17 +212,18 @@ impl Ctx {
             .get_or_try_init(|| async {
                 let js = self.js().await?;
                 let bucket = self.args.runs_bucket.clone();
-                match js.get_key_value(bucket.clone()).await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => js
-                        .create_key_value(async_nats::jetstream::kv::Config {
-                            bucket: bucket.clone(),
-                            history: 1,
-                            ..Default::default()
-                        })
-                        .await
-                        .with_context(|| format!("opening/creating KV bucket {bucket}")),
+                if let Ok(kv) = js.get_key_value(bucket.clone()).await {
+                    return Ok(kv);
                 }
+                // The bucket as the gateway creates it; async-nats' `create_key_value` would
+                // fail on nats-server 2.9 (see pyoco_core::jsapi).
+                let config = pyoco_core::resources::kv_stream_config(&bucket, Duration::ZERO);
+                js.get_or_create_stream(config)
+                    .await
+                    .with_context(|| format!("creating KV bucket {bucket}"))?;
+                js.get_key_value(bucket.clone())
+                    .await
+                    .with_context(|| format!("opening KV bucket {bucket}"))
             })
             .await
     }
