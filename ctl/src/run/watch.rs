@@ -248,7 +248,7 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                     Ok(Ok(None)) => break None,
                     Ok(Ok(Some(bytes))) => {
                         for ev in parser.push(&bytes) {
-                            // Stray spaces around a name or an id are tolerated here.
+                            // Core keeps values as sent; stray spaces around a name or an id are tolerated here.
                             if let Some(id) = ev.id.as_deref().map(str::trim).filter(|i| !i.is_empty()) {
                                 last_id = Some(id.to_string());
                             }
