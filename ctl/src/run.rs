@@ -15,7 +15,6 @@ mod live;
 mod out;
 mod params;
 pub(crate) mod pyjson;
-mod sse;
 mod table;
 mod watch;
 
@@ -670,7 +669,7 @@ async fn cancel(ctx: &Ctx, a: &CancelArgs) -> CtlResult<u8> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_uppercase();
-    let final_snap = if watch::is_terminal(&status) {
+    let final_snap = if pyoco_core::wire::run_status::is_terminal(&status) {
         snap
     } else {
         let spec = watch::Spec {

@@ -52,11 +52,10 @@ pub async fn create_kv(js: &jetstream::Context, config: kv::Config) -> kv::Store
         .unwrap_or_else(|e| panic!("bind KV bucket {bucket}: {e:?}"))
 }
 
-/// `$JS.API.INFO` as raw JSON (works on every server version).
+/// `$JS.API.INFO` as raw JSON (core's request, which works on every server version); panics
+/// on a transport failure or an error answer.
 pub async fn account_info_json(client: &async_nats::Client) -> serde_json::Value {
-    let msg = client
-        .request("$JS.API.INFO", bytes::Bytes::new())
+    pyoco_core::jsapi::account_info(client)
         .await
-        .unwrap_or_else(|e| panic!("$JS.API.INFO: {e}"));
-    serde_json::from_slice(&msg.payload).expect("$JS.API.INFO answer is JSON")
+        .unwrap_or_else(|e| panic!("$JS.API.INFO: {e}"))
 }

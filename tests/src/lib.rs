@@ -41,7 +41,7 @@ pub use jetstream::{account_info_json, create_kv};
 pub use nats::{nats_binary, NatsServer};
 pub use ports::free_port;
 pub use process::{scrub_pyoco_env, Daemon, OutputExt};
-pub use sse::{sse_events, SseEvent, SseParser, SseStream};
+pub use sse::{sse_events, SseEvent, SseEventJson, SseParser, SseStream};
 pub use worker::{Worker, TEST_TASKS};
 
 /// Both nats-server flavours, for tests that run their body once per flavour.

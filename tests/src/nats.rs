@@ -193,20 +193,18 @@ impl NatsServer {
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-        // A raw `$JS.API.INFO` request: async-nats 0.51's `Context::query_account` cannot parse
-        // nats-server 2.9's answer (it lacks `reserved_memory`/`reserved_storage`).
-        let msg = tokio::time::timeout(
+        // Core's raw `$JS.API.INFO`: async-nats 0.51's `Context::query_account` cannot parse
+        // nats-server 2.9's answer.
+        let v = tokio::time::timeout(
             Duration::from_secs(3),
-            client.request("$JS.API.INFO", bytes::Bytes::new()),
+            pyoco_core::jsapi::account_info(&client),
         )
         .await
         .map_err(|_| "$JS.API.INFO timed out".to_string())?
-        .map_err(|e| format!("$JS.API.INFO: {e}"))?;
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload)
-            .map_err(|e| format!("$JS.API.INFO answer is not JSON: {e}"))?;
-        if let Some(err) = v.get("error") {
-            return Err(format!("$JS.API.INFO error: {err}"));
-        }
+        .map_err(|e| match e {
+            pyoco_core::jsapi::ApiError::Transport(t) => t,
+            api => format!("$JS.API.INFO error: {api}"),
+        })?;
         if v.get("limits").is_none() {
             return Err(format!("$JS.API.INFO unexpected answer: {v}"));
         }

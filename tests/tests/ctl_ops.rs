@@ -117,10 +117,7 @@ async fn up_down_and_every_pid_file_failure() {
     );
     let c = nats_connect(&format!("nats://127.0.0.1:{port}")).await;
     assert!(
-        api(&c, "$JS.API.INFO", Value::Null)
-            .await
-            .get("error")
-            .is_none(),
+        pyoco_core::jsapi::account_info(&c).await.is_ok(),
         "JetStream enabled"
     );
     assert!(
@@ -1295,7 +1292,7 @@ async fn backup_and_restore_every_product_stream() {
         out.stderr_text()
     );
     assert_eq!(
-        api(&cb, "$JS.API.INFO", Value::Null).await["streams"],
+        account_info_json(&cb).await["streams"],
         0,
         "nothing restored"
     );

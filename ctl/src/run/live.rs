@@ -98,7 +98,7 @@ fn s(v: Option<&Value>) -> Option<&str> {
 /// Seconds the run has taken so far (or took), and whether it is still waiting for a worker.
 fn run_elapsed(snap: &Value, server_now: f64) -> Option<(f64, bool)> {
     let status = s(snap.get("status")).unwrap_or("");
-    let terminal = matches!(status, "COMPLETED" | "FAILED" | "CANCELLED");
+    let terminal = pyoco_core::wire::run_status::is_terminal(status);
     match f(snap.get("start_time")) {
         Some(start) => {
             let end = f(snap.get("end_time")).or_else(|| {

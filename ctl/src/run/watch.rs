@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use pyoco_core::wire::run_status::is_terminal;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -22,10 +23,6 @@ use crate::client::{Client, CtlResult};
 
 const IDLE: Duration = Duration::from_secs(30);
 const MAX_SERVER_TIMEOUT: u64 = 600;
-
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
-}
 
 /// What to follow and when to stop.
 #[derive(Debug, Clone)]
@@ -241,7 +238,7 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
         }
 
         let opened = Instant::now();
-        let mut parser = super::sse::Parser::default();
+        let mut parser = pyoco_core::sse::Parser::new();
         let mut first_snapshot = true;
         let dropped: Option<String> = loop {
             tokio::select! {
@@ -251,12 +248,17 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                     Ok(Ok(None)) => break None,
                     Ok(Ok(Some(bytes))) => {
                         for ev in parser.push(&bytes) {
-                            if let Some(id) = ev.id.filter(|i| !i.is_empty()) {
-                                last_id = Some(id);
+                            // Core keeps values as sent; stray spaces around a name or an id are tolerated here.
+                            if let Some(id) = ev.id.as_deref().map(str::trim).filter(|i| !i.is_empty()) {
+                                last_id = Some(id.to_string());
                             }
+                            let name = match ev.event.trim() {
+                                "" => "message".to_string(),
+                                n => n.to_string(),
+                            };
                             let data: Value = serde_json::from_str(ev.data.trim()).unwrap_or_else(|_| json!({"raw": ev.data}));
                             let mut status = None;
-                            if ev.name == "snapshot" {
+                            if name == "snapshot" {
                                 let snap = data.get("snapshot").cloned();
                                 let dup = reconnect && first_snapshot && snap.is_some() && snap == last_snapshot;
                                 first_snapshot = false;
@@ -269,11 +271,12 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                                     last_status = status.clone();
                                 }
                             }
-                            let wev = WatchEvent { name: ev.name, data };
+                            let wev = WatchEvent { name, data };
                             sink.event(&wev)?;
                             count += 1;
                             if let Some(st) = status.filter(|s| is_terminal(s)) {
-                                return Ok(End::Terminal { status: st });
+                                // Upper case, as the exit code mapping expects.
+                                return Ok(End::Terminal { status: st.to_ascii_uppercase() });
                             }
                             if spec.max_events > 0 && count >= spec.max_events {
                                 return Ok(End::MaxEvents { last_status: last_status.clone() });

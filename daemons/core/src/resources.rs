@@ -164,7 +164,8 @@ pub fn kv_buckets(n: &Names, cfg: &Config) -> Vec<(String, Duration)> {
 /// us both succeed, where different ones fail with "stream name already in use".
 ///
 /// Built here rather than with async-nats' `create_key_value`, which first asks
-/// `$JS.API.INFO` and cannot parse nats-server 2.9's answer (the version Debian ships).
+/// `$JS.API.INFO` and cannot parse nats-server 2.9's answer (the version Debian ships; raw
+/// requests that work everywhere are in [`crate::jsapi`]).
 pub fn kv_stream_config(bucket: &str, ttl: Duration) -> stream::Config {
     stream::Config {
         name: format!("KV_{bucket}"),
