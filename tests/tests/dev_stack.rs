@@ -465,3 +465,39 @@ async fn gateway_with_an_open_watch_exits_soon_after_sigterm() {
     assert!(st.success(), "{st}");
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn watch_says_when_no_worker_serves_the_runs_tag() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
+    let dir = TestDir::new("nobody");
+    let flow = dir.join("flow.yaml");
+    std::fs::write(&flow, example_flow_yaml()).unwrap();
+    let out = ctl(
+        &[
+            "--server",
+            &gw.base_url(),
+            "run",
+            "submit-yaml",
+            "--workflow-file",
+            flow.to_str().unwrap(),
+            "--flow-name",
+            "main",
+            "--tag",
+            "nobody",
+            "--watch",
+            "--watch-timeout-sec",
+            "8",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code(), Some(5), "watch timeout: {}", out.stderr_text());
+    let err = out.stderr_text();
+    assert!(
+        err.contains("no live worker serves tag 'nobody'")
+            && err.contains("pyoco-worker --tags nobody"),
+        "{err}"
+    );
+}

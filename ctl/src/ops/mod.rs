@@ -377,18 +377,12 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// An absolute version of `p` (relative to the current directory), without resolving symlinks.
+/// An absolute version of `p` (relative to the current directory), without resolving symlinks:
+/// the same rule as the daemons' path-valued settings (`pyoco_core::config::absolutize`).
 pub(crate) fn absolute(p: &std::path::Path) -> PathBuf {
     let p = expand_tilde(p);
-    let abs = if p.is_absolute() {
-        p
-    } else {
-        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
-    };
-    // Drop `.` components so printed paths stay tidy.
-    abs.components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect()
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    PathBuf::from(pyoco_core::config::absolutize(&cwd, &p.to_string_lossy()))
 }
 
 /// `~/x` → `$HOME/x`.

@@ -167,6 +167,14 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
     let mut in_trouble = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A run nobody can take stays PENDING forever: say so instead of waiting silently.
+    let (hint_tx, mut hint_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let _hint_task = AbortOnDrop(tokio::spawn(pending_hint(
+        client.clone(),
+        spec.run_id.clone(),
+        hint_tx,
+    )));
+    let mut hint_shown = false;
 
     let deadline_end = |last_status: &Option<String>, last_error: &Option<String>| End::Deadline {
         last_status: last_status.clone(),
@@ -271,6 +279,10 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                                     last_status = status.clone();
                                 }
                             }
+                            if hint_shown && status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("PENDING")) {
+                                hint_shown = false;
+                                sink.note(None)?;
+                            }
                             let wev = WatchEvent { name, data };
                             sink.event(&wev)?;
                             count += 1;
@@ -285,6 +297,12 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
                     }
                 },
                 _ = tick.tick(), if sink.wants_ticks() => sink.tick()?,
+                Some(hint) = hint_rx.recv() => {
+                    if last_status.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("PENDING")) {
+                        hint_shown = true;
+                        sink.note(Some(hint))?;
+                    }
+                }
                 _ = tokio::time::sleep_until(until) => return Ok(deadline_end(&last_status, &last_error)),
             }
         };
@@ -324,6 +342,62 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
     }
 }
 
+/// Aborts the task when the watch ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a run may stay PENDING before the watch looks for a worker that can take it.
+const PENDING_HINT_AFTER: Duration = Duration::from_secs(5);
+
+/// After [`PENDING_HINT_AFTER`], if the run is still PENDING and no live worker serves its tag,
+/// sends one line saying so and how to start one. Best effort: any error means no hint.
+async fn pending_hint(client: Client, run_id: String, tx: tokio::sync::mpsc::Sender<String>) {
+    tokio::time::sleep(PENDING_HINT_AFTER).await;
+    let Ok(run) = client
+        .get_json(&format!("/runs/{}", super::encode_segment(&run_id)), &[])
+        .await
+    else {
+        return;
+    };
+    if run.get("status").and_then(Value::as_str) != Some("PENDING") {
+        return;
+    }
+    let Some(tag) = run.get("tag").and_then(Value::as_str).map(str::to_string) else {
+        return;
+    };
+    let Ok(workers) = client
+        .get_json("/workers", &[("scope", "active".into())])
+        .await
+    else {
+        return;
+    };
+    if let Some(hint) = no_worker_hint(&tag, &workers) {
+        let _ = tx.send(hint).await;
+    }
+}
+
+/// The hint when no active worker in `GET /workers` serves `tag`.
+fn no_worker_hint(tag: &str, workers: &Value) -> Option<String> {
+    let serves = |w: &Value| {
+        w.get("tags")
+            .and_then(Value::as_array)
+            .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(tag)))
+    };
+    let list = workers.as_array()?;
+    if list.iter().any(serves) {
+        return None;
+    }
+    Some(format!(
+        "still PENDING: no live worker serves tag '{tag}' (GET /workers); the run waits until one does. \
+         Start one: pyoco-worker --tags {tag} (packaged: systemctl start pyoco-worker@{tag})"
+    ))
+}
+
 fn resume_hint(last_id: &Option<String>) -> String {
     match last_id {
         Some(id) => format!(" (Last-Event-ID: {id})"),
@@ -343,6 +417,17 @@ fn reason_of(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hint_only_when_no_active_worker_serves_the_tag() {
+        let workers = json!([{"worker_id": "w1", "tags": ["gpu", "hello"]}]);
+        assert_eq!(no_worker_hint("hello", &workers), None);
+        let hint = no_worker_hint("cpu", &workers).unwrap();
+        assert!(hint.contains("no live worker serves tag 'cpu'"), "{hint}");
+        assert!(hint.contains("pyoco-worker --tags cpu"), "{hint}");
+        assert!(no_worker_hint("x", &json!([])).is_some());
+        assert_eq!(no_worker_hint("x", &json!({"detail": "?"})), None);
+    }
 
     #[test]
     fn status_lines_like_pyoco_client() {
