@@ -15,3 +15,5 @@ echo "== gateway tests again against nats-server $("$PYOCO_TEST_NATS_PYPI" -v 2>
 PYOCO_TEST_NATS=pypi cargo test -p pyoco-tests --test gateway_api -- --test-threads="${PYOCO_TEST_THREADS:-4}"
 echo "== system test: the .deb/.rpm packages and units on a real systemd (tests/system/run.sh)"
 tests/system/run.sh
+echo "== acceptance: the README's commands as written, then the original's quickstart, in a fresh Debian container (tests/acceptance/run.sh)"
+tests/acceptance/run.sh

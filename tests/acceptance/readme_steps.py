@@ -149,7 +149,8 @@ def main():
             for k, (cmd, _) in enumerate(block_steps):
                 script.append(f"echo '@@step {k} begin'")
                 script.append(f"{{ {cmd}\n}} 2>&1")
-                script.append(f"echo \"@@step {k} rc=$?\"")
+                # On a line of its own even when the output does not end in a newline.
+                script.append(f"rc=$?; printf '\\n@@step {k} rc=%d\\n' \"$rc\"")
             t = time.monotonic()
             r = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True,
                                timeout=STEP_TIMEOUT * max(1, len(block_steps)))

@@ -212,12 +212,7 @@ async fn parallel_branches_and_failures() {
     assert_eq!(s.full(&par).await["task_records"]["join"]["output"], "LR");
 
     let d = s
-        .full(
-            &s.wait(&boom, 30).await["run_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        )
+        .full(s.wait(&boom, 30).await["run_id"].as_str().unwrap())
         .await;
     assert_eq!(d["status"], "FAILED");
     assert_eq!(d["error"], "boom!");
