@@ -52,17 +52,27 @@ pub const SUMMARY_KEYS: [&str; 11] = [
     "error",
 ];
 
-/// Tag rule of the HTTP API: one subject token of `[A-Za-z0-9_-]`.
+/// Longest tag accepted. A tag becomes part of the work subject (`pyoco.work.<tag>`) and the
+/// consumer name; without a bound, a ~4 KiB tag exceeds nats-server's control-line limit and
+/// the server drops the whole connection — every other client's request with it.
+pub const MAX_TAG_LEN: usize = 128;
+/// Longest KV key accepted (run ids, worker ids, …) before anything is sent to NATS.
+pub const MAX_KV_KEY_LEN: usize = 256;
+
+/// Tag rule of the HTTP API: one subject token of `[A-Za-z0-9_-]`, at most [`MAX_TAG_LEN`].
 pub fn is_valid_tag(tag: &str) -> bool {
     !tag.is_empty()
+        && tag.len() <= MAX_TAG_LEN
         && tag
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// NATS KV key rule (`[-/_=.a-zA-Z0-9]+`, no leading or trailing dot).
+/// NATS KV key rule (`[-/_=.a-zA-Z0-9]+`, no leading or trailing dot), at most
+/// [`MAX_KV_KEY_LEN`] bytes.
 pub fn is_valid_kv_key(key: &str) -> bool {
     !key.is_empty()
+        && key.len() <= MAX_KV_KEY_LEN
         && !key.starts_with('.')
         && !key.ends_with('.')
         && key
@@ -257,6 +267,17 @@ mod tests {
         assert!(!is_valid_kv_key(".a"));
         assert!(!is_valid_kv_key("a*"));
         assert!(!is_valid_kv_key(""));
+        assert!(is_valid_kv_key(&"k".repeat(MAX_KV_KEY_LEN)));
+        assert!(!is_valid_kv_key(&"k".repeat(MAX_KV_KEY_LEN + 1)));
+    }
+
+    #[test]
+    fn tags_are_one_bounded_subject_token() {
+        assert!(is_valid_tag("gpu-1_a"));
+        assert!(!is_valid_tag("a.b"));
+        assert!(!is_valid_tag(""));
+        assert!(is_valid_tag(&"t".repeat(MAX_TAG_LEN)));
+        assert!(!is_valid_tag(&"t".repeat(MAX_TAG_LEN + 1)));
     }
 
     #[test]

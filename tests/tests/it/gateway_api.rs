@@ -1165,3 +1165,37 @@ impl LogWait for Gateway {
         .await
     }
 }
+
+#[tokio::test]
+async fn an_oversized_tag_is_a_422_and_never_reaches_nats() {
+    let (_nats, gw) = start().await;
+    // ~4 100 characters made the work subject exceed nats-server's control-line limit, which
+    // closed the gateway's connection for every client (503s all around).
+    let long = "t".repeat(4100);
+    let t = std::time::Instant::now();
+    let r = submit_yaml(&gw, example_flow_yaml(), "main", Some(&long)).await;
+    assert_eq!(
+        (r.status().as_u16(), r.json::<Value>().await.unwrap()),
+        (422, json!({"detail": "invalid tag"}))
+    );
+    let (code, body) = post_json(&gw.url("/runs"), json!({"flow_name": "main", "tag": long})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "tag"]));
+    let (code, body) = post_json(
+        &gw.url("/runs"),
+        json!({"flow_name": "main", "tag": "t".repeat(pyoco_core::wire::MAX_TAG_LEN)}),
+    )
+    .await;
+    assert_eq!(code, 200, "the longest allowed tag works: {body}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The connection to NATS survived: other requests are served at once.
+    let (code, health) = get_json(&gw.url("/health")).await;
+    assert_eq!((code, health["nats"].as_str()), (200, Some("connected")));
+    let (code, _) = post_json(&gw.url("/runs"), json!({"flow_name": "main"})).await;
+    assert_eq!(code, 200);
+    assert!(
+        !gw.log_text().contains("maximum control line"),
+        "{}",
+        gw.log_text()
+    );
+}
