@@ -297,13 +297,7 @@ fn readable_by_all(dir: &Path) -> std::io::Result<()> {
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
+    crate::ops::absolute(p)
 }
 
 // ---------------------------------------------------------------------------------------------
