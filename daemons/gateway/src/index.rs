@@ -8,7 +8,6 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
@@ -153,6 +152,10 @@ impl RunIndex {
 
     pub fn len(&self) -> usize {
         self.inner.read().unwrap().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Waits until the initial replay finished (for readiness and tests).
@@ -381,10 +384,14 @@ impl RunIndex {
     }
 }
 
+/// A stored worker record: the raw document, its KV revision, and the replay generation that
+/// last delivered it.
+type WorkerSlot = (Arc<Doc>, u64, u64);
+
 /// The workers index: raw stored records, normalized at read time (the effective state
 /// depends on the current time).
 pub struct WorkerIndex {
-    inner: RwLock<HashMap<String, (Arc<Doc>, u64, u64)>>,
+    inner: RwLock<HashMap<String, WorkerSlot>>,
     generation: Mutex<u64>,
     loaded: watch::Sender<bool>,
 }
@@ -473,20 +480,9 @@ impl Follower for WorkerIndex {
     }
 }
 
-/// Follows a bucket forever: replay, then live changes; any failure restarts with a replay.
-pub async fn follow_bucket<F: Follower>(store: kv::Store, follower: Arc<F>, label: &'static str) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match follow_once(&store, follower.as_ref()).await {
-            Ok(()) => tracing::warn!(bucket = label, "KV watch ended; restarting"),
-            Err(e) => tracing::warn!(bucket = label, error = %e, "KV watch failed; restarting"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn follow_once<F: Follower>(store: &kv::Store, follower: &F) -> Result<(), String> {
+/// Follows a bucket: replays the current value of every key, then live changes, until the
+/// watch ends or fails. The caller (a supervised task) restarts it, which replays again.
+pub async fn follow_bucket<F: Follower>(store: &kv::Store, follower: &F) -> Result<(), String> {
     let mut stream = store.stream.clone();
     let info = stream.info().await.map_err(|e| e.to_string())?;
     let empty = info.state.messages == 0;

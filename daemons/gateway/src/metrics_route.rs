@@ -31,7 +31,7 @@ pub async fn metrics(State(state): State<SharedState>, headers: HeaderMap) -> Ap
         .all()
         .iter()
         .filter(|(raw, _)| {
-            worker_alive(normalize_worker(raw, t, state.cfg.worker_disconnect_timeout_sec).1)
+            worker_alive(normalize_worker(raw, t, state.settings.worker_disconnect_timeout_sec).1)
         })
         .count() as u64;
     let dlq_messages = match state.res().await {
