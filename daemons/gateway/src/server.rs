@@ -94,23 +94,24 @@ async fn run_with_stack(
     let mut signal = Box::pin(shutdown_signal());
 
     // The worker once the gateway has ensured the resources (bounded by its ready timeout).
+    // `None`: a signal came first (the signal future is done then and must not be polled again).
     let started = tokio::select! {
-        Ok(_) = &mut ready_rx => stack.start_worker(&dev, &nats_url),
+        Ok(_) = &mut ready_rx => Some(stack.start_worker(&dev, &nats_url)),
         r = &mut gateway => {
             stack.stop().await;
             return gateway_result(r);
         }
-        _ = &mut signal => Ok(()),
+        _ = &mut signal => None,
     };
     let reason = match started {
-        Err(e) => {
+        Some(Err(e)) => {
             shutdown.cancel();
             let _ = tokio::time::timeout(GATEWAY_STOP, &mut gateway).await;
             stack.stop().await;
             return Err(e);
         }
-        Ok(()) if shutdown.is_cancelled() => devstack::StopReason::Signal,
-        Ok(()) => tokio::select! {
+        None => devstack::StopReason::Signal,
+        Some(Ok(())) => tokio::select! {
             _ = &mut signal => devstack::StopReason::Signal,
             reason = stack.watch() => reason,
             r = &mut gateway => {
