@@ -36,7 +36,7 @@ fn seconds(name: &'static str, value: f64) -> Result<Duration, SettingsError> {
     Duration::try_from_secs_f64(value.max(0.0)).map_err(|_| SettingsError {
         name,
         env: env_var_of(name).unwrap_or(""),
-        value: value.to_string(),
+        value: format!("{value:?}"),
         reason: "too large for a duration",
         fix: "use a number of seconds below 1e18",
     })
