@@ -9,7 +9,7 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyoco_core::config::Config;
 use pyoco_core::resources::{self, Resources};
@@ -230,30 +230,12 @@ pub fn start_background(state: &SharedState, address: &str) {
         });
     }
     if let Some(every) = systemd::watchdog_interval() {
-        rt.spawn(watchdog(state.runtime.clone(), every));
-    }
-}
-
-/// Pings systemd's watchdog only while every named task is alive: a follower that died and
-/// is not being restarted, or a hung supervisor, gets the gateway restarted by systemd.
-async fn watchdog(rt: Runtime, every: Duration) {
-    let mut paused = false;
-    loop {
-        if rt.registry.all_alive(Instant::now()) {
-            systemd::notify_watchdog();
-            if paused {
-                tracing::info!("all background tasks alive again; watchdog pings resumed");
-                paused = false;
-            }
-        } else if !paused {
-            let problems = rt.registry.problems().unwrap_or_default();
-            tracing::error!(err_id = "ERR-PYOCO-0003", problems = %problems, "a background task is not alive; watchdog pings paused");
-            paused = true;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = rt.shutdown.cancelled() => return,
-        }
+        rt.spawn(
+            state
+                .runtime
+                .clone()
+                .watchdog(every, systemd::notify_watchdog),
+        );
     }
 }
 

@@ -170,6 +170,30 @@ impl Runtime {
         });
     }
 
+    /// Calls `ping` (systemd's `WATCHDOG=1`) every `every`, but only while every named task is
+    /// alive: a follower that died and is not restarted, or a hung supervisor, gets the process
+    /// restarted by systemd. Ends on shutdown.
+    pub async fn watchdog(self, every: Duration, ping: impl Fn() + Send) {
+        let mut paused = false;
+        loop {
+            if self.registry.all_alive(Instant::now()) {
+                ping();
+                if paused {
+                    tracing::info!("all background tasks alive again; watchdog pings resumed");
+                    paused = false;
+                }
+            } else if !paused {
+                let problems = self.registry.problems().unwrap_or_default();
+                tracing::error!(err_id = "ERR-PYOCO-0003", problems = %problems, "a background task is not alive; watchdog pings paused");
+                paused = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
     /// Cancels everything and waits up to `bound` for the tracked tasks; returns whether they
     /// all ended in time (the process exits either way).
     pub async fn shutdown(&self, bound: Duration) -> bool {
@@ -252,6 +276,35 @@ mod tests {
             .registry
             .all_alive(Instant::now() + BACKOFF_MAX + RESTART_SLACK + Duration::from_secs(1)));
         assert!(rt.shutdown(Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_pings_only_while_every_task_is_alive() {
+        let rt = Runtime::new();
+        let pings = Arc::new(AtomicU32::new(0));
+        rt.supervise("follower", || std::future::pending());
+        let p = pings.clone();
+        rt.spawn(rt.clone().watchdog(Duration::from_millis(10), move || {
+            p.fetch_add(1, Ordering::SeqCst);
+        }));
+        wait_for(|| pings.load(Ordering::SeqCst) >= 3).await;
+        // A task that is gone for good stops the pings.
+        rt.registry.set("follower", TaskState::Stopped);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let paused_at = pings.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            pings.load(Ordering::SeqCst),
+            paused_at,
+            "no pings while a task is stopped"
+        );
+        // Alive again: pings resume.
+        rt.registry.set("follower", TaskState::Running);
+        wait_for(|| pings.load(Ordering::SeqCst) > paused_at + 2).await;
+        assert!(
+            rt.shutdown(Duration::from_secs(2)).await,
+            "the watchdog ends on shutdown"
+        );
     }
 
     #[tokio::test]
