@@ -271,3 +271,80 @@ async fn shutdown_ends_an_open_watch_and_every_task() {
     assert!(t.elapsed() < Duration::from_secs(2));
     assert!(!state.runtime.registry.all_alive(Instant::now()));
 }
+
+/// Records what a KV follower is fed and panics on the first live-or-replayed entry it sees
+/// once: the supervisor must restart it, and the restart must replay the bucket.
+#[derive(Default)]
+struct PanicsOnce {
+    panicked: std::sync::atomic::AtomicBool,
+    seen: std::sync::Mutex<Vec<String>>,
+    finished: std::sync::atomic::AtomicU32,
+}
+
+impl pyoco_gateway::index::Follower for PanicsOnce {
+    fn begin(&self) -> u64 {
+        self.seen.lock().unwrap().clear();
+        1
+    }
+    fn entry(
+        &self,
+        key: &str,
+        _op: async_nats::jetstream::kv::Operation,
+        _value: &Bytes,
+        _revision: u64,
+        _live: bool,
+    ) {
+        use std::sync::atomic::Ordering;
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("follower test: first entry panics");
+        }
+        self.seen.lock().unwrap().push(key.to_string());
+    }
+    fn finish(&self, _generation: u64) {
+        self.finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_follower_that_panics_is_restarted_and_replays_the_bucket() {
+    let nats = Nats::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // The buckets as the gateway creates them (core's `ensure`, which also waits out a
+    // JetStream that answers a moment after the port opens).
+    let mut cfg = Config::defaults();
+    cfg.nats_url = nats.url();
+    let mut store = None;
+    for _ in 0..100 {
+        if let Ok((res, _)) = pyoco_core::resources::ensure(&js, &cfg).await {
+            store = Some(res.workers);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = store.expect("resources ensured");
+    store.put("a", "1".into()).await.unwrap();
+    store.put("b", "2".into()).await.unwrap();
+
+    let rt = Runtime::new();
+    let follower = std::sync::Arc::new(PanicsOnce::default());
+    {
+        let follower = follower.clone();
+        rt.supervise("test follower", move || {
+            let store = store.clone();
+            let follower = follower.clone();
+            async move { pyoco_gateway::index::follow_bucket(&store, follower.as_ref()).await }
+        });
+    }
+    eventually(|| {
+        let f = follower.clone();
+        async move { f.finished.load(std::sync::atomic::Ordering::SeqCst) >= 1 }
+    })
+    .await;
+    assert_eq!(*follower.seen.lock().unwrap(), ["a", "b"], "a full replay");
+    let status = rt.registry.status("test follower").unwrap();
+    assert_eq!(status.restarts, 1);
+    assert_eq!(status.state, pyoco_gateway::tasks::TaskState::Running);
+    assert!(rt.shutdown(Duration::from_secs(2)).await);
+}
