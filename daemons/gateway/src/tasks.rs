@@ -282,7 +282,7 @@ mod tests {
     async fn the_watchdog_pings_only_while_every_task_is_alive() {
         let rt = Runtime::new();
         let pings = Arc::new(AtomicU32::new(0));
-        rt.supervise("follower", || std::future::pending());
+        rt.supervise("follower", std::future::pending);
         let p = pings.clone();
         rt.spawn(rt.clone().watchdog(Duration::from_millis(10), move || {
             p.fetch_add(1, Ordering::SeqCst);
