@@ -1,5 +1,5 @@
 //! `pyoco-server`: the HTTP gateway of pyoco-server, in Rust. This binary parses the command
-//! line, loads the configuration, and runs the library ([`pyoco_gateway::server::run`]); its
+//! line, loads the configuration, and runs the library ([`pyoco_server::server::run`]); its
 //! exit codes: 0 after a clean stop, 1 when serving failed, 2 for a configuration error.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pyoco_core::config::{self, LoadOptions, Loaded};
-use pyoco_gateway::{devstack, server, GatewaySettings};
+use pyoco_server::{devstack, server, GatewaySettings};
 
 #[derive(Parser)]
 #[command(

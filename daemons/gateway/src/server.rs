@@ -22,6 +22,9 @@ use crate::retention;
 use crate::settings::GatewaySettings;
 use crate::tasks::Runtime;
 
+/// These lines were logged from the binary's root module before the library existed; the
+/// JSON `logger` field keeps that name.
+const LOG_TARGET: &str = "pyoco_server";
 /// After shutdown begins, how long open HTTP requests may take to finish (SSE streams end at
 /// once on the token).
 const HTTP_DRAIN: Duration = Duration::from_secs(4);
@@ -165,7 +168,7 @@ pub async fn serve(
     let state = AppState::new(cfg, settings, client, runtime.clone());
     start_background(&state, &local.to_string());
 
-    tracing::info!(address = %local, "listening");
+    tracing::info!(target: LOG_TARGET, address = %local, "listening");
     // READY=1 once NATS and the resources are there (bounded): a unit ordered after this one
     // starts against a gateway that can serve it.
     runtime.spawn({
@@ -178,7 +181,7 @@ pub async fn serve(
             let nats = if ready {
                 "NATS connected".to_string()
             } else {
-                tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, ready_timeout_sec = state.settings.ready_timeout.as_secs_f64(), "NATS not reachable yet; serving anyway (requests that need NATS answer 503 until it is). Is nats-server running there? (`pyococtl up`, or `pyoco-server up --with-nats`)");
+                tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, ready_timeout_sec = state.settings.ready_timeout.as_secs_f64(), "NATS not reachable yet; serving anyway (requests that need NATS answer 503 until it is). Is nats-server running there? (`pyococtl up`, or `pyoco-server up --with-nats`)");
                 format!("NATS unreachable at {}, retrying", state.cfg.nats_url)
             };
             systemd::notify_ready(&format!("listening on {local} · {nats}"));
@@ -203,12 +206,12 @@ pub async fn serve(
     let served = tokio::select! {
         r = server => r.map_err(anyhow::Error::from),
         _ = drained => {
-            tracing::warn!(drain_sec = HTTP_DRAIN.as_secs(), "open HTTP requests did not finish in time; closing them");
+            tracing::warn!(target: LOG_TARGET, drain_sec = HTTP_DRAIN.as_secs(), "open HTTP requests did not finish in time; closing them");
             Ok(())
         }
     };
     runtime.shutdown(TASKS_STOP).await;
-    tracing::info!("stopped");
+    tracing::info!(target: LOG_TARGET, "stopped");
     served
 }
 
@@ -281,17 +284,17 @@ async fn supervise_nats(state: SharedState, address: String) -> Result<(), Strin
             match resources::ensure(&js, &state.cfg).await {
                 Ok((res, drift)) => {
                     for d in drift {
-                        tracing::warn!(err_id = "ERR-PYOCO-0003", resource = %d.resource, field = d.field, expected = %d.expected, actual = %d.actual, "resource configuration drift: {d}");
+                        tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", resource = %d.resource, field = d.field, expected = %d.expected, actual = %d.actual, "resource configuration drift: {d}");
                     }
                     start_followers(&state, &res);
                     *state.resources.write().unwrap() = Some(res);
                     state.ready.send_replace(true);
-                    tracing::info!(nats_url = %state.cfg.nats_url, "NATS connected; resources ensured");
+                    tracing::info!(target: LOG_TARGET, nats_url = %state.cfg.nats_url, "NATS connected; resources ensured");
                     was_connected = true;
                     backoff = Duration::from_millis(200);
                 }
                 Err(e) => {
-                    tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring JetStream resources failed; retrying");
+                    tracing::error!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", error = %e, "ensuring JetStream resources failed; retrying");
                     systemd::notify_status(&format!(
                         "listening on {address} · NATS resources failing: {e}"
                     ));
@@ -302,7 +305,7 @@ async fn supervise_nats(state: SharedState, address: String) -> Result<(), Strin
             }
         }
         if !connected && was_connected {
-            tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, "NATS disconnected; retrying");
+            tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, "NATS disconnected; retrying");
             was_connected = false;
         }
         systemd::notify_status(&status_line(&state, &address, connected));
@@ -339,6 +342,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!(target: LOG_TARGET, "shutting down");
     systemd::notify_stopping("shutting down");
 }

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use pyoco_core::config::Config;
-use pyoco_gateway::{router, start_background, AppState, Runtime, SharedState};
+use pyoco_server::{router, start_background, AppState, Runtime, SharedState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -281,7 +281,7 @@ struct PanicsOnce {
     finished: std::sync::atomic::AtomicU32,
 }
 
-impl pyoco_gateway::index::Follower for PanicsOnce {
+impl pyoco_server::index::Follower for PanicsOnce {
     fn begin(&self) -> u64 {
         self.seen.lock().unwrap().clear();
         1
@@ -334,7 +334,7 @@ async fn a_follower_that_panics_is_restarted_and_replays_the_bucket() {
         rt.supervise("test follower", move || {
             let store = store.clone();
             let follower = follower.clone();
-            async move { pyoco_gateway::index::follow_bucket(&store, follower.as_ref()).await }
+            async move { pyoco_server::index::follow_bucket(&store, follower.as_ref()).await }
         });
     }
     eventually(|| {
@@ -345,6 +345,6 @@ async fn a_follower_that_panics_is_restarted_and_replays_the_bucket() {
     assert_eq!(*follower.seen.lock().unwrap(), ["a", "b"], "a full replay");
     let status = rt.registry.status("test follower").unwrap();
     assert_eq!(status.restarts, 1);
-    assert_eq!(status.state, pyoco_gateway::tasks::TaskState::Running);
+    assert_eq!(status.state, pyoco_server::tasks::TaskState::Running);
     assert!(rt.shutdown(Duration::from_secs(2)).await);
 }
