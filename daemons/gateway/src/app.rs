@@ -18,10 +18,14 @@ use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::index::{RunIndex, WorkerIndex};
 use crate::metrics::Metrics;
+use crate::settings::{GatewaySettings, SettingsError};
+use crate::tasks::Runtime;
 use crate::{runs, sse, workers};
 
 pub struct AppState {
     pub cfg: Config,
+    /// The settings the gateway uses in typed form, converted from `cfg` once.
+    pub settings: GatewaySettings,
     pub client: async_nats::Client,
     /// Bound once the resources are ensured; `None` while NATS has not been reached yet.
     pub resources: RwLock<Option<Resources>>,
@@ -32,10 +36,11 @@ pub struct AppState {
     /// Becomes true once the resources were ensured the first time.
     pub ready: tokio::sync::watch::Sender<bool>,
     /// When the gateway started: `/health` and `READY=1` wait for `ready` until
-    /// `started + ready_timeout_sec`.
+    /// `started + ready_timeout`.
     pub started: Instant,
-    /// Cancelled when the gateway stops: long-lived responses (SSE) end on it.
-    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The shutdown token (long-lived responses such as SSE end on it), the tracker every
+    /// background task and stream is spawned on, and the registry of named tasks.
+    pub runtime: Runtime,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -44,6 +49,46 @@ const FIRST_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 const INDEX_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl AppState {
+    /// The state of a gateway that is about to start: empty indexes, not ready. `client` may
+    /// still be connecting; the background tasks ([`crate::server::start_background`]) ensure
+    /// the resources and fill the indexes.
+    pub fn new(
+        cfg: Config,
+        settings: GatewaySettings,
+        client: async_nats::Client,
+        runtime: Runtime,
+    ) -> SharedState {
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(AppState {
+            auth: Arc::new(Auth::new(
+                cfg.api_key_auth(),
+                &cfg.http_api_key_header,
+                cfg.auth_pepper.clone(),
+                settings.auth_cache_ttl,
+            )),
+            runs: RunIndex::new(metrics.clone()),
+            workers: Arc::new(WorkerIndex::default()),
+            metrics,
+            resources: RwLock::new(None),
+            ready: tokio::sync::watch::channel(false).0,
+            started: Instant::now(),
+            runtime,
+            client,
+            settings,
+            cfg,
+        })
+    }
+
+    /// [`AppState::new`] with the settings converted from `cfg`.
+    pub fn from_config(
+        cfg: Config,
+        client: async_nats::Client,
+        runtime: Runtime,
+    ) -> Result<SharedState, SettingsError> {
+        let settings = GatewaySettings::from_config(&cfg)?;
+        Ok(AppState::new(cfg, settings, client, runtime))
+    }
+
     /// The bound resources when NATS is connected.
     pub fn current(&self) -> Option<Resources> {
         if !pyoco_core::nats::is_connected(&self.client) {
@@ -92,7 +137,7 @@ impl AppState {
         self.auth.check(headers, store.as_ref()).await
     }
 
-    /// At start, waits until the resources are ensured, but no longer than `ready_timeout_sec`
+    /// At start, waits until the resources are ensured, but no longer than `ready_timeout`
     /// after start; returns whether they are. Clients (and the original's test suite) take
     /// `/health` 200 as "ready", so it must not answer before the buckets exist unless NATS
     /// really is unreachable.
@@ -101,8 +146,10 @@ impl AppState {
         if *ready.borrow() {
             return true;
         }
-        let bound = std::time::Duration::from_secs_f64(self.cfg.ready_timeout_sec.max(0.0));
-        let left = bound.saturating_sub(self.started.elapsed());
+        let left = self
+            .settings
+            .ready_timeout
+            .saturating_sub(self.started.elapsed());
         if !left.is_zero() {
             let _ = tokio::time::timeout(left, ready.wait_for(|r| *r)).await;
         }

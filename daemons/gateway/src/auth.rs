@@ -47,12 +47,12 @@ fn invalid() -> ApiError {
 }
 
 impl Auth {
-    pub fn new(enabled: bool, header: &str, pepper: Option<String>, ttl_sec: f64) -> Auth {
+    pub fn new(enabled: bool, header: &str, pepper: Option<String>, ttl: Duration) -> Auth {
         Auth {
             enabled,
             header: header.to_string(),
             pepper,
-            ttl: Duration::from_secs_f64(ttl_sec.max(0.0)),
+            ttl,
             cache: Mutex::default(),
         }
     }

@@ -8,7 +8,6 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
@@ -153,6 +152,10 @@ impl RunIndex {
 
     pub fn len(&self) -> usize {
         self.inner.read().unwrap().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Waits until the initial replay finished (for readiness and tests).
@@ -381,10 +384,14 @@ impl RunIndex {
     }
 }
 
+/// A stored worker record: the raw document, its KV revision, and the replay generation that
+/// last delivered it.
+type WorkerSlot = (Arc<Doc>, u64, u64);
+
 /// The workers index: raw stored records, normalized at read time (the effective state
 /// depends on the current time).
 pub struct WorkerIndex {
-    inner: RwLock<HashMap<String, (Arc<Doc>, u64, u64)>>,
+    inner: RwLock<HashMap<String, WorkerSlot>>,
     generation: Mutex<u64>,
     loaded: watch::Sender<bool>,
 }
@@ -473,20 +480,9 @@ impl Follower for WorkerIndex {
     }
 }
 
-/// Follows a bucket forever: replay, then live changes; any failure restarts with a replay.
-pub async fn follow_bucket<F: Follower>(store: kv::Store, follower: Arc<F>, label: &'static str) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match follow_once(&store, follower.as_ref()).await {
-            Ok(()) => tracing::warn!(bucket = label, "KV watch ended; restarting"),
-            Err(e) => tracing::warn!(bucket = label, error = %e, "KV watch failed; restarting"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn follow_once<F: Follower>(store: &kv::Store, follower: &F) -> Result<(), String> {
+/// Follows a bucket: replays the current value of every key, then live changes, until the
+/// watch ends or fails. The caller (a supervised task) restarts it, which replays again.
+pub async fn follow_bucket<F: Follower>(store: &kv::Store, follower: &F) -> Result<(), String> {
     let mut stream = store.stream.clone();
     let info = stream.info().await.map_err(|e| e.to_string())?;
     let empty = info.state.messages == 0;
@@ -514,4 +510,318 @@ async fn follow_once<F: Follower>(store: &kv::Store, follower: &F) -> Result<(),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn snap(id: &str, status: &str, updated_at: f64, extra: serde_json::Value) -> Bytes {
+        let mut v = json!({
+            "run_id": id,
+            "flow_name": "hello",
+            "tag": "default",
+            "status": status,
+            "updated_at": updated_at,
+            "task_records": {"t": {"state": "RUNNING", "big": "x".repeat(100)}},
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Bytes::from(serde_json::to_vec(&v).unwrap())
+    }
+
+    fn index() -> (Arc<RunIndex>, Arc<Metrics>) {
+        let m = Arc::new(Metrics::default());
+        (RunIndex::new(m.clone()), m)
+    }
+
+    fn put(ix: &RunIndex, id: &str, status: &str, at: f64, rev: u64, extra: serde_json::Value) {
+        ix.apply(id, Operation::Put, &snap(id, status, at, extra), rev, true);
+    }
+
+    fn ids(entries: &[RunEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| str_field(&e.summary_doc(), "run_id").unwrap().to_string())
+            .collect()
+    }
+
+    fn all(ix: &RunIndex, f: &RunFilter) -> Vec<String> {
+        ids(&ix.page(f, None, None, 100).0)
+    }
+
+    #[test]
+    fn sort_key_orders_newest_first_then_run_id_descending() {
+        let k = |at: f64, id: &str| SortKey {
+            updated_at: at,
+            run_id: id.into(),
+        };
+        let mut v = vec![k(1.0, "a"), k(3.0, "a"), k(2.0, "a"), k(2.0, "b")];
+        v.sort();
+        assert_eq!(v, vec![k(3.0, "a"), k(2.0, "b"), k(2.0, "a"), k(1.0, "a")]);
+    }
+
+    #[test]
+    fn puts_updates_and_deletes() {
+        let (ix, _) = index();
+        put(&ix, "r1", "PENDING", 10.0, 1, json!({}));
+        put(&ix, "r2", "PENDING", 20.0, 2, json!({}));
+        put(&ix, "r3", "PENDING", 20.0, 3, json!({}));
+        assert_eq!(ix.len(), 3);
+        assert_eq!(all(&ix, &RunFilter::default()), ["r3", "r2", "r1"]);
+
+        // An update re-sorts the run and replaces revision and status.
+        put(&ix, "r1", "RUNNING", 30.0, 4, json!({"start_time": 29.0}));
+        assert_eq!(all(&ix, &RunFilter::default()), ["r1", "r3", "r2"]);
+        let r1 = ix.get("r1").unwrap();
+        assert_eq!(r1.revision, 4);
+        assert_eq!(&*r1.status, "RUNNING");
+        assert_eq!(
+            r1.pending_since,
+            Some(10.0),
+            "submit time kept across updates"
+        );
+        assert_eq!(
+            ix.status_counts(),
+            [("PENDING".to_string(), 2), ("RUNNING".to_string(), 1)]
+        );
+
+        ix.apply("r3", Operation::Delete, &Bytes::new(), 5, true);
+        assert!(ix.get("r3").is_none());
+        assert_eq!(all(&ix, &RunFilter::default()), ["r1", "r2"]);
+        assert_eq!(
+            ix.status_counts(),
+            [("PENDING".to_string(), 1), ("RUNNING".to_string(), 1)]
+        );
+
+        // A value that is not a JSON object drops the run, as the original skips it.
+        ix.apply(
+            "r2",
+            Operation::Put,
+            &Bytes::from_static(b"not json"),
+            6,
+            true,
+        );
+        assert_eq!(all(&ix, &RunFilter::default()), ["r1"]);
+        assert_eq!(ix.status_counts(), [("RUNNING".to_string(), 1)]);
+    }
+
+    #[test]
+    fn the_summary_leaves_task_records_out() {
+        let (ix, _) = index();
+        put(&ix, "r1", "PENDING", 1.0, 1, json!({}));
+        let s = ix.get("r1").unwrap().summary_doc();
+        assert_eq!(str_field(&s, "status"), Some("PENDING"));
+        assert!(!s.contains_key("task_records"), "{s:?}");
+    }
+
+    #[test]
+    fn filters_and_tenants() {
+        let (ix, _) = index();
+        put(&ix, "a", "PENDING", 1.0, 1, json!({"tenant_id": "t1"}));
+        put(
+            &ix,
+            "b",
+            "COMPLETED",
+            2.0,
+            2,
+            json!({"tenant_id": "t2", "tag": "gpu"}),
+        );
+        put(
+            &ix,
+            "c",
+            "COMPLETED",
+            3.0,
+            3,
+            json!({"flow_name": "other", "workflow_yaml_sha256": "abc"}),
+        );
+        let f = |g: fn(&mut RunFilter)| {
+            let mut f = RunFilter::default();
+            g(&mut f);
+            all(&ix, &f)
+        };
+        assert_eq!(f(|f| f.status = Some("COMPLETED".into())), ["c", "b"]);
+        assert_eq!(f(|f| f.flow = Some("hello".into())), ["b", "a"]);
+        assert_eq!(f(|f| f.tag = Some("gpu".into())), ["b"]);
+        assert_eq!(f(|f| f.workflow_yaml_sha256 = Some("abc".into())), ["c"]);
+        assert_eq!(f(|f| f.tenant = Some(Some("t1".into()))), ["a"]);
+        assert_eq!(
+            f(|f| f.tenant = Some(Some("t3".into()))),
+            Vec::<String>::new()
+        );
+        // A caller without tenant sees only runs without one.
+        assert_eq!(f(|f| f.tenant = Some(None)), ["c"]);
+        assert_eq!(
+            f(|f| {
+                f.tenant = Some(Some("t2".into()));
+                f.status = Some("PENDING".into());
+            }),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn cursor_paging_and_updated_after() {
+        let (ix, _) = index();
+        for (i, id) in ["r1", "r2", "r3", "r4", "r5"].iter().enumerate() {
+            put(&ix, id, "PENDING", i as f64, i as u64 + 1, json!({}));
+        }
+        let f = RunFilter::default();
+        let (p1, more) = ix.page(&f, None, None, 2);
+        assert_eq!(ids(&p1), ["r5", "r4"]);
+        assert!(more);
+        let cursor = SortKey {
+            updated_at: p1[1].updated_at,
+            run_id: "r4".into(),
+        };
+        let (p2, more) = ix.page(&f, None, Some(&cursor), 2);
+        assert_eq!(ids(&p2), ["r3", "r2"]);
+        assert!(more);
+        let cursor = SortKey {
+            updated_at: p2[1].updated_at,
+            run_id: "r2".into(),
+        };
+        let (p3, more) = ix.page(&f, None, Some(&cursor), 2);
+        assert_eq!(ids(&p3), ["r1"]);
+        assert!(!more);
+        // Exactly `limit` left: no further page.
+        let (p, more) = ix.page(&f, None, None, 5);
+        assert_eq!(p.len(), 5);
+        assert!(!more);
+        // Strictly newer than updated_after.
+        let (p, more) = ix.page(&f, Some(2.0), None, 10);
+        assert_eq!(ids(&p), ["r5", "r4"]);
+        assert!(!more);
+    }
+
+    #[test]
+    fn counts_pending_by_tag_and_retention_candidates() {
+        let (ix, _) = index();
+        put(&ix, "a", "PENDING", 1.0, 1, json!({}));
+        put(&ix, "b", "PENDING", 2.0, 2, json!({"tag": "gpu"}));
+        put(&ix, "c", "COMPLETED", 3.0, 3, json!({}));
+        put(&ix, "d", "FAILED", 4.0, 7, json!({}));
+        put(&ix, "e", "CANCELLED", 50.0, 5, json!({}));
+        assert_eq!(
+            ix.pending_by_tag(),
+            [("default".to_string(), 1), ("gpu".to_string(), 1)]
+        );
+        assert_eq!(
+            ix.status_counts_since(3.0),
+            [
+                ("CANCELLED".to_string(), 1),
+                ("COMPLETED".to_string(), 1),
+                ("FAILED".to_string(), 1)
+            ]
+        );
+        // Oldest first, terminal only, with the revision the delete must name.
+        assert_eq!(
+            ix.terminal_before(10.0, 10),
+            [("c".to_string(), 3), ("d".to_string(), 7)]
+        );
+        assert_eq!(ix.terminal_before(10.0, 1), [("c".to_string(), 3)]);
+    }
+
+    #[test]
+    fn a_replay_drops_runs_deleted_while_the_watch_was_down() {
+        let (ix, _) = index();
+        assert!(!ix.is_loaded());
+        let g = ix.begin_replay();
+        ix.apply(
+            "a",
+            Operation::Put,
+            &snap("a", "PENDING", 1.0, json!({})),
+            1,
+            false,
+        );
+        ix.apply(
+            "b",
+            Operation::Put,
+            &snap("b", "PENDING", 2.0, json!({})),
+            2,
+            false,
+        );
+        ix.finish_replay(g);
+        assert!(ix.is_loaded());
+        assert_eq!(ix.len(), 2);
+        let changes = ix.subscribe("b");
+        // The watch restarts; `b` was deleted meanwhile and is not replayed.
+        let g = ix.begin_replay();
+        ix.apply(
+            "a",
+            Operation::Put,
+            &snap("a", "RUNNING", 3.0, json!({})),
+            3,
+            false,
+        );
+        ix.finish_replay(g);
+        assert_eq!(all(&ix, &RunFilter::default()), ["a"]);
+        assert_eq!(ix.status_counts(), [("RUNNING".to_string(), 1)]);
+        assert!(
+            changes.has_changed().unwrap(),
+            "SSE watchers of a dropped run are told"
+        );
+    }
+
+    #[test]
+    fn subscribers_see_each_revision() {
+        let (ix, _) = index();
+        let mut rx = ix.subscribe("r1");
+        put(&ix, "r1", "PENDING", 1.0, 7, json!({}));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 7);
+        put(&ix, "r2", "PENDING", 1.0, 8, json!({}));
+        assert!(!rx.has_changed().unwrap(), "other runs do not wake it");
+    }
+
+    #[test]
+    fn replayed_runs_are_not_counted_as_submitted() {
+        let (ix, m) = index();
+        let g = ix.begin_replay();
+        ix.apply(
+            "old",
+            Operation::Put,
+            &snap("old", "PENDING", 1.0, json!({})),
+            1,
+            false,
+        );
+        ix.finish_replay(g);
+        put(&ix, "new", "PENDING", 2.0, 2, json!({}));
+        let text = m.render(&crate::metrics::Gauges {
+            runs_by_status: vec![],
+            runs_today_by_status: vec![],
+            workers_alive: 0,
+            dlq_messages: None,
+            pending_by_tag: vec![],
+        });
+        assert!(
+            text.contains("\npyoco_runs_submitted_total{tag=\"default\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_worker_index_replays_too() {
+        let ix = WorkerIndex::default();
+        let doc = |id: &str| Bytes::from(serde_json::to_vec(&json!({"worker_id": id})).unwrap());
+        let g = ix.begin();
+        ix.entry("w1", Operation::Put, &doc("w1"), 1, false);
+        ix.entry("w2", Operation::Put, &doc("w2"), 2, false);
+        ix.finish(g);
+        assert_eq!(ix.all().len(), 2);
+        ix.entry("w1", Operation::Delete, &Bytes::new(), 3, true);
+        assert!(ix.get("w1").is_none());
+        let g = ix.begin();
+        ix.entry("w3", Operation::Put, &doc("w3"), 4, false);
+        ix.finish(g);
+        let mut ids: Vec<_> = ix
+            .all()
+            .iter()
+            .map(|(d, _)| str_field(d, "worker_id").unwrap().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["w3"]);
+    }
 }

@@ -208,3 +208,123 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: serde_json::Value) -> Doc {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn gauges() -> Gauges {
+        Gauges {
+            runs_by_status: vec![("COMPLETED".into(), 3), ("PENDING".into(), 2)],
+            runs_today_by_status: vec![("COMPLETED".into(), 1)],
+            workers_alive: 2,
+            dlq_messages: Some(4),
+            pending_by_tag: vec![("default".into(), 1), ("gpu".into(), 1)],
+        }
+    }
+
+    #[test]
+    fn the_originals_gauges_come_first_byte_for_byte() {
+        let text = Metrics::default().render(&gauges());
+        let expected = "\
+# HELP pyoco_runs_total Count of runs by status (best-effort from KV).
+# TYPE pyoco_runs_total gauge
+pyoco_runs_total{status=\"COMPLETED\"} 3
+pyoco_runs_total{status=\"PENDING\"} 2
+# HELP pyoco_runs_today_total Count of runs updated today by status (best-effort from KV).
+# TYPE pyoco_runs_today_total gauge
+pyoco_runs_today_total{status=\"COMPLETED\"} 1
+# HELP pyoco_workers_alive_total Count of workers present in TTL KV (best-effort).
+# TYPE pyoco_workers_alive_total gauge
+pyoco_workers_alive_total 2
+# HELP pyoco_dlq_messages_total Total DLQ messages in the DLQ stream (best-effort).
+# TYPE pyoco_dlq_messages_total gauge
+pyoco_dlq_messages_total 4
+# HELP pyoco_queue_depth Runs waiting (PENDING) per routing tag.
+# TYPE pyoco_queue_depth gauge
+pyoco_queue_depth{tag=\"default\"} 1
+pyoco_queue_depth{tag=\"gpu\"} 1
+";
+        assert!(text.starts_with(expected), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_dlq_count_leaves_only_help_and_type() {
+        let mut g = gauges();
+        g.dlq_messages = None;
+        let text = Metrics::default().render(&g);
+        assert!(text.contains("# TYPE pyoco_dlq_messages_total gauge\n# HELP pyoco_queue_depth"));
+        assert!(!text.contains("pyoco_dlq_messages_total 0"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut g = gauges();
+        g.pending_by_tag = vec![("a\"b\\c\nd".into(), 1)];
+        let text = Metrics::default().render(&g);
+        assert!(
+            text.contains("pyoco_queue_depth{tag=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn run_changes_feed_counters_and_histograms() {
+        let m = Metrics::default();
+        let pending = doc(json!({"status": "PENDING", "tag": "gpu", "updated_at": 100.0}));
+        m.on_run_change(None, &pending, Some(100.0));
+        let running = doc(json!({"status": "RUNNING", "tag": "gpu", "start_time": 100.5}));
+        m.on_run_change(Some(("PENDING", false)), &running, Some(100.0));
+        let done = doc(
+            json!({"status": "COMPLETED", "tag": "gpu", "start_time": 100.5, "end_time": 103.5}),
+        );
+        m.on_run_change(Some(("RUNNING", true)), &done, Some(100.0));
+        // A second terminal snapshot (a rewrite) is not a second finish.
+        m.on_run_change(Some(("COMPLETED", true)), &done, Some(100.0));
+        let text = m.render(&gauges());
+        for line in [
+            "pyoco_runs_submitted_total{tag=\"gpu\"} 1",
+            "pyoco_runs_finished_total{status=\"COMPLETED\",tag=\"gpu\"} 1",
+            "pyoco_run_duration_seconds_bucket{le=\"2.5\"} 0",
+            "pyoco_run_duration_seconds_bucket{le=\"5\"} 1",
+            "pyoco_run_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "pyoco_run_duration_seconds_sum 3",
+            "pyoco_run_duration_seconds_count 1",
+            "pyoco_run_queue_wait_seconds_bucket{le=\"0.25\"} 0",
+            "pyoco_run_queue_wait_seconds_bucket{le=\"0.5\"} 1",
+            "pyoco_run_queue_wait_seconds_sum 0.5",
+            "pyoco_run_queue_wait_seconds_count 1",
+        ] {
+            assert!(
+                text.contains(&format!("\n{line}\n")),
+                "missing {line}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_requests_are_counted_per_route_method_and_status() {
+        let m = Metrics::default();
+        m.on_http("/runs", "GET", 200, 0.002);
+        m.on_http("/runs", "GET", 200, 0.2);
+        m.on_http("/runs/{run_id}", "GET", 404, 0.001);
+        let text = m.render(&gauges());
+        for line in [
+            "pyoco_http_requests_total{route=\"/runs\",method=\"GET\",status=\"200\"} 2",
+            "pyoco_http_requests_total{route=\"/runs/{run_id}\",method=\"GET\",status=\"404\"} 1",
+            "pyoco_http_request_duration_seconds_bucket{route=\"/runs\",le=\"0.0025\"} 1",
+            "pyoco_http_request_duration_seconds_bucket{route=\"/runs\",le=\"0.25\"} 2",
+            "pyoco_http_request_duration_seconds_count{route=\"/runs\"} 2",
+        ] {
+            assert!(
+                text.contains(&format!("\n{line}\n")),
+                "missing {line}:\n{text}"
+            );
+        }
+    }
+}

@@ -12,11 +12,8 @@ use crate::app::SharedState;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const BATCH: usize = 500;
 
-pub async fn run(state: SharedState) {
-    let retention = state.cfg.run_retention_sec;
-    if retention <= 0.0 {
-        return;
-    }
+/// Sweeps every minute, forever (a supervised task, started only when retention is on).
+pub async fn run(state: SharedState, retention: Duration) -> Result<(), String> {
     state.runs.wait_loaded().await;
     loop {
         sweep(&state, retention).await;
@@ -24,9 +21,11 @@ pub async fn run(state: SharedState) {
     }
 }
 
-pub async fn sweep(state: &SharedState, retention: f64) -> usize {
+pub async fn sweep(state: &SharedState, retention: Duration) -> usize {
     let Ok(res) = state.res().await else { return 0 };
-    let expired = state.runs.terminal_before(now() - retention, BATCH);
+    let expired = state
+        .runs
+        .terminal_before(now() - retention.as_secs_f64(), BATCH);
     let mut deleted = 0;
     for (run_id, revision) in expired {
         if res
@@ -41,7 +40,7 @@ pub async fn sweep(state: &SharedState, retention: f64) -> usize {
     if deleted > 0 {
         tracing::info!(
             deleted,
-            retention_sec = retention,
+            retention_sec = retention.as_secs_f64(),
             "deleted runs past retention"
         );
     }

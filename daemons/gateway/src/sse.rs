@@ -53,8 +53,9 @@ pub async fn watch(
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let runs = state.runs.clone();
     let store = state.res().await?.runs;
-    let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
+    let shutdown = state.runtime.shutdown.clone();
+    // Tracked: shutdown waits (bounded) for the stream to send its `shutdown` event.
+    state.runtime.spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(timeout_sec as u64);
         let mut last_sent = resume_after;
         let mut last_event = Instant::now();

@@ -22,7 +22,7 @@ pub fn enrich_run(state: &SharedState, worker_id: &str, view: &mut Doc) {
     match state.workers.get(worker_id) {
         Some(raw) => {
             let (rec, effective) =
-                normalize_worker(&raw, now(), state.cfg.worker_disconnect_timeout_sec);
+                normalize_worker(&raw, now(), state.settings.worker_disconnect_timeout_sec);
             view.insert("worker_alive".into(), json!(worker_alive(effective)));
             view.insert("worker_state".into(), json!(effective));
             view.insert(
@@ -87,7 +87,7 @@ pub async fn list(
         .into_iter()
         .filter_map(|(raw, _)| {
             let (mut rec, effective) =
-                normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
+                normalize_worker(&raw, t, state.settings.worker_disconnect_timeout_sec);
             if !include_hidden && rec.get("hidden").map(wire::is_truthy).unwrap_or(false) {
                 return None;
             }
@@ -164,7 +164,7 @@ pub async fn patch(
         };
         let raw: Doc = serde_json::from_slice(&entry.value).map_err(|_| not_found())?;
         let t = now();
-        let (mut rec, _) = normalize_worker(&raw, t, state.cfg.worker_disconnect_timeout_sec);
+        let (mut rec, _) = normalize_worker(&raw, t, state.settings.worker_disconnect_timeout_sec);
         rec.insert("hidden".into(), json!(hidden));
         rec.insert("updated_at".into(), json!(t));
         match res
