@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
-use pyoco_core::config::Config;
 use pyoco_core::resources::Names;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -21,22 +20,23 @@ use tokio_util::task::TaskTracker;
 
 use crate::job::{self, JobCtx, RunnerFate};
 use crate::runner::{Runner, RunnerSpec};
+use crate::settings::WorkerSettings;
 
 const SHORT_POLL: Duration = Duration::from_millis(250);
 
 /// Binds (or creates, as the original does) the durable consumer of each tag.
 pub async fn bind_consumers(
     js: &jetstream::Context,
-    cfg: &Config,
-    tags: &[String],
+    settings: &WorkerSettings,
 ) -> Result<Vec<PullConsumer>, String> {
+    let cfg = &settings.cfg;
     let names = Names::from_config(cfg);
     let stream: Stream = js
         .get_stream(&names.work_stream)
         .await
         .map_err(|e| format!("stream {}: {e}", names.work_stream))?;
     let mut out = Vec::new();
-    for tag in tags {
+    for tag in &settings.tags {
         let name = Names::consumer_name(tag);
         let consumer = match stream.get_consumer::<pull::Config>(&name).await {
             Ok(c) => c,
@@ -44,7 +44,7 @@ pub async fn bind_consumers(
                 let config = pull::Config {
                     durable_name: Some(name.clone()),
                     filter_subject: names.work_subject(tag),
-                    ack_wait: Duration::from_secs_f64(cfg.consumer_ack_wait_sec.max(1.0)),
+                    ack_wait: settings.ack_wait,
                     max_deliver: cfg.consumer_max_deliver,
                     max_ack_pending: cfg.consumer_max_ack_pending,
                     ..Default::default()

@@ -13,7 +13,6 @@
 //! background tasks (worker record writer, advisory subscribers, status/watchdog) are halted and
 //! joined, bounded, and the final worker record (STOPPED_GRACEFUL) is written.
 
-pub mod dlq;
 pub mod error;
 pub mod fetch;
 pub mod job;
@@ -110,7 +109,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
                     for d in drift {
                         tracing::warn!(err_id = "ERR-PYOCO-0003", resource = %d.resource, "resource configuration drift: {d}");
                     }
-                    match fetch::bind_consumers(&js, &cfg, &tags).await {
+                    match fetch::bind_consumers(&js, &settings).await {
                         Ok(c) => break (res, c),
                         Err(e) => {
                             tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "binding consumers failed; retrying")
@@ -164,7 +163,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
         worker_id: worker_id.clone(),
         registry: registry.clone(),
         limits: snapshot::Limits {
-            max_snapshot_bytes: cfg.max_run_snapshot_bytes.max(0) as usize,
+            max_snapshot_bytes: settings.max_snapshot_bytes,
             max_payload: if max_payload > 0 {
                 max_payload
             } else {

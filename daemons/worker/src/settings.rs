@@ -33,8 +33,14 @@ pub struct WorkerSettings {
     pub cancel_kill_after: Duration,
     pub worker_heartbeat: Duration,
     pub run_heartbeat: Duration,
+    /// The ack wait of consumers this worker creates (at least 1 s).
+    pub ack_wait: Duration,
     /// In-progress ack interval, always below the consumer's ack wait.
     pub ack_progress: Duration,
+    /// Deliveries of a job before JetStream gives up on it; `None` = unlimited.
+    pub max_deliver: Option<i64>,
+    /// Above this size a snapshot's `task_records` are dropped; 0 = no limit.
+    pub max_snapshot_bytes: usize,
     pub ready_timeout: Duration,
 }
 
@@ -118,7 +124,10 @@ impl WorkerSettings {
                 cfg.worker_heartbeat_interval_sec,
             )?,
             run_heartbeat: secs("run_heartbeat_interval_sec", cfg.run_heartbeat_interval_sec)?,
+            ack_wait: secs("consumer_ack_wait_sec", ack_wait)?,
             ack_progress: secs("ack_progress_interval_sec", progress)?,
+            max_deliver: (cfg.consumer_max_deliver > 0).then_some(cfg.consumer_max_deliver),
+            max_snapshot_bytes: cfg.max_run_snapshot_bytes.max(0) as usize,
             ready_timeout: Duration::from_secs(60),
             cfg: Arc::new(cfg),
         })
@@ -196,6 +205,7 @@ mod tests {
         let s = WorkerSettings::from_config(c, false).unwrap();
         assert_eq!(s.tags, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(s.run_timeout, None);
+        assert_eq!(s.ack_wait, Duration::from_secs(4));
         assert_eq!(s.cancel_kill_after, Duration::from_secs(7));
         assert_eq!(
             s.ack_progress,

@@ -11,9 +11,9 @@ use pyoco_core::wire::{run_status, str_field, Doc};
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use super::dlq;
 use super::failure::{invalid_job, nak_delay, requeue, retry_later};
 use super::{decode_job, end_open_tasks, Job, JobCtx, RunnerFate};
-use crate::dlq;
 use crate::protocol::{self, Event, Request};
 use crate::runner::{Runner, RunnerEvent};
 use crate::snapshot::{self, cancel_requested, RunState, WriteError};
@@ -48,8 +48,7 @@ impl Final {
 /// Processes one message with `runner`; returns the runner and what became of it.
 pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> RunnerFate {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let last_delivery = ctx.settings.cfg.consumer_max_deliver > 0
-        && delivered >= ctx.settings.cfg.consumer_max_deliver;
+    let last_delivery = ctx.settings.max_deliver.is_some_and(|max| delivered >= max);
     let job = match decode_job(&msg.payload) {
         Ok(j) => j,
         Err(inv) => {

@@ -8,8 +8,8 @@ use pyoco_core::time::now;
 use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
 use serde_json::{json, Value};
 
+use super::dlq;
 use super::{decode_job, end_open_tasks, InvalidJob, Job, JobCtx, RunnerFate};
-use crate::dlq;
 use crate::runner::Runner;
 use crate::snapshot::{self, RunState, WriteError};
 

@@ -2,13 +2,15 @@
 //! - [`decode`]: the job message → a typed [`Job`] (and its run's initial [`RunState`]);
 //! - [`execute`]: the per-run orchestration (skip finished runs, pick up, run through a runner,
 //!   record progress, enforce cancel and timeouts, write the terminal snapshot, ACK);
-//! - [`failure`]: the NAK / dead-letter / FAILED paths, including max-deliveries advisories.
+//! - [`failure`]: the NAK / dead-letter / FAILED paths, including max-deliveries advisories;
+//! - [`dlq`]: publishing dead letters.
 //!
 //! At-least-once delivery made harmless: a redelivered job whose run is already terminal is
 //! acknowledged without running; a job that fails on its last allowed delivery ends FAILED and
 //! in the DLQ instead of staying RUNNING.
 
 pub mod decode;
+pub mod dlq;
 pub mod execute;
 pub mod failure;
 
