@@ -119,6 +119,8 @@ enum Event {
     PullDone(usize, usize),
     JobDone(RunnerFate),
     RunnerReady(Runner),
+    /// A dead runner was not replaced because the loop is stopping.
+    RunnerRetired,
 }
 
 /// Status shown in `systemctl status` and used by the watchdog.
@@ -231,21 +233,29 @@ impl FetchLoop {
                         idle.push(r);
                     }
                     Event::JobDone(RunnerFate::Replace(mut old)) => {
-                        // The slot stays busy until its replacement runner is ready.
+                        // The slot stays busy until its replacement runner is ready. When stopping,
+                        // no replacement: a fresh Python would only be shut down again (and a
+                        // missing interpreter would keep the drain waiting on retries).
                         let spec = self.spec.clone();
                         let tx = tx.clone();
                         let slot = old.slot;
+                        let replace = !(stop.is_cancelled() || (self.run_once && polled_once));
                         self.tracker.spawn(async move {
                             old.kill(Duration::from_millis(500)).await;
                             drop(old);
-                            let fresh = respawn(&spec, slot).await;
-                            let _ = tx.send(Event::RunnerReady(fresh)).await;
+                            let ev = if replace {
+                                Event::RunnerReady(respawn(&spec, slot).await)
+                            } else {
+                                Event::RunnerRetired
+                            };
+                            let _ = tx.send(ev).await;
                         });
                     }
                     Event::RunnerReady(r) => {
                         busy -= 1;
                         idle.push(r);
                     }
+                    Event::RunnerRetired => busy -= 1,
                 },
                 _ = tick.tick() => {}
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
