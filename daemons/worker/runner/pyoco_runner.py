@@ -24,7 +24,8 @@ Events (runner -> Rust):
 
 Both are defined once, with their fields, in REQUESTS and EVENTS below; every event is built by
 event() from that table.  The Rust side (daemons/worker/src/protocol.rs) mirrors it and decodes
-runner/protocol_samples.jsonl, messages captured from a real run (capture_protocol_samples.py).
+runner/protocol_samples.jsonl, messages captured from a real run (capture_protocol_samples.py);
+runner/protocol_requests.jsonl holds the request lines the Rust side writes.
 """
 
 import ast

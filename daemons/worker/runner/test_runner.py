@@ -897,6 +897,17 @@ class ProtocolSchemaTest(unittest.TestCase):
         self.assertEqual(self.capture.shapes(fresh), self.capture.shapes(self.samples),
                          "protocol changed: regenerate with capture_protocol_samples.py")
 
+    def test_the_workers_requests_match_the_table(self):
+        # The lines the Rust side writes (its tests compare them byte for byte).
+        with open(os.path.join(HERE, "protocol_requests.jsonl"), encoding="utf-8") as f:
+            requests = [json.loads(line) for line in f if line.strip()]
+        for m in requests:
+            required, optional = self.shim.REQUESTS[m["type"]]
+            fields = set(m) - {"type"}
+            self.assertLessEqual(set(required), fields, m)
+            self.assertLessEqual(fields, set(required) | set(optional), m)
+        self.assertEqual({m["type"] for m in requests}, set(self.shim.REQUESTS))
+
     def test_event_rejects_fields_outside_the_table(self):
         self.assertEqual(self.shim.event("pong", seq=1), {"type": "pong", "seq": 1})
         with self.assertRaises(self.shim.ProtocolError):

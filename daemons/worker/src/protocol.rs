@@ -1,7 +1,9 @@
 //! The runner protocol: JSON lines between this process and `runner/pyoco_runner.py`, one
 //! object per line with a `type` tag. The shim defines the same messages in one table
 //! (`EVENTS` / `REQUESTS` there); `runner/protocol_samples.jsonl` holds messages captured from
-//! a real run, decoded by the tests here and checked against that table by the shim's tests.
+//! a real run, decoded by the tests here and checked against that table by the shim's tests;
+//! `runner/protocol_requests.jsonl` holds the request lines this side writes, checked the same
+//! way.
 //!
 //! Decoding is tolerant, as the shim's callers were: unknown fields are ignored, an unknown
 //! type decodes as `Event::Unknown`, and a field of the wrong type reads as absent instead of
@@ -317,29 +319,25 @@ mod tests {
         assert!(Event::from_line("print output").is_err());
     }
 
+    /// The requests as the shim's tests check them against its `REQUESTS` table.
+    const REQUEST_LINES: &str = include_str!("../runner/protocol_requests.jsonl");
+
     #[test]
     fn requests_are_the_lines_the_shim_reads() {
         let mut params = Map::new();
         params.insert("x".into(), json!(1));
-        let run = Request::Run {
-            run_id: "r".into(),
-            flow_name: "f".into(),
-            params,
-            workflow_yaml: None,
-        };
-        let v: Value = serde_json::from_slice(&run.to_line()).unwrap();
-        assert_eq!(
-            v,
-            json!({"type":"run","run_id":"r","flow_name":"f","params":{"x":1},"workflow_yaml":null})
-        );
-        assert_eq!(
-            Request::Cancel { run_id: "r".into() }.to_line(),
-            b"{\"type\":\"cancel\",\"run_id\":\"r\"}\n"
-        );
-        assert_eq!(Request::Shutdown.to_line(), b"{\"type\":\"shutdown\"}\n");
-        assert_eq!(
-            Request::Ping { seq: 3 }.to_line(),
-            b"{\"type\":\"ping\",\"seq\":3}\n"
-        );
+        let all = [
+            Request::Run {
+                run_id: "r".into(),
+                flow_name: "f".into(),
+                params,
+                workflow_yaml: None,
+            },
+            Request::Cancel { run_id: "r".into() },
+            Request::Ping { seq: 3 },
+            Request::Shutdown,
+        ];
+        let ours: Vec<u8> = all.iter().flat_map(Request::to_line).collect();
+        assert_eq!(String::from_utf8(ours).unwrap(), REQUEST_LINES);
     }
 }
