@@ -21,6 +21,11 @@ Requests (Rust -> runner):
 
 Events (runner -> Rust):
   ready | fatal | run_started | task | log | run_finished | cancel_ack | pong | error
+
+Both are defined once, with their fields, in REQUESTS and EVENTS below; every event is built by
+event() from that table.  The Rust side (daemons/worker/src/protocol.rs) mirrors it and decodes
+runner/protocol_samples.jsonl, messages captured from a real run (capture_protocol_samples.py);
+runner/protocol_requests.jsonl holds the request lines the Rust side writes.
 """
 
 import ast
@@ -51,6 +56,52 @@ MAX_RUN_FINISHED_BYTES = 16 * 1024 * 1024    # above this, task_records are left
 PRECANCEL_MEMORY = 256                       # cancels remembered for runs not started yet
 
 TASK_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol messages: type -> (required fields, optional fields)
+# --------------------------------------------------------------------------------------------
+
+REQUESTS = {
+    "run": (("run_id", "flow_name"), ("params", "workflow_yaml")),
+    "cancel": (("run_id",), ()),
+    "ping": ((), ("seq",)),
+    "shutdown": ((), ()),
+}
+
+EVENTS = {
+    # The handshake after pyoco (and the resolver) loaded.
+    "ready": (("pid", "python", "python_executable", "pyoco_version", "protocol", "has_resolver"), ()),
+    # Cannot work at all (pyoco missing or too old, bad resolver); the runner exits.
+    "fatal": (("kind", "message"), ()),
+    "run_started": (("run_id", "flow_name", "tasks"), ()),
+    # A task changed state; duration_ms on SUCCEEDED, error on FAILED.
+    "task": (("run_id", "task", "state", "ts"), ("duration_ms", "error")),
+    "log": (("run_id", "task", "stream", "text"), ("truncated",)),
+    "run_finished": (("run_id", "status", "error", "error_kind", "exc_type", "traceback", "flow_name",
+                      "tasks", "task_records", "start_time", "end_time"),
+                     ("task_records_truncated",)),
+    "cancel_ack": (("run_id", "active"), ()),
+    "pong": (("seq",), ()),
+    # A request was refused (bad_request, busy).
+    "error": (("kind", "message"), ("run_id",)),
+}
+
+
+class ProtocolError(Exception):
+    """A message that does not match EVENTS: a bug in this file, never the user's."""
+
+
+def event(mtype, **fields):
+    """The one constructor of runner -> worker messages; checks the fields against EVENTS."""
+    required, optional = EVENTS[mtype]
+    missing = [f for f in required if f not in fields]
+    unknown = [f for f in fields if f not in required and f not in optional]
+    if missing or unknown:
+        raise ProtocolError(f"{mtype}: missing fields {missing}, unknown fields {unknown}")
+    msg = {"type": mtype}
+    msg.update(fields)
+    return msg
 
 
 # --------------------------------------------------------------------------------------------
@@ -709,9 +760,8 @@ class Run:
         if self._emitted.get(name) == state:
             return
         self._emitted[name] = state
-        msg = {"type": "task", "run_id": self.run_id, "task": name, "state": state, "ts": time.time()}
-        msg.update(extra)
-        self.channel.send(msg)
+        self.channel.send(event("task", run_id=self.run_id, task=name, state=state, ts=time.time(),
+                                **extra))
 
     def _diff(self, final=False):
         """Emit states that have no trace callback (PENDING, CANCELLED, FAILED of dependents).
@@ -762,15 +812,15 @@ class Run:
                 size = len(chunk.encode("utf-8", "replace"))
                 if self._log_bytes + size > LOG_BYTES_PER_RUN:
                     self._log_truncated = True
-                    self.channel.send({
-                        "type": "log", "run_id": self.run_id, "task": task, "stream": stream,
-                        "text": f"[pyoco-runner: log output of this run truncated after {self._log_bytes} bytes]\n",
-                        "truncated": True,
-                    })
+                    self.channel.send(event(
+                        "log", run_id=self.run_id, task=task, stream=stream,
+                        text=f"[pyoco-runner: log output of this run truncated after {self._log_bytes} bytes]\n",
+                        truncated=True,
+                    ))
                     break
                 self._log_bytes += size
-                self.channel.send({"type": "log", "run_id": self.run_id, "task": task,
-                                   "stream": stream, "text": chunk})
+                self.channel.send(event("log", run_id=self.run_id, task=task, stream=stream,
+                                        text=chunk))
 
     def on_flow_start(self):
         self.apply_cancel()
@@ -820,13 +870,13 @@ class Run:
             except BaseException:
                 result = None
             if result is None:
-                result = {
-                    "type": "run_finished", "run_id": self.run_id, "status": "FAILED",
-                    "error": f"internal runner error: {_exc_text(exc)}",
-                    "error_kind": "execution_error", "exc_type": _exc_type(exc), "traceback": None,
-                    "flow_name": self.flow_name, "tasks": {}, "task_records": {},
-                    "start_time": None, "end_time": time.time(),
-                }
+                result = event(
+                    "run_finished", run_id=self.run_id, status="FAILED",
+                    error=f"internal runner error: {_exc_text(exc)}",
+                    error_kind="execution_error", exc_type=_exc_type(exc), traceback=None,
+                    flow_name=self.flow_name, tasks={}, task_records={},
+                    start_time=None, end_time=time.time(),
+                )
         finally:
             self.runner.restore_process_state()
             self.runner.run_done(self, result)
@@ -868,8 +918,7 @@ class Run:
             names = sorted(t.name for t in flow.tasks)
         except Exception:
             names = []
-        self.channel.send({"type": "run_started", "run_id": self.run_id, "flow_name": flow.name,
-                           "tasks": names})
+        self.channel.send(event("run_started", run_id=self.run_id, flow_name=flow.name, tasks=names))
 
         self.engine = PY.Engine(trace_backend=_make_backend(self))
         self.apply_cancel()
@@ -936,20 +985,20 @@ class Run:
         except Exception as e:
             _log(f"run {self.run_id}: serialize_task_records failed: {_exc_text(e)}")
             records = {}
-        return {
-            "type": "run_finished",
-            "run_id": self.run_id,
-            "status": status,
-            "error": error,
-            "error_kind": error_kind,
-            "exc_type": _exc_type(exc) if exc is not None else None,
-            "traceback": _format_tb(exc) if exc is not None else None,
-            "flow_name": self.flow.name if self.flow is not None else self.flow_name,
-            "tasks": tasks,
-            "task_records": records,
-            "start_time": rc.start_time,
-            "end_time": rc.end_time,
-        }
+        return event(
+            "run_finished",
+            run_id=self.run_id,
+            status=status,
+            error=error,
+            error_kind=error_kind,
+            exc_type=_exc_type(exc) if exc is not None else None,
+            traceback=_format_tb(exc) if exc is not None else None,
+            flow_name=self.flow.name if self.flow is not None else self.flow_name,
+            tasks=tasks,
+            task_records=records,
+            start_time=rc.start_time,
+            end_time=rc.end_time,
+        )
 
 
 def _make_backend(run):
@@ -1014,10 +1063,10 @@ class Runner:
         sys.stdout, sys.stderr = self.stdout, self.stderr
 
     def error(self, kind, message, run_id=None):
-        msg = {"type": "error", "kind": kind, "message": message}
-        if run_id is not None:
-            msg["run_id"] = run_id
-        self.channel.send(msg)
+        if run_id is None:
+            self.channel.send(event("error", kind=kind, message=message))
+        else:
+            self.channel.send(event("error", kind=kind, message=message, run_id=run_id))
 
     def run_done(self, run, result):
         # Clear `active` and send run_finished atomically: a `run` that arrives right after
@@ -1028,16 +1077,15 @@ class Runner:
             if result is not None:
                 data = _encode_line(result)
                 if len(data) > MAX_RUN_FINISHED_BYTES:
-                    result = dict(result)
-                    result["task_records"] = {}
-                    result["task_records_truncated"] = True
-                    data = _encode_line(result)
+                    fields = {k: v for k, v in result.items() if k != "type"}
+                    fields.update(task_records={}, task_records_truncated=True)
+                    data = _encode_line(event("run_finished", **fields))
                 self.channel.send_raw(data)
 
     def handle(self, msg):
         mtype = msg.get("type")
         if mtype == "ping":
-            self.channel.send({"type": "pong", "seq": msg.get("seq")})
+            self.channel.send(event("pong", seq=msg.get("seq")))
         elif mtype == "run":
             self.handle_run(msg)
         elif mtype == "cancel":
@@ -1056,7 +1104,7 @@ class Runner:
                     while len(self.precancelled) > PRECANCEL_MEMORY:
                         self.precancelled.popitem(last=False)
                     active = False
-            self.channel.send({"type": "cancel_ack", "run_id": run_id, "active": active})
+            self.channel.send(event("cancel_ack", run_id=run_id, active=active))
         elif mtype == "shutdown":
             self.shutdown()
         elif isinstance(mtype, str):
@@ -1180,7 +1228,7 @@ def main():
 
     def fatal(exc):
         _log(f"fatal ({exc.kind}): {exc.message}")
-        channel.send({"type": "fatal", "kind": exc.kind, "message": exc.message})
+        channel.send(event("fatal", kind=exc.kind, message=exc.message))
         _hard_exit(EXIT_FATAL)
 
     # 2. pyoco and the resolver.
@@ -1196,15 +1244,15 @@ def main():
         return
 
     runner = Runner(channel, resolver)
-    channel.send({
-        "type": "ready",
-        "pid": os.getpid(),
-        "python": platform.python_version(),
-        "python_executable": sys.executable,
-        "pyoco_version": version,
-        "protocol": PROTOCOL,
-        "has_resolver": resolver is not None,
-    })
+    channel.send(event(
+        "ready",
+        pid=os.getpid(),
+        python=platform.python_version(),
+        python_executable=sys.executable,
+        pyoco_version=version,
+        protocol=PROTOCOL,
+        has_resolver=resolver is not None,
+    ))
 
     # 3. Requests.
     stdin = requests

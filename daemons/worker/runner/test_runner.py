@@ -867,5 +867,54 @@ class ProcessLifecycleTests(RunnerTestBase):
         self.assertEqual(m["kind"], "usage")
 
 
+class ProtocolSchemaTest(unittest.TestCase):
+    """The shim's message table (EVENTS), the captured samples the Rust tests decode, and a fresh
+    capture must agree: a field added or renamed on one side shows up here."""
+
+    @classmethod
+    def setUpClass(cls):
+        sys.path.insert(0, HERE)
+        try:
+            import capture_protocol_samples
+            import pyoco_runner
+        finally:
+            sys.path.remove(HERE)
+        cls.capture = capture_protocol_samples
+        cls.shim = pyoco_runner
+        with open(capture_protocol_samples.SAMPLES, encoding="utf-8") as f:
+            cls.samples = [json.loads(line) for line in f if line.strip()]
+
+    def test_samples_match_the_schema_and_cover_every_event(self):
+        for m in self.samples:
+            required, optional = self.shim.EVENTS[m["type"]]
+            fields = set(m) - {"type"}
+            self.assertLessEqual(set(required), fields, m)
+            self.assertLessEqual(fields, set(required) | set(optional), m)
+        self.assertEqual({m["type"] for m in self.samples}, set(self.shim.EVENTS))
+
+    def test_samples_are_current(self):
+        fresh = self.capture.capture()
+        self.assertEqual(self.capture.shapes(fresh), self.capture.shapes(self.samples),
+                         "protocol changed: regenerate with capture_protocol_samples.py")
+
+    def test_the_workers_requests_match_the_table(self):
+        # The lines the Rust side writes (its tests compare them byte for byte).
+        with open(os.path.join(HERE, "protocol_requests.jsonl"), encoding="utf-8") as f:
+            requests = [json.loads(line) for line in f if line.strip()]
+        for m in requests:
+            required, optional = self.shim.REQUESTS[m["type"]]
+            fields = set(m) - {"type"}
+            self.assertLessEqual(set(required), fields, m)
+            self.assertLessEqual(fields, set(required) | set(optional), m)
+        self.assertEqual({m["type"] for m in requests}, set(self.shim.REQUESTS))
+
+    def test_event_rejects_fields_outside_the_table(self):
+        self.assertEqual(self.shim.event("pong", seq=1), {"type": "pong", "seq": 1})
+        with self.assertRaises(self.shim.ProtocolError):
+            self.shim.event("pong", seq=1, extra=2)
+        with self.assertRaises(self.shim.ProtocolError):
+            self.shim.event("cancel_ack", run_id="r")
+
+
 if __name__ == "__main__":
     unittest.main()

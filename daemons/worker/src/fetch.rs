@@ -12,29 +12,31 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
 use futures::StreamExt;
-use pyoco_core::config::Config;
 use pyoco_core::resources::Names;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::job::{self, JobCtx, RunnerFate};
 use crate::runner::{Runner, RunnerSpec};
+use crate::settings::WorkerSettings;
 
 const SHORT_POLL: Duration = Duration::from_millis(250);
 
 /// Binds (or creates, as the original does) the durable consumer of each tag.
 pub async fn bind_consumers(
     js: &jetstream::Context,
-    cfg: &Config,
-    tags: &[String],
+    settings: &WorkerSettings,
 ) -> Result<Vec<PullConsumer>, String> {
+    let cfg = &settings.cfg;
     let names = Names::from_config(cfg);
     let stream: Stream = js
         .get_stream(&names.work_stream)
         .await
         .map_err(|e| format!("stream {}: {e}", names.work_stream))?;
     let mut out = Vec::new();
-    for tag in tags {
+    for tag in &settings.tags {
         let name = Names::consumer_name(tag);
         let consumer = match stream.get_consumer::<pull::Config>(&name).await {
             Ok(c) => c,
@@ -42,7 +44,7 @@ pub async fn bind_consumers(
                 let config = pull::Config {
                     durable_name: Some(name.clone()),
                     filter_subject: names.work_subject(tag),
-                    ack_wait: Duration::from_secs_f64(cfg.consumer_ack_wait_sec.max(1.0)),
+                    ack_wait: settings.ack_wait,
                     max_deliver: cfg.consumer_max_deliver,
                     max_ack_pending: cfg.consumer_max_ack_pending,
                     ..Default::default()
@@ -62,11 +64,63 @@ pub async fn bind_consumers(
     Ok(out)
 }
 
+/// One pull to start: the tag's index and how many messages it may reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pull {
+    pub tag: usize,
+    pub want: usize,
+}
+
+/// The pulls of one fill round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub pulls: Vec<Pull>,
+    /// Every waiting tag got a share: pulls may long-poll. Otherwise tags take turns with short
+    /// polls so that none starves another.
+    pub long: bool,
+    /// Where the next round starts (the tag after the last one served).
+    pub next_rr: usize,
+}
+
+/// Shares `free` runners among the tags without an outstanding pull (`pulling[i]` false),
+/// starting at tag `rr`: evenly, each served tag at least one, never more than `free` in all.
+pub fn plan(free: usize, pulling: &[bool], rr: usize) -> Plan {
+    let n = pulling.len();
+    let mut out = Plan {
+        pulls: Vec::new(),
+        long: true,
+        next_rr: rr,
+    };
+    if n == 0 {
+        return out;
+    }
+    let waiting: Vec<usize> = (0..n)
+        .map(|i| (rr + i) % n)
+        .filter(|i| !pulling[*i])
+        .collect();
+    out.long = free >= waiting.len();
+    let mut free = free;
+    let mut remaining = waiting.len();
+    for i in waiting {
+        if free == 0 {
+            break;
+        }
+        let want = (free / remaining).max(1);
+        remaining -= 1;
+        free -= want;
+        out.pulls.push(Pull { tag: i, want });
+        out.next_rr = (i + 1) % n;
+    }
+    out
+}
+
 enum Event {
     Message(usize, jetstream::Message),
     PullDone(usize, usize),
     JobDone(RunnerFate),
     RunnerReady(Runner),
+    /// A dead runner was not replaced because the loop is stopping.
+    RunnerRetired,
 }
 
 /// Status shown in `systemctl status` and used by the watchdog.
@@ -86,12 +140,14 @@ pub struct FetchLoop {
     pub poll_timeout: Duration,
     pub run_once: bool,
     pub status: tokio::sync::watch::Sender<LoopStatus>,
+    /// Pulls, runs and runner replacements are tracked here, so the worker can wait for them.
+    pub tracker: TaskTracker,
 }
 
 impl FetchLoop {
     /// Runs until drained (`stop` fires and every run finished or was put back), or after one
     /// poll in `--run-once` mode.
-    pub async fn run(self, runners: Vec<Runner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(self, runners: Vec<Runner>, stop: CancellationToken) {
         let total = runners.len();
         let mut idle = runners;
         let mut reserved = 0usize;
@@ -104,32 +160,26 @@ impl FetchLoop {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
 
         loop {
-            let stopping = *stop.borrow() || (self.run_once && polled_once);
+            let stopping = stop.is_cancelled() || (self.run_once && polled_once);
             // Fill: give tags without an outstanding pull a share of the free runners.
             if !stopping {
-                let mut free = idle.len().saturating_sub(reserved);
-                let waiting: Vec<usize> = (0..self.tags.len())
-                    .map(|i| (rr + i) % self.tags.len())
-                    .filter(|i| !pulling[*i])
-                    .collect();
-                let long = free >= waiting.len();
-                let expiry = if long || self.run_once {
+                let round = plan(idle.len().saturating_sub(reserved), &pulling, rr);
+                let expiry = if round.long || self.run_once {
                     self.poll_timeout
                 } else {
                     SHORT_POLL
                 };
-                let mut remaining = waiting.len();
-                for i in waiting {
-                    if free == 0 {
-                        break;
-                    }
-                    let want = (free / remaining).max(1);
-                    remaining -= 1;
-                    free -= want;
+                rr = round.next_rr;
+                for Pull { tag, want } in round.pulls {
                     reserved += want;
-                    pulling[i] = true;
-                    rr = (i + 1) % self.tags.len();
-                    tokio::spawn(pull(self.consumers[i].clone(), i, want, expiry, tx.clone()));
+                    pulling[tag] = true;
+                    self.tracker.spawn(pull(
+                        self.consumers[tag].clone(),
+                        tag,
+                        want,
+                        expiry,
+                        tx.clone(),
+                    ));
                 }
                 if self.run_once {
                     polled_once = true;
@@ -154,7 +204,7 @@ impl FetchLoop {
                     Event::Message(i, msg) => {
                         reserved = reserved.saturating_sub(1);
                         last_fetch = Instant::now();
-                        if *stop.borrow() {
+                        if stop.is_cancelled() {
                             // Draining: no new runs; give it back at once for another worker.
                             let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
                             continue;
@@ -168,7 +218,7 @@ impl FetchLoop {
                         busy += 1;
                         let ctx = self.ctx.clone();
                         let tx = tx.clone();
-                        tokio::spawn(async move {
+                        self.tracker.spawn(async move {
                             let fate = job::process(&ctx, msg, runner).await;
                             let _ = tx.send(Event::JobDone(fate)).await;
                         });
@@ -183,24 +233,32 @@ impl FetchLoop {
                         idle.push(r);
                     }
                     Event::JobDone(RunnerFate::Replace(mut old)) => {
-                        // The slot stays busy until its replacement runner is ready.
+                        // The slot stays busy until its replacement runner is ready. When stopping,
+                        // no replacement: a fresh Python would only be shut down again (and a
+                        // missing interpreter would keep the drain waiting on retries).
                         let spec = self.spec.clone();
                         let tx = tx.clone();
                         let slot = old.slot;
-                        tokio::spawn(async move {
+                        let replace = !(stop.is_cancelled() || (self.run_once && polled_once));
+                        self.tracker.spawn(async move {
                             old.kill(Duration::from_millis(500)).await;
                             drop(old);
-                            let fresh = respawn(&spec, slot).await;
-                            let _ = tx.send(Event::RunnerReady(fresh)).await;
+                            let ev = if replace {
+                                Event::RunnerReady(respawn(&spec, slot).await)
+                            } else {
+                                Event::RunnerRetired
+                            };
+                            let _ = tx.send(ev).await;
                         });
                     }
                     Event::RunnerReady(r) => {
                         busy -= 1;
                         idle.push(r);
                     }
+                    Event::RunnerRetired => busy -= 1,
                 },
                 _ = tick.tick() => {}
-                _ = stop.changed() => {}
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
         }
     }
@@ -262,4 +320,85 @@ async fn pull(
         }
     }
     let _ = tx.send(Event::PullDone(i, want - got.min(want))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wants(p: &Plan) -> Vec<(usize, usize)> {
+        p.pulls.iter().map(|p| (p.tag, p.want)).collect()
+    }
+
+    #[test]
+    fn enough_runners_every_tag_long_polls_with_an_even_share() {
+        let p = plan(5, &[false, false], 0);
+        assert_eq!(wants(&p), vec![(0, 2), (1, 3)]);
+        assert!(p.long);
+        assert_eq!(p.next_rr, 0);
+        // Tags with a pull outstanding are skipped; the others share.
+        let p = plan(4, &[false, true, false], 1);
+        assert_eq!(wants(&p), vec![(2, 2), (0, 2)]);
+        assert!(p.long);
+    }
+
+    #[test]
+    fn fewer_runners_than_tags_take_turns_with_short_polls() {
+        let mut rr = 0;
+        let mut served = Vec::new();
+        for _ in 0..6 {
+            let p = plan(1, &[false, false, false], rr);
+            assert!(!p.long);
+            assert_eq!(p.pulls.len(), 1);
+            served.push(p.pulls[0].tag);
+            rr = p.next_rr;
+        }
+        assert_eq!(
+            served,
+            vec![0, 1, 2, 0, 1, 2],
+            "round robin: no tag starves"
+        );
+        let p = plan(2, &[false, false, false], 2);
+        assert_eq!(wants(&p), vec![(2, 1), (0, 1)]);
+        assert_eq!(p.next_rr, 1);
+    }
+
+    #[test]
+    fn nothing_free_or_nothing_waiting_means_no_pulls() {
+        assert!(plan(0, &[false, false], 0).pulls.is_empty());
+        assert_eq!(plan(0, &[false, false], 1).next_rr, 1);
+        let p = plan(3, &[true, true], 0);
+        assert!(p.pulls.is_empty() && p.long);
+        assert!(plan(3, &[], 0).pulls.is_empty());
+    }
+
+    #[test]
+    fn never_beyond_the_free_runners_each_tag_at_most_once() {
+        for n in 1..6usize {
+            for free in 0..12usize {
+                for mask in 0..(1u32 << n) {
+                    let pulling: Vec<bool> = (0..n).map(|i| mask & (1 << i) != 0).collect();
+                    for rr in 0..n {
+                        let p = plan(free, &pulling, rr);
+                        let total: usize = p.pulls.iter().map(|p| p.want).sum();
+                        assert!(total <= free, "{free} {pulling:?} {rr}: {p:?}");
+                        let waiting = pulling.iter().filter(|b| !**b).count();
+                        // Every free runner is offered while some tag waits.
+                        if waiting > 0 {
+                            assert_eq!(total, free, "{free} {pulling:?}: {p:?}");
+                        }
+                        let mut tags: Vec<usize> = p.pulls.iter().map(|p| p.tag).collect();
+                        assert!(
+                            tags.iter().all(|t| !pulling[*t])
+                                && p.pulls.iter().all(|p| p.want >= 1)
+                        );
+                        tags.sort();
+                        tags.dedup();
+                        assert_eq!(tags.len(), p.pulls.len());
+                        assert_eq!(p.pulls.len(), waiting.min(free));
+                    }
+                }
+            }
+        }
+    }
 }

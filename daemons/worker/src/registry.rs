@@ -11,6 +11,7 @@ use pyoco_core::time::now;
 use pyoco_core::wire::{worker_state, Doc};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 /// The fields this process owns; `hidden` and unknown fields come from the stored record.
 #[derive(Debug, Clone)]
@@ -155,10 +156,13 @@ impl Registry {
     }
 
     /// Writes the record whenever it changed, and refreshes it every `interval` (the heartbeat),
-    /// until the worker stopped.
-    pub async fn writer_loop(self, interval: Duration) {
+    /// until the worker stopped or `halt` fires (the final record is written by `stopped`).
+    pub async fn writer_loop(self, interval: Duration, halt: CancellationToken) {
         loop {
-            let _ = tokio::time::timeout(interval, self.dirty.notified()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(interval, self.dirty.notified()) => {}
+                _ = halt.cancelled() => return,
+            }
             if self.local.lock().await.state == worker_state::STOPPED_GRACEFUL {
                 return;
             }

@@ -13,15 +13,16 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::protocol::{Event, Request, PROTOCOL};
+use crate::text::truncate;
+
 /// The shim, shipped inside the binary.
 pub const SHIM_SOURCE: &str = include_str!("../runner/pyoco_runner.py");
 pub const SHIM_FILE: &str = "pyoco_runner.py";
-pub const PROTOCOL: i64 = 1;
 /// Stand-in modules put at the end of the runners' `sys.path` (`runner/compat/`): the
 /// original's example tasks, so its quickstart flow runs on a runtime without the original.
 const COMPAT_FILES: &[(&str, &str)] = &[
@@ -87,7 +88,7 @@ pub struct ReadyInfo {
 #[derive(Debug)]
 pub enum RunnerEvent {
     /// One protocol message.
-    Message(Value),
+    Message(Event),
     /// The process ended (EOF on its stdout).
     Exited,
 }
@@ -186,25 +187,25 @@ impl Runner {
                 let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
                 return Err(SpawnError::NotReady(format!("the runner exited before it was ready ({status}); see the runner's stderr in this log")));
             }
-            Ok(Some(RunnerEvent::Message(m))) => match m["type"].as_str() {
-                Some("ready") if m["protocol"].as_i64() != Some(PROTOCOL) => {
+            Ok(Some(RunnerEvent::Message(m))) => match m {
+                Event::Ready { protocol, .. } if protocol != Some(PROTOCOL) => {
                     return Err(SpawnError::NotReady(format!(
                         "the runner speaks protocol {} but this worker needs {PROTOCOL}; the shim and the binary do not match",
-                        m["protocol"]
+                        protocol.map(|p| p.to_string()).unwrap_or_else(|| "null".into())
                     )))
                 }
-                Some("ready") => ReadyInfo {
-                    pid: m["pid"].as_u64().unwrap_or(0) as u32,
-                    python: m["python"].as_str().unwrap_or("?").to_string(),
-                    pyoco_version: m["pyoco_version"].as_str().unwrap_or("?").to_string(),
+                Event::Ready { pid, python, pyoco_version, .. } => ReadyInfo {
+                    pid,
+                    python: python.unwrap_or_else(|| "?".into()),
+                    pyoco_version: pyoco_version.unwrap_or_else(|| "?".into()),
                 },
-                Some("fatal") => {
+                Event::Fatal { kind, message } => {
                     return Err(SpawnError::Fatal {
-                        kind: m["kind"].as_str().unwrap_or("fatal").to_string(),
-                        message: m["message"].as_str().unwrap_or("").to_string(),
+                        kind: kind.unwrap_or_else(|| "fatal".into()),
+                        message: message.unwrap_or_default(),
                     })
                 }
-                _ => return Err(SpawnError::NotReady(format!("unexpected first message from the runner: {m}"))),
+                other => return Err(SpawnError::NotReady(format!("unexpected first message from the runner: {other:?}"))),
             },
         };
         Ok(Runner {
@@ -217,10 +218,8 @@ impl Runner {
         })
     }
 
-    pub async fn send(&mut self, msg: &Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(msg).expect("serializable");
-        line.push(b'\n');
-        self.stdin.write_all(&line).await?;
+    pub async fn send(&mut self, msg: &Request) -> std::io::Result<()> {
+        self.stdin.write_all(&msg.to_line()).await?;
         self.stdin.flush().await
     }
 
@@ -257,7 +256,7 @@ impl Runner {
 
     /// Asks the runner to exit after its current run (EOF means the same).
     pub async fn shutdown(mut self, wait: Duration) {
-        let _ = self.send(&serde_json::json!({"type": "shutdown"})).await;
+        let _ = self.send(&Request::Shutdown).await;
         if tokio::time::timeout(wait, self.child.wait()).await.is_err() {
             self.kill(Duration::from_secs(1)).await;
         }
@@ -286,14 +285,14 @@ async fn read_protocol(stdout: tokio::process::ChildStdout, tx: mpsc::Sender<Run
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(v) if v.is_object() => {
-                        if tx.send(RunnerEvent::Message(v)).await.is_err() {
+                match Event::from_line(&line) {
+                    Ok(ev) => {
+                        if tx.send(RunnerEvent::Message(ev)).await.is_err() {
                             return;
                         }
                     }
-                    _ => {
-                        tracing::warn!(line = %truncate(&line, 300), "runner wrote a non-protocol line on its protocol channel; ignored")
+                    Err(e) => {
+                        tracing::warn!(line = %truncate(&line, 300), reason = %e.0, "runner wrote a non-protocol line on its protocol channel; ignored")
                     }
                 }
             }
@@ -322,15 +321,4 @@ async fn forward_stderr(stderr: tokio::process::ChildStderr, slot: usize, curren
             }
         }
     }
-}
-
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

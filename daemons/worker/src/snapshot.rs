@@ -34,31 +34,6 @@ pub struct RunState {
     pub note: Option<String>,
 }
 
-impl RunState {
-    /// The state of a job's run before it starts: what the job says, RUNNING, no tasks yet.
-    pub fn from_job(job: &crate::job::Job, worker_id: &str) -> RunState {
-        RunState {
-            run_id: job.run_id.clone(),
-            flow_name: job.flow_name.clone(),
-            tag: job.tag.clone(),
-            tags: job.tags.clone(),
-            tenant_id: job.tenant_id.clone(),
-            api_key_id: job.api_key_id.clone(),
-            workflow_yaml_sha256: job.workflow_yaml_sha256.clone(),
-            workflow_yaml_bytes: job.workflow_yaml_bytes.clone(),
-            params: job.params.clone(),
-            status: run_status::RUNNING.into(),
-            tasks: Map::new(),
-            task_records: Map::new(),
-            start_time: None,
-            end_time: None,
-            error: None,
-            worker_id: worker_id.to_string(),
-            note: None,
-        }
-    }
-}
-
 /// Why a write did not happen.
 #[derive(Debug)]
 pub enum WriteError {
@@ -171,7 +146,7 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
     let cap = limits.max_payload.saturating_sub(1024).max(4096);
     if bytes.len() > cap {
         if let Some(Value::String(e)) = doc.get_mut("error") {
-            let keep = crate::runner::truncate(e, 2000).len();
+            let keep = crate::text::truncate(e, 2000).len();
             e.truncate(keep);
         }
         bytes = to_ascii_vec(&doc);
@@ -309,12 +284,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The state of the job `{"run_id":"r1","flow_name":"main","tag":"t","params":{"x":1}}`.
     fn state() -> RunState {
-        let job = crate::job::decode_job(
-            br#"{"run_id":"r1","flow_name":"main","tag":"t","params":{"x":1}}"#,
-        )
-        .unwrap();
-        RunState::from_job(&job, "w1")
+        let mut params = Map::new();
+        params.insert("x".into(), json!(1));
+        RunState {
+            run_id: "r1".into(),
+            flow_name: "main".into(),
+            tag: "t".into(),
+            tags: vec!["t".into()],
+            tenant_id: Value::Null,
+            api_key_id: Value::Null,
+            workflow_yaml_sha256: Value::Null,
+            workflow_yaml_bytes: Value::Null,
+            params,
+            status: run_status::RUNNING.into(),
+            tasks: Map::new(),
+            task_records: Map::new(),
+            start_time: None,
+            end_time: None,
+            error: None,
+            worker_id: "w1".into(),
+            note: None,
+        }
     }
 
     #[test]
@@ -339,6 +331,60 @@ mod tests {
             (d["updated_at"].clone(), d["heartbeat_at"].clone()),
             (json!(3.0), json!(10.0))
         );
+    }
+
+    #[test]
+    fn merge_ends_cancelling_with_our_terminal_state_and_owns_execution_fields() {
+        let stored: Doc = serde_json::from_value(json!({
+            "run_id": "r1", "status": "CANCELLING", "cancel_requested_at": 5.0,
+            "tenant_id": "acme", "worker_note": "requeued: old", "task_records_truncated": true,
+            "tasks": {"old": "RUNNING"}, "error": "stale"
+        }))
+        .unwrap();
+        let mut s = state();
+        s.status = run_status::CANCELLED.into();
+        s.tasks.insert("a".into(), json!("CANCELLED"));
+        let d = s.merged(Some(&stored), 10.0, true);
+        assert_eq!(
+            d["status"], "CANCELLED",
+            "our terminal state wins over CANCELLING"
+        );
+        assert_eq!(
+            d["tasks"],
+            json!({"a": "CANCELLED"}),
+            "the worker owns tasks"
+        );
+        assert_eq!(d["error"], Value::Null);
+        assert_eq!(d["tenant_id"], "acme", "the gateway's tenant is kept");
+        assert!(!d.contains_key("worker_note") && !d.contains_key("task_records_truncated"));
+        assert_eq!(d["updated_at"], 10.0);
+        // A run put back (PENDING) never shows CANCELLING; the note is written.
+        let mut s = state();
+        s.status = run_status::PENDING.into();
+        s.note = Some("requeued".into());
+        let d = s.merged(Some(&stored), 11.0, true);
+        assert_eq!(
+            (d["status"].clone(), d["worker_note"].clone()),
+            (json!("PENDING"), json!("requeued"))
+        );
+        // Nothing stored yet: the job's fields and null cancel fields.
+        let d = state().merged(None, 12.0, true);
+        assert_eq!(d["status"], "RUNNING");
+        assert_eq!(
+            (d["cancel_requested_at"].clone(), d["tenant_id"].clone()),
+            (Value::Null, Value::Null)
+        );
+        assert_eq!(d["params"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn cancel_is_requested_by_the_field_or_the_status() {
+        let doc = |v: Value| -> Doc { serde_json::from_value(v).unwrap() };
+        assert!(cancel_requested(&doc(json!({"cancel_requested_at": 1.0}))));
+        assert!(cancel_requested(&doc(json!({"status": "CANCELLING"}))));
+        assert!(!cancel_requested(&doc(
+            json!({"status": "RUNNING", "cancel_requested_at": null})
+        )));
     }
 
     #[test]

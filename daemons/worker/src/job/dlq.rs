@@ -5,7 +5,7 @@ use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
 use serde_json::{json, Value};
 
-use crate::job::{Job, JobCtx};
+use super::{Job, JobCtx};
 
 pub async fn publish_raw(ctx: &JobCtx, tag: &str, reason: &str, error: &str, payload: Value) {
     publish_raw_with_id(ctx, tag, reason, error, payload, None).await

@@ -1,0 +1,230 @@
+//! The paths where a job does not simply run: NAK with backoff, the last delivery ending FAILED
+//! and dead-lettered, drain requeue, undecodable jobs, and max-deliveries advisories.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use pyoco_core::time::now;
+use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
+use serde_json::{json, Value};
+
+use super::dlq;
+use super::{decode_job, end_open_tasks, InvalidJob, Job, JobCtx, RunnerFate};
+use crate::runner::Runner;
+use crate::snapshot::{self, RunState, WriteError};
+
+pub(super) fn nak_delay(delivered: i64) -> Duration {
+    // 2 s, 4 s, 8 s … capped at a minute: a NATS hiccup is retried soon, an outage not in a loop.
+    Duration::from_secs((2u64 << (delivered.clamp(1, 6) - 1) as u32).min(60))
+}
+
+/// A transient failure: NAK with a growing delay, or on the last allowed delivery end the run
+/// FAILED and dead-letter it, so it never stays RUNNING.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn retry_later(
+    ctx: &JobCtx,
+    msg: &jetstream::Message,
+    job: &Job,
+    state: &mut RunState,
+    delivered: i64,
+    last: bool,
+    why: &str,
+    runner: Runner,
+) -> RunnerFate {
+    if last {
+        let error = format!(
+            "max_deliver_exceeded: delivery {delivered} of {} failed: {why}",
+            ctx.settings.cfg.consumer_max_deliver
+        );
+        state.status = run_status::FAILED.into();
+        state.error = Some(error.clone());
+        state.end_time = Some(now());
+        let _ = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await;
+        dlq::publish_raw(ctx, &state.tag, "max_deliver_exceeded", &error, json!({"run_id": state.run_id, "flow_name": state.flow_name, "tag": state.tag, "tags": state.tags, "tenant_id": state.tenant_id, "api_key_id": state.api_key_id, "worker_id": ctx.worker_id, "num_delivered": delivered, "job": job.to_doc()})).await;
+        let _ = msg.ack_with(AckKind::Term).await;
+        tracing::error!(run_id = %state.run_id, err_id = "ERR-PYOCO-0003", "last delivery failed; run FAILED and dead-lettered: {why}");
+    } else {
+        let delay = nak_delay(delivered);
+        tracing::warn!(run_id = %state.run_id, err_id = "ERR-PYOCO-0003", delay_sec = delay.as_secs(), "transient failure, job put back: {why}");
+        let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+    }
+    ctx.registry
+        .run_finished(
+            &state.run_id,
+            if last { run_status::FAILED } else { "RETRY" },
+        )
+        .await;
+    RunnerFate::Reusable(runner)
+}
+
+/// Drain: the run goes back to PENDING with a note and the job to the queue for another worker.
+pub(super) async fn requeue(
+    ctx: &JobCtx,
+    msg: &jetstream::Message,
+    state: &mut RunState,
+    runner: Runner,
+) -> RunnerFate {
+    state.status = run_status::PENDING.into();
+    state.tasks.clear();
+    state.task_records.clear();
+    state.start_time = None;
+    state.end_time = None;
+    state.note = Some(format!(
+        "requeued: worker {} stopped before the run finished",
+        ctx.worker_id
+    ));
+    let _ = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await;
+    let _ = msg.ack_with(AckKind::Nak(None)).await;
+    ctx.registry.run_finished(&state.run_id, "REQUEUED").await;
+    tracing::warn!(run_id = %state.run_id, "run put back in the queue for another worker");
+    RunnerFate::Replace(runner)
+}
+
+/// An undecodable job: dead-letter it, terminate it, and fail its run if the id is known.
+pub(super) async fn invalid_job(
+    ctx: &JobCtx,
+    msg: &jetstream::Message,
+    inv: InvalidJob,
+    delivered: i64,
+) {
+    let subject = msg.subject.to_string();
+    let tag = subject.rsplit('.').next().unwrap_or("").to_string();
+    tracing::error!(err_id = "ERR-PYOCO-0012", subject = %subject, reason = %inv.reason, "invalid job");
+    let raw = String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(4096)]).into_owned();
+    dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": delivered, "payload": raw})).await;
+    if let Some(run_id) = inv.run_id {
+        // Keep what the gateway stored (flow name, params, tenant): merge, don't replace.
+        let stored = ctx
+            .res
+            .runs
+            .get(&run_id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Doc>(&b).ok())
+            .unwrap_or_default();
+        let field = |k: &str| stored.get(k).cloned().unwrap_or(Value::Null);
+        let job = Job {
+            run_id,
+            flow_name: str_field(&stored, "flow_name").unwrap_or("").to_string(),
+            tag: str_field(&stored, "tag").unwrap_or(&tag).to_string(),
+            tags: vec![str_field(&stored, "tag").unwrap_or(&tag).to_string()],
+            tenant_id: field("tenant_id"),
+            api_key_id: field("api_key_id"),
+            params: stored
+                .get("params")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            workflow_yaml: None,
+            workflow_yaml_sha256: field("workflow_yaml_sha256"),
+            workflow_yaml_bytes: field("workflow_yaml_bytes"),
+            timeout_sec: None,
+        };
+        let mut state = job.run_state(&ctx.worker_id);
+        state.status = run_status::FAILED.into();
+        state.end_time = Some(now());
+        state.error = Some(format!("invalid_job: {}", inv.reason));
+        let _ = snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await;
+    }
+    let _ = msg.ack_with(AckKind::Term).await;
+}
+
+/// JetStream's max-deliveries advisory: a job was delivered `PYOCO_CONSUMER_MAX_DELIVER` times
+/// without being acknowledged (e.g. its worker was killed on the last delivery) and will not be
+/// delivered again. Its run must not stay RUNNING: it ends FAILED and dead-lettered, and the
+/// message leaves the work queue. Advisories go to one worker of the queue group; the
+/// compare-and-set write and the DLQ message id make a repeat harmless anyway.
+pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
+    let Ok(adv) = serde_json::from_slice::<Value>(advisory) else {
+        return;
+    };
+    let (Some(seq), deliveries) = (
+        adv["stream_seq"].as_u64(),
+        adv["deliveries"].as_i64().unwrap_or(0),
+    ) else {
+        return;
+    };
+    let stream = match ctx.res.js.get_stream(&ctx.res.names.work_stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "max-deliveries advisory: cannot open the work stream");
+            return;
+        }
+    };
+    let Ok(raw) = stream.get_raw_message(seq).await else {
+        return;
+    };
+    let subject = raw.subject.to_string();
+    let tag = subject.rsplit('.').next().unwrap_or("").to_string();
+    let error =
+        format!("max_deliver_exceeded: the job was delivered {deliveries} times without finishing");
+    match decode_job(&raw.payload) {
+        Ok(job) => {
+            let stored = ctx
+                .res
+                .runs
+                .get(&job.run_id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
+            let mut state = job.run_state(&ctx.worker_id);
+            state.status = run_status::FAILED.into();
+            state.end_time = Some(now());
+            state.error = Some(error.clone());
+            if let Some(s) = &stored {
+                // Keep what the last attempt recorded; open tasks can no longer finish.
+                if let Some(Value::Object(t)) = s.get("tasks") {
+                    state.tasks = end_open_tasks(t, "FAILED");
+                }
+                if let Some(Value::Object(r)) = s.get("task_records") {
+                    state.task_records = r.clone();
+                }
+                state.start_time = f64_field(s, "start_time");
+                if let Some(w) = str_field(s, "worker_id") {
+                    state.worker_id = w.to_string();
+                }
+            }
+            match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
+                Ok(_) => {
+                    tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
+                    let payload = json!({"run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
+                        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id, "num_delivered": deliveries,
+                        "job": job.to_doc()});
+                    // One letter per lost message (its stream sequence), however many workers see the advisory.
+                    dlq::publish_raw_with_id(
+                        ctx,
+                        &job.tag,
+                        "max_deliver_exceeded",
+                        &error,
+                        payload,
+                        Some(&format!("max-deliver-{}-{seq}", job.run_id)),
+                    )
+                    .await;
+                }
+                Err(WriteError::Terminal(_)) => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %job.run_id, error = %e, "max-deliveries advisory: could not fail the run");
+                    return;
+                }
+            }
+        }
+        Err(inv) => {
+            dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": deliveries})).await;
+        }
+    }
+    let _ = stream.delete_message(seq).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nak_delay_grows_and_is_capped() {
+        assert_eq!(nak_delay(1), Duration::from_secs(2));
+        assert_eq!(nak_delay(2), Duration::from_secs(4));
+        assert_eq!(nak_delay(20), Duration::from_secs(60));
+    }
+}
