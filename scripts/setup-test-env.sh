@@ -25,6 +25,12 @@ fi
 # Debian enables the packaged nats-server service; the tests start their own servers.
 systemctl disable --now nats-server >/dev/null 2>&1 || true
 
+# cargo-deny for the licence/bans/sources gate (built from crates.io once; ~4 min).
+if ! command -v cargo-deny >/dev/null && ! [ -x "$HOME/.cargo/bin/cargo-deny" ]; then
+  echo "setup: cargo install cargo-deny" >&2
+  cargo install -q --locked cargo-deny >&2
+fi
+
 PY311=$ENV_DIR/py311
 if ! "$PY311/bin/python" -c 'import pyoco' 2>/dev/null; then
   echo "setup: creating $PY311 (Debian python3.11 + pyoco)" >&2

@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-test-env.sh >/dev/null
 # shellcheck disable=SC1091
 source .test-env/env
-echo "== gates: cargo fmt --check, cargo clippy -D warnings"
+echo "== gates: cargo fmt --check, cargo clippy -D warnings, cargo deny (licences, bans, sources)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Advisories need the RustSec database from GitHub, which these machines cannot reach (deny.toml).
+cargo deny --log-level error check licenses bans sources
 cargo build --workspace --bins
 echo "== runner shim tests (Python $("$PYOCO_TEST_PY311" -c 'import sys;print(sys.version.split()[0])'), real pyoco)"
 "$PYOCO_TEST_PY311" -m unittest discover -s daemons/worker/runner -t daemons/worker/runner
