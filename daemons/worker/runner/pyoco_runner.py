@@ -946,10 +946,11 @@ class Run:
             if self.run_ctx.end_time is None:
                 self.run_ctx.end_time = time.time()
             return self._finished("FAILED", str(raised), "execution_error", raised)
-        if status == "CANCELLING":
-            # A cancel landed after the engine's last check.
-            states = [_state_name(s) for s in self.run_ctx.tasks.values()]
-            status = "COMPLETED" if all(s == "SUCCEEDED" for s in states) else "CANCELLED"
+        if status == "CANCELLING" or (status == "COMPLETED" and self.cancel_requested):
+            # A cancel accepted before the run ended wins, as in pyoco's engine: the task that
+            # was running keeps its result in task_records, and the run ends CANCELLED even when
+            # no task was left to skip (reporting COMPLETED here lost cancels to completion).
+            status = "CANCELLED"
         elif status not in ("COMPLETED", "FAILED", "CANCELLED"):
             status = "COMPLETED"
         self.run_ctx.status = getattr(PY.RunStatus, status)

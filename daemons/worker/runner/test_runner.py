@@ -566,6 +566,21 @@ class SharedRunnerTests(RunnerTestBase):
         self.assertEqual(self.task_states(self.r, rid, "after"), ["PENDING", "CANCELLED"])
         self.assertGreaterEqual(time.monotonic() - t0, 0.9)
 
+    def test_cancel_during_the_last_task_ends_cancelled(self):
+        # The last (only) task finishes successfully after the cancel was accepted: nothing is
+        # left to skip, and the run still ends CANCELLED, with the task's result kept.
+        rid = self.next_id("lastcancel")
+        self.r.send({"type": "run", "run_id": rid, "flow_name": "main", "params": {},
+                     "workflow_yaml": workflow_yaml("slow", T("slow"))})
+        self.r.recv(lambda m: m.get("type") == "task" and m.get("run_id") == rid
+                    and m["task"] == "slow" and m["state"] == "RUNNING")
+        self.r.send({"type": "cancel", "run_id": rid})
+        self.assertTrue(self.r.recv_type("cancel_ack", rid)["active"])
+        fin = self.r.recv_type("run_finished", rid)
+        self.assertEqual(fin["status"], "CANCELLED", fin)
+        self.assertEqual(fin["tasks"], {"slow": "SUCCEEDED"})
+        self.assertEqual(fin["task_records"]["slow"]["output"], "slow done")
+
     def test_cancel_sent_with_run_is_sticky(self):
         # run and cancel in one write: the cancel is read before the engine registers the run
         rid = self.next_id("sticky")

@@ -177,7 +177,8 @@ impl Runner {
         let stderr = child.stderr.take().expect("piped stderr");
         let current: CurrentRun = Arc::default();
         let (tx, mut events) = mpsc::channel(256);
-        tokio::spawn(read_protocol(stdout, tx));
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        tokio::spawn(read_protocol(stdout, tx, pgid));
         tokio::spawn(forward_stderr(stderr, slot, current.clone()));
 
         let ready = tokio::time::timeout(spec.ready_timeout, events.recv()).await;
@@ -277,26 +278,98 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-async fn read_protocol(stdout: tokio::process::ChildStdout, tx: mpsc::Sender<RunnerEvent>) {
-    let mut lines = BufReader::new(stdout).lines();
+/// Longest protocol line accepted from a runner. The shim bounds what it sends (outputs are cut to
+/// the snapshot limits, log lines to 16 KiB); a longer line means a broken runner, and reading it
+/// whole could take the daemon's memory — and every other run's — with it.
+pub const MAX_PROTOCOL_LINE: usize = 16 * 1024 * 1024;
+/// Runner stderr is forwarded in lines of at most this many bytes (longer ones in pieces).
+pub const MAX_STDERR_LINE: usize = 16 * 1024;
+
+/// What [`read_bounded`] read into the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bounded {
+    /// A line (with its `\n`, or the last bytes before EOF).
+    Line,
+    /// `max` bytes without a newline: the line goes on.
+    Cut,
+    /// Nothing more.
+    Eof,
+}
+
+/// Reads up to and including the next `\n`, but never more than `max` bytes into `buf`
+/// (`read_until` has no bound: a runner printing without newlines would grow it forever).
+pub async fn read_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Bounded> {
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                if line.trim().is_empty() {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                Bounded::Eof
+            } else {
+                Bounded::Line
+            });
+        }
+        let room = max.saturating_sub(buf.len());
+        let window = &available[..available.len().min(room)];
+        if let Some(pos) = window.iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&window[..=pos]);
+            r.consume(pos + 1);
+            return Ok(Bounded::Line);
+        }
+        let n = window.len();
+        buf.extend_from_slice(window);
+        r.consume(n);
+        if buf.len() >= max {
+            return Ok(Bounded::Cut);
+        }
+    }
+}
+
+async fn read_protocol(
+    stdout: tokio::process::ChildStdout,
+    tx: mpsc::Sender<RunnerEvent>,
+    pgid: Option<Pid>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match read_bounded(&mut reader, &mut buf, MAX_PROTOCOL_LINE).await {
+            Ok(Bounded::Line) => {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim();
+                if line.is_empty() {
                     continue;
                 }
-                match Event::from_line(&line) {
+                match Event::from_line(line) {
                     Ok(ev) => {
                         if tx.send(RunnerEvent::Message(ev)).await.is_err() {
                             return;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(line = %truncate(&line, 300), reason = %e.0, "runner wrote a non-protocol line on its protocol channel; ignored")
+                        tracing::warn!(line = %truncate(line, 300), reason = %e.0, "runner wrote a non-protocol line on its protocol channel; ignored")
                     }
                 }
             }
-            Ok(None) | Err(_) => {
+            Ok(Bounded::Cut) => {
+                // Its run cannot be finished from a message we refuse to read: the runner is
+                // killed, and its run ends as for any runner that died.
+                tracing::error!(
+                    err_id = "ERR-PYOCO-0007",
+                    limit_bytes = MAX_PROTOCOL_LINE,
+                    "runner sent a protocol message longer than the limit; killing it"
+                );
+                if let Some(pgid) = pgid {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                let _ = tx.send(RunnerEvent::Exited).await;
+                return;
+            }
+            Ok(Bounded::Eof) | Err(_) => {
                 let _ = tx.send(RunnerEvent::Exited).await;
                 return;
             }
@@ -311,14 +384,58 @@ async fn forward_stderr(stderr: tokio::process::ChildStderr, slot: usize, curren
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
+        match read_bounded(&mut reader, &mut buf, MAX_STDERR_LINE).await {
+            Ok(Bounded::Eof) | Err(_) => return,
+            Ok(Bounded::Line | Bounded::Cut) => {
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end_matches(['\n', '\r']);
                 let run_id = current.lock().unwrap().clone().unwrap_or_default();
-                tracing::info!(run_id = %run_id, runner_slot = slot, stream = "stderr", "{}", truncate(line, 8192));
+                tracing::info!(run_id = %run_id, runner_slot = slot, stream = "stderr", "{}", line);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize, capacity: usize) -> Vec<(Bounded, Vec<u8>)> {
+        let mut r = BufReader::with_capacity(capacity, input);
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            let got = read_bounded(&mut r, &mut buf, max).await.unwrap();
+            if got == Bounded::Eof {
+                return out;
+            }
+            out.push((got, buf));
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_lines_never_exceed_the_limit() {
+        // Split reads (capacity 3) and lines of every length around the limit.
+        let got = lines(b"ab\nabcd\nabcdefghij\nxy", 5, 3).await;
+        let want: Vec<(Bounded, &[u8])> = vec![
+            (Bounded::Line, b"ab\n"),
+            (Bounded::Line, b"abcd\n"),
+            (Bounded::Cut, b"abcde"),
+            (Bounded::Cut, b"fghij"),
+            (Bounded::Line, b"\n"),
+            (Bounded::Line, b"xy"),
+        ];
+        assert_eq!(
+            got,
+            want.into_iter()
+                .map(|(b, v)| (b, v.to_vec()))
+                .collect::<Vec<_>>()
+        );
+        // A long run without newlines is read in pieces of exactly `max`.
+        let big = vec![b'x'; 10_000];
+        let got = lines(&big, 4096, 8192).await;
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|(_, b)| b.len() <= 4096));
+        assert_eq!(got.iter().map(|(_, b)| b.len()).sum::<usize>(), 10_000);
     }
 }

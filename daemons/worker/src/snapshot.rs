@@ -101,6 +101,13 @@ impl RunState {
             && stored.map(cancel_requested).unwrap_or(false)
         {
             run_status::CANCELLING.to_string()
+        } else if self.status == run_status::COMPLETED
+            && stored.map(cancel_requested).unwrap_or(false)
+        {
+            // The cancel was accepted before this terminal write (a compare-and-set retry sees
+            // it): the cancel wins, as in pyoco's engine. COMPLETED only when our write came
+            // first, and then the cancel's answer is that COMPLETED snapshot.
+            run_status::CANCELLED.to_string()
         } else {
             self.status.clone()
         };
@@ -331,6 +338,30 @@ mod tests {
             (d["updated_at"].clone(), d["heartbeat_at"].clone()),
             (json!(3.0), json!(10.0))
         );
+    }
+
+    #[test]
+    fn a_cancel_accepted_before_the_terminal_write_wins_over_completed() {
+        let stored: Doc = serde_json::from_value(json!({
+            "run_id": "r1", "status": "CANCELLING", "cancel_requested_at": 5.0
+        }))
+        .unwrap();
+        let mut s = state();
+        s.status = run_status::COMPLETED.into();
+        s.tasks.insert("a".into(), json!("SUCCEEDED"));
+        let d = s.merged(Some(&stored), 10.0, true);
+        assert_eq!(d["status"], "CANCELLED");
+        assert_eq!(
+            d["tasks"],
+            json!({"a": "SUCCEEDED"}),
+            "the task keeps its result"
+        );
+        // Without a cancel on the stored run, COMPLETED stays COMPLETED; FAILED stays FAILED.
+        let plain: Doc =
+            serde_json::from_value(json!({"run_id": "r1", "status": "RUNNING"})).unwrap();
+        assert_eq!(s.merged(Some(&plain), 10.0, true)["status"], "COMPLETED");
+        s.status = run_status::FAILED.into();
+        assert_eq!(s.merged(Some(&stored), 10.0, true)["status"], "FAILED");
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod ctl_admin;
 mod ctl_ops;
 mod ctl_run;
 mod dev_stack;
+mod faults;
 mod gateway_api;
 mod gateway_auth;
 mod gateway_config;
