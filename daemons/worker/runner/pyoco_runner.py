@@ -282,6 +282,7 @@ def load_pyoco():
         from pyoco.core.engine import Engine
         from pyoco.core.models import Flow, RunContext, RunStatus, TaskState
         from pyoco.discovery.loader import TaskLoader
+        from pyoco.dsl import syntax as dsl_syntax
         from pyoco.dsl.syntax import TaskWrapper, switch
         from pyoco.schemas.config import FlowConfig, PyocoConfig, RuntimeConfig, TaskConfig
         from pyoco.trace.backend import TraceBackend
@@ -302,6 +303,10 @@ def load_pyoco():
     PY.TaskLoader, PY.TaskWrapper, PY.switch = TaskLoader, TaskWrapper, switch
     PY.FlowConfig, PY.PyocoConfig, PY.RuntimeConfig, PY.TaskConfig = FlowConfig, PyocoConfig, RuntimeConfig, TaskConfig
     PY.TraceBackend = TraceBackend
+    # What `>>`, `&`, `|` produce: fragments (TaskWrapper is one), the Flow, and the
+    # Parallel/Branch groups of `a & b` / `a | b`.
+    PY.flow_types = (Flow, TaskWrapper) + tuple(
+        getattr(dsl_syntax, n) for n in ("FlowFragment", "Parallel", "Branch") if hasattr(dsl_syntax, n))
     return version
 
 
@@ -518,6 +523,14 @@ _BINOPS = {
     ast.Mod: operator.mod,
 }
 
+# Bounds on the graph string.  Nothing in a flow graph needs more, and without them a short
+# graph could make the runner build gigabytes ("%999999999s" % "") or spin holding the GIL.
+GRAPH_MAX_BYTES = 64 * 1024       # the whole graph text (UTF-8)
+GRAPH_MAX_STR_BYTES = 1024        # one string constant (case labels, $ctx expressions)
+GRAPH_MAX_INT = 2 ** 63 - 1       # one integer constant (repeat counts, max_iter, case labels)
+GRAPH_MAX_ELEMENTS = 256          # items of one tuple/list display or call
+GRAPH_MAX_DEPTH = 32              # nested brackets/subscripts/calls; a >> b >> c chains are flat
+
 _CONSTRUCT_NAMES = {
     # statements
     "Import": "import statement", "ImportFrom": "import statement",
@@ -542,8 +555,12 @@ _CONSTRUCT_NAMES = {
 
 _OP_NAMES = {
     "Add": "+", "Sub": "-", "Mult": "*", "MatMult": "@", "Div": "/", "FloorDiv": "//",
-    "Pow": "**", "LShift": "<<", "BitXor": "^",
+    "Pow": "**", "LShift": "<<", "BitXor": "^", "RShift": ">>", "BitAnd": "&", "BitOr": "|",
+    "Mod": "%",
 }
+
+# pyoco's own $ctx/$env reference syntax inside expression strings.
+_EXPR_REF = re.compile(r"\$(?:ctx|env)\.[A-Za-z_][\w.]*")
 
 
 def _where(node):
@@ -559,28 +576,54 @@ def _snippet(node, limit=60):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _op_symbol(op):
+    return _OP_NAMES.get(type(op).__name__, type(op).__name__)
+
+
+def _stringish(node):
+    """A node of an expression string that evaluates to a string without looking at $ctx."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (str, bytes))
+    if isinstance(node, ast.BinOp):
+        return _stringish(node.left) or _stringish(node.right)
+    return False
+
+
 class GraphEvaluator:
     """Evaluates a flow graph string over a fixed set of names without exec.
 
     Allowed: expression statements made of names (tasks, `flow`, `switch`), the operators
-    `>>`, `&`, `|`, `%`, subscripts, `switch(<constants>)` calls, constants, tuples, lists.
-    The objects are the same ones the original's exec would see, so operator semantics are
-    pyoco's own.
+    `>>`, `&`, `|`, `%` with a task, `flow` or task group as left operand (or a constant case
+    label left of `>>`), subscripts of tasks and switch(...), `switch(<constant>)` calls,
+    bounded constants, tuples and lists.  The objects are the same ones the original's exec
+    would see, so operator semantics are pyoco's own; nothing can compute on plain values.
     """
 
-    def __init__(self, names):
+    def __init__(self, names, flow_types=()):
         self.names = names
+        # Values an operator may have on its left, checked again while evaluating.
+        self.flow_types = tuple(flow_types)
 
     def run(self, source):
+        size = len(source.encode("utf-8", "surrogatepass"))
+        if size > GRAPH_MAX_BYTES:
+            raise GraphNotAllowed(
+                f"graph_not_allowed: graph text of {size} bytes (at most {GRAPH_MAX_BYTES}); "
+                f"a flow graph only names tasks: shorten it or split the work into several flows")
         try:
             tree = ast.parse(source, filename="<string>", mode="exec")
         except SyntaxError as exc:
             raise BuildError(str(exc)) from exc
+        except RecursionError:
+            raise GraphNotAllowed(
+                "graph_not_allowed: graph nested too deeply for Python's parser (a chain of about "
+                "1000 or more operators, or deep brackets) at line 1, col 0; split long chains "
+                "over several lines (a >> b, then b >> c)") from None
         # First check everything, then evaluate: nothing is evaluated for a rejected graph.
         for stmt in tree.body:
             if not isinstance(stmt, ast.Expr):
                 self._reject(stmt)
-            self._check(stmt.value)
+            self._check(stmt.value, 0)
         for stmt in tree.body:
             self._eval(stmt.value)
 
@@ -592,12 +635,23 @@ class GraphEvaluator:
             if what == "attribute access":
                 what = f"attribute access {_snippet(node)!r}"
             elif kind == "BinOp":
-                what = f"operator {_OP_NAMES.get(type(node.op).__name__, type(node.op).__name__)!r}"
+                what = f"operator {_op_symbol(node.op)!r}"
             elif what is None:
                 what = f"{kind} construct"
         raise GraphNotAllowed(f"graph_not_allowed: {what} {_where(node)}")
 
-    def _check(self, node):
+    def _flowish(self, node):
+        """Statically: can this node be a task, `flow` or task group (an operator's left side)?"""
+        if isinstance(node, ast.Name):
+            return node.id != "switch"
+        if isinstance(node, ast.BinOp):
+            # Every checked operator has a flow-ish left side, except a `"x" >> task` case.
+            return not isinstance(node.left, ast.Constant)
+        return isinstance(node, ast.Subscript)
+
+    def _check(self, node, depth):
+        if depth > GRAPH_MAX_DEPTH:
+            self._reject(node, f"nesting deeper than {GRAPH_MAX_DEPTH} levels (brackets, subscripts, calls)")
         if isinstance(node, ast.Name):
             if not isinstance(node.ctx, ast.Load):
                 self._reject(node, "assignment")
@@ -605,26 +659,37 @@ class GraphEvaluator:
                 self._reject(node, f"unknown name {node.id!r} (not a task of this flow, 'flow' or 'switch')")
             return
         if isinstance(node, ast.Constant):
-            value = node.value
-            if value is None or isinstance(value, (str, int, float, bool)):
-                return
-            self._reject(node, f"constant {_snippet(node)!r} of type {type(value).__name__}")
+            self._check_constant(node)
+            return
         if isinstance(node, ast.BinOp):
-            if type(node.op) not in _BINOPS:
-                self._reject(node)
-            self._check(node.left)
-            self._check(node.right)
+            # Walk the left spine in a loop: a long a >> b >> c chain is one level, not N.
+            spine = []
+            while isinstance(node, ast.BinOp):
+                spine.append(node)
+                node = node.left
+            self._check(node, depth + 1)
+            for op_node in reversed(spine):
+                self._check_operator(op_node)
+                self._check(op_node.right, depth + 1)
             return
         if isinstance(node, ast.Subscript):
-            self._check(node.value)
+            if not (self._flowish(node.value) or self._is_switch_call(node.value)):
+                self._reject(node, f"subscript of {_snippet(node.value)!r} (only tasks and switch(...) take [...])")
+            self._check(node.value, depth + 1)
             sl = node.slice
             if type(sl).__name__ == "Index":  # Python < 3.9
                 sl = sl.value
-            self._check(sl)
+            self._check(sl, depth + 1)
+            if isinstance(sl, ast.Constant) and isinstance(sl.value, str):
+                # foreach: "<expression> as <alias>"
+                self._check_expression(sl.value.split(" as ", 1)[0], sl)
             return
         if isinstance(node, (ast.Tuple, ast.List)):
+            if len(node.elts) > GRAPH_MAX_ELEMENTS:
+                kind = "tuple" if isinstance(node, ast.Tuple) else "list"
+                self._reject(node, f"{kind} display of {len(node.elts)} elements (at most {GRAPH_MAX_ELEMENTS})")
             for elt in node.elts:
-                self._check(elt)
+                self._check(elt, depth + 1)
             return
         if isinstance(node, ast.Call):
             func = node.func
@@ -634,28 +699,116 @@ class GraphEvaluator:
                 self._reject(node, f"call of {_snippet(func)!r} (only switch(...) may be called)")
             if func.id != "switch":
                 self._reject(node, f"call of {func.id!r} (only switch(...) may be called)")
-            self._check(func)
+            self._check(func, depth + 1)
+            if len(node.args) + len(node.keywords) > GRAPH_MAX_ELEMENTS:
+                self._reject(node, f"call with {len(node.args) + len(node.keywords)} arguments (at most {GRAPH_MAX_ELEMENTS})")
             for arg in node.args:
                 if not isinstance(arg, ast.Constant):
                     self._reject(arg, f"non-constant argument {_snippet(arg)!r} to switch()")
-                self._check(arg)
+                self._check(arg, depth + 1)
+                if isinstance(arg.value, str):
+                    self._check_expression(arg.value, arg)
             for kw in node.keywords:
                 if kw.arg is None or not isinstance(kw.value, ast.Constant):
                     self._reject(kw.value, f"non-constant argument {_snippet(kw.value)!r} to switch()")
-                self._check(kw.value)
+                self._check(kw.value, depth + 1)
+                if isinstance(kw.value.value, str):
+                    self._check_expression(kw.value.value, kw.value)
             return
         self._reject(node)
 
+    @staticmethod
+    def _is_switch_call(node):
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "switch"
+
+    def _check_constant(self, node):
+        value = node.value
+        if isinstance(value, str):
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > GRAPH_MAX_STR_BYTES:
+                self._reject(node, f"string constant of {size} bytes (at most {GRAPH_MAX_STR_BYTES}; "
+                                   f"pass data to tasks as run params)")
+            return
+        if value is None or isinstance(value, (bool, float)):
+            return
+        if isinstance(value, int):
+            if abs(value) > GRAPH_MAX_INT:
+                self._reject(node, f"integer constant of {value.bit_length()} bits (at most 63)")
+            return
+        self._reject(node, f"constant {_snippet(node)!r} of type {type(value).__name__}")
+
+    def _check_operator(self, node):
+        """`>>`, `&`, `|`, `%` combine tasks: on plain values they would compute (formatting,
+        shifts), which a graph never needs."""
+        if type(node.op) not in _BINOPS:
+            self._reject(node)
+        sym = _op_symbol(node.op)
+        left = node.left
+        if isinstance(node.op, ast.RShift) and isinstance(left, ast.Constant):
+            # A switch case: "x" >> task
+            if not self._flowish(node.right):
+                self._reject(node, f"operator '>>' from case label {_snippet(left)!r} to "
+                                   f"{_snippet(node.right)!r} (a case must lead to a task)")
+            return
+        if not self._flowish(left):
+            self._reject(node, f"operator {sym!r} with left operand {_snippet(left)!r} (only tasks, "
+                               f"'flow' and task groups are combined in a graph; compute values in a task)")
+        if isinstance(node.op, ast.Mod):
+            # until: task % ("<expression>", max_iter)
+            cond = node.right
+            if isinstance(cond, ast.Tuple) and cond.elts:
+                cond = cond.elts[0]
+            if isinstance(cond, ast.Constant) and isinstance(cond.value, str):
+                self._check_expression(cond.value, cond)
+
+    def _check_expression(self, text, node):
+        """The condition strings of switch/until/foreach, which pyoco evaluates during the run:
+        no powers ("9**9**9" spins holding the GIL) and no repeating or formatting strings."""
+        try:
+            tree = ast.parse(_EXPR_REF.sub("_ref", text.strip()), mode="eval")
+        except (SyntaxError, ValueError, RecursionError):
+            return  # pyoco reports its own syntax errors when it compiles the expression
+        for sub in ast.walk(tree):
+            if not isinstance(sub, ast.BinOp):
+                continue
+            if isinstance(sub.op, ast.Pow):
+                self._reject(node, f"operator '**' in expression {text!r} (conditions compare and "
+                                   f"do simple arithmetic; compute powers in a task)")
+            if isinstance(sub.op, (ast.Mult, ast.Mod)) and (_stringish(sub.left) or _stringish(sub.right)):
+                self._reject(node, f"operator {_op_symbol(sub.op)!r} on a string in expression {text!r} "
+                                   f"(conditions compare values; build strings in a task)")
+
     # -- evaluation (only after _check accepted the whole graph) ----------------------------
+    def _check_operands(self, node, left, right):
+        """The static check again, on the values: a left operand that is not a task, `flow`
+        or task group never reaches Python's operator."""
+        if isinstance(left, self.flow_types):
+            return
+        if (isinstance(node.op, ast.RShift) and isinstance(left, (str, int, float, bool))
+                and isinstance(right, self.flow_types)):
+            return  # switch case
+        raise GraphNotAllowed(
+            f"graph_not_allowed: operator {_op_symbol(node.op)!r} on a {type(left).__name__} value "
+            f"{_snippet(node.left)!r} (only tasks, 'flow' and task groups are combined in a graph) "
+            f"{_where(node)}")
+
     def _eval(self, node):
         if isinstance(node, ast.Name):
             return self.names[node.id]
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.BinOp):
-            left = self._eval(node.left)
-            right = self._eval(node.right)
-            return _BINOPS[type(node.op)](left, right)
+            spine = []
+            while isinstance(node, ast.BinOp):
+                spine.append(node)
+                node = node.left
+            value = self._eval(node)
+            for op_node in reversed(spine):
+                right = self._eval(op_node.right)
+                if self.flow_types:
+                    self._check_operands(op_node, value, right)
+                value = _BINOPS[type(op_node.op)](value, right)
+            return value
         if isinstance(node, ast.Subscript):
             value = self._eval(node.value)
             sl = node.slice
@@ -685,7 +838,7 @@ def build_flow_from_yaml(flow_name, workflow_yaml):
     names = {name: PY.TaskWrapper(task) for name, task in loader.tasks.items()}
     names["switch"] = PY.switch
     names["flow"] = flow
-    GraphEvaluator(names).run(config.flow.graph)
+    GraphEvaluator(names, PY.flow_types).run(config.flow.graph)
     return flow
 
 

@@ -739,6 +739,114 @@ class SharedRunnerTests(RunnerTestBase):
         self.assertIsNone(self.r.proc.poll())
 
 
+class GraphBoundsTests(RunnerTestBase):
+    """Graph strings that would make the runner allocate or compute without bound are refused
+    before anything is evaluated: fast, and the runner's peak memory does not move."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.r = RunnerProcess(cls.tmp)
+        cls.r.ready()
+        # Warm up (yaml, task module imports) so later growth can only come from the graph.
+        cls.r.send({"type": "run", "run_id": "warm-up", "flow_name": "main", "params": {},
+                    "workflow_yaml": workflow_yaml("first >> second", T("first", "second"))})
+        cls.r.recv_type("run_finished", "warm-up")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.close()
+        super().tearDownClass()
+
+    def peak_rss_kib(self):
+        # VmHWM is the high-water mark: a transient allocation shows even after it was freed.
+        with open(f"/proc/{self.r.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        self.fail("no VmHWM in /proc/<pid>/status")
+
+    def assert_refused_fast(self, graph, expected):
+        before = self.peak_rss_kib()
+        t0 = time.monotonic()
+        fin = self.run_flow(self.r, graph, T("first", "second", "third"))
+        elapsed = time.monotonic() - t0
+        self.assertEqual((fin["status"], fin["error_kind"]), ("FAILED", "graph_not_allowed"), fin)
+        self.assertTrue(fin["error"].startswith("graph_not_allowed: "), fin["error"])
+        self.assertIn(expected, fin["error"])
+        self.assertEqual(self.r.events(fin["run_id"], "run_started"), [])
+        self.assertLess(elapsed, 0.5, f"refusing {graph[:60]!r} took {elapsed:.3f} s")
+        grown = self.peak_rss_kib() - before
+        self.assertLess(grown, 16 * 1024, f"peak RSS grew by {grown} KiB for {graph[:60]!r}")
+        return fin
+
+    def test_formatting_a_string_constant(self):
+        # Before: built a 200 MB string per element while the graph was evaluated.
+        fin = self.assert_refused_fast('("%200000000s" % "", first) >> second',
+                                       "operator '%' with left operand \"'%200000000s'\"")
+        self.assertIn("at line 1, col 1", fin["error"])
+        self.assert_refused_fast('first >> second % ("%200000000s" % "x", 2)', "operator '%' with left operand")
+
+    def test_power(self):
+        self.assert_refused_fast("first[9 ** 9 ** 9]", "operator '**' at line 1, col 6")
+        # In a condition pyoco evaluates during the run: before, the run spun holding the GIL.
+        self.assert_refused_fast('flow >> first % ("9 ** 9 ** 9 == 1", 2)',
+                                 "operator '**' in expression '9 ** 9 ** 9 == 1'")
+        self.assert_refused_fast('flow >> switch("$ctx.params.n ** 99999999")["x" >> second]',
+                                 "operator '**' in expression")
+
+    def test_repeating_a_string(self):
+        self.assert_refused_fast('first >> ("ab" * 200000000)', "operator '*' at line 1, col 10")
+        self.assert_refused_fast('flow >> switch("\'ab\' * 200000000")["x" >> second]',
+                                 "operator '*' on a string in expression")
+        self.assert_refused_fast('flow >> first["(\'%9s\' % 1) as it"]',
+                                 "operator '%' on a string in expression")
+        self.assert_refused_fast('first >> ("ab" + "cd")', "operator '+'")
+
+    def test_huge_constants(self):
+        self.assert_refused_fast('"' + "x" * 2000 + '" >> first',
+                                 "string constant of 2000 bytes (at most 1024")
+        self.assert_refused_fast("first[" + "9" * 30 + "]", "integer constant of 100 bits (at most 63)")
+        self.assert_refused_fast("flow >> [" + ", ".join(["first"] * 300) + "]",
+                                 "list display of 300 elements (at most 256)")
+
+    def test_deep_nesting(self):
+        self.assert_refused_fast("first >> [" * 40 + "second" + "]" * 40,
+                                 "nesting deeper than 32 levels")
+        self.assert_refused_fast("first >> " * 3000 + "second", "graph nested too deeply for Python's parser")
+
+    def test_graph_text_size(self):
+        fin = self.assert_refused_fast("first >> second\n" * 5000, "graph text of 80000 bytes (at most 65536)")
+        self.assertEqual(fin["tasks"], {})
+
+    def test_operators_on_plain_values(self):
+        self.assert_refused_fast("1 >> first >> second", "operator '>>' with left operand '1 >> first'")
+        self.assert_refused_fast('switch("x") >> first', "operator '>>' with left operand \"switch('x')\"")
+        self.assert_refused_fast("first & 5 % 3", "operator '%' with left operand '5'")
+        self.assert_refused_fast('"x" >> ("y" >> first)', "operator '>>' from case label")
+        self.assert_refused_fast('"ab"[0] >> first', "subscript of \"'ab'\"")
+
+    def test_bounded_graphs_still_work(self):
+        cases = [
+            ("first >> second >> third", {}),
+            ("flow >> [first, second] >> third", {}),
+            ("flow >> (first, second) >> third", {}),
+            ("(first & second) >> third", {}),
+            ("(first | second) >> [third]", {}),
+            ('flow >> first % ("$ctx.params.n * 2 > 1 and $ctx.params.n % 2 == 1", 3)', {"n": 1}),
+            ('flow >> switch("$ctx.params.n")[1 >> second, "*" >> third]', {"n": 1}),
+            ("first >> second\n" * 100 + "second >> third", {}),
+            ("(((first))) >> ((second)) >> third", {}),
+        ]
+        for graph, params in cases:
+            with self.subTest(graph=graph[:60]):
+                fin = self.run_flow(self.r, graph, T("first", "second", "third"), params=params)
+                self.assertEqual(fin["status"], "COMPLETED", fin)
+        fin = self.run_flow(self.r, 'flow >> switch("$ctx.params.n")[1 >> second, "*" >> third]',
+                            T("second", "third"), params={"n": 1})
+        self.assertEqual(fin["tasks"], {"second": "SUCCEEDED", "third": "PENDING"})
+
+
 class ProcessLifecycleTests(RunnerTestBase):
     def test_shutdown_after_run(self):
         r = self.new_runner()
