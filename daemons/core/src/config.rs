@@ -343,6 +343,8 @@ config_fields! {
     worker_drain_timeout_sec: f64 = 60.0, "PYOCO_WORKER_DRAIN_TIMEOUT_SEC";
     /// Worker: a run still running after this long is killed and FAILED with `timeout` (0 = none).
     worker_run_timeout_sec: f64 = 0.0, "PYOCO_WORKER_RUN_TIMEOUT_SEC";
+    /// Worker: address-space limit (RLIMIT_AS) of each Python runner, bytes (0 = none); a run over it ends FAILED `resource_limit`.
+    worker_runner_memory_max_bytes: i64 = 4_294_967_296, "PYOCO_WORKER_RUNNER_MEMORY_MAX_BYTES";
     /// Worker: a cancelled run still running after this long is killed; negative = the cancel grace period.
     cancel_kill_after_sec: f64 = -1.0, "PYOCO_CANCEL_KILL_AFTER_SEC";
     /// Worker: long-poll length of a fetch, seconds (the original's `--poll-timeout`).

@@ -212,6 +212,23 @@ def _exc_type(exc):
     return f"{mod}.{cls.__qualname__}"
 
 
+def _memory_limit_text(what):
+    """The error of a run that hit MemoryError: which limit it was and the setting that raises it."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        unlimited = soft == resource.RLIM_INFINITY
+    except Exception:  # no resource module (not Linux)
+        soft, unlimited = None, True
+    if unlimited:
+        limit = "with no address-space limit on the runner (the machine or the service's MemoryMax= ran out)"
+    else:
+        limit = f"over the runner's memory limit of {soft} bytes ({soft / (1 << 20):.0f} MiB, RLIMIT_AS)"
+    return (f"resource_limit: {what} ran out of memory (MemoryError) {limit}; make it use less, or "
+            f"raise worker_runner_memory_max_bytes (PYOCO_WORKER_RUNNER_MEMORY_MAX_BYTES, "
+            f"--runner-memory-max; 0 = no limit)")
+
+
 def _format_tb(exc):
     try:
         return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -881,6 +898,7 @@ class Run:
         self.engine = None
         self.flow = None
         self.last_error = None          # last task error seen by the trace (original: backend error)
+        self.memory_error_task = None   # the task that raised MemoryError, if one did
         self._emit_lock = threading.Lock()
         self._emitted = {}              # task -> last emitted state
         self._log_index = 0
@@ -995,10 +1013,18 @@ class Run:
 
     def on_node_error(self, name, error):
         self.apply_cancel()
-        try:
-            text = str(error)
-        except Exception:
-            text = _safe_repr(error)
+        if isinstance(error, MemoryError):
+            # str(MemoryError()) is empty: say what happened, in the event and the record.
+            self.memory_error_task = name
+            text = _memory_limit_text(f"task {name!r}")
+            record = self.run_ctx.task_records.get(name)
+            if record is not None:
+                record.error = text
+        else:
+            try:
+                text = str(error)
+            except Exception:
+                text = _safe_repr(error)
         self.last_error = text
         with self._emit_lock:
             self._drain_logs()
@@ -1017,16 +1043,18 @@ class Run:
             result = self._execute()
         except BaseException as exc:  # never leave without a run_finished
             _log(f"run {self.run_id}: internal error:\n{_format_tb(exc) or ''}")
+            if isinstance(exc, MemoryError):
+                text, kind = _memory_limit_text("the run"), "resource_limit"
+            else:
+                text, kind = f"internal runner error: {_exc_text(exc)}", "execution_error"
             try:
-                result = self._finished("FAILED", f"internal runner error: {_exc_text(exc)}",
-                                        "execution_error", exc)
+                result = self._finished("FAILED", text, kind, exc)
             except BaseException:
                 result = None
             if result is None:
                 result = event(
                     "run_finished", run_id=self.run_id, status="FAILED",
-                    error=f"internal runner error: {_exc_text(exc)}",
-                    error_kind="execution_error", exc_type=_exc_type(exc), traceback=None,
+                    error=text, error_kind=kind, exc_type=_exc_type(exc), traceback=None,
                     flow_name=self.flow_name, tasks={}, task_records={},
                     start_time=None, end_time=time.time(),
                 )
@@ -1052,6 +1080,9 @@ class Run:
             flow, failure = self._build()
         except GraphNotAllowed as exc:
             return self._finished("FAILED", str(exc), "graph_not_allowed", None)
+        except MemoryError as exc:
+            _log(f"run {self.run_id}: building the flow ran out of memory")
+            return self._finished("FAILED", _memory_limit_text("building the flow"), "resource_limit", exc)
         except BuildError as exc:
             # exc_type/traceback describe the underlying error (import error, syntax error), if any
             return self._finished("FAILED", str(exc), "build_error", exc.__cause__)
@@ -1098,6 +1129,11 @@ class Run:
             self.run_ctx.status = PY.RunStatus.FAILED
             if self.run_ctx.end_time is None:
                 self.run_ctx.end_time = time.time()
+            if isinstance(raised, MemoryError):
+                # The allocation that failed is gone with the task's frames: this runner goes
+                # on with the next run.
+                what = f"task {self.memory_error_task!r}" if self.memory_error_task else "the run"
+                return self._finished("FAILED", _memory_limit_text(what), "resource_limit", raised)
             return self._finished("FAILED", str(raised), "execution_error", raised)
         if status == "CANCELLING" or (status == "COMPLETED" and self.cancel_requested):
             # A cancel accepted before the run ended wins, as in pyoco's engine: the task that

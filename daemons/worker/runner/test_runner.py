@@ -106,6 +106,10 @@ def reads_stdin():
 def exits():
     sys.exit(3)
 
+def hog():
+    data = bytearray(1 << 30)
+    return len(data)
+
 def chdir_away():
     os.chdir("/")
     return os.getcwd()
@@ -164,7 +168,8 @@ def T(*names):
 class RunnerProcess:
     """One runner subprocess with a reader thread for its protocol channel."""
 
-    def __init__(self, tmp, args=(), python=None, env_extra=None, cwd=None, pythonpath=None):
+    def __init__(self, tmp, args=(), python=None, env_extra=None, cwd=None, pythonpath=None,
+                 preexec_fn=None):
         self.cwd = cwd or tempfile.mkdtemp(prefix="cwd-", dir=tmp)
         self.stderr_path = os.path.join(tmp, f"stderr-{time.monotonic_ns()}.txt")
         self.stderr_file = open(self.stderr_path, "wb")
@@ -177,7 +182,7 @@ class RunnerProcess:
         self.proc = subprocess.Popen(
             [python or sys.executable, RUNNER, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr_file,
-            cwd=self.cwd, env=env, start_new_session=True,
+            cwd=self.cwd, env=env, start_new_session=True, preexec_fn=preexec_fn,
         )
         self.q = queue.Queue()
         self.messages = []       # everything received, in order
@@ -845,6 +850,40 @@ class GraphBoundsTests(RunnerTestBase):
         fin = self.run_flow(self.r, 'flow >> switch("$ctx.params.n")[1 >> second, "*" >> third]',
                             T("second", "third"), params={"n": 1})
         self.assertEqual(fin["tasks"], {"second": "SUCCEEDED", "third": "PENDING"})
+
+
+class MemoryLimitTests(RunnerTestBase):
+    """A runner under RLIMIT_AS (as the worker starts it with worker_runner_memory_max_bytes)."""
+
+    LIMIT = 512 * 1024 * 1024
+
+    def test_memory_error_ends_the_run_resource_limit_and_the_runner_goes_on(self):
+        import resource
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (self.LIMIT, self.LIMIT))
+
+        r = RunnerProcess(self.tmp, preexec_fn=limit)
+        self.addCleanup(r.close)
+        self.assertEqual(r.ready()["type"], "ready")
+        t0 = time.monotonic()
+        fin = self.run_flow(r, "first >> hog >> second", T("first", "hog", "second"))
+        self.assertLess(time.monotonic() - t0, 5.0)
+        self.assertEqual((fin["status"], fin["error_kind"], fin["exc_type"]),
+                         ("FAILED", "resource_limit", "MemoryError"), fin)
+        self.assertTrue(fin["error"].startswith(
+            "resource_limit: task 'hog' ran out of memory (MemoryError) over the runner's memory "
+            "limit of 536870912 bytes (512 MiB, RLIMIT_AS)"), fin["error"])
+        self.assertIn("PYOCO_WORKER_RUNNER_MEMORY_MAX_BYTES", fin["error"])
+        self.assertEqual(fin["tasks"], {"first": "SUCCEEDED", "hog": "FAILED", "second": "PENDING"})
+        self.assertEqual(fin["task_records"]["hog"]["error"], fin["error"])
+        failed = [m for m in r.events(fin["run_id"]) if m["state"] == "FAILED"]
+        self.assertEqual([(m["task"], m["error"]) for m in failed], [("hog", fin["error"])])
+        # Same process, next run: it completes.
+        fin = self.run_flow(r, "add_one >> to_text", T("add_one", "to_text"), {"x": 1})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        self.assertEqual(fin["task_records"]["to_text"]["output"], "v=2")
+        self.assertIsNone(r.proc.poll(), "the runner is still alive")
 
 
 class ProcessLifecycleTests(RunnerTestBase):

@@ -69,6 +69,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
         pythonpath: settings.pythonpath.clone(),
         work_dir: work_dir.clone(),
         ready_timeout: settings.ready_timeout,
+        memory_max: settings.runner_memory_max,
     };
 
     for dir in &spec.pythonpath {

@@ -60,6 +60,9 @@ struct Cli {
     /// Kill a cancelled run still running after this many seconds (default: the cancel grace period).
     #[arg(long)]
     cancel_kill_after: Option<String>,
+    /// Address-space limit of each runner in bytes (0 = none); a run over it ends FAILED "resource_limit".
+    #[arg(long)]
+    runner_memory_max: Option<String>,
     /// Log level: DEBUG, INFO, WARNING, ERROR.
     #[arg(long)]
     log_level: Option<String>,
@@ -84,6 +87,7 @@ impl Cli {
         push("worker_drain_timeout_sec", &self.drain_timeout);
         push("worker_run_timeout_sec", &self.run_timeout);
         push("cancel_kill_after_sec", &self.cancel_kill_after);
+        push("worker_runner_memory_max_bytes", &self.runner_memory_max);
         push("log_level", &self.log_level);
         if !self.pythonpath.is_empty() {
             flags.push(("worker_pythonpath".into(), self.pythonpath.join(":")));

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -49,6 +50,8 @@ pub struct RunnerSpec {
     /// Parent of the per-slot working directories.
     pub work_dir: PathBuf,
     pub ready_timeout: Duration,
+    /// RLIMIT_AS of each runner (and the task subprocesses it starts); `None` = inherited.
+    pub memory_max: Option<u64>,
 }
 
 /// Writes the shim into `<work_dir>/runner/` (a directory with nothing else in it) and the
@@ -159,10 +162,18 @@ impl Runner {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        let memory_max = spec.memory_max;
+        // SAFETY: only async-signal-safe calls (plain syscalls) between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                if let Some(bytes) = memory_max {
+                    // Hard = soft, so task code cannot lift it; never above an inherited hard
+                    // limit (raising that would fail with EPERM and the runner not start).
+                    let (_, hard) = getrlimit(Resource::RLIMIT_AS).map_err(std::io::Error::from)?;
+                    let limit = bytes.min(hard);
+                    setrlimit(Resource::RLIMIT_AS, limit, limit).map_err(std::io::Error::from)?;
+                }
                 Ok(())
             });
         }

@@ -42,7 +42,13 @@ pub struct WorkerSettings {
     /// Above this size a snapshot's `task_records` are dropped; 0 = no limit.
     pub max_snapshot_bytes: usize,
     pub ready_timeout: Duration,
+    /// RLIMIT_AS of each runner; `None` = no limit.
+    pub runner_memory_max: Option<u64>,
 }
+
+/// Below this a runner cannot even import pyoco (its interpreter, threads and libraries map
+/// more), so a smaller limit is a configuration mistake, not a tight budget.
+pub const RUNNER_MEMORY_MIN_BYTES: i64 = 64 * 1024 * 1024;
 
 fn secs(name: &str, v: f64) -> Result<Duration, WorkerError> {
     Duration::try_from_secs_f64(v).map_err(|_| {
@@ -98,6 +104,12 @@ impl WorkerSettings {
         if progress <= 0.0 || progress >= ack_wait {
             progress = (ack_wait / 2.0).max(0.5);
         }
+        let memory_max = cfg.worker_runner_memory_max_bytes;
+        if memory_max != 0 && memory_max < RUNNER_MEMORY_MIN_BYTES {
+            return Err(WorkerError::Config(format!(
+                "worker_runner_memory_max_bytes = {memory_max}: must be 0 (no limit) or at least {RUNNER_MEMORY_MIN_BYTES} (64 MiB); example: worker_runner_memory_max_bytes = 4294967296"
+            )));
+        }
         Ok(WorkerSettings {
             tags,
             worker_id,
@@ -129,6 +141,7 @@ impl WorkerSettings {
             max_deliver: (cfg.consumer_max_deliver > 0).then_some(cfg.consumer_max_deliver),
             max_snapshot_bytes: cfg.max_run_snapshot_bytes.max(0) as usize,
             ready_timeout: Duration::from_secs(60),
+            runner_memory_max: (memory_max > 0).then_some(memory_max as u64),
             cfg: Arc::new(cfg),
         })
     }
@@ -239,5 +252,29 @@ mod tests {
         let mut c = cfg();
         c.worker_tags = "a.b".into();
         assert!(WorkerSettings::from_config(c, false).is_err());
+        for bad in [-1, 1000] {
+            let mut c = cfg();
+            c.worker_runner_memory_max_bytes = bad;
+            let e = WorkerSettings::from_config(c, false).unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("worker_runner_memory_max_bytes = {bad}: must be 0")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn runner_memory_limit() {
+        let s = WorkerSettings::from_config(cfg(), false).unwrap();
+        assert_eq!(s.runner_memory_max, Some(4 << 30), "4 GiB by default");
+        let mut c = cfg();
+        c.worker_runner_memory_max_bytes = 0;
+        let s = WorkerSettings::from_config(c, false).unwrap();
+        assert_eq!(s.runner_memory_max, None, "0 = no limit");
+        let mut c = cfg();
+        c.worker_runner_memory_max_bytes = RUNNER_MEMORY_MIN_BYTES;
+        let s = WorkerSettings::from_config(c, false).unwrap();
+        assert_eq!(s.runner_memory_max, Some(64 << 20));
     }
 }
