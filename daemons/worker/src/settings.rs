@@ -257,8 +257,9 @@ mod tests {
             c.worker_runner_memory_max_bytes = bad;
             let e = WorkerSettings::from_config(c, false).unwrap_err();
             assert!(
-                e.to_string()
-                    .starts_with(&format!("worker_runner_memory_max_bytes = {bad}: must be 0")),
+                e.to_string().starts_with(&format!(
+                    "worker_runner_memory_max_bytes = {bad}: must be 0"
+                )),
                 "{e}"
             );
         }

@@ -12,4 +12,5 @@ mod gateway_config;
 mod gateway_systemd;
 mod harness_smoke;
 mod interop_original;
+mod runner_bounds;
 mod worker;
