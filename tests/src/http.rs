@@ -33,6 +33,29 @@ where
     }
 }
 
+/// `POST <base_url>/runs/yaml` with `yaml` as the `workflow` file, `flow_name` and `tag`, the way
+/// pyoco-client sends it; returns the new run's id (panics with the answer otherwise).
+pub async fn submit_flow_yaml(base_url: &str, yaml: &str, flow_name: &str, tag: &str) -> String {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "workflow",
+            reqwest::multipart::Part::bytes(yaml.as_bytes().to_vec()).file_name("flow.yaml"),
+        )
+        .text("flow_name", flow_name.to_string())
+        .text("tag", tag.to_string());
+    let r = http()
+        .post(format!("{base_url}/runs/yaml"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST /runs/yaml");
+    let body: serde_json::Value = r.json().await.expect("JSON answer");
+    body["run_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("submit failed: {body}"))
+        .to_string()
+}
+
 /// `GET <base_url>/runs/<run_id>` (with `X-API-Key` if given); (status code, JSON body or Null).
 pub async fn get_run(
     base_url: &str,

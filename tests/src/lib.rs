@@ -36,7 +36,7 @@ pub use gateway::{
     spawn_workspace_bin, spawn_workspace_bin_in, wait_healthy, AnyGateway, Gateway, GatewayKind,
     OrigGateway, OrigWorker,
 };
-pub use http::{get_run, http, wait_for_run_status, wait_until};
+pub use http::{get_run, http, submit_flow_yaml, wait_for_run_status, wait_until};
 pub use jetstream::{account_info_json, create_kv};
 pub use nats::{nats_binary, NatsServer};
 pub use ports::free_port;

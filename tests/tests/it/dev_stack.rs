@@ -51,24 +51,8 @@ async fn up_with_nats_and_worker_runs_the_example_and_stops_cleanly() {
         "{}",
         up.log_tail(50)
     );
-    let yaml = std::fs::read(examples.join("flow.yaml")).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "workflow",
-            reqwest::multipart::Part::bytes(yaml).file_name("flow.yaml"),
-        )
-        .text("flow_name", "main")
-        .text("tag", "hello");
-    let r: Value = http()
-        .post(format!("{base}/runs/yaml"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["run_id"].as_str().unwrap().to_string();
+    let yaml = std::fs::read_to_string(examples.join("flow.yaml")).unwrap();
+    let id = submit_yaml(&base, &yaml, "hello").await;
     let done = wait_for_run_status(
         &base,
         &id,
@@ -153,23 +137,7 @@ fn user_project(dir: &TestDir) -> std::path::PathBuf {
 }
 
 async fn submit_yaml(base: &str, yaml: &str, tag: &str) -> String {
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "workflow",
-            reqwest::multipart::Part::bytes(yaml.as_bytes().to_vec()).file_name("flow.yaml"),
-        )
-        .text("flow_name", "main")
-        .text("tag", tag.to_string());
-    let r: Value = http()
-        .post(format!("{base}/runs/yaml"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["run_id"].as_str().expect("run_id").to_string()
+    submit_flow_yaml(base, yaml, "main", tag).await
 }
 
 #[tokio::test]

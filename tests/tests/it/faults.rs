@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use pyoco_tests::*;
-use serde_json::Value;
 
 /// VmRSS of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -33,23 +32,7 @@ async fn a_task_flooding_stderr_without_newlines_does_not_grow_the_worker() {
     let pid = worker.daemon().pid();
     let before = rss_kib(pid);
     let yaml = "version: 1\nflow:\n  graph: flood\ntasks:\n  flood: {callable: flood:flood}\n";
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "workflow",
-            reqwest::multipart::Part::bytes(yaml.as_bytes().to_vec()).file_name("flow.yaml"),
-        )
-        .text("flow_name", "main")
-        .text("tag", "flood");
-    let r: Value = http()
-        .post(gw.url("/runs/yaml"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["run_id"].as_str().unwrap().to_string();
+    let id = submit_flow_yaml(&gw.base_url(), yaml, "main", "flood").await;
     let mut peak = before;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let done = loop {
