@@ -10,6 +10,7 @@
 //! worker acknowledges a job whose run is already terminal without running it; a failed
 //! publish puts the old snapshot back.
 
+use pyoco_core::wire::fields;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream, Context};
@@ -165,24 +166,24 @@ impl Letter {
     }
 
     fn reason(&self) -> Option<&str> {
-        self.field("reason")
+        self.field(fields::dlq::REASON)
     }
 
     fn run_id(&self) -> Option<&str> {
-        self.field("run_id").filter(|s| !s.is_empty())
+        self.field(fields::dlq::RUN_ID).filter(|s| !s.is_empty())
     }
 
     /// The letter's own `timestamp`, else the stream's time.
     fn time(&self) -> f64 {
         self.doc
             .as_ref()
-            .and_then(|d| f64_field(d, "timestamp"))
+            .and_then(|d| f64_field(d, fields::dlq::TIMESTAMP))
             .unwrap_or(self.published)
     }
 
     fn has_job(&self) -> bool {
         matches!(
-            self.doc.as_ref().and_then(|d| d.get("job")),
+            self.doc.as_ref().and_then(|d| d.get(fields::dlq::JOB)),
             Some(Value::Object(_))
         )
     }
@@ -199,9 +200,9 @@ impl Letter {
             "tag": self.tag,
             "reason": self.reason(),
             "run_id": self.run_id(),
-            "flow_name": self.field("flow_name"),
-            "error": self.doc.as_ref().and_then(|d| d.get("error")).cloned().unwrap_or(Value::Null),
-            "worker_id": self.field("worker_id"),
+            "flow_name": self.field(fields::dlq::FLOW_NAME),
+            "error": self.doc.as_ref().and_then(|d| d.get(fields::dlq::ERROR)).cloned().unwrap_or(Value::Null),
+            "worker_id": self.field(fields::dlq::WORKER_ID),
             "has_job": self.has_job(),
         })
     }
@@ -373,7 +374,7 @@ fn letter_table(letters: &[Letter]) -> String {
     let rows: Vec<Vec<String>> = letters
         .iter()
         .map(|l| {
-            let error = match l.doc.as_ref().and_then(|d| d.get("error")) {
+            let error = match l.doc.as_ref().and_then(|d| d.get(fields::dlq::ERROR)) {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
@@ -433,7 +434,7 @@ fn job_for(
     snapshot: Option<&Doc>,
     runs_bucket: &str,
 ) -> Result<(Map<String, Value>, &'static str), String> {
-    if let Some(Value::Object(job)) = doc.get("job") {
+    if let Some(Value::Object(job)) = doc.get(fields::dlq::JOB) {
         return Ok((job.clone(), "job"));
     }
     let Some(snap) = snapshot else {
@@ -442,14 +443,14 @@ fn job_for(
         ));
     };
     if snap
-        .get("workflow_yaml_sha256")
+        .get(fields::job::WORKFLOW_YAML_SHA256)
         .map(|v| v.is_string())
         .unwrap_or(false)
     {
-        let flow = str_field(snap, "flow_name")
+        let flow = str_field(snap, fields::job::FLOW_NAME)
             .filter(|s| !s.is_empty())
             .unwrap_or("main");
-        let tag = str_field(snap, "tag").unwrap_or(&letter.tag);
+        let tag = str_field(snap, fields::job::TAG).unwrap_or(&letter.tag);
         return Err(format!(
             "run {run_id} was submitted as a flow.yaml, whose text is kept neither in the run snapshot nor in this letter \
 (it has no `job` field: it was written by the original worker or an older version); submit it again: \
@@ -466,32 +467,38 @@ pyococtl run submit-yaml --workflow-file flow.yaml --flow-name {flow} --tag {tag
             .unwrap_or(Value::Null)
     };
     let tag = doc
-        .get("tag")
-        .or_else(|| snap.get("tag"))
+        .get(fields::job::TAG)
+        .or_else(|| snap.get(fields::job::TAG))
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| letter.tag.clone());
-    let tags = match pick("tags") {
+    let tags = match pick(fields::job::TAGS) {
         Value::Array(a) => Value::Array(a),
         _ => json!([tag]),
     };
     let mut job = Map::new();
-    job.insert("run_id".into(), json!(run_id));
-    job.insert("flow_name".into(), pick("flow_name"));
-    job.insert("tag".into(), json!(tag));
-    job.insert("tags".into(), tags);
-    job.insert("tenant_id".into(), pick("tenant_id"));
-    job.insert("api_key_id".into(), pick("api_key_id"));
+    job.insert(fields::job::RUN_ID.into(), json!(run_id));
+    job.insert(fields::job::FLOW_NAME.into(), pick(fields::job::FLOW_NAME));
+    job.insert(fields::job::TAG.into(), json!(tag));
+    job.insert(fields::job::TAGS.into(), tags);
+    job.insert(fields::job::TENANT_ID.into(), pick(fields::job::TENANT_ID));
     job.insert(
-        "params".into(),
-        match snap.get("params") {
+        fields::job::API_KEY_ID.into(),
+        pick(fields::job::API_KEY_ID),
+    );
+    job.insert(
+        fields::job::PARAMS.into(),
+        match snap.get(fields::job::PARAMS) {
             Some(Value::Object(p)) => Value::Object(p.clone()),
             _ => json!({}),
         },
     );
-    job.insert("submitted_at".into(), json!(pyoco_core::time::now()));
-    if let Some(t) = snap.get("timeout_sec").filter(|v| v.is_number()) {
-        job.insert("timeout_sec".into(), t.clone());
+    job.insert(
+        fields::job::SUBMITTED_AT.into(),
+        json!(pyoco_core::time::now()),
+    );
+    if let Some(t) = snap.get(fields::job::TIMEOUT_SEC).filter(|v| v.is_number()) {
+        job.insert(fields::job::TIMEOUT_SEC.into(), t.clone());
     }
     Ok((job, "rebuilt"))
 }
@@ -503,16 +510,19 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
         None => {
             let mut d = Doc::new();
             for k in [
-                "run_id",
-                "flow_name",
-                "tag",
-                "tags",
-                "tenant_id",
-                "api_key_id",
+                fields::job::RUN_ID,
+                fields::job::FLOW_NAME,
+                fields::job::TAG,
+                fields::job::TAGS,
+                fields::job::TENANT_ID,
+                fields::job::API_KEY_ID,
             ] {
                 d.insert(k.into(), job.get(k).cloned().unwrap_or(Value::Null));
             }
-            for k in ["workflow_yaml_sha256", "workflow_yaml_bytes"] {
+            for k in [
+                fields::job::WORKFLOW_YAML_SHA256,
+                fields::job::WORKFLOW_YAML_BYTES,
+            ] {
                 if let Some(v) = job.get(k) {
                     d.insert(k.into(), v.clone());
                 }
@@ -525,28 +535,28 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
         .and_then(Value::as_u64)
         .unwrap_or(0)
         + 1;
-    d.insert("status".into(), json!(run_status::PENDING));
-    if let Some(p) = job.get("params").filter(|p| p.is_object()) {
-        d.insert("params".into(), p.clone());
+    d.insert(fields::run::STATUS.into(), json!(run_status::PENDING));
+    if let Some(p) = job.get(fields::run::PARAMS).filter(|p| p.is_object()) {
+        d.insert(fields::run::PARAMS.into(), p.clone());
         d.remove("snapshot_truncated");
     }
-    d.insert("tasks".into(), json!({}));
-    d.insert("task_records".into(), json!({}));
-    d.remove("task_records_truncated");
+    d.insert(fields::run::TASKS.into(), json!({}));
+    d.insert(fields::run::TASK_RECORDS.into(), json!({}));
+    d.remove(fields::run::TASK_RECORDS_TRUNCATED);
     for k in [
-        "start_time",
-        "end_time",
-        "error",
-        "cancel_requested_at",
-        "cancel_requested_by",
+        fields::run::START_TIME,
+        fields::run::END_TIME,
+        fields::run::ERROR,
+        fields::run::CANCEL_REQUESTED_AT,
+        fields::run::CANCEL_REQUESTED_BY,
     ] {
         d.insert(k.into(), Value::Null);
     }
     // The previous attempt's worker and notes do not describe the queued run.
-    d.remove("worker_id");
+    d.remove(fields::run::WORKER_ID);
     d.remove("worker_note");
-    d.insert("heartbeat_at".into(), json!(now));
-    d.insert("updated_at".into(), json!(now));
+    d.insert(fields::run::HEARTBEAT_AT.into(), json!(now));
+    d.insert(fields::run::UPDATED_AT.into(), json!(now));
     d.insert("replayed_at".into(), json!(now));
     d.insert("replay_count".into(), json!(count));
     d.insert("replayed_from_dlq_seq".into(), json!(seq));
@@ -586,7 +596,9 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
             .as_ref()
             .and_then(|e| serde_json::from_slice(&e.value).ok());
         if let Some(s) = &stored {
-            let status = str_field(s, "status").unwrap_or("").to_ascii_uppercase();
+            let status = str_field(s, fields::run::STATUS)
+                .unwrap_or("")
+                .to_ascii_uppercase();
             match status.as_str() {
                 run_status::FAILED | run_status::CANCELLED => {}
                 run_status::COMPLETED => {
@@ -607,7 +619,7 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
             Err(why) => return Outcome::Skipped(why),
         };
         let Some(tag) = job
-            .get("tag")
+            .get(fields::dlq::TAG)
             .and_then(Value::as_str)
             .filter(|t| is_valid_tag(t))
             .map(str::to_string)

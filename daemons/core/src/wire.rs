@@ -6,6 +6,8 @@
 
 use serde_json::{json, Map, Value};
 
+pub mod fields;
+
 pub type Doc = Map<String, Value>;
 
 /// Run states (contract §2.2).
@@ -39,17 +41,17 @@ pub mod worker_state {
 
 /// Keys of a list summary item, in the original's order (contract §1.3 `GET /runs`).
 pub const SUMMARY_KEYS: [&str; 11] = [
-    "run_id",
-    "flow_name",
-    "tag",
-    "tags",
-    "tenant_id",
-    "api_key_id",
-    "status",
-    "updated_at",
-    "heartbeat_at",
-    "worker_id",
-    "error",
+    fields::run::RUN_ID,
+    fields::run::FLOW_NAME,
+    fields::run::TAG,
+    fields::run::TAGS,
+    fields::run::TENANT_ID,
+    fields::run::API_KEY_ID,
+    fields::run::STATUS,
+    fields::run::UPDATED_AT,
+    fields::run::HEARTBEAT_AT,
+    fields::run::WORKER_ID,
+    fields::run::ERROR,
 ];
 
 /// Longest tag accepted. A tag becomes part of the work subject (`pyoco.work.<tag>`) and the
@@ -111,12 +113,12 @@ impl NewRun {
     /// The leading keys shared by the snapshot and the job, in the original's order.
     fn identity(&self) -> Doc {
         let mut d = Doc::new();
-        d.insert("run_id".into(), json!(self.run_id));
-        d.insert("flow_name".into(), json!(self.flow_name));
-        d.insert("tag".into(), json!(self.tag));
-        d.insert("tags".into(), json!(self.tags));
-        d.insert("tenant_id".into(), json!(self.tenant_id));
-        d.insert("api_key_id".into(), json!(self.api_key_id));
+        d.insert(fields::run::RUN_ID.into(), json!(self.run_id));
+        d.insert(fields::run::FLOW_NAME.into(), json!(self.flow_name));
+        d.insert(fields::run::TAG.into(), json!(self.tag));
+        d.insert(fields::run::TAGS.into(), json!(self.tags));
+        d.insert(fields::run::TENANT_ID.into(), json!(self.tenant_id));
+        d.insert(fields::run::API_KEY_ID.into(), json!(self.api_key_id));
         d
     }
 
@@ -124,20 +126,23 @@ impl NewRun {
     pub fn initial_snapshot(&self) -> Doc {
         let mut d = self.identity();
         if let Some((sha, size)) = &self.workflow_yaml {
-            d.insert("workflow_yaml_sha256".into(), json!(sha));
-            d.insert("workflow_yaml_bytes".into(), json!(size));
+            d.insert(fields::run::WORKFLOW_YAML_SHA256.into(), json!(sha));
+            d.insert(fields::run::WORKFLOW_YAML_BYTES.into(), json!(size));
         }
-        d.insert("status".into(), json!(run_status::PENDING));
-        d.insert("params".into(), Value::Object(self.params.clone()));
-        d.insert("tasks".into(), json!({}));
-        d.insert("task_records".into(), json!({}));
-        d.insert("start_time".into(), Value::Null);
-        d.insert("end_time".into(), Value::Null);
-        d.insert("heartbeat_at".into(), json!(self.now));
-        d.insert("updated_at".into(), json!(self.now));
-        d.insert("error".into(), Value::Null);
+        d.insert(fields::run::STATUS.into(), json!(run_status::PENDING));
+        d.insert(
+            fields::run::PARAMS.into(),
+            Value::Object(self.params.clone()),
+        );
+        d.insert(fields::run::TASKS.into(), json!({}));
+        d.insert(fields::run::TASK_RECORDS.into(), json!({}));
+        d.insert(fields::run::START_TIME.into(), Value::Null);
+        d.insert(fields::run::END_TIME.into(), Value::Null);
+        d.insert(fields::run::HEARTBEAT_AT.into(), json!(self.now));
+        d.insert(fields::run::UPDATED_AT.into(), json!(self.now));
+        d.insert(fields::run::ERROR.into(), Value::Null);
         if let Some(t) = self.timeout_sec {
-            d.insert("timeout_sec".into(), json!(t));
+            d.insert(fields::run::TIMEOUT_SEC.into(), json!(t));
         }
         d
     }
@@ -145,15 +150,18 @@ impl NewRun {
     /// The job message published to `pyoco.work.<tag>` (contract §2.5).
     pub fn job_message(&self) -> Doc {
         let mut d = self.identity();
-        d.insert("params".into(), Value::Object(self.params.clone()));
+        d.insert(
+            fields::job::PARAMS.into(),
+            Value::Object(self.params.clone()),
+        );
         d.insert("submitted_at".into(), json!(self.now));
         if let (Some(text), Some((sha, size))) = (&self.workflow_yaml_text, &self.workflow_yaml) {
             d.insert("workflow_yaml".into(), json!(text));
-            d.insert("workflow_yaml_sha256".into(), json!(sha));
-            d.insert("workflow_yaml_bytes".into(), json!(size));
+            d.insert(fields::job::WORKFLOW_YAML_SHA256.into(), json!(sha));
+            d.insert(fields::job::WORKFLOW_YAML_BYTES.into(), json!(size));
         }
         if let Some(t) = self.timeout_sec {
-            d.insert("timeout_sec".into(), json!(t));
+            d.insert(fields::job::TIMEOUT_SEC.into(), json!(t));
         }
         d
     }
@@ -171,8 +179,8 @@ pub fn run_summary(snapshot: &Doc) -> Doc {
 pub fn run_view(snapshot: &Doc, with_records: bool) -> Doc {
     let mut out = snapshot.clone();
     if !with_records {
-        out.remove("task_records");
-        out.remove("task_records_truncated");
+        out.remove(fields::run::TASK_RECORDS);
+        out.remove(fields::run::TASK_RECORDS_TRUNCATED);
     }
     out
 }
@@ -180,7 +188,7 @@ pub fn run_view(snapshot: &Doc, with_records: bool) -> Doc {
 /// A worker record normalized as the original does (contract §3.7), with its effective state.
 pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &'static str) {
     let mut d = raw.clone();
-    let stored = match str_field(raw, "state")
+    let stored = match str_field(raw, fields::worker::STATE)
         .map(str::to_ascii_uppercase)
         .as_deref()
     {
@@ -190,18 +198,21 @@ pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &
         _ => worker_state::IDLE,
     };
     let truthy = |k: &str| f64_field(raw, k).filter(|v| *v != 0.0);
-    let last_seen = truthy("last_seen_at")
-        .or_else(|| truthy("heartbeat_at"))
+    let last_seen = truthy(fields::worker::LAST_SEEN_AT)
+        .or_else(|| truthy(fields::worker::HEARTBEAT_AT))
         .unwrap_or(0.0);
-    let last_hb = truthy("last_heartbeat_at")
-        .or_else(|| truthy("heartbeat_at"))
+    let last_hb = truthy(fields::worker::LAST_HEARTBEAT_AT)
+        .or_else(|| truthy(fields::worker::HEARTBEAT_AT))
         .unwrap_or(last_seen);
-    d.insert("state".into(), json!(stored));
+    d.insert(fields::worker::STATE.into(), json!(stored));
     d.insert(
-        "hidden".into(),
-        json!(raw.get("hidden").map(is_truthy).unwrap_or(false)),
+        fields::worker::HIDDEN.into(),
+        json!(raw
+            .get(fields::worker::HIDDEN)
+            .map(is_truthy)
+            .unwrap_or(false)),
     );
-    let tags: Vec<Value> = match raw.get("tags") {
+    let tags: Vec<Value> = match raw.get(fields::worker::TAGS) {
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(|t| {
@@ -213,23 +224,23 @@ pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &
             .collect(),
         _ => vec![],
     };
-    d.insert("tags".into(), Value::Array(tags));
-    d.insert("last_seen_at".into(), json!(last_seen));
-    d.insert("last_heartbeat_at".into(), json!(last_hb));
-    d.insert("heartbeat_at".into(), json!(last_hb));
+    d.insert(fields::worker::TAGS.into(), Value::Array(tags));
+    d.insert(fields::worker::LAST_SEEN_AT.into(), json!(last_seen));
+    d.insert(fields::worker::LAST_HEARTBEAT_AT.into(), json!(last_hb));
+    d.insert(fields::worker::HEARTBEAT_AT.into(), json!(last_hb));
     for k in [
-        "current_run_id",
-        "last_run_id",
-        "last_run_status",
-        "last_run_started_at",
-        "last_run_finished_at",
-        "stopped_at",
-        "stop_reason",
+        fields::worker::CURRENT_RUN_ID,
+        fields::worker::LAST_RUN_ID,
+        fields::worker::LAST_RUN_STATUS,
+        fields::worker::LAST_RUN_STARTED_AT,
+        fields::worker::LAST_RUN_FINISHED_AT,
+        fields::worker::STOPPED_AT,
+        fields::worker::STOP_REASON,
     ] {
         d.entry(k.to_string()).or_insert(Value::Null);
     }
-    let updated = f64_field(raw, "updated_at").unwrap_or(0.0);
-    d.insert("updated_at".into(), json!(updated));
+    let updated = f64_field(raw, fields::worker::UPDATED_AT).unwrap_or(0.0);
+    d.insert(fields::worker::UPDATED_AT.into(), json!(updated));
     let effective = match stored {
         worker_state::STOPPED_GRACEFUL | worker_state::DISCONNECTED => stored,
         _ if disconnect_timeout > 0.0 && now - last_seen > disconnect_timeout => {

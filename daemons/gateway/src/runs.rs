@@ -1,5 +1,6 @@
 //! Run endpoints: submit (JSON and flow.yaml), list, get, tasks, cancel (contract §1.3).
 
+use pyoco_core::wire::fields;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
@@ -318,7 +319,7 @@ async fn create_run(
             let status = match res.runs.get(existing.clone()).await {
                 Ok(Some(b)) => serde_json::from_slice::<Doc>(&b)
                     .ok()
-                    .and_then(|d| str_field(&d, "status").map(str::to_string)),
+                    .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string)),
                 _ => None,
             }
             .unwrap_or_else(|| run_status::PENDING.to_string());
@@ -468,7 +469,7 @@ pub async fn list(
         let res = state.res().await?;
         let reads = items.iter().map(|e| {
             let runs = res.runs.clone();
-            let id = str_field(&e.summary_doc(), "run_id")
+            let id = str_field(&e.summary_doc(), fields::run::RUN_ID)
                 .unwrap_or("")
                 .to_string();
             async move { runs.get(id).await }
@@ -490,8 +491,8 @@ pub async fn list(
     };
     let next_cursor = match (more, items.last()) {
         (true, Some(last)) => Some(encode_cursor(
-            f64_field(last, "updated_at").unwrap_or(0.0),
-            str_field(last, "run_id").unwrap_or(""),
+            f64_field(last, fields::run::UPDATED_AT).unwrap_or(0.0),
+            str_field(last, fields::run::RUN_ID).unwrap_or(""),
         )),
         _ => None,
     };
@@ -533,7 +534,7 @@ pub async fn load_run(
 
 pub fn check_tenant(principal: &Option<Principal>, doc: &Doc) -> ApiResult<()> {
     if let Some(p) = principal {
-        if str_field(doc, "tenant_id") != Some(p.tenant_id.as_str()) {
+        if str_field(doc, fields::run::TENANT_ID) != Some(p.tenant_id.as_str()) {
             return Err(ApiError::not_found("run not found"));
         }
     }
@@ -559,7 +560,7 @@ pub async fn get_run(
     let (doc, _) = load_run(&state, &principal, &run_id).await?;
     let mut view = wire::run_view(&doc, include_records(&q));
     if let Some(worker_id) = doc
-        .get("worker_id")
+        .get(fields::run::WORKER_ID)
         .filter(|v| wire::is_truthy(v))
         .and_then(Value::as_str)
     {
@@ -577,12 +578,12 @@ pub async fn get_tasks(
     let principal = state.authenticate(&headers).await?;
     let (doc, _) = load_run(&state, &principal, &run_id).await?;
     Ok(Json(json!({
-        "run_id": doc.get("run_id").cloned().unwrap_or(json!(run_id)),
-        "flow_name": doc.get("flow_name").cloned().unwrap_or(Value::Null),
-        "status": doc.get("status").cloned().unwrap_or(Value::Null),
-        "tasks": doc.get("tasks").cloned().unwrap_or(json!({})),
-        "task_records": doc.get("task_records").cloned().unwrap_or(json!({})),
-        "task_records_truncated": doc.get("task_records_truncated").map(wire::is_truthy).unwrap_or(false),
+        fields::run::RUN_ID: doc.get(fields::run::RUN_ID).cloned().unwrap_or(json!(run_id)),
+        fields::run::FLOW_NAME: doc.get(fields::run::FLOW_NAME).cloned().unwrap_or(Value::Null),
+        fields::run::STATUS: doc.get(fields::run::STATUS).cloned().unwrap_or(Value::Null),
+        fields::run::TASKS: doc.get(fields::run::TASKS).cloned().unwrap_or(json!({})),
+        fields::run::TASK_RECORDS: doc.get(fields::run::TASK_RECORDS).cloned().unwrap_or(json!({})),
+        fields::run::TASK_RECORDS_TRUNCATED: doc.get(fields::run::TASK_RECORDS_TRUNCATED).map(wire::is_truthy).unwrap_or(false),
     }))
     .into_response())
 }
@@ -597,33 +598,35 @@ pub async fn cancel(
     let principal = state.authenticate(&headers).await?;
     for _ in 0..50 {
         let (mut doc, revision) = load_run(&state, &principal, &run_id).await?;
-        let status = str_field(&doc, "status").unwrap_or("").to_string();
+        let status = str_field(&doc, fields::run::STATUS)
+            .unwrap_or("")
+            .to_string();
         if run_status::is_terminal(&status) {
             return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
         }
         let t = now();
         if doc
-            .get("cancel_requested_at")
+            .get(fields::run::CANCEL_REQUESTED_AT)
             .map(|v| !wire::is_truthy(v))
             .unwrap_or(true)
         {
-            doc.insert("cancel_requested_at".into(), json!(t));
+            doc.insert(fields::run::CANCEL_REQUESTED_AT.into(), json!(t));
         }
         if let Some(p) = &principal {
             doc.insert(
-                "cancel_requested_by".into(),
+                fields::run::CANCEL_REQUESTED_BY.into(),
                 json!(format!("api_key:{}", p.api_key_id)),
             );
         }
         if status.eq_ignore_ascii_case(run_status::PENDING) {
             // No worker has it: cancel now. The worker that later receives the job sees a
             // terminal run and acknowledges it without running it.
-            doc.insert("status".into(), json!(run_status::CANCELLED));
-            doc.insert("end_time".into(), json!(t));
+            doc.insert(fields::run::STATUS.into(), json!(run_status::CANCELLED));
+            doc.insert(fields::run::END_TIME.into(), json!(t));
         } else {
-            doc.insert("status".into(), json!(run_status::CANCELLING));
+            doc.insert(fields::run::STATUS.into(), json!(run_status::CANCELLING));
         }
-        doc.insert("updated_at".into(), json!(t));
+        doc.insert(fields::run::UPDATED_AT.into(), json!(t));
         let res = state.res().await?;
         match res
             .runs
@@ -631,7 +634,7 @@ pub async fn cancel(
             .await
         {
             Ok(_) => {
-                tracing::info!(run_id = %run_id, status = %str_field(&doc, "status").unwrap_or(""), "cancel requested");
+                tracing::info!(run_id = %run_id, status = %str_field(&doc, fields::run::STATUS).unwrap_or(""), "cancel requested");
                 return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,

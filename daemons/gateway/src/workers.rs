@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
+use pyoco_core::wire::fields;
 use pyoco_core::wire::{
     self, f64_field, is_valid_kv_key, normalize_worker, worker_alive, worker_state, Doc,
 };
@@ -27,15 +28,19 @@ pub fn enrich_run(state: &SharedState, worker_id: &str, view: &mut Doc) {
             view.insert("worker_state".into(), json!(effective));
             view.insert(
                 "worker_heartbeat_at".into(),
-                rec.get("last_heartbeat_at").cloned().unwrap_or(Value::Null),
+                rec.get(fields::worker::LAST_HEARTBEAT_AT)
+                    .cloned()
+                    .unwrap_or(Value::Null),
             );
             view.insert(
                 "worker_hidden".into(),
-                rec.get("hidden").cloned().unwrap_or(json!(false)),
+                rec.get(fields::worker::HIDDEN)
+                    .cloned()
+                    .unwrap_or(json!(false)),
             );
             view.insert(
                 "worker_tags".into(),
-                rec.get("tags").cloned().unwrap_or(json!([])),
+                rec.get(fields::worker::TAGS).cloned().unwrap_or(json!([])),
             );
         }
         None => {
@@ -88,7 +93,12 @@ pub async fn list(
         .filter_map(|(raw, _)| {
             let (mut rec, effective) =
                 normalize_worker(&raw, t, state.settings.worker_disconnect_timeout_sec);
-            if !include_hidden && rec.get("hidden").map(wire::is_truthy).unwrap_or(false) {
+            if !include_hidden
+                && rec
+                    .get(fields::worker::HIDDEN)
+                    .map(wire::is_truthy)
+                    .unwrap_or(false)
+            {
                 return None;
             }
             if scope == "active" && !worker_alive(effective) {
@@ -101,8 +111,11 @@ pub async fn list(
             {
                 return None;
             }
-            rec.insert("state".into(), json!(effective));
-            Some((f64_field(&rec, "last_seen_at").unwrap_or(0.0), rec))
+            rec.insert(fields::worker::STATE.into(), json!(effective));
+            Some((
+                f64_field(&rec, fields::worker::LAST_SEEN_AT).unwrap_or(0.0),
+                rec,
+            ))
         })
         .collect();
     items.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -165,8 +178,8 @@ pub async fn patch(
         let raw: Doc = serde_json::from_slice(&entry.value).map_err(|_| not_found())?;
         let t = now();
         let (mut rec, _) = normalize_worker(&raw, t, state.settings.worker_disconnect_timeout_sec);
-        rec.insert("hidden".into(), json!(hidden));
-        rec.insert("updated_at".into(), json!(t));
+        rec.insert(fields::worker::HIDDEN.into(), json!(hidden));
+        rec.insert(fields::worker::UPDATED_AT.into(), json!(t));
         match res
             .workers
             .update(&worker_id, to_ascii_vec(&rec).into(), entry.revision)

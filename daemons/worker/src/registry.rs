@@ -2,6 +2,7 @@
 //! original (IDLE, RUNNING, STOPPED_GRACEFUL), written with compare-and-set so `hidden` (set by
 //! `PATCH /workers/{id}`) is never lost, refreshed by a heartbeat.
 
+use pyoco_core::wire::fields;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,7 +85,10 @@ impl Registry {
             };
             let local = self.local.lock().await.clone();
             let t = now();
-            let hidden = doc.get("hidden").cloned().unwrap_or(json!(false));
+            let hidden = doc
+                .get(fields::worker::HIDDEN)
+                .cloned()
+                .unwrap_or(json!(false));
             let current = local
                 .current_run_ids
                 .first()
@@ -92,23 +96,35 @@ impl Registry {
                 .map(Value::String)
                 .unwrap_or(Value::Null);
             for (k, v) in [
-                ("worker_id", json!(self.worker_id)),
-                ("instance_id", json!(self.instance_id)),
-                ("state", json!(local.state)),
-                ("hidden", hidden),
-                ("tags", json!(self.tags)),
-                ("last_seen_at", json!(t)),
-                ("last_heartbeat_at", json!(t)),
-                ("heartbeat_at", json!(t)),
-                ("current_run_id", current),
-                ("last_run_id", local.last_run_id.clone()),
-                ("last_run_status", local.last_run_status.clone()),
-                ("last_run_started_at", local.last_run_started_at.clone()),
-                ("last_run_finished_at", local.last_run_finished_at.clone()),
-                ("stopped_at", local.stopped_at.clone()),
-                ("stop_reason", local.stop_reason.clone()),
-                ("updated_at", json!(t)),
-                ("current_run_ids", json!(local.current_run_ids)),
+                (fields::worker::WORKER_ID, json!(self.worker_id)),
+                (fields::worker::INSTANCE_ID, json!(self.instance_id)),
+                (fields::worker::STATE, json!(local.state)),
+                (fields::worker::HIDDEN, hidden),
+                (fields::worker::TAGS, json!(self.tags)),
+                (fields::worker::LAST_SEEN_AT, json!(t)),
+                (fields::worker::LAST_HEARTBEAT_AT, json!(t)),
+                (fields::worker::HEARTBEAT_AT, json!(t)),
+                (fields::worker::CURRENT_RUN_ID, current),
+                (fields::worker::LAST_RUN_ID, local.last_run_id.clone()),
+                (
+                    fields::worker::LAST_RUN_STATUS,
+                    local.last_run_status.clone(),
+                ),
+                (
+                    fields::worker::LAST_RUN_STARTED_AT,
+                    local.last_run_started_at.clone(),
+                ),
+                (
+                    fields::worker::LAST_RUN_FINISHED_AT,
+                    local.last_run_finished_at.clone(),
+                ),
+                (fields::worker::STOPPED_AT, local.stopped_at.clone()),
+                (fields::worker::STOP_REASON, local.stop_reason.clone()),
+                (fields::worker::UPDATED_AT, json!(t)),
+                (
+                    fields::worker::CURRENT_RUN_IDS,
+                    json!(local.current_run_ids),
+                ),
             ] {
                 doc.insert(k.to_string(), v);
             }

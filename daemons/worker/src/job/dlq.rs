@@ -3,6 +3,7 @@
 
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
+use pyoco_core::wire::fields;
 use serde_json::{json, Value};
 
 use super::{Job, JobCtx};
@@ -20,7 +21,7 @@ pub async fn publish_raw_with_id(
     payload: Value,
     msg_id: Option<&str>,
 ) {
-    let mut doc = json!({"reason": reason, "error": error, "timestamp": now()});
+    let mut doc = json!({fields::dlq::REASON: reason, fields::dlq::ERROR: error, fields::dlq::TIMESTAMP: now()});
     if let (Some(d), Value::Object(p)) = (doc.as_object_mut(), payload) {
         d.extend(p);
     }
@@ -51,9 +52,9 @@ pub async fn publish_run(ctx: &JobCtx, reason: &str, error: &str, job: &Job) {
     // The original's fields, plus (ours) the whole job, so `pyococtl dlq replay` can queue
     // exactly what was submitted, flow.yaml included (the run snapshot does not keep the YAML).
     let payload = json!({
-        "run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
-        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id,
-        "job": job.to_doc(),
+        fields::dlq::RUN_ID: job.run_id, fields::dlq::FLOW_NAME: job.flow_name, fields::dlq::TAG: job.tag, fields::dlq::TAGS: job.tags,
+        fields::dlq::TENANT_ID: job.tenant_id, fields::dlq::API_KEY_ID: job.api_key_id, fields::dlq::WORKER_ID: ctx.worker_id,
+        fields::dlq::JOB: job.to_doc(),
     });
     publish_raw(ctx, &job.tag, reason, error, payload).await
 }
