@@ -54,8 +54,10 @@ pub enum ModifyError {
     Undecodable(Bytes),
     #[error("the key kept changing under concurrent writes ({0} attempts)")]
     Conflict(u32),
-    #[error("{0}")]
-    Nats(String),
+    /// A NATS failure: `kind` is the error kind's text (what the gateway reports), `message`
+    /// the whole error.
+    #[error("{message}")]
+    Nats { kind: String, message: String },
 }
 
 /// [`modify_bounded`] with [`DEFAULT_ATTEMPTS`].
@@ -80,7 +82,14 @@ pub async fn modify_bounded<F>(
 where
     F: FnMut(Option<&Doc>) -> Decision,
 {
-    let nats = |e: &dyn std::fmt::Display| ModifyError::Nats(e.to_string());
+    fn nats<K: std::fmt::Display + Clone + std::fmt::Debug + PartialEq>(
+        e: &async_nats::error::Error<K>,
+    ) -> ModifyError {
+        ModifyError::Nats {
+            kind: e.kind().to_string(),
+            message: e.to_string(),
+        }
+    }
     for attempt in 0..attempts {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) * 5)).await;

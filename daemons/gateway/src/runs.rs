@@ -13,6 +13,7 @@ use axum::Json;
 use base64::Engine as _;
 use pyoco_core::flow_yaml;
 use pyoco_core::json::to_ascii_vec;
+use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::resources::Resources;
 use pyoco_core::time::now;
 use pyoco_core::wire::{
@@ -596,15 +597,34 @@ pub async fn cancel(
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
     let principal = state.authenticate(&headers).await?;
-    for _ in 0..50 {
-        let (mut doc, revision) = load_run(&state, &principal, &run_id).await?;
-        let status = str_field(&doc, fields::run::STATUS)
+    let not_found = || {
+        tracing::info!(err_id = "ERR-PYOCO-0005", run_id = %run_id, "run not found");
+        ApiError::not_found("run not found")
+    };
+    if !is_valid_kv_key(&run_id) {
+        return Err(ApiError::not_found("run not found"));
+    }
+    let res = state.res().await?;
+    // Another tenant's run: no write, and a 404 like any run the caller may not see.
+    let mut denied = false;
+    let outcome = pyoco_core::kv::modify(&res.runs, &run_id, |stored| {
+        let Some(stored) = stored else {
+            return Decision::Keep;
+        };
+        if check_tenant(&principal, stored).is_err() {
+            denied = true;
+            return Decision::Keep;
+        }
+        let status = str_field(stored, fields::run::STATUS)
             .unwrap_or("")
             .to_string();
+        // Terminal states are final: shown as they are, nothing written.
         if run_status::is_terminal(&status) {
-            return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
+            return Decision::Keep;
         }
+        let mut doc = stored.clone();
         let t = now();
+        // The first request's time stands.
         if doc
             .get(fields::run::CANCEL_REQUESTED_AT)
             .map(|v| !wire::is_truthy(v))
@@ -627,21 +647,23 @@ pub async fn cancel(
             doc.insert(fields::run::STATUS.into(), json!(run_status::CANCELLING));
         }
         doc.insert(fields::run::UPDATED_AT.into(), json!(t));
-        let res = state.res().await?;
-        match res
-            .runs
-            .update(&run_id, to_ascii_vec(&doc).into(), revision)
-            .await
-        {
-            Ok(_) => {
+        Decision::Write(doc)
+    })
+    .await;
+    match outcome {
+        Ok(_) if denied => Err(ApiError::not_found("run not found")),
+        Ok(m) => {
+            let doc = m.doc.unwrap_or_default();
+            if m.written {
                 tracing::info!(run_id = %run_id, status = %str_field(&doc, fields::run::STATUS).unwrap_or(""), "cancel requested");
-                return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(ApiError::nats(e.kind())),
+            Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response())
         }
+        Err(ModifyError::NotFound) => Err(not_found()),
+        Err(ModifyError::Undecodable(_)) => Err(ApiError::not_found("run not found")),
+        Err(ModifyError::Conflict(_)) => Err(ApiError::nats(
+            "cancel kept conflicting with concurrent writes; retry",
+        )),
+        Err(ModifyError::Nats { kind, .. }) => Err(ApiError::nats(kind)),
     }
-    Err(ApiError::nats(
-        "cancel kept conflicting with concurrent writes; retry",
-    ))
 }
