@@ -2,12 +2,12 @@
 //! original (IDLE, RUNNING, STOPPED_GRACEFUL), written with compare-and-set so `hidden` (set by
 //! `PATCH /workers/{id}`) is never lost, refreshed by a heartbeat.
 
+use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::wire::fields;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
 use pyoco_core::wire::{worker_state, Doc};
 use serde_json::{json, Value};
@@ -69,21 +69,11 @@ impl Registry {
     /// our fields on top, by compare-and-set.
     pub async fn write(&self) -> Result<(), String> {
         let _one_at_a_time = self.write_lock.lock().await;
-        for _ in 0..20 {
-            let entry = self
-                .store
-                .entry(&self.worker_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut doc, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<Doc>(&e.value).unwrap_or_default(),
-                    Some(e.revision),
-                ),
-                Some(e) => (Doc::new(), Some(e.revision)),
-                None => (Doc::new(), None),
-            };
-            let local = self.local.lock().await.clone();
+        // Taken once per write: a change made meanwhile marks the record dirty and the
+        // background writer stores it next.
+        let local = self.local.lock().await.clone();
+        let outcome = pyoco_core::kv::modify_bounded(&self.store, &self.worker_id, 20, |stored| {
+            let mut doc = stored.cloned().unwrap_or_default();
             let t = now();
             let hidden = doc
                 .get(fields::worker::HIDDEN)
@@ -131,38 +121,16 @@ impl Registry {
             for (k, v) in &self.extra {
                 doc.insert(k.clone(), v.clone());
             }
-            let bytes = to_ascii_vec(&doc);
-            let res = match revision {
-                Some(rev) => self
-                    .store
-                    .update(&self.worker_id, bytes.into(), rev)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => self
-                    .store
-                    .create(&self.worker_id, bytes.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    }),
-            };
-            match res {
-                Ok(()) => return Ok(()),
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(e),
+            Decision::Write(doc)
+        })
+        .await;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(ModifyError::Conflict(_)) => {
+                Err("worker record kept conflicting with concurrent writes".into())
             }
+            Err(e) => Err(e.to_string()),
         }
-        Err("worker record kept conflicting with concurrent writes".into())
     }
 
     /// Changes our fields and lets the background writer store them.

@@ -3,8 +3,8 @@
 //! the worker owns the execution fields, and neither can erase the other's. Terminal states are
 //! final: a stored terminal snapshot is never overwritten.
 
+use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::wire::fields;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use pyoco_core::json::to_ascii_vec;
@@ -219,66 +219,34 @@ impl Writer {
                 Err(e) => return Err(WriteError::Nats(e.to_string())),
             }
         }
-        for attempt in 0..30u32 {
-            let entry = self
-                .store
-                .entry(&state.run_id)
-                .await
-                .map_err(|e| WriteError::Nats(e.to_string()))?;
-            let (stored, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<Doc>(&e.value).ok(),
-                    Some(e.revision),
-                ),
-                Some(e) => (None, Some(e.revision)),
-                None => (None, None),
-            };
-            if let Some(s) = &stored {
+        // Someone wrote in between (or nothing is remembered): read, merge with what they
+        // wrote, and write at that revision.
+        let limits = self.limits;
+        let mut terminal = None;
+        let outcome = pyoco_core::kv::modify_bounded(&self.store, &state.run_id, 30, |stored| {
+            if let Some(s) = stored {
                 if run_status::is_terminal(str_field(s, fields::run::STATUS).unwrap_or("")) {
-                    return Err(WriteError::Terminal(s.clone()));
+                    terminal = Some(s.clone());
+                    return Decision::Keep;
                 }
             }
-            let doc = state.merged(stored.as_ref(), now(), changed);
-            let bytes = encode(doc.clone(), self.limits);
-            let result = match revision {
-                Some(rev) => self
-                    .store
-                    .update(&state.run_id, bytes.into(), rev)
-                    .await
-                    .map_err(|e| {
-                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                            None
-                        } else {
-                            Some(e.to_string())
-                        }
-                    }),
-                None => self
-                    .store
-                    .create(&state.run_id, bytes.into())
-                    .await
-                    .map_err(|e| {
-                        if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                            None
-                        } else {
-                            Some(e.to_string())
-                        }
-                    }),
-            };
-            match result {
-                Ok(new_rev) => {
-                    self.last = Some((new_rev, doc.clone()));
-                    return Ok(doc);
-                }
-                Err(None) => {
-                    // Someone wrote in between: merge again with what they wrote.
-                    tokio::time::sleep(Duration::from_millis((attempt as u64).min(10) * 5)).await;
-                }
-                Err(Some(e)) => return Err(WriteError::Nats(e)),
+            let doc = state.merged(stored, now(), changed);
+            let bytes = encode(doc.clone(), limits);
+            Decision::WriteBytes(doc, bytes)
+        })
+        .await;
+        match outcome {
+            Ok(_) if terminal.is_some() => Err(WriteError::Terminal(terminal.unwrap_or_default())),
+            Ok(m) => {
+                let doc = m.doc.unwrap_or_default();
+                self.last = Some((m.revision, doc.clone()));
+                Ok(doc)
             }
+            Err(ModifyError::Conflict(_)) => Err(WriteError::Nats(
+                "snapshot kept conflicting with concurrent writes".into(),
+            )),
+            Err(e) => Err(WriteError::Nats(e.to_string())),
         }
-        Err(WriteError::Nats(
-            "snapshot kept conflicting with concurrent writes".into(),
-        ))
     }
 }
 
