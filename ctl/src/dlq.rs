@@ -10,6 +10,7 @@
 //! worker acknowledges a job whose run is already terminal without running it; a failed
 //! publish puts the old snapshot back.
 
+use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::wire::fields;
 use std::time::Duration;
 
@@ -586,37 +587,40 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
         Outcome::Failed(format!("{what}: {e} (NATS at {})", dlq.url))
     };
 
-    for _ in 0..20 {
-        // 1. The run as stored now.
-        let entry = match runs.entry(&run_id).await {
-            Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
-            Err(e) => return failed(&format!("cannot read run {run_id}"), &e),
-        };
-        let stored: Option<Doc> = entry
-            .as_ref()
-            .and_then(|e| serde_json::from_slice(&e.value).ok());
-        if let Some(s) = &stored {
+    // 1. The run as stored now, and 2. back to PENDING with compare-and-set against what was
+    // read; on a concurrent write, look again.
+    let mut skipped: Option<String> = None;
+    let mut planned: Option<(Map<String, Value>, &'static str, String)> = None;
+    let outcome = pyoco_core::kv::modify_bounded(runs, &run_id, 20, |stored| {
+        skipped = None;
+        planned = None;
+        if let Some(s) = stored {
             let status = str_field(s, fields::run::STATUS)
                 .unwrap_or("")
                 .to_ascii_uppercase();
             match status.as_str() {
                 run_status::FAILED | run_status::CANCELLED => {}
                 run_status::COMPLETED => {
-                    return Outcome::Skipped(format!(
+                    skipped = Some(format!(
                         "run {run_id} is COMPLETED (it ran again after this letter was written), so there is nothing to replay; drop the letter with pyococtl dlq purge --confirm"
-                    ))
+                    ));
+                    return Decision::Keep;
                 }
                 other => {
-                    return Outcome::Skipped(format!(
+                    skipped = Some(format!(
                         "run {run_id} is {} and not finished: replaying it now could run it twice; wait until it ends (pyococtl run get {run_id})",
                         if other.is_empty() { "in an unknown state" } else { other }
-                    ))
+                    ));
+                    return Decision::Keep;
                 }
             }
         }
-        let (job, source) = match job_for(letter, doc, &run_id, stored.as_ref(), &runs_bucket) {
+        let (job, source) = match job_for(letter, doc, &run_id, stored, &runs_bucket) {
             Ok(j) => j,
-            Err(why) => return Outcome::Skipped(why),
+            Err(why) => {
+                skipped = Some(why);
+                return Decision::Keep;
+            }
         };
         let Some(tag) = job
             .get(fields::dlq::TAG)
@@ -624,105 +628,93 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
             .filter(|t| is_valid_tag(t))
             .map(str::to_string)
         else {
-            return Outcome::Skipped(format!(
+            skipped = Some(format!(
                 "the job of run {run_id} has no valid tag to queue it on"
             ));
+            return Decision::Keep;
         };
-
-        // 2. Back to PENDING, with compare-and-set against what we read.
-        let now = pyoco_core::time::now();
-        let reset = reset_snapshot(stored.as_ref(), &job, seq, now);
-        let written = match &entry {
-            Some(e) => runs
-                .update(&run_id, to_ascii_vec(&reset).into(), e.revision)
-                .await
-                .map_err(|err| {
-                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        None
-                    } else {
-                        Some(err.to_string())
-                    }
-                }),
-            None => runs
-                .create(&run_id, to_ascii_vec(&reset).into())
-                .await
-                .map_err(|err| {
-                    if err.kind() == kv::CreateErrorKind::AlreadyExists {
-                        None
-                    } else {
-                        Some(err.to_string())
-                    }
-                }),
-        };
-        let revision = match written {
-            Ok(r) => r,
-            Err(None) => continue, // written by someone else in between: look again
-            Err(Some(e)) => return failed(&format!("cannot reset run {run_id} to PENDING"), &e),
-        };
-
-        // 3. The job, under a message id of its own (a plain run_id would be deduplicated).
-        let subject = dlq.names.work_subject(&tag);
-        let msg_id = format!("{run_id}-replay-{seq}");
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(to_ascii_vec(&job).into())
-            .message_id(msg_id.as_str());
-        let published = match dlq.js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => match ack.await {
-                // Published before under this id (a replay of this letter within the work
-                // stream's duplicate window): the stream dropped it, nothing was queued.
-                Ok(a) if a.duplicate => Err(format!(
-                    "the stream dropped it as a duplicate of message id {msg_id}, published by a replay of this letter within the stream's duplicate window; try again in two minutes"
-                )),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = published {
-            // Put the run back as it was, unless someone wrote it since.
-            let restored = match &entry {
-                Some(old) => runs
-                    .update(&run_id, old.value.clone(), revision)
-                    .await
-                    .is_ok(),
-                None => runs
-                    .delete_expect_revision(&run_id, Some(revision))
-                    .await
-                    .is_ok(),
-            };
-            let note = if restored {
-                "the run snapshot was put back as it was"
-            } else {
-                "the run snapshot could NOT be put back: it stays PENDING"
-            };
-            return Outcome::Failed(format!(
-                "cannot publish the job of run {run_id} to {subject}: {e} (NATS at {}); {note}",
-                dlq.url
-            ));
-        }
-
-        // 4. The letter has served.
-        let deleted = match &dlq.stream {
-            Some(s) => s.delete_message(seq).await.is_ok(),
-            None => false,
-        };
-        if !deleted {
-            eprintln!("warning: run {run_id} was queued again but dead letter {seq} could not be deleted; a second replay of it would be refused while the run is not finished");
-        }
-        return Outcome::Replayed(json!({
-            "seq": seq,
-            "run_id": run_id,
-            "tag": tag,
-            "subject": subject,
-            "msg_id": msg_id,
-            "source": source,
-            "replay_count": reset.get("replay_count").cloned().unwrap_or(json!(1)),
-            "dlq_deleted": deleted,
-        }));
+        let reset = reset_snapshot(stored, &job, seq, pyoco_core::time::now());
+        planned = Some((job, source, tag));
+        Decision::Write(reset)
+    })
+    .await;
+    if let Some(why) = skipped {
+        return Outcome::Skipped(why);
     }
-    Outcome::Failed(format!(
-        "run {run_id} kept changing under concurrent writes; try again"
-    ))
+    let m = match outcome {
+        Ok(m) => m,
+        Err(ModifyError::Conflict(_)) => {
+            return Outcome::Failed(format!(
+                "run {run_id} kept changing under concurrent writes; try again"
+            ))
+        }
+        Err(ModifyError::Nats {
+            on_write: false,
+            message,
+            ..
+        }) => return failed(&format!("cannot read run {run_id}"), &message),
+        Err(e) => return failed(&format!("cannot reset run {run_id} to PENDING"), &e),
+    };
+    let (Some((job, source, tag)), Some(reset)) = (planned, m.doc) else {
+        return Outcome::Failed(format!("run {run_id}: nothing was written"));
+    };
+    let revision = m.revision;
+    // 3. The job, under a message id of its own (a plain run_id would be deduplicated).
+    let subject = dlq.names.work_subject(&tag);
+    let msg_id = format!("{run_id}-replay-{seq}");
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(to_ascii_vec(&job).into())
+        .message_id(msg_id.as_str());
+    let published = match dlq.js.send_publish(subject.clone(), publish).await {
+        Ok(ack) => match ack.await {
+            // Published before under this id (a replay of this letter within the work
+            // stream's duplicate window): the stream dropped it, nothing was queued.
+            Ok(a) if a.duplicate => Err(format!(
+                "the stream dropped it as a duplicate of message id {msg_id}, published by a replay of this letter within the stream's duplicate window; try again in two minutes"
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = published {
+        // Put the run back as it was, unless someone wrote it since.
+        let restored = match &m.previous {
+            Some(old) => runs.update(&run_id, old.clone(), revision).await.is_ok(),
+            None => runs
+                .delete_expect_revision(&run_id, Some(revision))
+                .await
+                .is_ok(),
+        };
+        let note = if restored {
+            "the run snapshot was put back as it was"
+        } else {
+            "the run snapshot could NOT be put back: it stays PENDING"
+        };
+        return Outcome::Failed(format!(
+            "cannot publish the job of run {run_id} to {subject}: {e} (NATS at {}); {note}",
+            dlq.url
+        ));
+    }
+
+    // 4. The letter has served.
+    let deleted = match &dlq.stream {
+        Some(s) => s.delete_message(seq).await.is_ok(),
+        None => false,
+    };
+    if !deleted {
+        eprintln!("warning: run {run_id} was queued again but dead letter {seq} could not be deleted; a second replay of it would be refused while the run is not finished");
+    }
+    Outcome::Replayed(json!({
+        "seq": seq,
+        "run_id": run_id,
+        "tag": tag,
+        "subject": subject,
+        "msg_id": msg_id,
+        "source": source,
+        "replay_count": reset.get("replay_count").cloned().unwrap_or(json!(1)),
+        "dlq_deleted": deleted,
+    }))
 }
 
 async fn runs_bucket(ctx: &Ctx, dlq: &Dlq) -> CtlResult<kv::Store> {

@@ -54,10 +54,14 @@ pub enum ModifyError {
     Undecodable(Bytes),
     #[error("the key kept changing under concurrent writes ({0} attempts)")]
     Conflict(u32),
-    /// A NATS failure: `kind` is the error kind's text (what the gateway reports), `message`
-    /// the whole error.
+    /// A NATS failure on the read (`on_write` false) or the write: `kind` is the error kind's
+    /// text (what the gateway reports), `message` the whole error.
     #[error("{message}")]
-    Nats { kind: String, message: String },
+    Nats {
+        on_write: bool,
+        kind: String,
+        message: String,
+    },
 }
 
 /// [`modify_bounded`] with [`DEFAULT_ATTEMPTS`].
@@ -84,8 +88,10 @@ where
 {
     fn nats<K: std::fmt::Display + Clone + std::fmt::Debug + PartialEq>(
         e: &async_nats::error::Error<K>,
+        on_write: bool,
     ) -> ModifyError {
         ModifyError::Nats {
+            on_write,
             kind: e.kind().to_string(),
             message: e.to_string(),
         }
@@ -94,7 +100,7 @@ where
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) * 5)).await;
         }
-        let entry = store.entry(key).await.map_err(|e| nats(&e))?;
+        let entry = store.entry(key).await.map_err(|e| nats(&e, false))?;
         let (raw, revision) = match &entry {
             Some(e) if e.operation == Operation::Put => (Some(e.value.clone()), Some(e.revision)),
             Some(e) => (None, Some(e.revision)),
@@ -137,7 +143,7 @@ where
                         // a changed revision tells a conflict from a failure.
                         match store.entry(key).await {
                             Ok(now) if now.as_ref().map(|e| e.revision) != Some(rev) => continue,
-                            _ => return Err(nats(&e)),
+                            _ => return Err(nats(&e, true)),
                         }
                     }
                 }
@@ -152,12 +158,12 @@ where
             Some(rev) => match store.update(key, bytes.into(), rev).await {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
-                Err(e) => return Err(nats(&e)),
+                Err(e) => return Err(nats(&e, true)),
             },
             None => match store.create(key, bytes.into()).await {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                Err(e) => return Err(nats(&e)),
+                Err(e) => return Err(nats(&e, true)),
             },
         };
         if let Some(revision) = written {
