@@ -12,6 +12,7 @@
 
 use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::wire::fields;
+use pyoco_core::wire::JobMessage;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream, Context};
@@ -477,30 +478,26 @@ pyococtl run submit-yaml --workflow-file flow.yaml --flow-name {flow} --tag {tag
         Value::Array(a) => Value::Array(a),
         _ => json!([tag]),
     };
-    let mut job = Map::new();
-    job.insert(fields::job::RUN_ID.into(), json!(run_id));
-    job.insert(fields::job::FLOW_NAME.into(), pick(fields::job::FLOW_NAME));
-    job.insert(fields::job::TAG.into(), json!(tag));
-    job.insert(fields::job::TAGS.into(), tags);
-    job.insert(fields::job::TENANT_ID.into(), pick(fields::job::TENANT_ID));
-    job.insert(
-        fields::job::API_KEY_ID.into(),
-        pick(fields::job::API_KEY_ID),
-    );
-    job.insert(
-        fields::job::PARAMS.into(),
-        match snap.get(fields::job::PARAMS) {
-            Some(Value::Object(p)) => Value::Object(p.clone()),
-            _ => json!({}),
+    let job = JobMessage {
+        run_id: json!(run_id),
+        flow_name: pick(fields::job::FLOW_NAME),
+        tag: json!(tag),
+        tags,
+        tenant_id: pick(fields::job::TENANT_ID),
+        api_key_id: pick(fields::job::API_KEY_ID),
+        params: match snap.get(fields::job::PARAMS) {
+            Some(Value::Object(p)) => p.clone(),
+            _ => Map::new(),
         },
-    );
-    job.insert(
-        fields::job::SUBMITTED_AT.into(),
-        json!(pyoco_core::time::now()),
-    );
-    if let Some(t) = snap.get(fields::job::TIMEOUT_SEC).filter(|v| v.is_number()) {
-        job.insert(fields::job::TIMEOUT_SEC.into(), t.clone());
+        submitted_at: Some(json!(pyoco_core::time::now())),
+        // A flow.yaml run was refused above: its text is not in the snapshot.
+        workflow_yaml: None,
+        timeout_sec: snap
+            .get(fields::job::TIMEOUT_SEC)
+            .filter(|v| v.is_number())
+            .cloned(),
     }
+    .to_doc();
     Ok((job, "rebuilt"))
 }
 

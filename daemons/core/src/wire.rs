@@ -149,21 +149,86 @@ impl NewRun {
 
     /// The job message published to `pyoco.work.<tag>` (contract §2.5).
     pub fn job_message(&self) -> Doc {
-        let mut d = self.identity();
-        d.insert(
-            fields::job::PARAMS.into(),
-            Value::Object(self.params.clone()),
-        );
-        d.insert("submitted_at".into(), json!(self.now));
-        if let (Some(text), Some((sha, size))) = (&self.workflow_yaml_text, &self.workflow_yaml) {
-            d.insert("workflow_yaml".into(), json!(text));
-            d.insert(fields::job::WORKFLOW_YAML_SHA256.into(), json!(sha));
-            d.insert(fields::job::WORKFLOW_YAML_BYTES.into(), json!(size));
+        JobMessage {
+            run_id: json!(self.run_id),
+            flow_name: json!(self.flow_name),
+            tag: json!(self.tag),
+            tags: json!(self.tags),
+            tenant_id: json!(self.tenant_id),
+            api_key_id: json!(self.api_key_id),
+            params: self.params.clone(),
+            submitted_at: Some(json!(self.now)),
+            // Only with both the text and its digest, as the YAML endpoint submits it.
+            workflow_yaml: match (&self.workflow_yaml_text, &self.workflow_yaml) {
+                (Some(text), Some((sha, size))) => Some(WorkflowYaml {
+                    text: text.clone(),
+                    sha256: json!(sha),
+                    bytes: json!(size),
+                }),
+                _ => None,
+            },
+            timeout_sec: self.timeout_sec.map(|t| json!(t)),
         }
-        if let Some(t) = self.timeout_sec {
-            d.insert(fields::job::TIMEOUT_SEC.into(), json!(t));
+        .to_doc()
+    }
+}
+
+/// The job message (stream `PYOCO_WORK`, contract §2.5), built in one place for the gateway's
+/// submit, the worker's copy in a dead letter and pyococtl's replay. Values are JSON as they
+/// were read, so a job written by another version goes out again unchanged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobMessage {
+    pub run_id: Value,
+    pub flow_name: Value,
+    pub tag: Value,
+    pub tags: Value,
+    pub tenant_id: Value,
+    pub api_key_id: Value,
+    pub params: Map<String, Value>,
+    /// Absent in the worker's copy, which does not keep the submit time.
+    pub submitted_at: Option<Value>,
+    pub workflow_yaml: Option<WorkflowYaml>,
+    /// Ours; the original ignores it.
+    pub timeout_sec: Option<Value>,
+}
+
+/// A submitted flow.yaml as the job carries it: the raw text (not base64) and its digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowYaml {
+    pub text: String,
+    pub sha256: Value,
+    pub bytes: Value,
+}
+
+impl JobMessage {
+    /// The document, keys in the gateway's order: the original's (§2.5), then ours.
+    pub fn to_doc(&self) -> Doc {
+        use fields::job;
+        let mut d = Doc::new();
+        d.insert(job::RUN_ID.into(), self.run_id.clone());
+        d.insert(job::FLOW_NAME.into(), self.flow_name.clone());
+        d.insert(job::TAG.into(), self.tag.clone());
+        d.insert(job::TAGS.into(), self.tags.clone());
+        d.insert(job::TENANT_ID.into(), self.tenant_id.clone());
+        d.insert(job::API_KEY_ID.into(), self.api_key_id.clone());
+        d.insert(job::PARAMS.into(), Value::Object(self.params.clone()));
+        if let Some(t) = &self.submitted_at {
+            d.insert(job::SUBMITTED_AT.into(), t.clone());
+        }
+        if let Some(y) = &self.workflow_yaml {
+            d.insert(job::WORKFLOW_YAML.into(), json!(y.text));
+            d.insert(job::WORKFLOW_YAML_SHA256.into(), y.sha256.clone());
+            d.insert(job::WORKFLOW_YAML_BYTES.into(), y.bytes.clone());
+        }
+        if let Some(t) = &self.timeout_sec {
+            d.insert(job::TIMEOUT_SEC.into(), t.clone());
         }
         d
+    }
+
+    /// The bytes to publish: compact ASCII JSON, as the original writes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::json::to_ascii_vec(&self.to_doc())
     }
 }
 
@@ -312,6 +377,42 @@ mod tests {
         assert_eq!(
             s.keys().collect::<Vec<_>>(),
             vec!["run_id", "tag", "status"]
+        );
+    }
+
+    /// The job message's bytes as the gateway publishes them (key order, compact ASCII JSON,
+    /// Python float repr), pinned before the builder moved into [`JobMessage`].
+    #[test]
+    fn job_message_bytes_are_pinned() {
+        let run = NewRun {
+            run_id: "r1".into(),
+            flow_name: "f".into(),
+            tag: "t".into(),
+            tags: vec!["t".into(), "x".into()],
+            tenant_id: Some("ten".into()),
+            api_key_id: None,
+            params: serde_json::from_value(json!({"a": "\u{e9}", "n": 1e16})).unwrap(),
+            workflow_yaml: Some(("abc".into(), 12)),
+            workflow_yaml_text: Some("flow: \u{e9}\n".into()),
+            timeout_sec: Some(2.5),
+            now: 1700000000.25,
+        };
+        assert_eq!(
+            String::from_utf8(crate::json::to_ascii_vec(&run.job_message())).unwrap(),
+            r#"{"run_id":"r1","flow_name":"f","tag":"t","tags":["t","x"],"tenant_id":"ten","api_key_id":null,"params":{"a":"\u00e9","n":1e+16},"submitted_at":1700000000.25,"workflow_yaml":"flow: \u00e9\n","workflow_yaml_sha256":"abc","workflow_yaml_bytes":12,"timeout_sec":2.5}"#
+        );
+        // Without a flow.yaml or timeout: the eight keys of §2.5.
+        let plain = NewRun {
+            workflow_yaml: None,
+            workflow_yaml_text: None,
+            timeout_sec: None,
+            tenant_id: None,
+            params: Map::new(),
+            ..run
+        };
+        assert_eq!(
+            String::from_utf8(crate::json::to_ascii_vec(&plain.job_message())).unwrap(),
+            r#"{"run_id":"r1","flow_name":"f","tag":"t","tags":["t","x"],"tenant_id":null,"api_key_id":null,"params":{},"submitted_at":1700000000.25}"#
         );
     }
 }

@@ -3,6 +3,7 @@
 
 use pyoco_core::wire::fields;
 use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
+use pyoco_core::wire::{JobMessage, WorkflowYaml};
 use serde_json::{json, Map, Value};
 
 use crate::snapshot::RunState;
@@ -25,20 +26,28 @@ pub struct Job {
 
 impl Job {
     /// The job message again (contract §2.5), e.g. for a dead letter that can be replayed.
+    /// Without `submitted_at`: the worker does not keep it.
+    pub fn to_message(&self) -> JobMessage {
+        JobMessage {
+            run_id: json!(self.run_id),
+            flow_name: json!(self.flow_name),
+            tag: json!(self.tag),
+            tags: json!(self.tags),
+            tenant_id: self.tenant_id.clone(),
+            api_key_id: self.api_key_id.clone(),
+            params: self.params.clone(),
+            submitted_at: None,
+            workflow_yaml: self.workflow_yaml.as_ref().map(|text| WorkflowYaml {
+                text: text.clone(),
+                sha256: self.workflow_yaml_sha256.clone(),
+                bytes: self.workflow_yaml_bytes.clone(),
+            }),
+            timeout_sec: self.timeout_sec.map(|t| json!(t)),
+        }
+    }
+
     pub fn to_doc(&self) -> Value {
-        let mut d = json!({
-            fields::job::RUN_ID: self.run_id, fields::job::FLOW_NAME: self.flow_name, fields::job::TAG: self.tag, fields::job::TAGS: self.tags,
-            fields::job::TENANT_ID: self.tenant_id, fields::job::API_KEY_ID: self.api_key_id, fields::job::PARAMS: Value::Object(self.params.clone()),
-        });
-        if let Some(y) = &self.workflow_yaml {
-            d[fields::job::WORKFLOW_YAML] = json!(y);
-            d[fields::job::WORKFLOW_YAML_SHA256] = self.workflow_yaml_sha256.clone();
-            d[fields::job::WORKFLOW_YAML_BYTES] = self.workflow_yaml_bytes.clone();
-        }
-        if let Some(t) = self.timeout_sec {
-            d[fields::job::TIMEOUT_SEC] = json!(t);
-        }
-        d
+        Value::Object(self.to_message().to_doc())
     }
 }
 
@@ -168,6 +177,32 @@ mod tests {
         assert_eq!(
             (j.tag.as_str(), j.tags.clone(), j.timeout_sec),
             ("a", vec!["x".to_string()], Some(2.0))
+        );
+    }
+
+    /// The copy a dead letter carries is the gateway's job, byte for byte, less `submitted_at`.
+    #[test]
+    fn the_dead_letter_copy_is_the_gateways_job() {
+        let run = pyoco_core::wire::NewRun {
+            run_id: "r1".into(),
+            flow_name: "f".into(),
+            tag: "t".into(),
+            tags: vec!["t".into()],
+            tenant_id: Some("ten".into()),
+            api_key_id: Some("k".into()),
+            params: serde_json::from_value(json!({"a": "\u{e9}"})).unwrap(),
+            workflow_yaml: Some(("abc".into(), 9)),
+            workflow_yaml_text: Some("flow: {}\n".into()),
+            timeout_sec: Some(1.5),
+            now: 1.25,
+        };
+        let mut sent = run.job_message();
+        let bytes = pyoco_core::json::to_ascii_vec(&sent);
+        sent.shift_remove("submitted_at");
+        let copy = decode_job(&bytes).unwrap().to_message().to_bytes();
+        assert_eq!(
+            String::from_utf8(copy).unwrap(),
+            String::from_utf8(pyoco_core::json::to_ascii_vec(&sent)).unwrap()
         );
     }
 
