@@ -12,6 +12,7 @@
 
 use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::wire::fields;
+use pyoco_core::wire::DeadLetter;
 use pyoco_core::wire::JobMessage;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use clap::Subcommand;
 use futures::StreamExt;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::resources::Names;
-use pyoco_core::wire::{f64_field, is_valid_kv_key, is_valid_tag, run_status, str_field, Doc};
+use pyoco_core::wire::{is_valid_kv_key, is_valid_tag, run_status, str_field, Doc};
 use serde_json::{json, Map, Value};
 
 use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
@@ -138,6 +139,8 @@ struct Letter {
     published: f64,
     payload: Bytes,
     doc: Option<Doc>,
+    /// The same document read as a dead letter (None when not a JSON object).
+    dl: Option<DeadLetter>,
 }
 
 impl Letter {
@@ -153,6 +156,7 @@ impl Letter {
                 Value::Object(m) => Some(m),
                 _ => None,
             });
+        let dl = DeadLetter::from_slice(&payload);
         Letter {
             seq,
             subject: subject.to_string(),
@@ -160,11 +164,12 @@ impl Letter {
             published: published_ns as f64 / 1e9,
             payload,
             doc,
+            dl,
         }
     }
 
     fn field(&self, k: &str) -> Option<&str> {
-        self.doc.as_ref().and_then(|d| str_field(d, k))
+        self.dl.as_ref().and_then(|d| d.str(k))
     }
 
     fn reason(&self) -> Option<&str> {
@@ -177,17 +182,14 @@ impl Letter {
 
     /// The letter's own `timestamp`, else the stream's time.
     fn time(&self) -> f64 {
-        self.doc
+        self.dl
             .as_ref()
-            .and_then(|d| f64_field(d, fields::dlq::TIMESTAMP))
+            .and_then(DeadLetter::timestamp)
             .unwrap_or(self.published)
     }
 
     fn has_job(&self) -> bool {
-        matches!(
-            self.doc.as_ref().and_then(|d| d.get(fields::dlq::JOB)),
-            Some(Value::Object(_))
-        )
+        self.dl.as_ref().and_then(DeadLetter::job).is_some()
     }
 
     fn matches(&self, reason: Option<&str>) -> bool {
@@ -203,7 +205,7 @@ impl Letter {
             "reason": self.reason(),
             "run_id": self.run_id(),
             "flow_name": self.field(fields::dlq::FLOW_NAME),
-            "error": self.doc.as_ref().and_then(|d| d.get(fields::dlq::ERROR)).cloned().unwrap_or(Value::Null),
+            "error": self.dl.as_ref().and_then(|d| d.get(fields::dlq::ERROR)).cloned().unwrap_or(Value::Null),
             "worker_id": self.field(fields::dlq::WORKER_ID),
             "has_job": self.has_job(),
         })
@@ -376,7 +378,7 @@ fn letter_table(letters: &[Letter]) -> String {
     let rows: Vec<Vec<String>> = letters
         .iter()
         .map(|l| {
-            let error = match l.doc.as_ref().and_then(|d| d.get(fields::dlq::ERROR)) {
+            let error = match l.dl.as_ref().and_then(|d| d.get(fields::dlq::ERROR)) {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
@@ -431,12 +433,12 @@ enum Outcome {
 /// The job to queue again, and where it came from.
 fn job_for(
     letter: &Letter,
-    doc: &Doc,
+    doc: &DeadLetter,
     run_id: &str,
     snapshot: Option<&Doc>,
     runs_bucket: &str,
 ) -> Result<(Map<String, Value>, &'static str), String> {
-    if let Some(Value::Object(job)) = doc.get(fields::dlq::JOB) {
+    if let Some(job) = doc.job() {
         return Ok((job.clone(), "job"));
     }
     let Some(snap) = snapshot else {
@@ -563,7 +565,7 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
 
 async fn replay_one(dlq: &Dlq, runs: &kv::Store, letter: &Letter) -> Outcome {
     let seq = letter.seq;
-    let Some(doc) = &letter.doc else {
+    let Some(doc) = &letter.dl else {
         return Outcome::Skipped(format!("the letter is not a JSON object, so there is no run to queue again (pyococtl dlq show {seq})"));
     };
     if letter.reason() == Some("invalid_job") {
@@ -947,7 +949,7 @@ mod tests {
             json!({"run_id": "r1", "flow_name": "renamed", "tag": "t1", "tags": ["t1", "x"], "tenant_id": "acme", "params": {"x": 5}, "status": "FAILED"}),
         );
         let (job, src) =
-            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap();
+            job_for(&l, l.dl.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap();
         assert_eq!(src, "rebuilt");
         assert_eq!(job["flow_name"], "hello");
         assert_eq!(job["tags"], json!(["t1"]));
@@ -965,8 +967,7 @@ mod tests {
         let snap = doc(
             json!({"run_id": "r1", "flow_name": "main", "tag": "t1", "workflow_yaml_sha256": "ab", "status": "FAILED"}),
         );
-        let why =
-            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap_err();
+        let why = job_for(&l, l.dl.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap_err();
         assert!(
             why.contains(
                 "pyococtl run submit-yaml --workflow-file flow.yaml --flow-name main --tag t1"
@@ -978,7 +979,7 @@ mod tests {
             json!({"reason": "execution_error", "run_id": "r1", "job": {"run_id": "r1", "workflow_yaml": "version: 1"}}),
         );
         assert_eq!(
-            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs")
+            job_for(&l, l.dl.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs")
                 .unwrap()
                 .1,
             "job"

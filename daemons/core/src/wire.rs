@@ -6,7 +6,10 @@
 
 use serde_json::{json, Map, Value};
 
+pub mod dlq;
 pub mod fields;
+
+pub use dlq::DeadLetter;
 
 pub type Doc = Map<String, Value>;
 

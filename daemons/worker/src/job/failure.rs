@@ -2,6 +2,7 @@
 //! and dead-lettered, drain requeue, undecodable jobs, and max-deliveries advisories.
 
 use pyoco_core::wire::fields;
+use pyoco_core::wire::DeadLetter;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -41,7 +42,20 @@ pub(super) async fn retry_later(
         state.error = Some(error.clone());
         state.end_time = Some(now());
         let _ = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await;
-        dlq::publish_raw(ctx, &state.tag, "max_deliver_exceeded", &error, json!({fields::dlq::RUN_ID: state.run_id, fields::dlq::FLOW_NAME: state.flow_name, fields::dlq::TAG: state.tag, fields::dlq::TAGS: state.tags, fields::dlq::TENANT_ID: state.tenant_id, fields::dlq::API_KEY_ID: state.api_key_id, fields::dlq::WORKER_ID: ctx.worker_id, fields::dlq::NUM_DELIVERED: delivered, fields::dlq::JOB: job.to_doc()})).await;
+        // The run as this worker has it (a resolved flow name), and the job as it came.
+        let letter = DeadLetter {
+            run_id: Some(json!(state.run_id)),
+            flow_name: Some(json!(state.flow_name)),
+            tag: Some(json!(state.tag)),
+            tags: Some(json!(state.tags)),
+            tenant_id: Some(json!(state.tenant_id)),
+            api_key_id: Some(json!(state.api_key_id)),
+            worker_id: Some(json!(ctx.worker_id)),
+            num_delivered: Some(json!(delivered)),
+            job: Some(job.to_doc()),
+            ..DeadLetter::new("max_deliver_exceeded", &error, now())
+        };
+        dlq::publish(ctx, &state.tag, &letter, None).await;
         let _ = msg.ack_with(AckKind::Term).await;
         tracing::error!(run_id = %state.run_id, err_id = "ERR-PYOCO-0003", "last delivery failed; run FAILED and dead-lettered: {why}");
     } else {
@@ -92,7 +106,11 @@ pub(super) async fn invalid_job(
     let tag = subject.rsplit('.').next().unwrap_or("").to_string();
     tracing::error!(err_id = "ERR-PYOCO-0012", subject = %subject, reason = %inv.reason, "invalid job");
     let raw = String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(4096)]).into_owned();
-    dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({fields::dlq::SUBJECT: subject, fields::dlq::WORKER_ID: ctx.worker_id, fields::dlq::NUM_DELIVERED: delivered, fields::dlq::PAYLOAD: raw})).await;
+    let letter = DeadLetter {
+        payload: Some(json!(raw)),
+        ..dlq::for_invalid(ctx, &inv.reason, &subject, delivered)
+    };
+    dlq::publish(ctx, &tag, &letter, None).await;
     if let Some(run_id) = inv.run_id {
         // Keep what the gateway stored (flow name, params, tenant): merge, don't replace.
         let stored = ctx
@@ -196,19 +214,13 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
             match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
                 Ok(_) => {
                     tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
-                    let payload = json!({fields::dlq::RUN_ID: job.run_id, fields::dlq::FLOW_NAME: job.flow_name, fields::dlq::TAG: job.tag, fields::dlq::TAGS: job.tags,
-                        fields::dlq::TENANT_ID: job.tenant_id, fields::dlq::API_KEY_ID: job.api_key_id, fields::dlq::WORKER_ID: ctx.worker_id, fields::dlq::NUM_DELIVERED: deliveries,
-                        fields::dlq::JOB: job.to_doc()});
+                    let letter = DeadLetter {
+                        num_delivered: Some(json!(deliveries)),
+                        ..dlq::for_job(ctx, "max_deliver_exceeded", &error, &job)
+                    };
                     // One letter per lost message (its stream sequence), however many workers see the advisory.
-                    dlq::publish_raw_with_id(
-                        ctx,
-                        &job.tag,
-                        "max_deliver_exceeded",
-                        &error,
-                        payload,
-                        Some(&format!("max-deliver-{}-{seq}", job.run_id)),
-                    )
-                    .await;
+                    let msg_id = format!("max-deliver-{}-{seq}", job.run_id);
+                    dlq::publish(ctx, &job.tag, &letter, Some(&msg_id)).await;
                 }
                 Err(WriteError::Terminal(_)) => {}
                 Err(e) => {
@@ -218,7 +230,8 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
             }
         }
         Err(inv) => {
-            dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({fields::dlq::SUBJECT: subject, fields::dlq::WORKER_ID: ctx.worker_id, fields::dlq::NUM_DELIVERED: deliveries})).await;
+            let letter = dlq::for_invalid(ctx, &inv.reason, &subject, deliveries);
+            dlq::publish(ctx, &tag, &letter, None).await;
         }
     }
     let _ = stream.delete_message(seq).await;
