@@ -10,6 +10,10 @@
 //! worker acknowledges a job whose run is already terminal without running it; a failed
 //! publish puts the old snapshot back.
 
+use pyoco_core::kv::{Decision, ModifyError};
+use pyoco_core::wire::fields;
+use pyoco_core::wire::DeadLetter;
+use pyoco_core::wire::JobMessage;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream, Context};
@@ -18,7 +22,7 @@ use clap::Subcommand;
 use futures::StreamExt;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::resources::Names;
-use pyoco_core::wire::{f64_field, is_valid_kv_key, is_valid_tag, run_status, str_field, Doc};
+use pyoco_core::wire::{is_valid_kv_key, is_valid_tag, run_status, str_field, Doc};
 use serde_json::{json, Map, Value};
 
 use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
@@ -135,6 +139,8 @@ struct Letter {
     published: f64,
     payload: Bytes,
     doc: Option<Doc>,
+    /// The same document read as a dead letter (None when not a JSON object).
+    dl: Option<DeadLetter>,
 }
 
 impl Letter {
@@ -150,6 +156,7 @@ impl Letter {
                 Value::Object(m) => Some(m),
                 _ => None,
             });
+        let dl = DeadLetter::from_slice(&payload);
         Letter {
             seq,
             subject: subject.to_string(),
@@ -157,34 +164,32 @@ impl Letter {
             published: published_ns as f64 / 1e9,
             payload,
             doc,
+            dl,
         }
     }
 
     fn field(&self, k: &str) -> Option<&str> {
-        self.doc.as_ref().and_then(|d| str_field(d, k))
+        self.dl.as_ref().and_then(|d| d.str(k))
     }
 
     fn reason(&self) -> Option<&str> {
-        self.field("reason")
+        self.field(fields::dlq::REASON)
     }
 
     fn run_id(&self) -> Option<&str> {
-        self.field("run_id").filter(|s| !s.is_empty())
+        self.field(fields::dlq::RUN_ID).filter(|s| !s.is_empty())
     }
 
     /// The letter's own `timestamp`, else the stream's time.
     fn time(&self) -> f64 {
-        self.doc
+        self.dl
             .as_ref()
-            .and_then(|d| f64_field(d, "timestamp"))
+            .and_then(DeadLetter::timestamp)
             .unwrap_or(self.published)
     }
 
     fn has_job(&self) -> bool {
-        matches!(
-            self.doc.as_ref().and_then(|d| d.get("job")),
-            Some(Value::Object(_))
-        )
+        self.dl.as_ref().and_then(DeadLetter::job).is_some()
     }
 
     fn matches(&self, reason: Option<&str>) -> bool {
@@ -199,9 +204,9 @@ impl Letter {
             "tag": self.tag,
             "reason": self.reason(),
             "run_id": self.run_id(),
-            "flow_name": self.field("flow_name"),
-            "error": self.doc.as_ref().and_then(|d| d.get("error")).cloned().unwrap_or(Value::Null),
-            "worker_id": self.field("worker_id"),
+            "flow_name": self.field(fields::dlq::FLOW_NAME),
+            "error": self.dl.as_ref().and_then(|d| d.get(fields::dlq::ERROR)).cloned().unwrap_or(Value::Null),
+            "worker_id": self.field(fields::dlq::WORKER_ID),
             "has_job": self.has_job(),
         })
     }
@@ -373,7 +378,7 @@ fn letter_table(letters: &[Letter]) -> String {
     let rows: Vec<Vec<String>> = letters
         .iter()
         .map(|l| {
-            let error = match l.doc.as_ref().and_then(|d| d.get("error")) {
+            let error = match l.dl.as_ref().and_then(|d| d.get(fields::dlq::ERROR)) {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
@@ -428,12 +433,12 @@ enum Outcome {
 /// The job to queue again, and where it came from.
 fn job_for(
     letter: &Letter,
-    doc: &Doc,
+    doc: &DeadLetter,
     run_id: &str,
     snapshot: Option<&Doc>,
     runs_bucket: &str,
 ) -> Result<(Map<String, Value>, &'static str), String> {
-    if let Some(Value::Object(job)) = doc.get("job") {
+    if let Some(job) = doc.job() {
         return Ok((job.clone(), "job"));
     }
     let Some(snap) = snapshot else {
@@ -442,14 +447,14 @@ fn job_for(
         ));
     };
     if snap
-        .get("workflow_yaml_sha256")
+        .get(fields::job::WORKFLOW_YAML_SHA256)
         .map(|v| v.is_string())
         .unwrap_or(false)
     {
-        let flow = str_field(snap, "flow_name")
+        let flow = str_field(snap, fields::job::FLOW_NAME)
             .filter(|s| !s.is_empty())
             .unwrap_or("main");
-        let tag = str_field(snap, "tag").unwrap_or(&letter.tag);
+        let tag = str_field(snap, fields::job::TAG).unwrap_or(&letter.tag);
         return Err(format!(
             "run {run_id} was submitted as a flow.yaml, whose text is kept neither in the run snapshot nor in this letter \
 (it has no `job` field: it was written by the original worker or an older version); submit it again: \
@@ -466,33 +471,35 @@ pyococtl run submit-yaml --workflow-file flow.yaml --flow-name {flow} --tag {tag
             .unwrap_or(Value::Null)
     };
     let tag = doc
-        .get("tag")
-        .or_else(|| snap.get("tag"))
+        .get(fields::job::TAG)
+        .or_else(|| snap.get(fields::job::TAG))
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| letter.tag.clone());
-    let tags = match pick("tags") {
+    let tags = match pick(fields::job::TAGS) {
         Value::Array(a) => Value::Array(a),
         _ => json!([tag]),
     };
-    let mut job = Map::new();
-    job.insert("run_id".into(), json!(run_id));
-    job.insert("flow_name".into(), pick("flow_name"));
-    job.insert("tag".into(), json!(tag));
-    job.insert("tags".into(), tags);
-    job.insert("tenant_id".into(), pick("tenant_id"));
-    job.insert("api_key_id".into(), pick("api_key_id"));
-    job.insert(
-        "params".into(),
-        match snap.get("params") {
-            Some(Value::Object(p)) => Value::Object(p.clone()),
-            _ => json!({}),
+    let job = JobMessage {
+        run_id: json!(run_id),
+        flow_name: pick(fields::job::FLOW_NAME),
+        tag: json!(tag),
+        tags,
+        tenant_id: pick(fields::job::TENANT_ID),
+        api_key_id: pick(fields::job::API_KEY_ID),
+        params: match snap.get(fields::job::PARAMS) {
+            Some(Value::Object(p)) => p.clone(),
+            _ => Map::new(),
         },
-    );
-    job.insert("submitted_at".into(), json!(pyoco_core::time::now()));
-    if let Some(t) = snap.get("timeout_sec").filter(|v| v.is_number()) {
-        job.insert("timeout_sec".into(), t.clone());
+        submitted_at: Some(json!(pyoco_core::time::now())),
+        // A flow.yaml run was refused above: its text is not in the snapshot.
+        workflow_yaml: None,
+        timeout_sec: snap
+            .get(fields::job::TIMEOUT_SEC)
+            .filter(|v| v.is_number())
+            .cloned(),
     }
+    .to_doc();
     Ok((job, "rebuilt"))
 }
 
@@ -503,16 +510,19 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
         None => {
             let mut d = Doc::new();
             for k in [
-                "run_id",
-                "flow_name",
-                "tag",
-                "tags",
-                "tenant_id",
-                "api_key_id",
+                fields::job::RUN_ID,
+                fields::job::FLOW_NAME,
+                fields::job::TAG,
+                fields::job::TAGS,
+                fields::job::TENANT_ID,
+                fields::job::API_KEY_ID,
             ] {
                 d.insert(k.into(), job.get(k).cloned().unwrap_or(Value::Null));
             }
-            for k in ["workflow_yaml_sha256", "workflow_yaml_bytes"] {
+            for k in [
+                fields::job::WORKFLOW_YAML_SHA256,
+                fields::job::WORKFLOW_YAML_BYTES,
+            ] {
                 if let Some(v) = job.get(k) {
                     d.insert(k.into(), v.clone());
                 }
@@ -525,28 +535,28 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
         .and_then(Value::as_u64)
         .unwrap_or(0)
         + 1;
-    d.insert("status".into(), json!(run_status::PENDING));
-    if let Some(p) = job.get("params").filter(|p| p.is_object()) {
-        d.insert("params".into(), p.clone());
+    d.insert(fields::run::STATUS.into(), json!(run_status::PENDING));
+    if let Some(p) = job.get(fields::run::PARAMS).filter(|p| p.is_object()) {
+        d.insert(fields::run::PARAMS.into(), p.clone());
         d.remove("snapshot_truncated");
     }
-    d.insert("tasks".into(), json!({}));
-    d.insert("task_records".into(), json!({}));
-    d.remove("task_records_truncated");
+    d.insert(fields::run::TASKS.into(), json!({}));
+    d.insert(fields::run::TASK_RECORDS.into(), json!({}));
+    d.remove(fields::run::TASK_RECORDS_TRUNCATED);
     for k in [
-        "start_time",
-        "end_time",
-        "error",
-        "cancel_requested_at",
-        "cancel_requested_by",
+        fields::run::START_TIME,
+        fields::run::END_TIME,
+        fields::run::ERROR,
+        fields::run::CANCEL_REQUESTED_AT,
+        fields::run::CANCEL_REQUESTED_BY,
     ] {
         d.insert(k.into(), Value::Null);
     }
     // The previous attempt's worker and notes do not describe the queued run.
-    d.remove("worker_id");
+    d.remove(fields::run::WORKER_ID);
     d.remove("worker_note");
-    d.insert("heartbeat_at".into(), json!(now));
-    d.insert("updated_at".into(), json!(now));
+    d.insert(fields::run::HEARTBEAT_AT.into(), json!(now));
+    d.insert(fields::run::UPDATED_AT.into(), json!(now));
     d.insert("replayed_at".into(), json!(now));
     d.insert("replay_count".into(), json!(count));
     d.insert("replayed_from_dlq_seq".into(), json!(seq));
@@ -555,7 +565,7 @@ fn reset_snapshot(stored: Option<&Doc>, job: &Map<String, Value>, seq: u64, now:
 
 async fn replay_one(dlq: &Dlq, runs: &kv::Store, letter: &Letter) -> Outcome {
     let seq = letter.seq;
-    let Some(doc) = &letter.doc else {
+    let Some(doc) = &letter.dl else {
         return Outcome::Skipped(format!("the letter is not a JSON object, so there is no run to queue again (pyococtl dlq show {seq})"));
     };
     if letter.reason() == Some("invalid_job") {
@@ -576,141 +586,134 @@ fix what published it and submit the run again, then drop the letter (pyococtl d
         Outcome::Failed(format!("{what}: {e} (NATS at {})", dlq.url))
     };
 
-    for _ in 0..20 {
-        // 1. The run as stored now.
-        let entry = match runs.entry(&run_id).await {
-            Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
-            Err(e) => return failed(&format!("cannot read run {run_id}"), &e),
-        };
-        let stored: Option<Doc> = entry
-            .as_ref()
-            .and_then(|e| serde_json::from_slice(&e.value).ok());
-        if let Some(s) = &stored {
-            let status = str_field(s, "status").unwrap_or("").to_ascii_uppercase();
+    // 1. The run as stored now, and 2. back to PENDING with compare-and-set against what was
+    // read; on a concurrent write, look again.
+    let mut skipped: Option<String> = None;
+    let mut planned: Option<(Map<String, Value>, &'static str, String)> = None;
+    let outcome = pyoco_core::kv::modify_bounded(runs, &run_id, 20, |stored| {
+        skipped = None;
+        planned = None;
+        if let Some(s) = stored {
+            let status = str_field(s, fields::run::STATUS)
+                .unwrap_or("")
+                .to_ascii_uppercase();
             match status.as_str() {
                 run_status::FAILED | run_status::CANCELLED => {}
                 run_status::COMPLETED => {
-                    return Outcome::Skipped(format!(
+                    skipped = Some(format!(
                         "run {run_id} is COMPLETED (it ran again after this letter was written), so there is nothing to replay; drop the letter with pyococtl dlq purge --confirm"
-                    ))
+                    ));
+                    return Decision::Keep;
                 }
                 other => {
-                    return Outcome::Skipped(format!(
+                    skipped = Some(format!(
                         "run {run_id} is {} and not finished: replaying it now could run it twice; wait until it ends (pyococtl run get {run_id})",
                         if other.is_empty() { "in an unknown state" } else { other }
-                    ))
+                    ));
+                    return Decision::Keep;
                 }
             }
         }
-        let (job, source) = match job_for(letter, doc, &run_id, stored.as_ref(), &runs_bucket) {
+        let (job, source) = match job_for(letter, doc, &run_id, stored, &runs_bucket) {
             Ok(j) => j,
-            Err(why) => return Outcome::Skipped(why),
+            Err(why) => {
+                skipped = Some(why);
+                return Decision::Keep;
+            }
         };
         let Some(tag) = job
-            .get("tag")
+            .get(fields::dlq::TAG)
             .and_then(Value::as_str)
             .filter(|t| is_valid_tag(t))
             .map(str::to_string)
         else {
-            return Outcome::Skipped(format!(
+            skipped = Some(format!(
                 "the job of run {run_id} has no valid tag to queue it on"
             ));
+            return Decision::Keep;
         };
-
-        // 2. Back to PENDING, with compare-and-set against what we read.
-        let now = pyoco_core::time::now();
-        let reset = reset_snapshot(stored.as_ref(), &job, seq, now);
-        let written = match &entry {
-            Some(e) => runs
-                .update(&run_id, to_ascii_vec(&reset).into(), e.revision)
-                .await
-                .map_err(|err| {
-                    if err.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        None
-                    } else {
-                        Some(err.to_string())
-                    }
-                }),
-            None => runs
-                .create(&run_id, to_ascii_vec(&reset).into())
-                .await
-                .map_err(|err| {
-                    if err.kind() == kv::CreateErrorKind::AlreadyExists {
-                        None
-                    } else {
-                        Some(err.to_string())
-                    }
-                }),
-        };
-        let revision = match written {
-            Ok(r) => r,
-            Err(None) => continue, // written by someone else in between: look again
-            Err(Some(e)) => return failed(&format!("cannot reset run {run_id} to PENDING"), &e),
-        };
-
-        // 3. The job, under a message id of its own (a plain run_id would be deduplicated).
-        let subject = dlq.names.work_subject(&tag);
-        let msg_id = format!("{run_id}-replay-{seq}");
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(to_ascii_vec(&job).into())
-            .message_id(msg_id.as_str());
-        let published = match dlq.js.send_publish(subject.clone(), publish).await {
-            Ok(ack) => match ack.await {
-                // Published before under this id (a replay of this letter within the work
-                // stream's duplicate window): the stream dropped it, nothing was queued.
-                Ok(a) if a.duplicate => Err(format!(
-                    "the stream dropped it as a duplicate of message id {msg_id}, published by a replay of this letter within the stream's duplicate window; try again in two minutes"
-                )),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = published {
-            // Put the run back as it was, unless someone wrote it since.
-            let restored = match &entry {
-                Some(old) => runs
-                    .update(&run_id, old.value.clone(), revision)
-                    .await
-                    .is_ok(),
-                None => runs
-                    .delete_expect_revision(&run_id, Some(revision))
-                    .await
-                    .is_ok(),
-            };
-            let note = if restored {
-                "the run snapshot was put back as it was"
-            } else {
-                "the run snapshot could NOT be put back: it stays PENDING"
-            };
-            return Outcome::Failed(format!(
-                "cannot publish the job of run {run_id} to {subject}: {e} (NATS at {}); {note}",
-                dlq.url
-            ));
-        }
-
-        // 4. The letter has served.
-        let deleted = match &dlq.stream {
-            Some(s) => s.delete_message(seq).await.is_ok(),
-            None => false,
-        };
-        if !deleted {
-            eprintln!("warning: run {run_id} was queued again but dead letter {seq} could not be deleted; a second replay of it would be refused while the run is not finished");
-        }
-        return Outcome::Replayed(json!({
-            "seq": seq,
-            "run_id": run_id,
-            "tag": tag,
-            "subject": subject,
-            "msg_id": msg_id,
-            "source": source,
-            "replay_count": reset.get("replay_count").cloned().unwrap_or(json!(1)),
-            "dlq_deleted": deleted,
-        }));
+        let reset = reset_snapshot(stored, &job, seq, pyoco_core::time::now());
+        planned = Some((job, source, tag));
+        Decision::Write(reset)
+    })
+    .await;
+    if let Some(why) = skipped {
+        return Outcome::Skipped(why);
     }
-    Outcome::Failed(format!(
-        "run {run_id} kept changing under concurrent writes; try again"
-    ))
+    let m = match outcome {
+        Ok(m) => m,
+        Err(ModifyError::Conflict(_)) => {
+            return Outcome::Failed(format!(
+                "run {run_id} kept changing under concurrent writes; try again"
+            ))
+        }
+        Err(ModifyError::Nats {
+            on_write: false,
+            message,
+            ..
+        }) => return failed(&format!("cannot read run {run_id}"), &message),
+        Err(e) => return failed(&format!("cannot reset run {run_id} to PENDING"), &e),
+    };
+    let (Some((job, source, tag)), Some(reset)) = (planned, m.doc) else {
+        return Outcome::Failed(format!("run {run_id}: nothing was written"));
+    };
+    let revision = m.revision;
+    // 3. The job, under a message id of its own (a plain run_id would be deduplicated).
+    let subject = dlq.names.work_subject(&tag);
+    let msg_id = format!("{run_id}-replay-{seq}");
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(to_ascii_vec(&job).into())
+        .message_id(msg_id.as_str());
+    let published = match dlq.js.send_publish(subject.clone(), publish).await {
+        Ok(ack) => match ack.await {
+            // Published before under this id (a replay of this letter within the work
+            // stream's duplicate window): the stream dropped it, nothing was queued.
+            Ok(a) if a.duplicate => Err(format!(
+                "the stream dropped it as a duplicate of message id {msg_id}, published by a replay of this letter within the stream's duplicate window; try again in two minutes"
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = published {
+        // Put the run back as it was, unless someone wrote it since.
+        let restored = match &m.previous {
+            Some(old) => runs.update(&run_id, old.clone(), revision).await.is_ok(),
+            None => runs
+                .delete_expect_revision(&run_id, Some(revision))
+                .await
+                .is_ok(),
+        };
+        let note = if restored {
+            "the run snapshot was put back as it was"
+        } else {
+            "the run snapshot could NOT be put back: it stays PENDING"
+        };
+        return Outcome::Failed(format!(
+            "cannot publish the job of run {run_id} to {subject}: {e} (NATS at {}); {note}",
+            dlq.url
+        ));
+    }
+
+    // 4. The letter has served.
+    let deleted = match &dlq.stream {
+        Some(s) => s.delete_message(seq).await.is_ok(),
+        None => false,
+    };
+    if !deleted {
+        eprintln!("warning: run {run_id} was queued again but dead letter {seq} could not be deleted; a second replay of it would be refused while the run is not finished");
+    }
+    Outcome::Replayed(json!({
+        "seq": seq,
+        "run_id": run_id,
+        "tag": tag,
+        "subject": subject,
+        "msg_id": msg_id,
+        "source": source,
+        "replay_count": reset.get("replay_count").cloned().unwrap_or(json!(1)),
+        "dlq_deleted": deleted,
+    }))
 }
 
 async fn runs_bucket(ctx: &Ctx, dlq: &Dlq) -> CtlResult<kv::Store> {
@@ -946,7 +949,7 @@ mod tests {
             json!({"run_id": "r1", "flow_name": "renamed", "tag": "t1", "tags": ["t1", "x"], "tenant_id": "acme", "params": {"x": 5}, "status": "FAILED"}),
         );
         let (job, src) =
-            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap();
+            job_for(&l, l.dl.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap();
         assert_eq!(src, "rebuilt");
         assert_eq!(job["flow_name"], "hello");
         assert_eq!(job["tags"], json!(["t1"]));
@@ -964,8 +967,7 @@ mod tests {
         let snap = doc(
             json!({"run_id": "r1", "flow_name": "main", "tag": "t1", "workflow_yaml_sha256": "ab", "status": "FAILED"}),
         );
-        let why =
-            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap_err();
+        let why = job_for(&l, l.dl.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs").unwrap_err();
         assert!(
             why.contains(
                 "pyococtl run submit-yaml --workflow-file flow.yaml --flow-name main --tag t1"
@@ -977,7 +979,7 @@ mod tests {
             json!({"reason": "execution_error", "run_id": "r1", "job": {"run_id": "r1", "workflow_yaml": "version: 1"}}),
         );
         assert_eq!(
-            job_for(&l, l.doc.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs")
+            job_for(&l, l.dl.as_ref().unwrap(), "r1", Some(&snap), "pyoco_runs")
                 .unwrap()
                 .1,
             "job"

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use futures::StreamExt;
 use pyoco_core::apikey::{self, ApiKeyRecord};
 use pyoco_core::json::to_ascii_vec;
+use pyoco_core::kv::{Decision, ModifyError};
 use serde_json::{json, Value};
 
 use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
@@ -178,33 +179,48 @@ async fn revoke(ctx: &Ctx, key_id: &str) -> CtlResult<u8> {
             e,
         )
     };
-    for _ in 0..20 {
-        let entry = kv.entry(&name).await.map_err(|e| failed(&e))?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return not_found();
+    let not_a_record = |raw: &[u8]| {
+        let e = ApiKeyRecord::from_json_bytes(raw)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        CtlError::new(
+            exit::ERROR,
+            format!("ERR-PYOCO-AUTH: KV {} key {name} is not an API key record ({e}); inspect it with `nats kv get {} {name}`", ctx.config.auth_kv_bucket, ctx.config.auth_kv_bucket),
+        )
+    };
+    let mut now = 0.0;
+    let mut bad = false;
+    let outcome = pyoco_core::kv::modify_bounded(&kv, &name, 20, |stored| {
+        let Some(stored) = stored else {
+            return Decision::Keep;
         };
-        let mut rec = ApiKeyRecord::from_json_bytes(&entry.value).map_err(|e| {
-            CtlError::new(
-                exit::ERROR,
-                format!("ERR-PYOCO-AUTH: KV {} key {name} is not an API key record ({e}); inspect it with `nats kv get {} {name}`", ctx.config.auth_kv_bucket, ctx.config.auth_kv_bucket),
-            )
-        })?;
-        let now = pyoco_core::time::now();
+        let Ok(mut rec) = serde_json::from_value::<ApiKeyRecord>(Value::Object(stored.clone()))
+        else {
+            bad = true;
+            return Decision::Keep;
+        };
+        now = pyoco_core::time::now();
+        // Re-revoking overwrites the time, as the original does.
         rec.revoked_at = Some(now);
-        match kv
-            .update(&name, to_ascii_vec(&rec).into(), entry.revision)
-            .await
-        {
-            Ok(_) => {
-                print_json(&json!({"key_id": key_id, "revoked_at": now}));
-                return Ok(exit::OK);
-            }
-            // Written by someone else in between: read again and revoke that.
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(failed(&e)),
+        let bytes = to_ascii_vec(&rec);
+        match serde_json::to_value(&rec) {
+            Ok(Value::Object(doc)) => Decision::WriteBytes(doc, bytes),
+            _ => Decision::Keep,
         }
+    })
+    .await;
+    match outcome {
+        Ok(m) if bad || !m.written => Err(not_a_record(m.previous.as_deref().unwrap_or_default())),
+        Ok(_) => {
+            print_json(&json!({"key_id": key_id, "revoked_at": now}));
+            Ok(exit::OK)
+        }
+        Err(ModifyError::NotFound) => not_found(),
+        Err(ModifyError::Undecodable(raw)) => Err(not_a_record(&raw)),
+        Err(ModifyError::Conflict(_)) => Err(failed(
+            &"the record kept changing under concurrent writes; try again",
+        )),
+        Err(e) => Err(failed(&e)),
     }
-    Err(failed(
-        &"the record kept changing under concurrent writes; try again",
-    ))
 }

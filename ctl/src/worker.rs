@@ -2,6 +2,7 @@
 //! `PATCH /workers/{id}` (works against the original gateway too).
 
 use clap::{Subcommand, ValueEnum};
+use pyoco_core::wire::fields;
 use serde_json::{json, Value};
 
 use crate::client::{CtlError, CtlResult};
@@ -127,7 +128,7 @@ pub(crate) fn worker_table(items: &[Value], with_hidden: bool, now: f64) -> Stri
                 } else {
                     tags.join(",")
                 },
-                text(w, "current_run_id").unwrap_or_else(|| "-".into()),
+                text(w, fields::worker::CURRENT_RUN_ID).unwrap_or_else(|| "-".into()),
             ];
             if with_hidden {
                 row.push(
@@ -138,7 +139,10 @@ pub(crate) fn worker_table(items: &[Value], with_hidden: bool, now: f64) -> Stri
                     },
                 );
             }
-            row.push(ago(now, w.get("last_seen_at").and_then(Value::as_f64)));
+            row.push(ago(
+                now,
+                w.get(fields::worker::LAST_SEEN_AT).and_then(Value::as_f64),
+            ));
             row
         })
         .collect();

@@ -9,6 +9,7 @@
 //!   · after     PENDING
 //! ```
 
+use pyoco_core::wire::fields;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -123,7 +124,9 @@ fn task_names(snap: &Value) -> Vec<String> {
         .and_then(Value::as_object)
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
-    let recs = snap.get("task_records").and_then(Value::as_object);
+    let recs = snap
+        .get(fields::run::TASK_RECORDS)
+        .and_then(Value::as_object);
     if let Some(recs) = recs {
         for k in recs.keys() {
             if !names.contains(k) {
@@ -193,7 +196,7 @@ pub fn render(state: &State, now: f64) -> Vec<Vec<Part>> {
     }
     let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
     let tasks = snap.get("tasks");
-    let records = snap.get("task_records");
+    let records = snap.get(fields::run::TASK_RECORDS);
     for name in &names {
         let rec = records.and_then(|r| r.get(name));
         let state_txt = s(tasks.and_then(|t| t.get(name)))

@@ -11,6 +11,7 @@
 //!   at the deadline (`--timeout-sec`; each connection asks the server for the time left, at most
 //!   600 s, so longer watches reconnect transparently).
 
+use pyoco_core::wire::fields;
 use std::time::Duration;
 
 use pyoco_core::wire::run_status::is_terminal;
@@ -198,7 +199,7 @@ pub async fn follow(client: &Client, spec: &Spec, sink: &mut dyn Sink) -> CtlRes
         if let Some(since) = spec.since {
             query.push(("since", pyjson::float_repr(since)));
         }
-        query.push(("timeout_sec", server_timeout.to_string()));
+        query.push((fields::run::TIMEOUT_SEC, server_timeout.to_string()));
         let mut req = client
             .request(reqwest::Method::GET, &path(&spec.run_id))
             .query(&query)

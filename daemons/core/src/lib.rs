@@ -9,6 +9,7 @@ pub mod dotenv;
 pub mod flow_yaml;
 pub mod jsapi;
 pub mod json;
+pub mod kv;
 pub mod logging;
 pub mod nats;
 pub mod py;

@@ -6,6 +6,11 @@
 
 use serde_json::{json, Map, Value};
 
+pub mod dlq;
+pub mod fields;
+
+pub use dlq::DeadLetter;
+
 pub type Doc = Map<String, Value>;
 
 /// Run states (contract §2.2).
@@ -39,17 +44,17 @@ pub mod worker_state {
 
 /// Keys of a list summary item, in the original's order (contract §1.3 `GET /runs`).
 pub const SUMMARY_KEYS: [&str; 11] = [
-    "run_id",
-    "flow_name",
-    "tag",
-    "tags",
-    "tenant_id",
-    "api_key_id",
-    "status",
-    "updated_at",
-    "heartbeat_at",
-    "worker_id",
-    "error",
+    fields::run::RUN_ID,
+    fields::run::FLOW_NAME,
+    fields::run::TAG,
+    fields::run::TAGS,
+    fields::run::TENANT_ID,
+    fields::run::API_KEY_ID,
+    fields::run::STATUS,
+    fields::run::UPDATED_AT,
+    fields::run::HEARTBEAT_AT,
+    fields::run::WORKER_ID,
+    fields::run::ERROR,
 ];
 
 /// Longest tag accepted. A tag becomes part of the work subject (`pyoco.work.<tag>`) and the
@@ -111,12 +116,12 @@ impl NewRun {
     /// The leading keys shared by the snapshot and the job, in the original's order.
     fn identity(&self) -> Doc {
         let mut d = Doc::new();
-        d.insert("run_id".into(), json!(self.run_id));
-        d.insert("flow_name".into(), json!(self.flow_name));
-        d.insert("tag".into(), json!(self.tag));
-        d.insert("tags".into(), json!(self.tags));
-        d.insert("tenant_id".into(), json!(self.tenant_id));
-        d.insert("api_key_id".into(), json!(self.api_key_id));
+        d.insert(fields::run::RUN_ID.into(), json!(self.run_id));
+        d.insert(fields::run::FLOW_NAME.into(), json!(self.flow_name));
+        d.insert(fields::run::TAG.into(), json!(self.tag));
+        d.insert(fields::run::TAGS.into(), json!(self.tags));
+        d.insert(fields::run::TENANT_ID.into(), json!(self.tenant_id));
+        d.insert(fields::run::API_KEY_ID.into(), json!(self.api_key_id));
         d
     }
 
@@ -124,38 +129,109 @@ impl NewRun {
     pub fn initial_snapshot(&self) -> Doc {
         let mut d = self.identity();
         if let Some((sha, size)) = &self.workflow_yaml {
-            d.insert("workflow_yaml_sha256".into(), json!(sha));
-            d.insert("workflow_yaml_bytes".into(), json!(size));
+            d.insert(fields::run::WORKFLOW_YAML_SHA256.into(), json!(sha));
+            d.insert(fields::run::WORKFLOW_YAML_BYTES.into(), json!(size));
         }
-        d.insert("status".into(), json!(run_status::PENDING));
-        d.insert("params".into(), Value::Object(self.params.clone()));
-        d.insert("tasks".into(), json!({}));
-        d.insert("task_records".into(), json!({}));
-        d.insert("start_time".into(), Value::Null);
-        d.insert("end_time".into(), Value::Null);
-        d.insert("heartbeat_at".into(), json!(self.now));
-        d.insert("updated_at".into(), json!(self.now));
-        d.insert("error".into(), Value::Null);
+        d.insert(fields::run::STATUS.into(), json!(run_status::PENDING));
+        d.insert(
+            fields::run::PARAMS.into(),
+            Value::Object(self.params.clone()),
+        );
+        d.insert(fields::run::TASKS.into(), json!({}));
+        d.insert(fields::run::TASK_RECORDS.into(), json!({}));
+        d.insert(fields::run::START_TIME.into(), Value::Null);
+        d.insert(fields::run::END_TIME.into(), Value::Null);
+        d.insert(fields::run::HEARTBEAT_AT.into(), json!(self.now));
+        d.insert(fields::run::UPDATED_AT.into(), json!(self.now));
+        d.insert(fields::run::ERROR.into(), Value::Null);
         if let Some(t) = self.timeout_sec {
-            d.insert("timeout_sec".into(), json!(t));
+            d.insert(fields::run::TIMEOUT_SEC.into(), json!(t));
         }
         d
     }
 
     /// The job message published to `pyoco.work.<tag>` (contract §2.5).
     pub fn job_message(&self) -> Doc {
-        let mut d = self.identity();
-        d.insert("params".into(), Value::Object(self.params.clone()));
-        d.insert("submitted_at".into(), json!(self.now));
-        if let (Some(text), Some((sha, size))) = (&self.workflow_yaml_text, &self.workflow_yaml) {
-            d.insert("workflow_yaml".into(), json!(text));
-            d.insert("workflow_yaml_sha256".into(), json!(sha));
-            d.insert("workflow_yaml_bytes".into(), json!(size));
+        JobMessage {
+            run_id: json!(self.run_id),
+            flow_name: json!(self.flow_name),
+            tag: json!(self.tag),
+            tags: json!(self.tags),
+            tenant_id: json!(self.tenant_id),
+            api_key_id: json!(self.api_key_id),
+            params: self.params.clone(),
+            submitted_at: Some(json!(self.now)),
+            // Only with both the text and its digest, as the YAML endpoint submits it.
+            workflow_yaml: match (&self.workflow_yaml_text, &self.workflow_yaml) {
+                (Some(text), Some((sha, size))) => Some(WorkflowYaml {
+                    text: text.clone(),
+                    sha256: json!(sha),
+                    bytes: json!(size),
+                }),
+                _ => None,
+            },
+            timeout_sec: self.timeout_sec.map(|t| json!(t)),
         }
-        if let Some(t) = self.timeout_sec {
-            d.insert("timeout_sec".into(), json!(t));
+        .to_doc()
+    }
+}
+
+/// The job message (stream `PYOCO_WORK`, contract §2.5), built in one place for the gateway's
+/// submit, the worker's copy in a dead letter and pyococtl's replay. Values are JSON as they
+/// were read, so a job written by another version goes out again unchanged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobMessage {
+    pub run_id: Value,
+    pub flow_name: Value,
+    pub tag: Value,
+    pub tags: Value,
+    pub tenant_id: Value,
+    pub api_key_id: Value,
+    pub params: Map<String, Value>,
+    /// Absent in the worker's copy, which does not keep the submit time.
+    pub submitted_at: Option<Value>,
+    pub workflow_yaml: Option<WorkflowYaml>,
+    /// Ours; the original ignores it.
+    pub timeout_sec: Option<Value>,
+}
+
+/// A submitted flow.yaml as the job carries it: the raw text (not base64) and its digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowYaml {
+    pub text: String,
+    pub sha256: Value,
+    pub bytes: Value,
+}
+
+impl JobMessage {
+    /// The document, keys in the gateway's order: the original's (§2.5), then ours.
+    pub fn to_doc(&self) -> Doc {
+        use fields::job;
+        let mut d = Doc::new();
+        d.insert(job::RUN_ID.into(), self.run_id.clone());
+        d.insert(job::FLOW_NAME.into(), self.flow_name.clone());
+        d.insert(job::TAG.into(), self.tag.clone());
+        d.insert(job::TAGS.into(), self.tags.clone());
+        d.insert(job::TENANT_ID.into(), self.tenant_id.clone());
+        d.insert(job::API_KEY_ID.into(), self.api_key_id.clone());
+        d.insert(job::PARAMS.into(), Value::Object(self.params.clone()));
+        if let Some(t) = &self.submitted_at {
+            d.insert(job::SUBMITTED_AT.into(), t.clone());
+        }
+        if let Some(y) = &self.workflow_yaml {
+            d.insert(job::WORKFLOW_YAML.into(), json!(y.text));
+            d.insert(job::WORKFLOW_YAML_SHA256.into(), y.sha256.clone());
+            d.insert(job::WORKFLOW_YAML_BYTES.into(), y.bytes.clone());
+        }
+        if let Some(t) = &self.timeout_sec {
+            d.insert(job::TIMEOUT_SEC.into(), t.clone());
         }
         d
+    }
+
+    /// The bytes to publish: compact ASCII JSON, as the original writes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::json::to_ascii_vec(&self.to_doc())
     }
 }
 
@@ -171,8 +247,8 @@ pub fn run_summary(snapshot: &Doc) -> Doc {
 pub fn run_view(snapshot: &Doc, with_records: bool) -> Doc {
     let mut out = snapshot.clone();
     if !with_records {
-        out.remove("task_records");
-        out.remove("task_records_truncated");
+        out.remove(fields::run::TASK_RECORDS);
+        out.remove(fields::run::TASK_RECORDS_TRUNCATED);
     }
     out
 }
@@ -180,7 +256,7 @@ pub fn run_view(snapshot: &Doc, with_records: bool) -> Doc {
 /// A worker record normalized as the original does (contract §3.7), with its effective state.
 pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &'static str) {
     let mut d = raw.clone();
-    let stored = match str_field(raw, "state")
+    let stored = match str_field(raw, fields::worker::STATE)
         .map(str::to_ascii_uppercase)
         .as_deref()
     {
@@ -190,18 +266,21 @@ pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &
         _ => worker_state::IDLE,
     };
     let truthy = |k: &str| f64_field(raw, k).filter(|v| *v != 0.0);
-    let last_seen = truthy("last_seen_at")
-        .or_else(|| truthy("heartbeat_at"))
+    let last_seen = truthy(fields::worker::LAST_SEEN_AT)
+        .or_else(|| truthy(fields::worker::HEARTBEAT_AT))
         .unwrap_or(0.0);
-    let last_hb = truthy("last_heartbeat_at")
-        .or_else(|| truthy("heartbeat_at"))
+    let last_hb = truthy(fields::worker::LAST_HEARTBEAT_AT)
+        .or_else(|| truthy(fields::worker::HEARTBEAT_AT))
         .unwrap_or(last_seen);
-    d.insert("state".into(), json!(stored));
+    d.insert(fields::worker::STATE.into(), json!(stored));
     d.insert(
-        "hidden".into(),
-        json!(raw.get("hidden").map(is_truthy).unwrap_or(false)),
+        fields::worker::HIDDEN.into(),
+        json!(raw
+            .get(fields::worker::HIDDEN)
+            .map(is_truthy)
+            .unwrap_or(false)),
     );
-    let tags: Vec<Value> = match raw.get("tags") {
+    let tags: Vec<Value> = match raw.get(fields::worker::TAGS) {
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(|t| {
@@ -213,23 +292,23 @@ pub fn normalize_worker(raw: &Doc, now: f64, disconnect_timeout: f64) -> (Doc, &
             .collect(),
         _ => vec![],
     };
-    d.insert("tags".into(), Value::Array(tags));
-    d.insert("last_seen_at".into(), json!(last_seen));
-    d.insert("last_heartbeat_at".into(), json!(last_hb));
-    d.insert("heartbeat_at".into(), json!(last_hb));
+    d.insert(fields::worker::TAGS.into(), Value::Array(tags));
+    d.insert(fields::worker::LAST_SEEN_AT.into(), json!(last_seen));
+    d.insert(fields::worker::LAST_HEARTBEAT_AT.into(), json!(last_hb));
+    d.insert(fields::worker::HEARTBEAT_AT.into(), json!(last_hb));
     for k in [
-        "current_run_id",
-        "last_run_id",
-        "last_run_status",
-        "last_run_started_at",
-        "last_run_finished_at",
-        "stopped_at",
-        "stop_reason",
+        fields::worker::CURRENT_RUN_ID,
+        fields::worker::LAST_RUN_ID,
+        fields::worker::LAST_RUN_STATUS,
+        fields::worker::LAST_RUN_STARTED_AT,
+        fields::worker::LAST_RUN_FINISHED_AT,
+        fields::worker::STOPPED_AT,
+        fields::worker::STOP_REASON,
     ] {
         d.entry(k.to_string()).or_insert(Value::Null);
     }
-    let updated = f64_field(raw, "updated_at").unwrap_or(0.0);
-    d.insert("updated_at".into(), json!(updated));
+    let updated = f64_field(raw, fields::worker::UPDATED_AT).unwrap_or(0.0);
+    d.insert(fields::worker::UPDATED_AT.into(), json!(updated));
     let effective = match stored {
         worker_state::STOPPED_GRACEFUL | worker_state::DISCONNECTED => stored,
         _ if disconnect_timeout > 0.0 && now - last_seen > disconnect_timeout => {
@@ -301,6 +380,42 @@ mod tests {
         assert_eq!(
             s.keys().collect::<Vec<_>>(),
             vec!["run_id", "tag", "status"]
+        );
+    }
+
+    /// The job message's bytes as the gateway publishes them (key order, compact ASCII JSON,
+    /// Python float repr), pinned before the builder moved into [`JobMessage`].
+    #[test]
+    fn job_message_bytes_are_pinned() {
+        let run = NewRun {
+            run_id: "r1".into(),
+            flow_name: "f".into(),
+            tag: "t".into(),
+            tags: vec!["t".into(), "x".into()],
+            tenant_id: Some("ten".into()),
+            api_key_id: None,
+            params: serde_json::from_value(json!({"a": "\u{e9}", "n": 1e16})).unwrap(),
+            workflow_yaml: Some(("abc".into(), 12)),
+            workflow_yaml_text: Some("flow: \u{e9}\n".into()),
+            timeout_sec: Some(2.5),
+            now: 1700000000.25,
+        };
+        assert_eq!(
+            String::from_utf8(crate::json::to_ascii_vec(&run.job_message())).unwrap(),
+            r#"{"run_id":"r1","flow_name":"f","tag":"t","tags":["t","x"],"tenant_id":"ten","api_key_id":null,"params":{"a":"\u00e9","n":1e+16},"submitted_at":1700000000.25,"workflow_yaml":"flow: \u00e9\n","workflow_yaml_sha256":"abc","workflow_yaml_bytes":12,"timeout_sec":2.5}"#
+        );
+        // Without a flow.yaml or timeout: the eight keys of §2.5.
+        let plain = NewRun {
+            workflow_yaml: None,
+            workflow_yaml_text: None,
+            timeout_sec: None,
+            tenant_id: None,
+            params: Map::new(),
+            ..run
+        };
+        assert_eq!(
+            String::from_utf8(crate::json::to_ascii_vec(&plain.job_message())).unwrap(),
+            r#"{"run_id":"r1","flow_name":"f","tag":"t","tags":["t","x"],"tenant_id":null,"api_key_id":null,"params":{},"submitted_at":1700000000.25}"#
         );
     }
 }

@@ -5,6 +5,7 @@
 //! `/workers` read these indexes; no request scans a bucket. Another gateway's writes arrive
 //! through the same watch within milliseconds.
 
+use pyoco_core::wire::fields;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -133,7 +134,9 @@ pub struct RunIndex {
 }
 
 pub fn status_of(snap: &Doc) -> String {
-    str_field(snap, "status").unwrap_or("UNKNOWN").to_string()
+    str_field(snap, fields::run::STATUS)
+        .unwrap_or("UNKNOWN")
+        .to_string()
 }
 
 impl RunIndex {
@@ -190,7 +193,7 @@ impl RunIndex {
         // A delete, or a value that is not a JSON object (skipped, as the original skips it).
         if let Some(snapshot) = parsed {
             let status = status_of(&snapshot);
-            let updated_at = f64_field(&snapshot, "updated_at").unwrap_or(0.0);
+            let updated_at = f64_field(&snapshot, fields::run::UPDATED_AT).unwrap_or(0.0);
             let pending_since = old
                 .as_ref()
                 .and_then(|o| o.pending_since)
@@ -209,9 +212,9 @@ impl RunIndex {
                 serde_json::to_vec(&pyoco_core::wire::run_summary(&snapshot)).unwrap_or_default(),
             );
             let status = inner.intern(&status);
-            let flow_name = str_field(&snapshot, "flow_name").map(|v| inner.intern(v));
-            let tag = str_field(&snapshot, "tag").map(|v| inner.intern(v));
-            let tenant_id = str_field(&snapshot, "tenant_id").map(|v| inner.intern(v));
+            let flow_name = str_field(&snapshot, fields::run::FLOW_NAME).map(|v| inner.intern(v));
+            let tag = str_field(&snapshot, fields::run::TAG).map(|v| inner.intern(v));
+            let tenant_id = str_field(&snapshot, fields::run::TENANT_ID).map(|v| inner.intern(v));
             let entry = RunEntry {
                 summary,
                 revision,
@@ -220,8 +223,9 @@ impl RunIndex {
                 flow_name,
                 tag,
                 tenant_id,
-                workflow_yaml_sha256: str_field(&snapshot, "workflow_yaml_sha256").map(Box::from),
-                had_start: f64_field(&snapshot, "start_time").is_some(),
+                workflow_yaml_sha256: str_field(&snapshot, fields::run::WORKFLOW_YAML_SHA256)
+                    .map(Box::from),
+                had_start: f64_field(&snapshot, fields::run::START_TIME).is_some(),
                 pending_since,
                 generation,
             };

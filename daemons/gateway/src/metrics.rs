@@ -3,6 +3,7 @@
 //! histograms, queue depth per tag, HTTP request counts and latencies. Everything comes from
 //! memory: the run index, the worker index and counters updated by the KV watch.
 
+use pyoco_core::wire::fields;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -109,8 +110,8 @@ impl Metrics {
     /// Called by the run index for every live change (not during the initial replay).
     /// `old` = (status, had a start_time) of the previous version, if any.
     pub fn on_run_change(&self, old: Option<(&str, bool)>, new: &Doc, pending_since: Option<f64>) {
-        let status = str_field(new, "status").unwrap_or("UNKNOWN");
-        let tag = str_field(new, "tag").unwrap_or("").to_string();
+        let status = str_field(new, fields::run::STATUS).unwrap_or("UNKNOWN");
+        let tag = str_field(new, fields::run::TAG).unwrap_or("").to_string();
         let mut m = self.inner.lock().unwrap();
         let old_status = old.map(|(s, _)| s);
         if old.is_none() && status == run_status::PENDING {
@@ -121,16 +122,21 @@ impl Metrics {
             *m.finished
                 .entry((status.to_ascii_uppercase(), tag))
                 .or_default() += 1;
-            if let (Some(s), Some(e)) = (f64_field(new, "start_time"), f64_field(new, "end_time")) {
+            if let (Some(s), Some(e)) = (
+                f64_field(new, fields::run::START_TIME),
+                f64_field(new, fields::run::END_TIME),
+            ) {
                 if e >= s {
                     m.run_duration.observe(e - s);
                 }
             }
         }
         let had_start = old.map(|(_, h)| h).unwrap_or(false);
-        if let (false, Some(start), Some(since)) =
-            (had_start, f64_field(new, "start_time"), pending_since)
-        {
+        if let (false, Some(start), Some(since)) = (
+            had_start,
+            f64_field(new, fields::run::START_TIME),
+            pending_since,
+        ) {
             if start >= since {
                 m.queue_wait.observe(start - since);
             }

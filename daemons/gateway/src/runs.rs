@@ -1,5 +1,6 @@
 //! Run endpoints: submit (JSON and flow.yaml), list, get, tasks, cancel (contract §1.3).
 
+use pyoco_core::wire::fields;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
@@ -12,6 +13,7 @@ use axum::Json;
 use base64::Engine as _;
 use pyoco_core::flow_yaml;
 use pyoco_core::json::to_ascii_vec;
+use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::resources::Resources;
 use pyoco_core::time::now;
 use pyoco_core::wire::{
@@ -318,7 +320,7 @@ async fn create_run(
             let status = match res.runs.get(existing.clone()).await {
                 Ok(Some(b)) => serde_json::from_slice::<Doc>(&b)
                     .ok()
-                    .and_then(|d| str_field(&d, "status").map(str::to_string)),
+                    .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string)),
                 _ => None,
             }
             .unwrap_or_else(|| run_status::PENDING.to_string());
@@ -468,7 +470,7 @@ pub async fn list(
         let res = state.res().await?;
         let reads = items.iter().map(|e| {
             let runs = res.runs.clone();
-            let id = str_field(&e.summary_doc(), "run_id")
+            let id = str_field(&e.summary_doc(), fields::run::RUN_ID)
                 .unwrap_or("")
                 .to_string();
             async move { runs.get(id).await }
@@ -490,8 +492,8 @@ pub async fn list(
     };
     let next_cursor = match (more, items.last()) {
         (true, Some(last)) => Some(encode_cursor(
-            f64_field(last, "updated_at").unwrap_or(0.0),
-            str_field(last, "run_id").unwrap_or(""),
+            f64_field(last, fields::run::UPDATED_AT).unwrap_or(0.0),
+            str_field(last, fields::run::RUN_ID).unwrap_or(""),
         )),
         _ => None,
     };
@@ -533,7 +535,7 @@ pub async fn load_run(
 
 pub fn check_tenant(principal: &Option<Principal>, doc: &Doc) -> ApiResult<()> {
     if let Some(p) = principal {
-        if str_field(doc, "tenant_id") != Some(p.tenant_id.as_str()) {
+        if str_field(doc, fields::run::TENANT_ID) != Some(p.tenant_id.as_str()) {
             return Err(ApiError::not_found("run not found"));
         }
     }
@@ -559,7 +561,7 @@ pub async fn get_run(
     let (doc, _) = load_run(&state, &principal, &run_id).await?;
     let mut view = wire::run_view(&doc, include_records(&q));
     if let Some(worker_id) = doc
-        .get("worker_id")
+        .get(fields::run::WORKER_ID)
         .filter(|v| wire::is_truthy(v))
         .and_then(Value::as_str)
     {
@@ -577,12 +579,12 @@ pub async fn get_tasks(
     let principal = state.authenticate(&headers).await?;
     let (doc, _) = load_run(&state, &principal, &run_id).await?;
     Ok(Json(json!({
-        "run_id": doc.get("run_id").cloned().unwrap_or(json!(run_id)),
-        "flow_name": doc.get("flow_name").cloned().unwrap_or(Value::Null),
-        "status": doc.get("status").cloned().unwrap_or(Value::Null),
-        "tasks": doc.get("tasks").cloned().unwrap_or(json!({})),
-        "task_records": doc.get("task_records").cloned().unwrap_or(json!({})),
-        "task_records_truncated": doc.get("task_records_truncated").map(wire::is_truthy).unwrap_or(false),
+        fields::run::RUN_ID: doc.get(fields::run::RUN_ID).cloned().unwrap_or(json!(run_id)),
+        fields::run::FLOW_NAME: doc.get(fields::run::FLOW_NAME).cloned().unwrap_or(Value::Null),
+        fields::run::STATUS: doc.get(fields::run::STATUS).cloned().unwrap_or(Value::Null),
+        fields::run::TASKS: doc.get(fields::run::TASKS).cloned().unwrap_or(json!({})),
+        fields::run::TASK_RECORDS: doc.get(fields::run::TASK_RECORDS).cloned().unwrap_or(json!({})),
+        fields::run::TASK_RECORDS_TRUNCATED: doc.get(fields::run::TASK_RECORDS_TRUNCATED).map(wire::is_truthy).unwrap_or(false),
     }))
     .into_response())
 }
@@ -595,50 +597,73 @@ pub async fn cancel(
     Path(run_id): Path<String>,
 ) -> ApiResult<Response> {
     let principal = state.authenticate(&headers).await?;
-    for _ in 0..50 {
-        let (mut doc, revision) = load_run(&state, &principal, &run_id).await?;
-        let status = str_field(&doc, "status").unwrap_or("").to_string();
-        if run_status::is_terminal(&status) {
-            return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
+    let not_found = || {
+        tracing::info!(err_id = "ERR-PYOCO-0005", run_id = %run_id, "run not found");
+        ApiError::not_found("run not found")
+    };
+    if !is_valid_kv_key(&run_id) {
+        return Err(ApiError::not_found("run not found"));
+    }
+    let res = state.res().await?;
+    // Another tenant's run: no write, and a 404 like any run the caller may not see.
+    let mut denied = false;
+    let outcome = pyoco_core::kv::modify(&res.runs, &run_id, |stored| {
+        let Some(stored) = stored else {
+            return Decision::Keep;
+        };
+        if check_tenant(&principal, stored).is_err() {
+            denied = true;
+            return Decision::Keep;
         }
+        let status = str_field(stored, fields::run::STATUS)
+            .unwrap_or("")
+            .to_string();
+        // Terminal states are final: shown as they are, nothing written.
+        if run_status::is_terminal(&status) {
+            return Decision::Keep;
+        }
+        let mut doc = stored.clone();
         let t = now();
+        // The first request's time stands.
         if doc
-            .get("cancel_requested_at")
+            .get(fields::run::CANCEL_REQUESTED_AT)
             .map(|v| !wire::is_truthy(v))
             .unwrap_or(true)
         {
-            doc.insert("cancel_requested_at".into(), json!(t));
+            doc.insert(fields::run::CANCEL_REQUESTED_AT.into(), json!(t));
         }
         if let Some(p) = &principal {
             doc.insert(
-                "cancel_requested_by".into(),
+                fields::run::CANCEL_REQUESTED_BY.into(),
                 json!(format!("api_key:{}", p.api_key_id)),
             );
         }
         if status.eq_ignore_ascii_case(run_status::PENDING) {
             // No worker has it: cancel now. The worker that later receives the job sees a
             // terminal run and acknowledges it without running it.
-            doc.insert("status".into(), json!(run_status::CANCELLED));
-            doc.insert("end_time".into(), json!(t));
+            doc.insert(fields::run::STATUS.into(), json!(run_status::CANCELLED));
+            doc.insert(fields::run::END_TIME.into(), json!(t));
         } else {
-            doc.insert("status".into(), json!(run_status::CANCELLING));
+            doc.insert(fields::run::STATUS.into(), json!(run_status::CANCELLING));
         }
-        doc.insert("updated_at".into(), json!(t));
-        let res = state.res().await?;
-        match res
-            .runs
-            .update(&run_id, to_ascii_vec(&doc).into(), revision)
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(run_id = %run_id, status = %str_field(&doc, "status").unwrap_or(""), "cancel requested");
-                return Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response());
+        doc.insert(fields::run::UPDATED_AT.into(), json!(t));
+        Decision::Write(doc)
+    })
+    .await;
+    match outcome {
+        Ok(_) if denied => Err(ApiError::not_found("run not found")),
+        Ok(m) => {
+            let doc = m.doc.unwrap_or_default();
+            if m.written {
+                tracing::info!(run_id = %run_id, status = %str_field(&doc, fields::run::STATUS).unwrap_or(""), "cancel requested");
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(ApiError::nats(e.kind())),
+            Ok(Json(Value::Object(wire::run_view(&doc, false))).into_response())
         }
+        Err(ModifyError::NotFound) => Err(not_found()),
+        Err(ModifyError::Undecodable(_)) => Err(ApiError::not_found("run not found")),
+        Err(ModifyError::Conflict(_)) => Err(ApiError::nats(
+            "cancel kept conflicting with concurrent writes; retry",
+        )),
+        Err(ModifyError::Nats { kind, .. }) => Err(ApiError::nats(kind)),
     }
-    Err(ApiError::nats(
-        "cancel kept conflicting with concurrent writes; retry",
-    ))
 }

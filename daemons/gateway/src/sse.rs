@@ -7,6 +7,7 @@
 //! the gateway stops (clients reconnect with `Last-Event-ID`). A `heartbeat` event follows
 //! 5 s without a snapshot, as in the original.
 
+use pyoco_core::wire::fields;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ pub async fn watch(
         let mut last_sent = resume_after;
         let mut last_event = Instant::now();
         let emit = |doc: &Doc, rev: u64| -> Option<Bytes> {
-            let updated = f64_field(doc, "updated_at").unwrap_or(0.0);
+            let updated = f64_field(doc, fields::run::UPDATED_AT).unwrap_or(0.0);
             if since.map(|s| updated < s).unwrap_or(false) {
                 return None;
             }
@@ -70,7 +71,7 @@ pub async fn watch(
             frame.extend_from_slice(b"\n\n");
             Some(Bytes::from(frame))
         };
-        let terminal = |doc: &Doc| run_status::is_terminal(str_field(doc, "status").unwrap_or(""));
+        let terminal = |doc: &Doc| run_status::is_terminal(str_field(doc, fields::run::STATUS).unwrap_or(""));
 
         if revision > last_sent {
             last_sent = revision;

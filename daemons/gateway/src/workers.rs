@@ -1,13 +1,13 @@
 //! `GET /workers`, `PATCH /workers/{id}` and the run→worker enrichment (contract §1.3, §3.7).
 
-use async_nats::jetstream::kv;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pyoco_core::json::to_ascii_vec;
+use pyoco_core::kv::{Decision, ModifyError};
 use pyoco_core::time::now;
+use pyoco_core::wire::fields;
 use pyoco_core::wire::{
     self, f64_field, is_valid_kv_key, normalize_worker, worker_alive, worker_state, Doc,
 };
@@ -27,15 +27,19 @@ pub fn enrich_run(state: &SharedState, worker_id: &str, view: &mut Doc) {
             view.insert("worker_state".into(), json!(effective));
             view.insert(
                 "worker_heartbeat_at".into(),
-                rec.get("last_heartbeat_at").cloned().unwrap_or(Value::Null),
+                rec.get(fields::worker::LAST_HEARTBEAT_AT)
+                    .cloned()
+                    .unwrap_or(Value::Null),
             );
             view.insert(
                 "worker_hidden".into(),
-                rec.get("hidden").cloned().unwrap_or(json!(false)),
+                rec.get(fields::worker::HIDDEN)
+                    .cloned()
+                    .unwrap_or(json!(false)),
             );
             view.insert(
                 "worker_tags".into(),
-                rec.get("tags").cloned().unwrap_or(json!([])),
+                rec.get(fields::worker::TAGS).cloned().unwrap_or(json!([])),
             );
         }
         None => {
@@ -88,7 +92,12 @@ pub async fn list(
         .filter_map(|(raw, _)| {
             let (mut rec, effective) =
                 normalize_worker(&raw, t, state.settings.worker_disconnect_timeout_sec);
-            if !include_hidden && rec.get("hidden").map(wire::is_truthy).unwrap_or(false) {
+            if !include_hidden
+                && rec
+                    .get(fields::worker::HIDDEN)
+                    .map(wire::is_truthy)
+                    .unwrap_or(false)
+            {
                 return None;
             }
             if scope == "active" && !worker_alive(effective) {
@@ -101,8 +110,11 @@ pub async fn list(
             {
                 return None;
             }
-            rec.insert("state".into(), json!(effective));
-            Some((f64_field(&rec, "last_seen_at").unwrap_or(0.0), rec))
+            rec.insert(fields::worker::STATE.into(), json!(effective));
+            Some((
+                f64_field(&rec, fields::worker::LAST_SEEN_AT).unwrap_or(0.0),
+                rec,
+            ))
         })
         .collect();
     items.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -153,36 +165,28 @@ pub async fn patch(
         return Err(not_found());
     }
     let res = state.res().await?;
-    for _ in 0..50 {
-        let entry = res
-            .workers
-            .entry(&worker_id)
-            .await
-            .map_err(|e| ApiError::nats(e.kind()))?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Err(not_found());
+    let mut t = 0.0;
+    let disconnect_timeout = state.settings.worker_disconnect_timeout_sec;
+    let outcome = pyoco_core::kv::modify(&res.workers, &worker_id, |stored| {
+        let Some(raw) = stored else {
+            return Decision::Keep;
         };
-        let raw: Doc = serde_json::from_slice(&entry.value).map_err(|_| not_found())?;
-        let t = now();
-        let (mut rec, _) = normalize_worker(&raw, t, state.settings.worker_disconnect_timeout_sec);
-        rec.insert("hidden".into(), json!(hidden));
-        rec.insert("updated_at".into(), json!(t));
-        match res
-            .workers
-            .update(&worker_id, to_ascii_vec(&rec).into(), entry.revision)
-            .await
-        {
-            Ok(_) => {
-                return Ok(
-                    Json(json!({"worker_id": worker_id, "hidden": hidden, "updated_at": t}))
-                        .into_response(),
-                )
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(ApiError::nats(e.kind())),
-        }
+        t = now();
+        let (mut rec, _) = normalize_worker(raw, t, disconnect_timeout);
+        rec.insert(fields::worker::HIDDEN.into(), json!(hidden));
+        rec.insert(fields::worker::UPDATED_AT.into(), json!(t));
+        Decision::Write(rec)
+    })
+    .await;
+    match outcome {
+        Ok(_) => Ok(
+            Json(json!({"worker_id": worker_id, "hidden": hidden, "updated_at": t}))
+                .into_response(),
+        ),
+        Err(ModifyError::NotFound | ModifyError::Undecodable(_)) => Err(not_found()),
+        Err(ModifyError::Conflict(_)) => Err(ApiError::nats(
+            "worker record kept conflicting with concurrent writes; retry",
+        )),
+        Err(ModifyError::Nats { kind, .. }) => Err(ApiError::nats(kind)),
     }
-    Err(ApiError::nats(
-        "worker record kept conflicting with concurrent writes; retry",
-    ))
 }

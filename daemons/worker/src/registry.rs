@@ -2,11 +2,12 @@
 //! original (IDLE, RUNNING, STOPPED_GRACEFUL), written with compare-and-set so `hidden` (set by
 //! `PATCH /workers/{id}`) is never lost, refreshed by a heartbeat.
 
+use pyoco_core::kv::{Decision, ModifyError};
+use pyoco_core::wire::fields;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
 use pyoco_core::wire::{worker_state, Doc};
 use serde_json::{json, Value};
@@ -68,23 +69,16 @@ impl Registry {
     /// our fields on top, by compare-and-set.
     pub async fn write(&self) -> Result<(), String> {
         let _one_at_a_time = self.write_lock.lock().await;
-        for _ in 0..20 {
-            let entry = self
-                .store
-                .entry(&self.worker_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (mut doc, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<Doc>(&e.value).unwrap_or_default(),
-                    Some(e.revision),
-                ),
-                Some(e) => (Doc::new(), Some(e.revision)),
-                None => (Doc::new(), None),
-            };
-            let local = self.local.lock().await.clone();
+        // Taken once per write: a change made meanwhile marks the record dirty and the
+        // background writer stores it next.
+        let local = self.local.lock().await.clone();
+        let outcome = pyoco_core::kv::modify_bounded(&self.store, &self.worker_id, 20, |stored| {
+            let mut doc = stored.cloned().unwrap_or_default();
             let t = now();
-            let hidden = doc.get("hidden").cloned().unwrap_or(json!(false));
+            let hidden = doc
+                .get(fields::worker::HIDDEN)
+                .cloned()
+                .unwrap_or(json!(false));
             let current = local
                 .current_run_ids
                 .first()
@@ -92,61 +86,51 @@ impl Registry {
                 .map(Value::String)
                 .unwrap_or(Value::Null);
             for (k, v) in [
-                ("worker_id", json!(self.worker_id)),
-                ("instance_id", json!(self.instance_id)),
-                ("state", json!(local.state)),
-                ("hidden", hidden),
-                ("tags", json!(self.tags)),
-                ("last_seen_at", json!(t)),
-                ("last_heartbeat_at", json!(t)),
-                ("heartbeat_at", json!(t)),
-                ("current_run_id", current),
-                ("last_run_id", local.last_run_id.clone()),
-                ("last_run_status", local.last_run_status.clone()),
-                ("last_run_started_at", local.last_run_started_at.clone()),
-                ("last_run_finished_at", local.last_run_finished_at.clone()),
-                ("stopped_at", local.stopped_at.clone()),
-                ("stop_reason", local.stop_reason.clone()),
-                ("updated_at", json!(t)),
-                ("current_run_ids", json!(local.current_run_ids)),
+                (fields::worker::WORKER_ID, json!(self.worker_id)),
+                (fields::worker::INSTANCE_ID, json!(self.instance_id)),
+                (fields::worker::STATE, json!(local.state)),
+                (fields::worker::HIDDEN, hidden),
+                (fields::worker::TAGS, json!(self.tags)),
+                (fields::worker::LAST_SEEN_AT, json!(t)),
+                (fields::worker::LAST_HEARTBEAT_AT, json!(t)),
+                (fields::worker::HEARTBEAT_AT, json!(t)),
+                (fields::worker::CURRENT_RUN_ID, current),
+                (fields::worker::LAST_RUN_ID, local.last_run_id.clone()),
+                (
+                    fields::worker::LAST_RUN_STATUS,
+                    local.last_run_status.clone(),
+                ),
+                (
+                    fields::worker::LAST_RUN_STARTED_AT,
+                    local.last_run_started_at.clone(),
+                ),
+                (
+                    fields::worker::LAST_RUN_FINISHED_AT,
+                    local.last_run_finished_at.clone(),
+                ),
+                (fields::worker::STOPPED_AT, local.stopped_at.clone()),
+                (fields::worker::STOP_REASON, local.stop_reason.clone()),
+                (fields::worker::UPDATED_AT, json!(t)),
+                (
+                    fields::worker::CURRENT_RUN_IDS,
+                    json!(local.current_run_ids),
+                ),
             ] {
                 doc.insert(k.to_string(), v);
             }
             for (k, v) in &self.extra {
                 doc.insert(k.clone(), v.clone());
             }
-            let bytes = to_ascii_vec(&doc);
-            let res = match revision {
-                Some(rev) => self
-                    .store
-                    .update(&self.worker_id, bytes.into(), rev)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => self
-                    .store
-                    .create(&self.worker_id, bytes.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::CreateErrorKind::AlreadyExists,
-                            e.to_string(),
-                        )
-                    }),
-            };
-            match res {
-                Ok(()) => return Ok(()),
-                Err((true, _)) => continue,
-                Err((false, e)) => return Err(e),
+            Decision::Write(doc)
+        })
+        .await;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(ModifyError::Conflict(_)) => {
+                Err("worker record kept conflicting with concurrent writes".into())
             }
+            Err(e) => Err(e.to_string()),
         }
-        Err("worker record kept conflicting with concurrent writes".into())
     }
 
     /// Changes our fields and lets the background writer store them.

@@ -3,7 +3,8 @@
 //! the worker owns the execution fields, and neither can erase the other's. Terminal states are
 //! final: a stored terminal snapshot is never overwritten.
 
-use std::time::Duration;
+use pyoco_core::kv::{Decision, ModifyError};
+use pyoco_core::wire::fields;
 
 use async_nats::jetstream::kv;
 use pyoco_core::json::to_ascii_vec;
@@ -48,7 +49,7 @@ impl std::fmt::Display for WriteError {
             WriteError::Terminal(d) => write!(
                 f,
                 "run already {}",
-                str_field(d, "status").unwrap_or("terminal")
+                str_field(d, fields::run::STATUS).unwrap_or("terminal")
             ),
             WriteError::Nats(e) => f.write_str(e),
         }
@@ -67,11 +68,11 @@ pub struct Limits {
 /// A cancel asked for by the gateway (or anyone) on the stored snapshot.
 pub fn cancel_requested(stored: &Doc) -> bool {
     stored
-        .get("cancel_requested_at")
+        .get(fields::run::CANCEL_REQUESTED_AT)
         .map(is_truthy)
         .unwrap_or(false)
         || matches!(
-            str_field(stored, "status"),
+            str_field(stored, fields::run::STATUS),
             Some(run_status::CANCELLING) | Some(run_status::CANCELLED)
         )
 }
@@ -83,18 +84,22 @@ impl RunState {
         let put = |d: &mut Doc, k: &str, v: Value| {
             d.insert(k.to_string(), v);
         };
-        put(&mut d, "run_id", json!(self.run_id));
-        put(&mut d, "flow_name", json!(self.flow_name));
-        put(&mut d, "tag", json!(self.tag));
-        put(&mut d, "tags", json!(self.tags));
-        d.entry("tenant_id").or_insert(self.tenant_id.clone());
-        d.entry("api_key_id").or_insert(self.api_key_id.clone());
-        d.entry("workflow_yaml_sha256")
+        put(&mut d, fields::run::RUN_ID, json!(self.run_id));
+        put(&mut d, fields::run::FLOW_NAME, json!(self.flow_name));
+        put(&mut d, fields::run::TAG, json!(self.tag));
+        put(&mut d, fields::run::TAGS, json!(self.tags));
+        d.entry(fields::run::TENANT_ID)
+            .or_insert(self.tenant_id.clone());
+        d.entry(fields::run::API_KEY_ID)
+            .or_insert(self.api_key_id.clone());
+        d.entry(fields::run::WORKFLOW_YAML_SHA256)
             .or_insert(self.workflow_yaml_sha256.clone());
-        d.entry("workflow_yaml_bytes")
+        d.entry(fields::run::WORKFLOW_YAML_BYTES)
             .or_insert(self.workflow_yaml_bytes.clone());
-        d.entry("cancel_requested_at").or_insert(Value::Null);
-        d.entry("cancel_requested_by").or_insert(Value::Null);
+        d.entry(fields::run::CANCEL_REQUESTED_AT)
+            .or_insert(Value::Null);
+        d.entry(fields::run::CANCEL_REQUESTED_BY)
+            .or_insert(Value::Null);
         // A cancel requested on the stored run shows as CANCELLING until we end the run.
         let status = if !run_status::is_terminal(&self.status)
             && self.status != run_status::PENDING
@@ -111,26 +116,36 @@ impl RunState {
         } else {
             self.status.clone()
         };
-        put(&mut d, "status", json!(status));
-        put(&mut d, "params", Value::Object(self.params.clone()));
-        put(&mut d, "tasks", Value::Object(self.tasks.clone()));
+        put(&mut d, fields::run::STATUS, json!(status));
         put(
             &mut d,
-            "task_records",
+            fields::run::PARAMS,
+            Value::Object(self.params.clone()),
+        );
+        put(
+            &mut d,
+            fields::run::TASKS,
+            Value::Object(self.tasks.clone()),
+        );
+        put(
+            &mut d,
+            fields::run::TASK_RECORDS,
             Value::Object(self.task_records.clone()),
         );
-        d.remove("task_records_truncated");
-        put(&mut d, "start_time", json!(self.start_time));
-        put(&mut d, "end_time", json!(self.end_time));
-        put(&mut d, "heartbeat_at", json!(t));
+        d.remove(fields::run::TASK_RECORDS_TRUNCATED);
+        put(&mut d, fields::run::START_TIME, json!(self.start_time));
+        put(&mut d, fields::run::END_TIME, json!(self.end_time));
+        put(&mut d, fields::run::HEARTBEAT_AT, json!(t));
         let updated = if changed {
             t
         } else {
-            stored.and_then(|s| f64_field(s, "updated_at")).unwrap_or(t)
+            stored
+                .and_then(|s| f64_field(s, fields::run::UPDATED_AT))
+                .unwrap_or(t)
         };
-        put(&mut d, "updated_at", json!(updated));
-        put(&mut d, "error", json!(self.error));
-        put(&mut d, "worker_id", json!(self.worker_id));
+        put(&mut d, fields::run::UPDATED_AT, json!(updated));
+        put(&mut d, fields::run::ERROR, json!(self.error));
+        put(&mut d, fields::run::WORKER_ID, json!(self.worker_id));
         match &self.note {
             Some(n) => put(&mut d, "worker_note", json!(n)),
             None => {
@@ -146,13 +161,13 @@ impl RunState {
 pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
     let mut bytes = to_ascii_vec(&doc);
     if limits.max_snapshot_bytes > 0 && bytes.len() > limits.max_snapshot_bytes {
-        doc.insert("task_records".into(), json!({}));
-        doc.insert("task_records_truncated".into(), json!(true));
+        doc.insert(fields::run::TASK_RECORDS.into(), json!({}));
+        doc.insert(fields::run::TASK_RECORDS_TRUNCATED.into(), json!(true));
         bytes = to_ascii_vec(&doc);
     }
     let cap = limits.max_payload.saturating_sub(1024).max(4096);
     if bytes.len() > cap {
-        if let Some(Value::String(e)) = doc.get_mut("error") {
+        if let Some(Value::String(e)) = doc.get_mut(fields::run::ERROR) {
             let keep = crate::text::truncate(e, 2000).len();
             e.truncate(keep);
         }
@@ -160,7 +175,7 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
     }
     if bytes.len() > cap {
         doc.insert(
-            "params".into(),
+            fields::run::PARAMS.into(),
             json!({"_truncated": "params too large for a snapshot; see the job message"}),
         );
         doc.insert("snapshot_truncated".into(), json!(true));
@@ -211,66 +226,34 @@ impl Writer {
                 Err(e) => return Err(WriteError::Nats(e.to_string())),
             }
         }
-        for attempt in 0..30u32 {
-            let entry = self
-                .store
-                .entry(&state.run_id)
-                .await
-                .map_err(|e| WriteError::Nats(e.to_string()))?;
-            let (stored, revision) = match entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<Doc>(&e.value).ok(),
-                    Some(e.revision),
-                ),
-                Some(e) => (None, Some(e.revision)),
-                None => (None, None),
-            };
-            if let Some(s) = &stored {
-                if run_status::is_terminal(str_field(s, "status").unwrap_or("")) {
-                    return Err(WriteError::Terminal(s.clone()));
+        // Someone wrote in between (or nothing is remembered): read, merge with what they
+        // wrote, and write at that revision.
+        let limits = self.limits;
+        let mut terminal = None;
+        let outcome = pyoco_core::kv::modify_bounded(&self.store, &state.run_id, 30, |stored| {
+            if let Some(s) = stored {
+                if run_status::is_terminal(str_field(s, fields::run::STATUS).unwrap_or("")) {
+                    terminal = Some(s.clone());
+                    return Decision::Keep;
                 }
             }
-            let doc = state.merged(stored.as_ref(), now(), changed);
-            let bytes = encode(doc.clone(), self.limits);
-            let result = match revision {
-                Some(rev) => self
-                    .store
-                    .update(&state.run_id, bytes.into(), rev)
-                    .await
-                    .map_err(|e| {
-                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                            None
-                        } else {
-                            Some(e.to_string())
-                        }
-                    }),
-                None => self
-                    .store
-                    .create(&state.run_id, bytes.into())
-                    .await
-                    .map_err(|e| {
-                        if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                            None
-                        } else {
-                            Some(e.to_string())
-                        }
-                    }),
-            };
-            match result {
-                Ok(new_rev) => {
-                    self.last = Some((new_rev, doc.clone()));
-                    return Ok(doc);
-                }
-                Err(None) => {
-                    // Someone wrote in between: merge again with what they wrote.
-                    tokio::time::sleep(Duration::from_millis((attempt as u64).min(10) * 5)).await;
-                }
-                Err(Some(e)) => return Err(WriteError::Nats(e)),
+            let doc = state.merged(stored, now(), changed);
+            let bytes = encode(doc.clone(), limits);
+            Decision::WriteBytes(doc, bytes)
+        })
+        .await;
+        match outcome {
+            Ok(_) if terminal.is_some() => Err(WriteError::Terminal(terminal.unwrap_or_default())),
+            Ok(m) => {
+                let doc = m.doc.unwrap_or_default();
+                self.last = Some((m.revision, doc.clone()));
+                Ok(doc)
             }
+            Err(ModifyError::Conflict(_)) => Err(WriteError::Nats(
+                "snapshot kept conflicting with concurrent writes".into(),
+            )),
+            Err(e) => Err(WriteError::Nats(e.to_string())),
         }
-        Err(WriteError::Nats(
-            "snapshot kept conflicting with concurrent writes".into(),
-        ))
     }
 }
 

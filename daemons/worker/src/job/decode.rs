@@ -1,7 +1,9 @@
 //! The job message (contract §2.5) → a typed [`Job`]: the original's decoding rules, plus type
 //! checks where the original would crash later.
 
+use pyoco_core::wire::fields;
 use pyoco_core::wire::{f64_field, run_status, str_field, Doc};
+use pyoco_core::wire::{JobMessage, WorkflowYaml};
 use serde_json::{json, Map, Value};
 
 use crate::snapshot::RunState;
@@ -24,20 +26,28 @@ pub struct Job {
 
 impl Job {
     /// The job message again (contract §2.5), e.g. for a dead letter that can be replayed.
+    /// Without `submitted_at`: the worker does not keep it.
+    pub fn to_message(&self) -> JobMessage {
+        JobMessage {
+            run_id: json!(self.run_id),
+            flow_name: json!(self.flow_name),
+            tag: json!(self.tag),
+            tags: json!(self.tags),
+            tenant_id: self.tenant_id.clone(),
+            api_key_id: self.api_key_id.clone(),
+            params: self.params.clone(),
+            submitted_at: None,
+            workflow_yaml: self.workflow_yaml.as_ref().map(|text| WorkflowYaml {
+                text: text.clone(),
+                sha256: self.workflow_yaml_sha256.clone(),
+                bytes: self.workflow_yaml_bytes.clone(),
+            }),
+            timeout_sec: self.timeout_sec.map(|t| json!(t)),
+        }
+    }
+
     pub fn to_doc(&self) -> Value {
-        let mut d = json!({
-            "run_id": self.run_id, "flow_name": self.flow_name, "tag": self.tag, "tags": self.tags,
-            "tenant_id": self.tenant_id, "api_key_id": self.api_key_id, "params": Value::Object(self.params.clone()),
-        });
-        if let Some(y) = &self.workflow_yaml {
-            d["workflow_yaml"] = json!(y);
-            d["workflow_yaml_sha256"] = self.workflow_yaml_sha256.clone();
-            d["workflow_yaml_bytes"] = self.workflow_yaml_bytes.clone();
-        }
-        if let Some(t) = self.timeout_sec {
-            d["timeout_sec"] = json!(t);
-        }
-        d
+        Value::Object(self.to_message().to_doc())
     }
 }
 
@@ -59,37 +69,39 @@ pub fn decode_job(payload: &[u8]) -> Result<Job, InvalidJob> {
         Ok(_) => return Err(invalid("job is not a JSON object", None)),
         Err(e) => return Err(invalid(&format!("job is not JSON: {e}"), None)),
     };
-    let run_id = match doc.get("run_id") {
+    let run_id = match doc.get(fields::job::RUN_ID) {
         Some(Value::String(s)) if pyoco_core::wire::is_valid_kv_key(s) => s.clone(),
         Some(Value::String(_)) => return Err(invalid("run_id is not a valid run id", None)),
         Some(_) => return Err(invalid("run_id is not a string", None)),
         None => return Err(invalid("missing run_id", None)),
     };
     let some_id = Some(run_id.clone());
-    let flow_name = match doc.get("flow_name") {
+    let flow_name = match doc.get(fields::job::FLOW_NAME) {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("flow_name is not a string", some_id)),
         None => return Err(invalid("missing flow_name", some_id)),
     };
-    match doc.get("submitted_at") {
+    match doc.get(fields::job::SUBMITTED_AT) {
         None | Some(Value::Null) | Some(Value::Number(_)) => {}
         Some(Value::String(s)) if s.trim().parse::<f64>().is_ok() => {}
         Some(_) => return Err(invalid("submitted_at is not a number", some_id)),
     }
-    let tag = str_field(&doc, "tag").unwrap_or("default").to_string();
-    let tags: Vec<String> = match doc.get("tags") {
+    let tag = str_field(&doc, fields::job::TAG)
+        .unwrap_or("default")
+        .to_string();
+    let tags: Vec<String> = match doc.get(fields::job::TAGS) {
         Some(Value::Array(a)) => a
             .iter()
             .filter_map(|t| t.as_str().map(str::to_string))
             .collect(),
         _ => vec![],
     };
-    let params = match doc.get("params") {
+    let params = match doc.get(fields::job::PARAMS) {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err(invalid("params is not an object", some_id)),
     };
-    let workflow_yaml = match doc.get("workflow_yaml") {
+    let workflow_yaml = match doc.get(fields::job::WORKFLOW_YAML) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(invalid("workflow_yaml is not a string", some_id)),
@@ -103,19 +115,25 @@ pub fn decode_job(payload: &[u8]) -> Result<Job, InvalidJob> {
             tags
         },
         tag,
-        tenant_id: doc.get("tenant_id").cloned().unwrap_or(Value::Null),
-        api_key_id: doc.get("api_key_id").cloned().unwrap_or(Value::Null),
+        tenant_id: doc
+            .get(fields::job::TENANT_ID)
+            .cloned()
+            .unwrap_or(Value::Null),
+        api_key_id: doc
+            .get(fields::job::API_KEY_ID)
+            .cloned()
+            .unwrap_or(Value::Null),
         params,
         workflow_yaml,
         workflow_yaml_sha256: doc
-            .get("workflow_yaml_sha256")
+            .get(fields::job::WORKFLOW_YAML_SHA256)
             .cloned()
             .unwrap_or(Value::Null),
         workflow_yaml_bytes: doc
-            .get("workflow_yaml_bytes")
+            .get(fields::job::WORKFLOW_YAML_BYTES)
             .cloned()
             .unwrap_or(Value::Null),
-        timeout_sec: f64_field(&doc, "timeout_sec").filter(|t| *t > 0.0),
+        timeout_sec: f64_field(&doc, fields::job::TIMEOUT_SEC).filter(|t| *t > 0.0),
     })
 }
 
@@ -159,6 +177,32 @@ mod tests {
         assert_eq!(
             (j.tag.as_str(), j.tags.clone(), j.timeout_sec),
             ("a", vec!["x".to_string()], Some(2.0))
+        );
+    }
+
+    /// The copy a dead letter carries is the gateway's job, byte for byte, less `submitted_at`.
+    #[test]
+    fn the_dead_letter_copy_is_the_gateways_job() {
+        let run = pyoco_core::wire::NewRun {
+            run_id: "r1".into(),
+            flow_name: "f".into(),
+            tag: "t".into(),
+            tags: vec!["t".into()],
+            tenant_id: Some("ten".into()),
+            api_key_id: Some("k".into()),
+            params: serde_json::from_value(json!({"a": "\u{e9}"})).unwrap(),
+            workflow_yaml: Some(("abc".into(), 9)),
+            workflow_yaml_text: Some("flow: {}\n".into()),
+            timeout_sec: Some(1.5),
+            now: 1.25,
+        };
+        let mut sent = run.job_message();
+        let bytes = pyoco_core::json::to_ascii_vec(&sent);
+        sent.shift_remove("submitted_at");
+        let copy = decode_job(&bytes).unwrap().to_message().to_bytes();
+        assert_eq!(
+            String::from_utf8(copy).unwrap(),
+            String::from_utf8(pyoco_core::json::to_ascii_vec(&sent)).unwrap()
         );
     }
 

@@ -1,36 +1,21 @@
-//! Dead letters (contract §2.6): `{"reason", "error", "timestamp", …payload}` on `pyoco.dlq.<tag>`.
+//! Dead letters (contract §2.6): [`DeadLetter`] on `pyoco.dlq.<tag>`.
 //! Best-effort like the original: a failed publish is logged, never fatal.
 
-use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
-use serde_json::{json, Value};
+use pyoco_core::wire::DeadLetter;
+use serde_json::json;
 
 use super::{Job, JobCtx};
 
-pub async fn publish_raw(ctx: &JobCtx, tag: &str, reason: &str, error: &str, payload: Value) {
-    publish_raw_with_id(ctx, tag, reason, error, payload, None).await
-}
-
 /// With a message id, a repeated publish (several workers handling one event) is stored once.
-pub async fn publish_raw_with_id(
-    ctx: &JobCtx,
-    tag: &str,
-    reason: &str,
-    error: &str,
-    payload: Value,
-    msg_id: Option<&str>,
-) {
-    let mut doc = json!({"reason": reason, "error": error, "timestamp": now()});
-    if let (Some(d), Value::Object(p)) = (doc.as_object_mut(), payload) {
-        d.extend(p);
-    }
+pub async fn publish(ctx: &JobCtx, tag: &str, letter: &DeadLetter, msg_id: Option<&str>) {
     let subject = ctx
         .res
         .names
         .dlq_subject(if tag.is_empty() { "unknown" } else { tag });
     let result = async {
         let mut publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(to_ascii_vec(&doc).into());
+            .payload(letter.to_bytes().into());
         if let Some(id) = msg_id {
             publish = publish.message_id(id);
         }
@@ -43,17 +28,38 @@ pub async fn publish_raw_with_id(
     }
     .await;
     if let Err(e) = result {
+        let reason = letter.reason().unwrap_or("");
         tracing::warn!(subject = %subject, reason, error = %e, "DLQ publish failed");
     }
 }
 
+/// The letter of a run's job: the original's fields, plus (ours) the whole job, so `pyococtl
+/// dlq replay` can queue exactly what was submitted, flow.yaml included (the run snapshot does
+/// not keep the YAML).
+pub fn for_job(ctx: &JobCtx, reason: &str, error: &str, job: &Job) -> DeadLetter {
+    DeadLetter {
+        run_id: Some(json!(job.run_id)),
+        flow_name: Some(json!(job.flow_name)),
+        tag: Some(json!(job.tag)),
+        tags: Some(json!(job.tags)),
+        tenant_id: Some(job.tenant_id.clone()),
+        api_key_id: Some(job.api_key_id.clone()),
+        worker_id: Some(json!(ctx.worker_id)),
+        job: Some(job.to_doc()),
+        ..DeadLetter::new(reason, error, now())
+    }
+}
+
+/// The letter of a message that is not a job: where it came from, and who saw it.
+pub fn for_invalid(ctx: &JobCtx, error: &str, subject: &str, num_delivered: i64) -> DeadLetter {
+    DeadLetter {
+        subject: Some(json!(subject)),
+        worker_id: Some(json!(ctx.worker_id)),
+        num_delivered: Some(json!(num_delivered)),
+        ..DeadLetter::new("invalid_job", error, now())
+    }
+}
+
 pub async fn publish_run(ctx: &JobCtx, reason: &str, error: &str, job: &Job) {
-    // The original's fields, plus (ours) the whole job, so `pyococtl dlq replay` can queue
-    // exactly what was submitted, flow.yaml included (the run snapshot does not keep the YAML).
-    let payload = json!({
-        "run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
-        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id,
-        "job": job.to_doc(),
-    });
-    publish_raw(ctx, &job.tag, reason, error, payload).await
+    publish(ctx, &job.tag, &for_job(ctx, reason, error, job), None).await
 }

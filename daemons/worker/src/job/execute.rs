@@ -1,6 +1,7 @@
 //! The per-run orchestration: pick the job up, run it in a runner, follow its events, enforce
 //! cancel, timeouts and drain, then write the terminal snapshot, dead-letter if due, and ACK.
 
+use pyoco_core::wire::fields;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -75,7 +76,9 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     match ctx.res.runs.entry(&job.run_id).await {
         Ok(Some(e)) if e.operation == async_nats::jetstream::kv::Operation::Put => {
             if let Ok(stored) = serde_json::from_slice::<Doc>(&e.value) {
-                let status = str_field(&stored, "status").unwrap_or("").to_string();
+                let status = str_field(&stored, fields::run::STATUS)
+                    .unwrap_or("")
+                    .to_string();
                 if run_status::is_terminal(&status) {
                     tracing::info!(run_id = %job.run_id, status = %status, "run already finished; acknowledging the job without running it");
                     let _ = msg.double_ack().await;
@@ -121,7 +124,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     match writer.write(&state, true).await {
         Ok(_) => {}
         Err(WriteError::Terminal(stored)) => {
-            tracing::info!(run_id = %job.run_id, status = str_field(&stored, "status").unwrap_or(""), "run finished before pickup; acknowledging without running");
+            tracing::info!(run_id = %job.run_id, status = str_field(&stored, fields::run::STATUS).unwrap_or(""), "run finished before pickup; acknowledging without running");
             let _ = msg.double_ack().await;
             return RunnerFate::Reusable(runner);
         }
@@ -179,7 +182,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
             }
             Err(WriteError::Terminal(stored)) => {
                 // Someone else ended it (e.g. another worker after a redelivery): theirs stands.
-                tracing::warn!(run_id = %job.run_id, status = str_field(&stored, "status").unwrap_or(""), "run was already terminal at our final write; kept");
+                tracing::warn!(run_id = %job.run_id, status = str_field(&stored, fields::run::STATUS).unwrap_or(""), "run was already terminal at our final write; kept");
                 written = true;
                 break;
             }

@@ -1,6 +1,8 @@
 //! The paths where a job does not simply run: NAK with backoff, the last delivery ending FAILED
 //! and dead-lettered, drain requeue, undecodable jobs, and max-deliveries advisories.
 
+use pyoco_core::wire::fields;
+use pyoco_core::wire::DeadLetter;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -40,7 +42,20 @@ pub(super) async fn retry_later(
         state.error = Some(error.clone());
         state.end_time = Some(now());
         let _ = snapshot::write(&ctx.res.runs, state, true, ctx.limits).await;
-        dlq::publish_raw(ctx, &state.tag, "max_deliver_exceeded", &error, json!({"run_id": state.run_id, "flow_name": state.flow_name, "tag": state.tag, "tags": state.tags, "tenant_id": state.tenant_id, "api_key_id": state.api_key_id, "worker_id": ctx.worker_id, "num_delivered": delivered, "job": job.to_doc()})).await;
+        // The run as this worker has it (a resolved flow name), and the job as it came.
+        let letter = DeadLetter {
+            run_id: Some(json!(state.run_id)),
+            flow_name: Some(json!(state.flow_name)),
+            tag: Some(json!(state.tag)),
+            tags: Some(json!(state.tags)),
+            tenant_id: Some(json!(state.tenant_id)),
+            api_key_id: Some(json!(state.api_key_id)),
+            worker_id: Some(json!(ctx.worker_id)),
+            num_delivered: Some(json!(delivered)),
+            job: Some(job.to_doc()),
+            ..DeadLetter::new("max_deliver_exceeded", &error, now())
+        };
+        dlq::publish(ctx, &state.tag, &letter, None).await;
         let _ = msg.ack_with(AckKind::Term).await;
         tracing::error!(run_id = %state.run_id, err_id = "ERR-PYOCO-0003", "last delivery failed; run FAILED and dead-lettered: {why}");
     } else {
@@ -91,7 +106,11 @@ pub(super) async fn invalid_job(
     let tag = subject.rsplit('.').next().unwrap_or("").to_string();
     tracing::error!(err_id = "ERR-PYOCO-0012", subject = %subject, reason = %inv.reason, "invalid job");
     let raw = String::from_utf8_lossy(&msg.payload[..msg.payload.len().min(4096)]).into_owned();
-    dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": delivered, "payload": raw})).await;
+    let letter = DeadLetter {
+        payload: Some(json!(raw)),
+        ..dlq::for_invalid(ctx, &inv.reason, &subject, delivered)
+    };
+    dlq::publish(ctx, &tag, &letter, None).await;
     if let Some(run_id) = inv.run_id {
         // Keep what the gateway stored (flow name, params, tenant): merge, don't replace.
         let stored = ctx
@@ -106,19 +125,25 @@ pub(super) async fn invalid_job(
         let field = |k: &str| stored.get(k).cloned().unwrap_or(Value::Null);
         let job = Job {
             run_id,
-            flow_name: str_field(&stored, "flow_name").unwrap_or("").to_string(),
-            tag: str_field(&stored, "tag").unwrap_or(&tag).to_string(),
-            tags: vec![str_field(&stored, "tag").unwrap_or(&tag).to_string()],
-            tenant_id: field("tenant_id"),
-            api_key_id: field("api_key_id"),
+            flow_name: str_field(&stored, fields::run::FLOW_NAME)
+                .unwrap_or("")
+                .to_string(),
+            tag: str_field(&stored, fields::run::TAG)
+                .unwrap_or(&tag)
+                .to_string(),
+            tags: vec![str_field(&stored, fields::run::TAG)
+                .unwrap_or(&tag)
+                .to_string()],
+            tenant_id: field(fields::run::TENANT_ID),
+            api_key_id: field(fields::run::API_KEY_ID),
             params: stored
-                .get("params")
+                .get(fields::run::PARAMS)
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default(),
             workflow_yaml: None,
-            workflow_yaml_sha256: field("workflow_yaml_sha256"),
-            workflow_yaml_bytes: field("workflow_yaml_bytes"),
+            workflow_yaml_sha256: field(fields::run::WORKFLOW_YAML_SHA256),
+            workflow_yaml_bytes: field(fields::run::WORKFLOW_YAML_BYTES),
             timeout_sec: None,
         };
         let mut state = job.run_state(&ctx.worker_id);
@@ -175,33 +200,27 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
             state.error = Some(error.clone());
             if let Some(s) = &stored {
                 // Keep what the last attempt recorded; open tasks can no longer finish.
-                if let Some(Value::Object(t)) = s.get("tasks") {
+                if let Some(Value::Object(t)) = s.get(fields::run::TASKS) {
                     state.tasks = end_open_tasks(t, "FAILED");
                 }
-                if let Some(Value::Object(r)) = s.get("task_records") {
+                if let Some(Value::Object(r)) = s.get(fields::run::TASK_RECORDS) {
                     state.task_records = r.clone();
                 }
-                state.start_time = f64_field(s, "start_time");
-                if let Some(w) = str_field(s, "worker_id") {
+                state.start_time = f64_field(s, fields::run::START_TIME);
+                if let Some(w) = str_field(s, fields::run::WORKER_ID) {
                     state.worker_id = w.to_string();
                 }
             }
             match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
                 Ok(_) => {
                     tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
-                    let payload = json!({"run_id": job.run_id, "flow_name": job.flow_name, "tag": job.tag, "tags": job.tags,
-                        "tenant_id": job.tenant_id, "api_key_id": job.api_key_id, "worker_id": ctx.worker_id, "num_delivered": deliveries,
-                        "job": job.to_doc()});
+                    let letter = DeadLetter {
+                        num_delivered: Some(json!(deliveries)),
+                        ..dlq::for_job(ctx, "max_deliver_exceeded", &error, &job)
+                    };
                     // One letter per lost message (its stream sequence), however many workers see the advisory.
-                    dlq::publish_raw_with_id(
-                        ctx,
-                        &job.tag,
-                        "max_deliver_exceeded",
-                        &error,
-                        payload,
-                        Some(&format!("max-deliver-{}-{seq}", job.run_id)),
-                    )
-                    .await;
+                    let msg_id = format!("max-deliver-{}-{seq}", job.run_id);
+                    dlq::publish(ctx, &job.tag, &letter, Some(&msg_id)).await;
                 }
                 Err(WriteError::Terminal(_)) => {}
                 Err(e) => {
@@ -211,7 +230,8 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
             }
         }
         Err(inv) => {
-            dlq::publish_raw(ctx, &tag, "invalid_job", &inv.reason, json!({"subject": subject, "worker_id": ctx.worker_id, "num_delivered": deliveries})).await;
+            let letter = dlq::for_invalid(ctx, &inv.reason, &subject, deliveries);
+            dlq::publish(ctx, &tag, &letter, None).await;
         }
     }
     let _ = stream.delete_message(seq).await;
