@@ -26,8 +26,8 @@ use pyoco_core::wire::{is_valid_kv_key, is_valid_tag, run_status, str_field, Doc
 use serde_json::{json, Map, Value};
 
 use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
-use crate::info::{
-    local_time, one_line, print_json, render_table, stdout_is_terminal, wants_table,
+use crate::output::{
+    local_time, one_line, print_json, render_table, stdout_is_terminal, wants_table, LastColumn,
 };
 use crate::{exit, Ctx, OutputFormat};
 
@@ -395,7 +395,11 @@ fn letter_table(letters: &[Letter]) -> String {
             ]
         })
         .collect();
-    render_table(&["SEQ", "TIME", "TAG", "REASON", "RUN ID", "ERROR"], &rows)
+    render_table(
+        &["SEQ", "TIME", "TAG", "REASON", "RUN ID", "ERROR"],
+        &rows,
+        LastColumn::Trimmed,
+    )
 }
 
 async fn show(ctx: &Ctx, seq: u64) -> CtlResult<u8> {

@@ -1,112 +1,13 @@
-//! `pyococtl metrics` and `pyococtl health`, and the output helpers the `key`, `worker` and
-//! `dlq` commands share: the original's JSON text, plain tables, relative and local times.
+//! `pyococtl metrics` and `pyococtl health` (the output helpers they share with the other
+//! commands live in `crate::output`).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal as _;
 
-use chrono::{Local, TimeZone};
 use serde_json::{json, Value};
 
 use crate::client::{CtlError, CtlResult};
+use crate::output::{print_json, render_table, stdout_is_terminal, LastColumn};
 use crate::{exit, Ctx, OutputFormat};
-
-// ---------------------------------------------------------------------------------------------
-// Output helpers
-
-/// Whether stdout is a terminal (tables there, JSON when piped).
-pub(crate) fn stdout_is_terminal() -> bool {
-    std::io::stdout().is_terminal()
-}
-
-/// How a command with a table and a JSON form prints: `--output table|json`, else a table on
-/// a terminal and JSON otherwise. `--output status` belongs to `run watch` alone.
-pub(crate) fn wants_table(ctx: &Ctx, command: &str) -> CtlResult<bool> {
-    match ctx.cli.output {
-        Some(OutputFormat::Table) => Ok(true),
-        Some(OutputFormat::Json) => Ok(false),
-        Some(OutputFormat::Status) => Err(CtlError::usage(
-            format!("--output status is only for `run watch`; `{command}` prints table or json"),
-            &format!("pyococtl --output json {command}"),
-        )),
-        None => Ok(stdout_is_terminal()),
-    }
-}
-
-/// The text of Python's `json.dumps(value, ensure_ascii=True)`: what `pyoco-server-admin` and
-/// `pyoco-client` print (one implementation, shared with `run`).
-pub(crate) fn py_json(value: &Value) -> String {
-    crate::run::pyjson::dumps(value)
-}
-
-/// One JSON line on stdout, in the original's format.
-pub(crate) fn print_json(value: &Value) {
-    println!("{}", py_json(value));
-}
-
-/// A plain table: left-justified columns two spaces apart, the last column not padded.
-pub(crate) fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 < row.len() {
-                line.push_str(cell);
-                line.push_str(&" ".repeat(widths[i].saturating_sub(cell.chars().count()) + 2));
-            } else {
-                line.push_str(cell);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// `3 s ago`, `5 min ago`, `2 h ago`, `4 d ago`; `never` for a zero or missing time.
-pub(crate) fn ago(now: f64, t: Option<f64>) -> String {
-    let Some(t) = t.filter(|t| *t > 0.0) else {
-        return "never".into();
-    };
-    let d = (now - t).max(0.0) as u64;
-    match d {
-        0..=59 => format!("{d} s ago"),
-        60..=3599 => format!("{} min ago", d / 60),
-        3600..=86399 => format!("{} h ago", d / 3600),
-        _ => format!("{} d ago", d / 86400),
-    }
-}
-
-/// Unix seconds as local `YYYY-MM-DD HH:MM:SS`; `-` when missing.
-pub(crate) fn local_time(t: Option<f64>) -> String {
-    t.and_then(|t| Local.timestamp_opt(t.floor() as i64, 0).single())
-        .map(|dt| dt.format("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|| "-".into())
-}
-
-/// One line of at most `max` characters (newlines and tabs become spaces, `…` marks a cut).
-pub(crate) fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let flat = flat.trim();
-    if flat.chars().count() <= max {
-        flat.to_string()
-    } else {
-        let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
-        cut.push('…');
-        cut
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // metrics
@@ -251,13 +152,18 @@ fn summary_table(s: &Summary) -> String {
                 ]
             })
             .collect();
-        out.push_str(&render_table(&["STATUS", "RUNS", "TODAY"], &rows));
+        out.push_str(&render_table(
+            &["STATUS", "RUNS", "TODAY"],
+            &rows,
+            LastColumn::Trimmed,
+        ));
     }
     out.push('\n');
     let opt = |v: Option<f64>| v.map(num).unwrap_or_else(|| "?".into());
     out.push_str(&render_table(
         &["workers alive", &opt(s.workers_alive)],
         &[vec!["dead letters".into(), opt(s.dlq_messages)]],
+        LastColumn::Trimmed,
     ));
     if let Some(q) = &s.queue_depth {
         out.push('\n');
@@ -265,7 +171,11 @@ fn summary_table(s: &Summary) -> String {
             out.push_str("queued runs    0\n");
         } else {
             let rows: Vec<Vec<String>> = q.iter().map(|(t, v)| vec![t.clone(), num(*v)]).collect();
-            out.push_str(&render_table(&["TAG", "QUEUED"], &rows));
+            out.push_str(&render_table(
+                &["TAG", "QUEUED"],
+                &rows,
+                LastColumn::Trimmed,
+            ));
         }
     }
     out
@@ -355,7 +265,8 @@ pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
         "{}",
         render_table(
             &["gateway", &format!("{gateway}  {}", client.base)],
-            &[vec!["nats".into(), nats]]
+            &[vec!["nats".into(), nats]],
+            LastColumn::Trimmed
         )
     );
     Ok(exit::OK)
@@ -364,33 +275,6 @@ pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_json_text() {
-        let v = json!({"key_id": "k", "n": [1, 2.5, null], "t": "é\u{7f}", "o": {}, "a": []});
-        assert_eq!(
-            py_json(&v),
-            r#"{"key_id": "k", "n": [1, 2.5, null], "t": "\u00e9\u007f", "o": {}, "a": []}"#
-        );
-        assert_eq!(py_json(&json!([])), "[]");
-        assert_eq!(py_json(&json!(1795816854.0827389)), "1795816854.0827389");
-        assert_eq!(py_json(&json!(5.0)), "5.0");
-    }
-
-    #[test]
-    fn tables_and_times() {
-        let t = render_table(
-            &["A", "BB"],
-            &[vec!["xxx".into(), "y".into()], vec!["".into(), "".into()]],
-        );
-        assert_eq!(t, "A    BB\nxxx  y\n\n");
-        assert_eq!(ago(100.0, Some(97.2)), "2 s ago");
-        assert_eq!(ago(1000.0, Some(100.0)), "15 min ago");
-        assert_eq!(ago(100.0, Some(0.0)), "never");
-        assert_eq!(ago(100.0, Some(200.0)), "0 s ago");
-        assert_eq!(one_line("a\nb", 10), "a b");
-        assert_eq!(one_line("abcdef", 4), "abc…");
-    }
 
     #[test]
     fn metrics_summary() {

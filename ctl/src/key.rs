@@ -15,7 +15,7 @@ use pyoco_core::kv::{Decision, ModifyError};
 use serde_json::{json, Value};
 
 use crate::client::{connect_nats, nats_error, CtlError, CtlResult};
-use crate::info::{local_time, print_json, render_table};
+use crate::output::{local_time, print_json, render_table, LastColumn};
 use crate::{exit, Ctx, OutputFormat};
 
 #[derive(Debug, Clone, Subcommand)]
@@ -143,7 +143,11 @@ async fn list(ctx: &Ctx) -> CtlResult<u8> {
                 .collect();
             print!(
                 "{}",
-                render_table(&["KEY ID", "TENANT", "CREATED", "REVOKED"], &rows)
+                render_table(
+                    &["KEY ID", "TENANT", "CREATED", "REVOKED"],
+                    &rows,
+                    LastColumn::Trimmed
+                )
             );
         }
         return Ok(exit::OK);

@@ -14,6 +14,7 @@ mod exit;
 mod info;
 mod key;
 mod ops;
+mod output;
 mod run;
 mod runtime;
 mod worker;

@@ -12,7 +12,7 @@ use crate::client::{Client, CtlError, CtlResult};
 use crate::{exit, Ctx, OutputFormat};
 
 mod live;
-mod out;
+use crate::output as out;
 mod params;
 pub(crate) mod pyjson;
 mod table;

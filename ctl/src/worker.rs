@@ -6,7 +6,7 @@ use pyoco_core::wire::fields;
 use serde_json::{json, Value};
 
 use crate::client::{CtlError, CtlResult};
-use crate::info::{ago, print_json, render_table, wants_table};
+use crate::output::{ago, print_json, render_table, wants_table, LastColumn};
 use crate::{exit, Ctx};
 
 #[derive(Debug, Clone, Subcommand)]
@@ -151,7 +151,7 @@ pub(crate) fn worker_table(items: &[Value], with_hidden: bool, now: f64) -> Stri
         headers.push("HIDDEN");
     }
     headers.push("LAST SEEN");
-    render_table(&headers, &rows)
+    render_table(&headers, &rows, LastColumn::Trimmed)
 }
 
 /// Percent-encodes one path segment (worker ids may contain `/`, `=`, …).

@@ -374,7 +374,7 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
     let line = command_line(&p);
     if a.dry_run {
         if ctx.output(OutputFormat::Table) == OutputFormat::Json {
-            crate::info::print_json(&json!({
+            crate::output::print_json(&json!({
                 "mode": p.mode,
                 "nats_server": p.binary.path,
                 "source": p.binary.source,

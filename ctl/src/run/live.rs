@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::out;
 use super::watch::{End, Sink, WatchEvent};
 use crate::client::CtlResult;
+use crate::output as out;
 
 const RESET: &str = "\x1b[0m";
 const BOLD: &str = "\x1b[1m";

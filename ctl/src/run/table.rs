@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::output::{render_table, LastColumn};
+
 use super::pyjson::py_str;
 
 pub const HEADERS: [&str; 5] = ["run_id", "status", "flow_name", "tag", "updated_at"];
@@ -40,31 +42,13 @@ fn local_time(v: &Value) -> Option<String> {
     )
 }
 
-/// The whole table, one `\n`-terminated line per row.
+/// The whole table, one `\n`-terminated line per row: pyoco-client's bytes (every column
+/// padded), `(no items)` when empty.
 pub fn render(rows: &[Vec<String>]) -> String {
     if rows.is_empty() {
         return "(no items)\n".to_string();
     }
-    let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
-        let mut s = cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect::<Vec<_>>()
-            .join("  ");
-        s.push('\n');
-        s
-    };
-    let mut out = line(&mut HEADERS.iter().copied());
-    for r in rows {
-        out.push_str(&line(&mut r.iter().map(String::as_str)));
-    }
-    out
+    render_table(&HEADERS, rows, LastColumn::Padded)
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use pyoco_core::wire::run_status::is_terminal;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::out;
 use super::pyjson;
 use crate::client::{Client, CtlResult};
+use crate::output as out;
 
 const IDLE: Duration = Duration::from_secs(30);
 const MAX_SERVER_TIMEOUT: u64 = 600;
