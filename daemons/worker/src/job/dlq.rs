@@ -8,7 +8,8 @@ use serde_json::json;
 use super::{Job, JobCtx};
 
 /// With a message id, a repeated publish (several workers handling one event) is stored once.
-pub async fn publish(ctx: &JobCtx, tag: &str, letter: &DeadLetter, msg_id: Option<&str>) {
+/// Publishes a dead letter; false (logged) when it could not be stored.
+pub async fn publish(ctx: &JobCtx, tag: &str, letter: &DeadLetter, msg_id: Option<&str>) -> bool {
     let subject = ctx
         .res
         .names
@@ -27,9 +28,13 @@ pub async fn publish(ctx: &JobCtx, tag: &str, letter: &DeadLetter, msg_id: Optio
         Ok::<_, async_nats::Error>(())
     }
     .await;
-    if let Err(e) = result {
-        let reason = letter.reason().unwrap_or("");
-        tracing::warn!(subject = %subject, reason, error = %e, "DLQ publish failed");
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            let reason = letter.reason().unwrap_or("");
+            tracing::warn!(subject = %subject, reason, error = %e, "DLQ publish failed");
+            false
+        }
     }
 }
 
@@ -60,6 +65,6 @@ pub fn for_invalid(ctx: &JobCtx, error: &str, subject: &str, num_delivered: i64)
     }
 }
 
-pub async fn publish_run(ctx: &JobCtx, reason: &str, error: &str, job: &Job) {
+pub async fn publish_run(ctx: &JobCtx, reason: &str, error: &str, job: &Job) -> bool {
     publish(ctx, &job.tag, &for_job(ctx, reason, error, job), None).await
 }

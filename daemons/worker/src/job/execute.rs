@@ -213,7 +213,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
                 fin.error.as_deref().unwrap_or(""),
                 &job,
             )
-            .await
+            .await;
         }
         Some("execution_error") if ctx.settings.cfg.dlq_publish_execution_error => {
             dlq::publish_run(
@@ -222,7 +222,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
                 fin.error.as_deref().unwrap_or(""),
                 &job,
             )
-            .await
+            .await;
         }
         _ => {}
     }

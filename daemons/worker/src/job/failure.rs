@@ -161,24 +161,54 @@ pub(super) async fn invalid_job(
 /// message leaves the work queue. Advisories go to one worker of the queue group; the
 /// compare-and-set write and the DLQ message id make a repeat harmless anyway.
 pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
+    // The advisory fires once: a transient NATS error must not leave the run RUNNING and the
+    // message queued forever, so the whole handling is retried (each step is idempotent: a
+    // terminal run is not rewritten, the letter carries a message id, a gone message is done).
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=MAX_DELIVERIES_ATTEMPTS {
+        match handle_max_deliveries(ctx, advisory).await {
+            Ok(()) => return,
+            Err(reason) if attempt < MAX_DELIVERIES_ATTEMPTS => {
+                tracing::warn!(attempt, reason = %reason, retry_in_ms = backoff.as_millis() as u64, "max-deliveries advisory: not done yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(reason) => {
+                tracing::error!(err_id = "ERR-PYOCO-0007", attempts = attempt, reason = %reason, "max-deliveries advisory: giving up; the run may stay RUNNING (pyococtl dlq / the run's cancel can end it)");
+            }
+        }
+    }
+}
+
+/// How often the handling of one max-deliveries advisory is tried (≈ 2.5 min in all).
+const MAX_DELIVERIES_ATTEMPTS: u32 = 20;
+
+/// One attempt: the run FAILED, the letter published, the message deleted. `Err` = try again.
+async fn handle_max_deliveries(ctx: &JobCtx, advisory: &[u8]) -> Result<(), String> {
     let Ok(adv) = serde_json::from_slice::<Value>(advisory) else {
-        return;
+        return Ok(());
     };
     let (Some(seq), deliveries) = (
         adv["stream_seq"].as_u64(),
         adv["deliveries"].as_i64().unwrap_or(0),
     ) else {
-        return;
+        return Ok(());
     };
-    let stream = match ctx.res.js.get_stream(&ctx.res.names.work_stream).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "max-deliveries advisory: cannot open the work stream");
-            return;
+    let stream = ctx
+        .res
+        .js
+        .get_stream(&ctx.res.names.work_stream)
+        .await
+        .map_err(|e| format!("cannot open the work stream: {e}"))?;
+    let raw = match stream.get_raw_message(seq).await {
+        Ok(raw) => raw,
+        // Gone: another worker of the group (or a previous attempt) finished the job.
+        Err(e)
+            if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+        {
+            return Ok(())
         }
-    };
-    let Ok(raw) = stream.get_raw_message(seq).await else {
-        return;
+        Err(e) => return Err(format!("cannot read message {seq}: {e}")),
     };
     let subject = raw.subject.to_string();
     let tag = subject.rsplit('.').next().unwrap_or("").to_string();
@@ -186,14 +216,10 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
         format!("max_deliver_exceeded: the job was delivered {deliveries} times without finishing");
     match decode_job(&raw.payload) {
         Ok(job) => {
-            let stored = ctx
-                .res
-                .runs
-                .get(&job.run_id)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|b| serde_json::from_slice::<Doc>(&b).ok());
+            let stored = match ctx.res.runs.get(&job.run_id).await {
+                Ok(b) => b.and_then(|b| serde_json::from_slice::<Doc>(&b).ok()),
+                Err(e) => return Err(format!("cannot read run {}: {e}", job.run_id)),
+            };
             let mut state = job.run_state(&ctx.worker_id);
             state.status = run_status::FAILED.into();
             state.end_time = Some(now());
@@ -211,30 +237,47 @@ pub async fn on_max_deliveries(ctx: &JobCtx, advisory: &[u8]) {
                     state.worker_id = w.to_string();
                 }
             }
-            match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
-                Ok(_) => {
-                    tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
-                    let letter = DeadLetter {
-                        num_delivered: Some(json!(deliveries)),
-                        ..dlq::for_job(ctx, "max_deliver_exceeded", &error, &job)
-                    };
-                    // One letter per lost message (its stream sequence), however many workers see the advisory.
-                    let msg_id = format!("max-deliver-{}-{seq}", job.run_id);
-                    dlq::publish(ctx, &job.tag, &letter, Some(&msg_id)).await;
+            // A previous attempt may have failed the run already and then stumbled: its letter
+            // is still owed. A run that ended on its own gets none.
+            let failed_by_us_before = stored.as_ref().is_some_and(|s| {
+                str_field(s, fields::run::STATUS) == Some(run_status::FAILED)
+                    && str_field(s, fields::run::ERROR)
+                        .is_some_and(|e| e.starts_with("max_deliver_exceeded"))
+            });
+            let failed_now = match snapshot::write(&ctx.res.runs, &state, true, ctx.limits).await {
+                Ok(_) => true,
+                Err(WriteError::Terminal(_)) => false,
+                Err(e) => return Err(format!("could not fail run {}: {e}", job.run_id)),
+            };
+            if failed_now || failed_by_us_before {
+                let letter = DeadLetter {
+                    num_delivered: Some(json!(deliveries)),
+                    ..dlq::for_job(ctx, "max_deliver_exceeded", &error, &job)
+                };
+                // One letter per lost message (its stream sequence), however many workers see
+                // the advisory and however often this is retried.
+                let msg_id = format!("max-deliver-{}-{seq}", job.run_id);
+                if !dlq::publish(ctx, &job.tag, &letter, Some(&msg_id)).await {
+                    return Err("the dead letter could not be published".into());
                 }
-                Err(WriteError::Terminal(_)) => {}
-                Err(e) => {
-                    tracing::warn!(run_id = %job.run_id, error = %e, "max-deliveries advisory: could not fail the run");
-                    return;
+                if failed_now {
+                    tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", deliveries, "job exhausted its deliveries; run FAILED and dead-lettered");
                 }
             }
         }
         Err(inv) => {
             let letter = dlq::for_invalid(ctx, &inv.reason, &subject, deliveries);
-            dlq::publish(ctx, &tag, &letter, None).await;
+            let msg_id = format!("max-deliver-invalid-{seq}");
+            if !dlq::publish(ctx, &tag, &letter, Some(&msg_id)).await {
+                return Err("the dead letter could not be published".into());
+            }
         }
     }
-    let _ = stream.delete_message(seq).await;
+    match stream.delete_message(seq).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("no message found") => Ok(()),
+        Err(e) => Err(format!("cannot delete message {seq}: {e}")),
+    }
 }
 
 #[cfg(test)]
