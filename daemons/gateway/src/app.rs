@@ -209,18 +209,34 @@ async fn not_found() -> ApiError {
 }
 
 /// Counts every request by route template, method and status for `/metrics`.
+/// The `method` label: the standard methods by name, anything else `OTHER` — a client must not be
+/// able to mint label values (and memory in the metrics) by inventing methods.
+fn metric_method(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 async fn track_http(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+    let method = metric_method(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
     state.metrics.on_http(
         &route,
-        &method,
+        method,
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );

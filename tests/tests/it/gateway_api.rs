@@ -1199,3 +1199,23 @@ async fn an_oversized_tag_is_a_422_and_never_reaches_nats() {
         gw.log_text()
     );
 }
+
+#[tokio::test]
+async fn invented_http_methods_do_not_mint_metric_labels() {
+    let (_nats, gw) = start().await;
+    for i in 0..20 {
+        let m = reqwest::Method::from_bytes(format!("BOGUS{i}").as_bytes()).unwrap();
+        let r = http().request(m, gw.url("/runs")).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    let text = http()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("BOGUS"), "{text}");
+    assert!(text.contains("method=\"OTHER\""), "{text}");
+}
