@@ -319,6 +319,10 @@ config_fields! {
     /// Gateway: how long `/health` and systemd's `READY=1` wait at start for the first NATS
     /// connection and the resources before the gateway reports itself up without them.
     ready_timeout_sec: f64 = 5.0, "PYOCO_READY_TIMEOUT_SEC";
+    /// Gateway: open `/watch` streams at once, in all (more answer 429).
+    sse_max_streams: i64 = 2000, "PYOCO_SSE_MAX_STREAMS";
+    /// Gateway: open `/watch` streams at once per tenant (`api_key` mode; one pool without auth).
+    sse_max_streams_per_tenant: i64 = 200, "PYOCO_SSE_MAX_STREAMS_PER_TENANT";
     /// Finished runs older than this are removed (0 = keep forever).
     run_retention_sec: f64 = 2_592_000.0, "PYOCO_RUN_RETENTION_SEC";
     /// KV bucket of idempotency keys.

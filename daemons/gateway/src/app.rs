@@ -23,6 +23,8 @@ use crate::tasks::Runtime;
 use crate::{runs, sse, workers};
 
 pub struct AppState {
+    /// Open `/watch` streams, bounded in all and per tenant.
+    pub streams: Arc<crate::streams::StreamLimits>,
     pub cfg: Config,
     /// The settings the gateway uses in typed form, converted from `cfg` once.
     pub settings: GatewaySettings,
@@ -72,6 +74,10 @@ impl AppState {
             resources: RwLock::new(None),
             ready: tokio::sync::watch::channel(false).0,
             started: Instant::now(),
+            streams: crate::streams::StreamLimits::new(
+                cfg.sse_max_streams,
+                cfg.sse_max_streams_per_tenant,
+            ),
             runtime,
             client,
             settings,

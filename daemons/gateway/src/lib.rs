@@ -27,6 +27,7 @@ pub mod runs;
 pub mod server;
 pub mod settings;
 pub mod sse;
+pub mod streams;
 pub mod tasks;
 pub mod workers;
 

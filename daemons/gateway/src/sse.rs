@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::time::now;
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::app::SharedState;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::params::{self, Errors, Query};
 use crate::runs::{check_tenant, include_records, load_run};
 
@@ -51,12 +51,28 @@ pub async fn watch(
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
 
+    // A bounded number of open streams, in all and per tenant: each holds a task, a channel and
+    // a subscription, and a client must not be able to take them all.
+    let tenant = principal
+        .as_ref()
+        .map(|p| p.tenant_id.clone())
+        .unwrap_or_default();
+    let slot = state.streams.acquire(&tenant).map_err(|full| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many open watch streams: {full}; close some (or raise {})",
+                full.setting()
+            ),
+        )
+    })?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
     let runs = state.runs.clone();
     let store = state.res().await?.runs;
     let shutdown = state.runtime.shutdown.clone();
     // Tracked: shutdown waits (bounded) for the stream to send its `shutdown` event.
     state.runtime.spawn(async move {
+        let _slot = slot; // released when the stream ends
         let deadline = Instant::now() + Duration::from_secs(timeout_sec as u64);
         let mut last_sent = resume_after;
         let mut last_event = Instant::now();

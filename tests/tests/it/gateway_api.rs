@@ -1219,3 +1219,39 @@ async fn invented_http_methods_do_not_mint_metric_labels() {
     assert!(!text.contains("BOGUS"), "{text}");
     assert!(text.contains("method=\"OTHER\""), "{text}");
 }
+
+#[tokio::test]
+async fn watch_streams_are_bounded_with_a_clear_429() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[("PYOCO_SSE_MAX_STREAMS_PER_TENANT", "2")]).await;
+    wait_connected(&gw).await;
+    let id = submit(&gw, "main", "nobody").await;
+    let url = gw.url(&format!("/runs/{id}/watch?timeout_sec=60"));
+    let first = http().get(&url).send().await.unwrap();
+    let second = http().get(&url).send().await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = http().get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 429);
+    let detail = third.json::<Value>().await.unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.starts_with("too many open watch streams: 2 are open")
+            && detail.contains("PYOCO_SSE_MAX_STREAMS_PER_TENANT"),
+        "{detail}"
+    );
+    // A closed stream gives its slot back.
+    drop(first);
+    let ok = wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { http().get(&url).send().await.unwrap().status() == 200 },
+    )
+    .await;
+    assert!(ok, "a slot came back after a client went away");
+    drop(second);
+}
