@@ -63,6 +63,11 @@ pub struct RunEntry {
 }
 
 impl RunEntry {
+    /// The run's tenant (`None` for runs made with auth off).
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.tenant_id.as_deref()
+    }
+
     /// The list summary as a document.
     pub fn summary_doc(&self) -> Doc {
         serde_json::from_slice(&self.summary).unwrap_or_default()

@@ -82,8 +82,17 @@ pub async fn list(
         }
     }
     // A documented difference: the original leaves /workers open even in api_key mode.
-    state.authenticate(&headers).await?;
+    let principal = state.authenticate(&headers).await?;
     state.indexes_loaded().await?;
+    // With API keys, the run ids a worker names are shown only when the run is the caller's:
+    // another tenant's run id (which `GET /runs/{id}` would not show) stays hidden.
+    let foreign = |run_id: &str| match &principal {
+        None => false,
+        Some(p) => state
+            .runs
+            .get(run_id)
+            .is_none_or(|e| e.tenant_id() != Some(p.tenant_id.as_str())),
+    };
     let t = now();
     let mut items: Vec<(f64, Doc)> = state
         .workers
@@ -111,6 +120,14 @@ pub async fn list(
                 return None;
             }
             rec.insert(fields::worker::STATE.into(), json!(effective));
+            for key in [fields::worker::CURRENT_RUN_ID, fields::worker::LAST_RUN_ID] {
+                if rec.get(key).and_then(Value::as_str).is_some_and(foreign) {
+                    rec.insert(key.into(), Value::Null);
+                }
+            }
+            if let Some(Value::Array(ids)) = rec.get_mut(fields::worker::CURRENT_RUN_IDS) {
+                ids.retain(|id| id.as_str().is_some_and(|id| !foreign(id)));
+            }
             Some((
                 f64_field(&rec, fields::worker::LAST_SEEN_AT).unwrap_or(0.0),
                 rec,

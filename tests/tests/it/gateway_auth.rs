@@ -276,3 +276,65 @@ async fn custom_header_name() {
         "X-API-Key is not the configured header"
     );
 }
+
+#[tokio::test]
+async fn workers_do_not_show_another_tenants_run_ids() {
+    let nats = NatsServer::start().await;
+    let env = [
+        ("PYOCO_HTTP_AUTH_MODE", "api_key"),
+        ("PYOCO_AUTH_PEPPER", PEPPER),
+    ];
+    let gw = Gateway::start(&nats.url(), &env).await;
+    gw.wait_nats_connected().await;
+    let (key_a, _) = admin_create(&nats, "tenant-a").await;
+    let (key_b, _) = admin_create(&nats, "tenant-b").await;
+    let (code, run) = call(
+        "POST",
+        &gw.url("/runs"),
+        Some(&key_a),
+        Some(json!({"flow_name": "main", "tag": "nobody"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{run}");
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    // A worker busy with tenant a's run, as any worker writes its record.
+    let js = nats.jetstream().await;
+    let kv = js.get_key_value("pyoco_workers").await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let record = json!({"worker_id": "w-busy", "state": "RUNNING", "tags": ["nobody"],
+        "current_run_id": run_id, "last_run_id": run_id, "last_seen_at": now,
+        "last_heartbeat_at": now, "hidden": false});
+    kv.put("w-busy", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    let shown = |key: String| {
+        let url = gw.url("/workers");
+        async move {
+            let (code, list) = call("GET", &url, Some(&key), None).await;
+            assert_eq!(code, 200, "{list}");
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["worker_id"] == "w-busy")
+                .cloned()
+        }
+    };
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let s = shown(key_a.clone());
+        async move { s.await.is_some() }
+    })
+    .await;
+    assert!(ok, "the record reached the index");
+    let for_a = shown(key_a.clone()).await.unwrap();
+    assert_eq!(for_a["current_run_id"], run_id.as_str(), "{for_a}");
+    let for_b = shown(key_b.clone()).await.unwrap();
+    assert_eq!(for_b["current_run_id"], Value::Null, "{for_b}");
+    assert_eq!(for_b["last_run_id"], Value::Null, "{for_b}");
+    assert_eq!(
+        for_b["state"], "RUNNING",
+        "the rest of the record stays: {for_b}"
+    );
+}
