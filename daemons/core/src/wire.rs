@@ -61,6 +61,11 @@ pub const SUMMARY_KEYS: [&str; 11] = [
 /// consumer name; without a bound, a ~4 KiB tag exceeds nats-server's control-line limit and
 /// the server drops the whole connection — every other client's request with it.
 pub const MAX_TAG_LEN: usize = 128;
+/// Longest flow name accepted at submit: it is kept in every snapshot, list summary and index
+/// entry, so a megabyte name would cost a megabyte per run everywhere.
+pub const MAX_FLOW_NAME_LEN: usize = 256;
+/// Most display tags (`tags`) one run may carry; each is bounded like a tag.
+pub const MAX_DISPLAY_TAGS: usize = 32;
 /// Longest KV key accepted (run ids, worker ids, …) before anything is sent to NATS.
 pub const MAX_KV_KEY_LEN: usize = 256;
 

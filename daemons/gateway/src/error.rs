@@ -89,6 +89,15 @@ pub mod item {
         json!({"type": "string_too_short", "loc": loc, "msg": "String should have at least 1 character",
                "input": input, "ctx": {"min_length": 1}})
     }
+    pub fn too_long(loc: Value, input: Value, max: usize) -> Value {
+        json!({"type": "string_too_long", "loc": loc,
+               "msg": format!("String should have at most {max} characters"), "input": input, "ctx": {"max_length": max}})
+    }
+    pub fn list_too_long(loc: Value, input: Value, max: usize, actual: usize) -> Value {
+        json!({"type": "too_long", "loc": loc,
+               "msg": format!("List should have at most {max} items after validation, not {actual}"),
+               "input": input, "ctx": {"field_type": "List", "max_length": max, "actual_length": actual}})
+    }
     pub fn pattern(loc: Value, input: Value, pattern: &str) -> Value {
         json!({"type": "string_pattern_mismatch", "loc": loc,
                "msg": format!("String should match pattern '{pattern}'"), "input": input, "ctx": {"pattern": pattern}})

@@ -18,6 +18,7 @@ use pyoco_core::resources::Resources;
 use pyoco_core::time::now;
 use pyoco_core::wire::{
     self, f64_field, is_valid_kv_key, is_valid_tag, run_status, str_field, Doc, NewRun,
+    MAX_DISPLAY_TAGS, MAX_FLOW_NAME_LEN, MAX_TAG_LEN,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -55,6 +56,14 @@ pub async fn submit(
                 .push(item::too_short(json!(["body", "flow_name"]), json!(s)));
             String::new()
         }
+        Some(Value::String(s)) if s.chars().count() > MAX_FLOW_NAME_LEN => {
+            errs.0.push(item::too_long(
+                json!(["body", "flow_name"]),
+                json!(s),
+                MAX_FLOW_NAME_LEN,
+            ));
+            String::new()
+        }
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
             errs.0.push(item::string_type(
@@ -76,6 +85,14 @@ pub async fn submit(
     let tag = match obj.get("tag") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if is_valid_tag(s) => Some(s.clone()),
+        Some(Value::String(s)) if s.len() > MAX_TAG_LEN => {
+            errs.0.push(item::too_long(
+                json!(["body", "tag"]),
+                json!(s),
+                MAX_TAG_LEN,
+            ));
+            None
+        }
         Some(Value::String(s)) => {
             errs.0
                 .push(item::pattern(json!(["body", "tag"]), json!(s), TAG_PATTERN));
@@ -89,10 +106,22 @@ pub async fn submit(
     };
     let tags: Vec<String> = match obj.get("tags") {
         None => vec![],
+        Some(Value::Array(a)) if a.len() > MAX_DISPLAY_TAGS => {
+            errs.0.push(item::list_too_long(
+                json!(["body", "tags"]),
+                Value::Array(a.clone()),
+                MAX_DISPLAY_TAGS,
+                a.len(),
+            ));
+            vec![]
+        }
         Some(Value::Array(a)) => {
             let mut v = vec![];
             for (i, t) in a.iter().enumerate() {
                 match t {
+                    Value::String(s) if s.chars().count() > MAX_TAG_LEN => errs.0.push(
+                        item::too_long(json!(["body", "tags", i]), json!(s), MAX_TAG_LEN),
+                    ),
                     Value::String(s) => v.push(s.clone()),
                     other => errs
                         .0
@@ -245,6 +274,11 @@ pub async fn submit_yaml(
     let flow_name = flow_name.trim().to_string();
     if flow_name.is_empty() {
         return Err(ApiError::unprocessable("missing flow_name"));
+    }
+    if flow_name.chars().count() > MAX_FLOW_NAME_LEN {
+        return Err(ApiError::unprocessable(format!(
+            "flow_name too long: at most {MAX_FLOW_NAME_LEN} characters"
+        )));
     }
     let run = new_run(
         &principal,

@@ -1255,3 +1255,42 @@ async fn watch_streams_are_bounded_with_a_clear_429() {
     assert!(ok, "a slot came back after a client went away");
     drop(second);
 }
+
+#[tokio::test]
+async fn oversized_names_and_tag_lists_are_422s_naming_the_limit() {
+    let (_nats, gw) = start().await;
+    let long_name = "f".repeat(pyoco_core::wire::MAX_FLOW_NAME_LEN + 1);
+    let (code, body) = post_json(&gw.url("/runs"), json!({"flow_name": long_name})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["detail"][0]["type"], "string_too_long");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "flow_name"]));
+    assert_eq!(body["detail"][0]["ctx"]["max_length"], 256);
+    let r = submit_yaml(&gw, example_flow_yaml(), &long_name, None).await;
+    assert_eq!(
+        (r.status().as_u16(), r.json::<Value>().await.unwrap()),
+        (
+            422,
+            json!({"detail": "flow_name too long: at most 256 characters"})
+        )
+    );
+    let many: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let (code, body) =
+        post_json(&gw.url("/runs"), json!({"flow_name": "main", "tags": many})).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["detail"][0]["type"], "too_long");
+    assert_eq!(body["detail"][0]["ctx"]["actual_length"], 40);
+    let (code, body) = post_json(
+        &gw.url("/runs"),
+        json!({"flow_name": "main", "tags": ["ok", "x".repeat(200)]}),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "tags", 1]));
+    // At the limits everything still works.
+    let (code, body) = post_json(
+        &gw.url("/runs"),
+        json!({"flow_name": "f".repeat(256), "tags": (0..32).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+}
