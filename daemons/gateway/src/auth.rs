@@ -4,8 +4,15 @@
 //! verified key is cached in memory (keyed by the SHA-256 of the presented key), PBKDF2 runs on
 //! the blocking pool, and a watch on the auth bucket drops cached entries of a key the moment its
 //! record changes, so a revocation takes effect within the watch latency (milliseconds).
+//!
+//! Hardened against abuse: keys that verified and keys that did not are cached apart (a flood
+//! of well-formed bogus keys fills only its own bounded map and never evicts the valid ones), at
+//! most [`MAX_CONCURRENT_KDF`] PBKDF2 runs happen at once (the rest wait their turn instead of
+//! taking every core), and an invalidation epoch keeps a verification that was in flight when a
+//! key changed from caching a result the change made stale (the revocation race).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,11 +43,20 @@ pub struct Auth {
     pub header: String,
     pepper: Option<String>,
     ttl: Duration,
+    /// Keys that verified.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Keys that did not (unknown id, wrong secret, revoked).
+    rejected: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Bumped by every invalidation; a verification caches its result only if no invalidation
+    /// happened since it read the record.
+    epoch: AtomicU64,
+    kdf: tokio::sync::Semaphore,
 }
 
-/// The cache never grows past this; a full cache is simply cleared (entries are cheap to redo).
+/// Each cache never grows past this; a full one is simply cleared (entries are cheap to redo).
 const CACHE_MAX: usize = 10_000;
+/// PBKDF2 verifications at once (200 000 iterations each: ~0.1 s of one core).
+pub const MAX_CONCURRENT_KDF: usize = 4;
 
 fn invalid() -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "invalid api key")
@@ -54,6 +70,9 @@ impl Auth {
             pepper,
             ttl,
             cache: Mutex::default(),
+            rejected: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            kdf: tokio::sync::Semaphore::new(MAX_CONCURRENT_KDF),
         }
     }
 
@@ -75,13 +94,16 @@ impl Auth {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "api key required"));
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some(hit) = self.cache.lock().unwrap().get(&digest).cloned() {
-            if hit.at.elapsed() < self.ttl {
-                return hit.principal.map(Some).ok_or_else(invalid);
+        for cache in [&self.cache, &self.rejected] {
+            if let Some(hit) = cache.lock().unwrap().get(&digest).cloned() {
+                if hit.at.elapsed() < self.ttl {
+                    return hit.principal.map(Some).ok_or_else(invalid);
+                }
             }
         }
         let (key_id, secret) = apikey::parse_presented_key(presented).map_err(|_| invalid())?;
         let store = store.ok_or_else(|| ApiError::nats("not connected"))?;
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let raw = store
             .get(apikey::kv_key(&key_id))
             .await
@@ -94,6 +116,7 @@ impl Auth {
                 let pepper = self.pepper.clone();
                 let secret = secret.to_string();
                 let tenant = record.tenant_id.clone();
+                let _turn = self.kdf.acquire().await.ok();
                 let ok = tokio::task::spawn_blocking(move || {
                     apikey::verify(&record, &secret, pepper.as_deref())
                 })
@@ -105,7 +128,23 @@ impl Auth {
                 })
             }
         };
-        let mut cache = self.cache.lock().unwrap();
+        self.remember(digest, key_id, principal.clone(), epoch);
+        principal.map(Some).ok_or_else(invalid)
+    }
+
+    /// Caches a verification made from the record as it was at `epoch`, unless a key changed
+    /// since (then the next request verifies again).
+    fn remember(&self, digest: [u8; 32], key_id: String, principal: Option<Principal>, epoch: u64) {
+        let cache = if principal.is_some() {
+            &self.cache
+        } else {
+            &self.rejected
+        };
+        let mut cache = cache.lock().unwrap();
+        // Checked under the lock `invalidate` also takes: no invalidation can slip in between.
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
@@ -113,15 +152,26 @@ impl Auth {
             digest,
             Cached {
                 key_id,
-                principal: principal.clone(),
+                principal,
                 at: Instant::now(),
             },
         );
-        principal.map(Some).ok_or_else(invalid)
     }
 
     fn invalidate(&self, key_id: &str) {
-        self.cache.lock().unwrap().retain(|_, c| c.key_id != key_id);
+        let mut valid = self.cache.lock().unwrap();
+        let mut rejected = self.rejected.lock().unwrap();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        valid.retain(|_, c| c.key_id != key_id);
+        rejected.retain(|_, c| c.key_id != key_id);
+    }
+
+    fn clear(&self) {
+        let mut valid = self.cache.lock().unwrap();
+        let mut rejected = self.rejected.lock().unwrap();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        valid.clear();
+        rejected.clear();
     }
 }
 
@@ -129,7 +179,7 @@ impl Auth {
 impl Follower for Auth {
     fn begin(&self) -> u64 {
         // After a watch outage revocations may have been missed: start from an empty cache.
-        self.cache.lock().unwrap().clear();
+        self.clear();
         0
     }
     fn entry(&self, key: &str, _op: Operation, _value: &bytes::Bytes, _revision: u64, _live: bool) {
@@ -138,4 +188,45 @@ impl Follower for Auth {
         }
     }
     fn finish(&self, _generation: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: &str) -> Option<Principal> {
+        Some(Principal {
+            tenant_id: t.into(),
+            api_key_id: "k".into(),
+        })
+    }
+
+    #[test]
+    fn a_verification_in_flight_during_a_revocation_is_not_cached() {
+        let auth = Auth::new(true, "X-API-Key", None, Duration::from_secs(300));
+        let epoch = auth.epoch.load(Ordering::SeqCst); // the record is read (still valid)…
+        auth.invalidate("k"); // …the revocation lands while PBKDF2 runs…
+        auth.remember([1; 32], "k".into(), p("t"), epoch); // …and the stale "valid" is dropped
+        assert!(auth.cache.lock().unwrap().is_empty());
+        // Without an invalidation in between the result is cached.
+        let epoch = auth.epoch.load(Ordering::SeqCst);
+        auth.remember([1; 32], "k".into(), p("t"), epoch);
+        assert_eq!(auth.cache.lock().unwrap().len(), 1);
+        auth.invalidate("k");
+        assert!(auth.cache.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bogus_keys_never_evict_valid_ones() {
+        let auth = Auth::new(true, "X-API-Key", None, Duration::from_secs(300));
+        let epoch = auth.epoch.load(Ordering::SeqCst);
+        auth.remember([0; 32], "good".into(), p("t"), epoch);
+        for i in 0..(CACHE_MAX as u32 + 500) {
+            let mut d = [9u8; 32];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            auth.remember(d, format!("bogus{i}"), None, epoch);
+        }
+        assert!(auth.cache.lock().unwrap().contains_key(&[0; 32]));
+        assert!(auth.rejected.lock().unwrap().len() <= CACHE_MAX);
+    }
 }
