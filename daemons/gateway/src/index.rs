@@ -127,6 +127,25 @@ impl RunsInner {
         self.interned.insert(a.clone());
         a
     }
+
+    /// Forgets the interned values of an entry that left the index when nothing else uses them
+    /// (flow names and tags come from clients: without this the set only ever grows). A value
+    /// still held by a request's copy of an entry is kept until a later release finds it unused.
+    fn release(&mut self, old: RunEntry) {
+        let values = [Some(old.status), old.flow_name, old.tag, old.tenant_id];
+        for v in values.into_iter().flatten() {
+            // One reference in the set, one here: nobody else has it.
+            if Arc::strong_count(&v) == 2 {
+                self.interned.remove(&*v);
+            }
+        }
+    }
+
+    /// Distinct interned values.
+    #[cfg(test)]
+    fn interned_len(&self) -> usize {
+        self.interned.len()
+    }
 }
 
 /// The runs index plus per-run change notifications for SSE.
@@ -235,6 +254,9 @@ impl RunIndex {
                 generation,
             };
             inner.by_id.insert(key.to_string(), entry);
+        }
+        if let Some(old) = old {
+            inner.release(old);
         }
         drop(inner);
         self.notify(key, revision);
@@ -383,6 +405,7 @@ impl RunIndex {
                 if let Some(c) = inner.status_counts.get_mut(&*e.status) {
                     *c = c.saturating_sub(1);
                 }
+                inner.release(e);
             }
         }
         drop(inner);
@@ -548,6 +571,49 @@ mod tests {
 
     fn put(ix: &RunIndex, id: &str, status: &str, at: f64, rev: u64, extra: serde_json::Value) {
         ix.apply(id, Operation::Put, &snap(id, status, at, extra), rev, true);
+    }
+
+    #[test]
+    fn interned_values_are_forgotten_when_no_run_uses_them() {
+        let (ix, _) = index();
+        put(
+            &ix,
+            "keep",
+            "PENDING",
+            1.0,
+            1,
+            json!({"flow_name": "common", "tag": "t"}),
+        );
+        let baseline = ix.inner.read().unwrap().interned_len();
+        // Clients choose flow names: a thousand distinct ones come and go.
+        for i in 0..1000 {
+            let id = format!("r{i}");
+            put(
+                &ix,
+                &id,
+                "PENDING",
+                2.0,
+                10 + i,
+                json!({"flow_name": format!("flow-{i}"), "tag": "t"}),
+            );
+            // Replaced by a COMPLETED snapshot with the same name: still used, kept.
+            put(
+                &ix,
+                &id,
+                "COMPLETED",
+                3.0,
+                5000 + i,
+                json!({"flow_name": format!("flow-{i}"), "tag": "t"}),
+            );
+            ix.apply(&id, Operation::Delete, &Bytes::new(), 9000 + i, true);
+        }
+        let inner = ix.inner.read().unwrap();
+        assert_eq!(
+            inner.interned_len(),
+            baseline + 1,
+            "only COMPLETED was added for good"
+        );
+        assert!(inner.interned.contains("common"), "a value in use stays");
     }
 
     fn ids(entries: &[RunEntry]) -> Vec<String> {
