@@ -173,7 +173,7 @@ impl Client {
 /// flags to check when it cannot.
 pub async fn connect_nats(url: &str, auth: &NatsAuth) -> CtlResult<async_nats::Client> {
     let opts = auth
-        .apply(async_nats::ConnectOptions::new())
+        .apply(url, async_nats::ConnectOptions::new())
         .map_err(|e| nats_error(url, "cannot use the NATS credentials", &e))?;
     let attempt = opts
         .name("pyococtl")

@@ -155,7 +155,7 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
         // No system-account flags: the configuration's credentials (they must be a system
         // account user then).
         None if a.sys_user.is_none() => config_auth
-            .apply(async_nats::ConnectOptions::new())
+            .apply(&url, async_nats::ConnectOptions::new())
             .map_err(|e| {
                 crate::client::nats_error(&url, "controller error: NATS credentials", &e)
             })?,

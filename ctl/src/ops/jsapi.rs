@@ -24,7 +24,7 @@ pub async fn connect(
         None => auth.clone(),
     };
     let opts = auth
-        .apply(async_nats::ConnectOptions::new())
+        .apply(url, async_nats::ConnectOptions::new())
         .map_err(|e| crate::client::nats_error(url, "cannot use the NATS credentials", &e))?;
     let attempt = opts
         .name("pyococtl")

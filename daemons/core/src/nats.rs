@@ -39,6 +39,43 @@ fn redact_one(url: &str) -> String {
     format!("{scheme}{shown}{host}{tail}")
 }
 
+/// The user and password (or token) of the first entry of `url` that carries any,
+/// percent-decoded. async-nats 0.51 ignores a URL's userinfo, so [`NatsAuth::apply`] uses this.
+fn url_credentials(url: &str) -> Option<Method> {
+    url.split(',').find_map(|one| {
+        let rest = one.find("://").map_or(one, |i| &one[i + 3..]);
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let userinfo = &authority[..authority.rfind('@')?];
+        Some(match userinfo.split_once(':') {
+            Some((u, p)) => Method::UserPassword(percent_decode(u), percent_decode(p)),
+            None => Method::Token(percent_decode(userinfo)),
+        })
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// How to authenticate (at most one method) and the TLS files, checked and read from a
 /// [`Config`]. `Debug` never shows a secret.
 #[derive(Clone, Default)]
@@ -140,10 +177,13 @@ impl NatsAuth {
         if creds.is_some() {
             given.push("nats_creds_file");
         }
+        if url_credentials(&cfg.nats_url).is_some() {
+            given.push("credentials in nats_url");
+        }
         if given.len() > 1 {
             return Err(auth_error(
                 format!("more than one authentication method is set: {}", given.join(", ")),
-                "keep exactly one of them (PYOCO_NATS_USER+PYOCO_NATS_PASSWORD, PYOCO_NATS_TOKEN, PYOCO_NATS_NKEY_SEED_FILE, PYOCO_NATS_CREDS_FILE)",
+                "keep exactly one of them (PYOCO_NATS_USER+PYOCO_NATS_PASSWORD, PYOCO_NATS_TOKEN, PYOCO_NATS_NKEY_SEED_FILE, PYOCO_NATS_CREDS_FILE, or user:password@ in PYOCO_NATS_URL)",
             ));
         }
         let method = match (user, &cfg.nats_password) {
@@ -260,9 +300,14 @@ impl NatsAuth {
         })
     }
 
-    /// `opts` with the credentials and TLS applied.
-    pub fn apply(&self, opts: ConnectOptions) -> std::io::Result<ConnectOptions> {
-        let mut opts = match &self.method {
+    /// `opts` with the credentials and TLS applied for connecting to `url`; without a configured
+    /// method, the user and password (or token) in `url` are used.
+    pub fn apply(&self, url: &str, opts: ConnectOptions) -> std::io::Result<ConnectOptions> {
+        let from_url = match self.method {
+            Method::None => url_credentials(url),
+            _ => None,
+        };
+        let mut opts = match from_url.as_ref().unwrap_or(&self.method) {
             Method::None => opts,
             Method::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
             Method::Token(t) => opts.token(t.clone()),
@@ -313,7 +358,7 @@ pub async fn connect(url: &str, auth: &NatsAuth, name: &str) -> Result<Client, C
             let (last_problem, shown_url) = (last_problem.clone(), shown_url.clone());
             async move { log_event(&event, &last_problem, &shown_url, method) }
         });
-    let opts = auth.apply(opts).map_err(ConnectError::Credentials)?;
+    let opts = auth.apply(url, opts).map_err(ConnectError::Credentials)?;
     Ok(opts.connect(url).await?)
 }
 
@@ -371,6 +416,24 @@ mod tests {
             "nats://u:***@h1,nats://v:***@h2"
         );
         assert_eq!(redact_url(""), "");
+    }
+
+    #[test]
+    fn url_credentials_are_read_and_decoded() {
+        let Some(Method::UserPassword(u, p)) =
+            url_credentials("nats://h0:4222,nats://al%40ice:p%3Aw@h:4222")
+        else {
+            panic!("user/password expected")
+        };
+        assert_eq!((u.as_str(), p.as_str()), ("al@ice", "p:w"));
+        assert!(matches!(url_credentials("nats://tok@h"), Some(Method::Token(t)) if t == "tok"));
+        assert!(url_credentials("nats://h:4222").is_none());
+        let mut c = Config::defaults();
+        c.nats_url = "nats://a:b@h:4222".into();
+        assert_eq!(NatsAuth::from_config(&c).unwrap().method_name(), "none");
+        c.nats_token = Some("t".into());
+        let msg = NatsAuth::from_config(&c).unwrap_err().to_string();
+        assert!(msg.contains("credentials in nats_url"), "{msg}");
     }
 
     fn cfg() -> Config {

@@ -206,3 +206,24 @@ async fn config_output_redacts_and_bad_settings_fail_clearly() {
         out.stderr_text()
     );
 }
+
+#[tokio::test]
+async fn password_in_the_url_still_works_and_is_shown_redacted() {
+    let nats = AuthNats::start(&format!("user: {USER}, password: {PASSWORD:?}")).await;
+    let url = format!("nats://{USER}:{PASSWORD}@127.0.0.1:{}", nats.port);
+    let mut gw = Gateway::start(&url, &[]).await;
+    gw.wait_nats_connected().await;
+    assert!(
+        gw.daemon()
+            .wait_for_log("resources ensured", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.log_text()
+    );
+    let log = gw.log_text();
+    assert!(
+        log.contains(&format!("{USER}:***@")),
+        "redacted URL:\n{log}"
+    );
+    assert_no_secret("gateway log", &log);
+}
