@@ -164,6 +164,10 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
     if let Some(u) = &a.sys_user {
         opts = opts.user_and_password(u.clone(), a.sys_password.clone().unwrap_or_default());
     }
+    if a.sys_creds.is_some() || a.sys_user.is_some() {
+        // The system account's own credentials, over the configured TLS.
+        opts = config_auth.apply_tls(opts);
+    }
     // Like the daemons: start even while NATS is down and keep reconnecting.
     let nats = opts
         .name("pyococtl-controller")

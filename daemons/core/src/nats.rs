@@ -307,13 +307,19 @@ impl NatsAuth {
             Method::None => url_credentials(url),
             _ => None,
         };
-        let mut opts = match from_url.as_ref().unwrap_or(&self.method) {
+        let opts = match from_url.as_ref().unwrap_or(&self.method) {
             Method::None => opts,
             Method::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
             Method::Token(t) => opts.token(t.clone()),
             Method::NKey(seed) => opts.nkey(seed.clone()),
             Method::Creds(text) => opts.credentials(text)?,
         };
+        Ok(self.apply_tls(opts))
+    }
+
+    /// `opts` with only the TLS settings applied (for callers with their own credentials, e.g.
+    /// pyococtl's controller with `--sys-creds`).
+    pub fn apply_tls(&self, mut opts: ConnectOptions) -> ConnectOptions {
         if let Some(ca) = &self.tls_ca_file {
             opts = opts.add_root_certificates(ca.clone());
         }
@@ -324,7 +330,7 @@ impl NatsAuth {
         if self.tls_required || self.tls_ca_file.is_some() || self.tls_client.is_some() {
             opts = opts.require_tls(true);
         }
-        Ok(opts)
+        opts
     }
 }
 
