@@ -227,3 +227,44 @@ async fn password_in_the_url_still_works_and_is_shown_redacted() {
     );
     assert_no_secret("gateway log", &log);
 }
+
+#[tokio::test]
+async fn systemd_status_shows_the_url_redacted() {
+    use std::os::unix::net::UnixDatagram;
+    let nats = AuthNats::start(&format!("user: {USER}, password: {PASSWORD:?}")).await;
+    let dir = TestDir::new("notify-auth");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let bad_secret = "WRONG-Vb55-in-url";
+    let url = format!("nats://{USER}:{bad_secret}@127.0.0.1:{}", nats.port);
+    let port = free_port().to_string();
+    let _gw = spawn_workspace_bin(
+        "pyoco-server",
+        &["--host", "127.0.0.1", "--port", &port, "--nats-url", &url],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("PYOCO_READY_TIMEOUT_SEC", "1"),
+        ],
+    );
+    let messages = tokio::task::spawn_blocking(move || {
+        let mut all = String::new();
+        let mut buf = vec![0u8; 4096];
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline && !all.contains("NATS unreachable at") {
+            if let Ok(n) = sock.recv(&mut buf) {
+                all.push_str(&String::from_utf8_lossy(&buf[..n]));
+                all.push('\n');
+            }
+        }
+        all
+    })
+    .await
+    .unwrap();
+    assert!(
+        messages.contains(&format!("NATS unreachable at nats://{USER}:***@127.0.0.1")),
+        "{messages}"
+    );
+    assert!(!messages.contains(bad_secret), "{messages}");
+}
