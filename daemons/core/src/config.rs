@@ -1144,7 +1144,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let cwd = b.cwd.clone();
     b.apply_paths(&cwd);
     // Bad credentials are a configuration error at start, not an endless reconnect loop.
-    crate::nats::NatsAuth::from_config(&b.config)?;
+    crate::nats::NatsAuth::check_config(&b.config)?;
 
     Ok(Loaded {
         config: b.config,

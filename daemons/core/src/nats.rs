@@ -153,6 +153,17 @@ impl NatsAuth {
     /// Checks the `nats_*` settings: a user needs a password (and the reverse), at most one
     /// method, a client certificate needs its key, and every file must exist.
     pub fn from_config(cfg: &Config) -> Result<NatsAuth, ConfigError> {
+        Self::build(cfg, true)
+    }
+
+    /// [`NatsAuth::from_config`] without reading the seed or creds file: what loading the
+    /// configuration checks, so that a pyococtl user who may not read the daemons' creds file
+    /// can still use the HTTP commands.
+    pub fn check_config(cfg: &Config) -> Result<(), ConfigError> {
+        Self::build(cfg, false).map(|_| ())
+    }
+
+    fn build(cfg: &Config, read: bool) -> Result<NatsAuth, ConfigError> {
         let user = cfg.nats_user.trim();
         let nkey = existing_file(
             "nats_nkey_seed_file",
@@ -206,6 +217,9 @@ impl NatsAuth {
             m
         } else if let Some(t) = &cfg.nats_token {
             Method::Token(t.clone())
+        } else if !read && (nkey.is_some() || creds.is_some()) {
+            // Only checked: the files exist; their contents are read when connecting.
+            Method::None
         } else if let Some(path) = nkey {
             let seed = read_file("nats_nkey_seed_file", "PYOCO_NATS_NKEY_SEED_FILE", &path)?;
             let seed = seed.trim().to_string();
@@ -493,6 +507,8 @@ mod tests {
         c.nats_creds_file = dir.path().join("bad.creds").display().to_string();
         let msg = NatsAuth::from_config(&c).unwrap_err().to_string();
         assert!(msg.contains("not a NATS credentials file"), "{msg}");
+        // Loading the configuration only checks that it is there (pyococtl may not read it).
+        NatsAuth::check_config(&c).unwrap();
 
         let mut c = cfg();
         let seed = dir.path().join("seed");
