@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pyoco_core::nats::{redact_url, NatsAuth};
 use serde_json::Value;
 
 use crate::exit;
@@ -170,8 +171,11 @@ impl Client {
 
 /// Connects to NATS once (no background retry: a CLI should fail fast), naming the URL and the
 /// flags to check when it cannot.
-pub async fn connect_nats(url: &str) -> CtlResult<async_nats::Client> {
-    let attempt = async_nats::ConnectOptions::new()
+pub async fn connect_nats(url: &str, auth: &NatsAuth) -> CtlResult<async_nats::Client> {
+    let opts = auth
+        .apply(url, async_nats::ConnectOptions::new())
+        .map_err(|e| nats_error(url, "cannot use the NATS credentials", &e))?;
+    let attempt = opts
         .name("pyococtl")
         .connection_timeout(Duration::from_secs(3))
         .request_timeout(Some(Duration::from_secs(10)))
@@ -189,10 +193,11 @@ pub async fn connect_nats(url: &str) -> CtlResult<async_nats::Client> {
 
 /// A NATS failure: what failed, the URL, and what to check.
 pub fn nats_error(url: &str, what: &str, e: &dyn std::fmt::Display) -> CtlError {
+    let url = redact_url(url);
     CtlError::new(
         exit::ERROR,
         format!(
-            "ERR-PYOCO-NATS: {what}\n- reason: {e} (NATS at {url})\n- hint: is nats-server running there with JetStream (-js)? check --nats-url / PYOCO_NATS_URL (or nats_url in the config file)"
+            "ERR-PYOCO-NATS: {what}\n- reason: {e} (NATS at {url})\n- hint: is nats-server running there with JetStream (-js)? check --nats-url / PYOCO_NATS_URL (or nats_url in the config file) and the credentials (PYOCO_NATS_USER/PYOCO_NATS_PASSWORD, PYOCO_NATS_TOKEN, PYOCO_NATS_NKEY_SEED_FILE, PYOCO_NATS_CREDS_FILE)"
         ),
     )
 }

@@ -225,7 +225,7 @@ fn check_tag(tag: Option<&String>, example: &str) -> CtlResult<()> {
 impl Dlq {
     async fn open(ctx: &Ctx) -> CtlResult<Dlq> {
         let url = ctx.nats_url();
-        let client = connect_nats(&url).await?;
+        let client = connect_nats(&url, &ctx.nats_auth()?).await?;
         let js = jetstream::new(client);
         let names = Names::from_config(&ctx.config);
         let stream = match js.get_stream(&names.dlq_stream).await {

@@ -55,7 +55,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: &KeyCmd) -> CtlResult<u8> {
 /// Connects, makes sure the resources exist (as the original admin does) and binds the auth bucket.
 async fn auth_bucket(ctx: &Ctx) -> CtlResult<kv::Store> {
     let url = ctx.nats_url();
-    let client = connect_nats(&url).await?;
+    let client = connect_nats(&url, &ctx.nats_auth()?).await?;
     let js = async_nats::jetstream::new(client);
     // Drift (e.g. an original-created workers bucket with its 15 s TTL) is the daemons' to report.
     let (res, _drift) = pyoco_core::resources::ensure(&js, &ctx.config)

@@ -169,6 +169,12 @@ impl Ctx {
         Client::new(&self.cli.server, key, &self.cli.api_key_header)
     }
 
+    /// The NATS credentials and TLS files of the configuration (checked when it was loaded).
+    pub fn nats_auth(&self) -> CtlResult<pyoco_core::nats::NatsAuth> {
+        pyoco_core::nats::NatsAuth::from_config(&self.config)
+            .map_err(|e| CtlError::new(exit::USAGE, format!("ERR-PYOCO-0018: {e}")))
+    }
+
     pub fn nats_url(&self) -> String {
         self.cli
             .nats_url

@@ -283,10 +283,14 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
     check_output_dir(&dir, a.force)?;
 
     let client = match engine {
-        Engine::Builtin => Some(jsapi::connect(&url, a.engine.creds.as_deref()).await?),
+        Engine::Builtin => {
+            Some(jsapi::connect(&url, &ctx.nats_auth()?, a.engine.creds.as_deref()).await?)
+        }
         // Used only to skip streams that do not exist and to record the server version.
         Engine::NatsCli if a.stream.is_none() => {
-            jsapi::connect(&url, a.engine.creds.as_deref()).await.ok()
+            jsapi::connect(&url, &ctx.nats_auth()?, a.engine.creds.as_deref())
+                .await
+                .ok()
         }
         Engine::NatsCli => None,
     };
@@ -319,7 +323,10 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
                 }
                 Ok(None) => {
                     if single {
-                        return Err(err(format!("stream {stream} not found (NATS {url})")));
+                        return Err(err(format!(
+                            "stream {stream} not found (NATS {})",
+                            pyoco_core::nats::redact_url(&url)
+                        )));
                     }
                     eprintln!("backup: warning: {stream} does not exist; skipped");
                     skipped.push(json!({"name": stream, "reason": "not found"}));
@@ -374,7 +381,7 @@ pub async fn backup(ctx: &Ctx, a: &BackupArgs) -> CtlResult<u8> {
         "tool": format!("pyococtl {}", env!("CARGO_PKG_VERSION")),
         "engine": if engine == Engine::Builtin { "builtin" } else { "nats-cli" },
         "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "nats_url": url,
+        "nats_url": pyoco_core::nats::redact_url(&url),
         "nats_server": server,
         "layout": if single { "single" } else { "per-stream" },
         "streams": entries,
@@ -707,7 +714,7 @@ pub async fn restore(ctx: &Ctx, a: &RestoreArgs) -> CtlResult<u8> {
         return Ok(exit::OK);
     }
 
-    let client = jsapi::connect(&url, a.engine.creds.as_deref()).await?;
+    let client = jsapi::connect(&url, &ctx.nats_auth()?, a.engine.creds.as_deref()).await?;
     // Refuse over existing streams before touching anything.
     let mut existing = Vec::new();
     for it in &items {

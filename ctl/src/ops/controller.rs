@@ -109,9 +109,14 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
             ));
         }
     }
-    if a.sys_creds.is_none() && a.sys_user.is_none() && !url.contains('@') {
+    let config_auth = ctx.nats_auth()?;
+    if a.sys_creds.is_none()
+        && a.sys_user.is_none()
+        && !url.contains('@')
+        && !config_auth.has_method()
+    {
         return Err(CtlError::usage(
-            "the peer removal needs the system account: give --sys-creds FILE, or --sys-user USER with --sys-password / NATS_SYS_PASSWORD",
+            "the peer removal needs the system account: give --sys-creds FILE, or --sys-user USER with --sys-password / NATS_SYS_PASSWORD, or a system-account user in the configuration (PYOCO_NATS_CREDS_FILE, PYOCO_NATS_USER + PYOCO_NATS_PASSWORD_FILE)",
             "NATS_SYS_PASSWORD=… pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user sys",
         ));
     }
@@ -147,10 +152,21 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
                     format!("controller error: --sys-creds {}: {e}", c.display()),
                 )
             })?,
+        // No system-account flags: the configuration's credentials (they must be a system
+        // account user then).
+        None if a.sys_user.is_none() => config_auth
+            .apply(&url, async_nats::ConnectOptions::new())
+            .map_err(|e| {
+                crate::client::nats_error(&url, "controller error: NATS credentials", &e)
+            })?,
         None => async_nats::ConnectOptions::new(),
     };
     if let Some(u) = &a.sys_user {
         opts = opts.user_and_password(u.clone(), a.sys_password.clone().unwrap_or_default());
+    }
+    if a.sys_creds.is_some() || a.sys_user.is_some() {
+        // The system account's own credentials, over the configured TLS.
+        opts = config_auth.apply_tls(opts);
     }
     // Like the daemons: start even while NATS is down and keep reconnecting.
     let nats = opts
@@ -166,7 +182,7 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
 
     let shared = Arc::new(Shared {
         nats,
-        nats_url: url.clone(),
+        nats_url: pyoco_core::nats::redact_url(&url),
         state_path: state_path.clone(),
         state: Mutex::new(state),
     });
@@ -183,7 +199,8 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
         CtlError::new(exit::ERROR, format!("controller error: cannot listen on {addr}: {e}{hint}"))
     })?;
     eprintln!(
-        "controller: listening on http://{addr} (NATS {url}, state {})",
+        "controller: listening on http://{addr} (NATS {}, state {})",
+        pyoco_core::nats::redact_url(&url),
         state_path.display()
     );
     let shutdown = async {
@@ -393,8 +410,7 @@ pub async fn leave(ctx: &Ctx, a: &LeaveArgs) -> CtlResult<u8> {
         .clone()
         .or_else(|| server_name_from_conf(&super::server::effective_datafolder(&a.pid)))
         .unwrap_or_else(super::hostname);
-    let body =
-        json!({"request_id": request_id, "server_name": server_name, "nats_url": ctx.cli.nats_url});
+    let body = json!({"request_id": request_id, "server_name": server_name, "nats_url": ctx.cli.nats_url.as_deref().map(pyoco_core::nats::redact_url)});
     eprintln!("leave: server {server_name}, request id {request_id} (reuse it with --request-id to retry safely)");
     match call_controllers(&a.controllers, &body).await? {
         Outcome::Done(result) => {

@@ -223,8 +223,16 @@ async fn gateway_health(base: &str) -> Result<Value, String> {
 
 /// NATS, JetStream, streams and workers.
 async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
-    let url = ctx.nats_url();
-    let client = match jsapi::connect(&url, a.creds.as_deref()).await {
+    let raw_url = ctx.nats_url();
+    // Shown in the report: never with a password.
+    let url = pyoco_core::nats::redact_url(&raw_url);
+    let client = match jsapi::connect(
+        &raw_url,
+        &ctx.nats_auth().unwrap_or_default(),
+        a.creds.as_deref(),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             let line = e
@@ -412,7 +420,7 @@ async fn gather(ctx: &Ctx, a: &CheckArgs) -> CtlResult<Report> {
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    let url = ctx.nats_url();
+    let url = pyoco_core::nats::redact_url(&ctx.nats_url());
 
     // nats-server binary and the JSON config.
     let bc = match resolve::load_bootstrap_config(a.bootstrap_config.as_deref()) {

@@ -4,18 +4,28 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use pyoco_core::jsapi::*;
+use pyoco_core::nats::NatsAuth;
 
 use crate::client::CtlError;
 use crate::exit;
 
-/// Connects once (fail fast), optionally with a credentials file.
-pub async fn connect(url: &str, creds: Option<&Path>) -> Result<async_nats::Client, CtlError> {
-    let opts = match creds {
-        Some(c) => async_nats::ConnectOptions::with_credentials_file(c.to_path_buf())
+/// Connects once (fail fast) with the configuration's credentials, or with `creds` (`--creds`)
+/// in their place.
+pub async fn connect(
+    url: &str,
+    auth: &NatsAuth,
+    creds: Option<&Path>,
+) -> Result<async_nats::Client, CtlError> {
+    let auth = match creds {
+        Some(c) => auth
+            .with_creds_file(c)
             .await
             .map_err(|e| CtlError::new(exit::USAGE, format!("--creds {}: {e}", c.display())))?,
-        None => async_nats::ConnectOptions::new(),
+        None => auth.clone(),
     };
+    let opts = auth
+        .apply(url, async_nats::ConnectOptions::new())
+        .map_err(|e| crate::client::nats_error(url, "cannot use the NATS credentials", &e))?;
     let attempt = opts
         .name("pyococtl")
         .connection_timeout(Duration::from_secs(3))

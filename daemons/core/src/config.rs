@@ -21,7 +21,8 @@
 //! `.env`, exactly as the original's `logging_config.py` does (they may still be set in the TOML
 //! file or by flags).
 //!
-//! Secrets (`Option<String>` fields, i.e. `auth_pepper`) may also be given as a file:
+//! Secrets (`Option<String>` fields: `auth_pepper`, `nats_password`, `nats_token`) may also be
+//! given as a file:
 //! `PYOCO_AUTH_PEPPER_FILE` (env / `.env`, same precedence level as `PYOCO_AUTH_PEPPER`),
 //! `auth_pepper_file` (TOML key / flag name). The trailing newline of the file is trimmed.
 //!
@@ -136,6 +137,9 @@ struct Opts {
     process_env_only: bool,
     /// The value names a path: made absolute once at load time (see [`PathRule`]).
     path: PathRule,
+    /// The value is a URL that may carry a password: displayed through
+    /// [`crate::nats::redact_url`].
+    url: bool,
 }
 
 /// How a path-valued setting is made absolute by [`load`]: against the directory the command
@@ -162,7 +166,13 @@ impl Opts {
         min: None,
         process_env_only: false,
         path: PathRule::None,
+        url: false,
     };
+
+    const fn url(mut self) -> Self {
+        self.url = true;
+        self
+    }
 
     const fn path(mut self) -> Self {
         self.path = PathRule::Path;
@@ -241,7 +251,25 @@ macro_rules! config_fields {
 
 config_fields! {
     /// NATS server URL.
-    nats_url: String = "nats://127.0.0.1:4222".into(), "PYOCO_NATS_URL";
+    nats_url: String = "nats://127.0.0.1:4222".into(), "PYOCO_NATS_URL", url();
+    /// NATS user name (with `nats_password`).
+    nats_user: String = "".into(), "PYOCO_NATS_USER";
+    /// NATS password (secret; also `PYOCO_NATS_PASSWORD_FILE`).
+    nats_password: Option<String> = None, "PYOCO_NATS_PASSWORD";
+    /// NATS token (secret; also `PYOCO_NATS_TOKEN_FILE`).
+    nats_token: Option<String> = None, "PYOCO_NATS_TOKEN";
+    /// File holding an NKey seed (`SU…`) to authenticate with.
+    nats_nkey_seed_file: String = "".into(), "PYOCO_NATS_NKEY_SEED_FILE", path();
+    /// NATS credentials file (`.creds`: user JWT and NKey seed).
+    nats_creds_file: String = "".into(), "PYOCO_NATS_CREDS_FILE", path();
+    /// PEM file of CA certificates trusted for the NATS server's TLS certificate.
+    nats_tls_ca_file: String = "".into(), "PYOCO_NATS_TLS_CA_FILE", path();
+    /// PEM client certificate for NATS TLS (with `nats_tls_key_file`).
+    nats_tls_cert_file: String = "".into(), "PYOCO_NATS_TLS_CERT_FILE", path();
+    /// PEM private key of `nats_tls_cert_file`.
+    nats_tls_key_file: String = "".into(), "PYOCO_NATS_TLS_KEY_FILE", path();
+    /// Refuse to talk to NATS without TLS.
+    nats_tls_required: bool = false, "PYOCO_NATS_TLS_REQUIRED";
     /// Work subjects are `<prefix>.<tag>`.
     work_subject_prefix: String = "pyoco.work".into(), "PYOCO_WORK_SUBJECT_PREFIX";
     /// Tag used when a submission names none.
@@ -395,9 +423,17 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Config");
         for field in FIELDS {
-            d.field(field.name, &format_args!("{}", render((field.get)(self))));
+            d.field(field.name, &format_args!("{}", render_field(field, self)));
         }
         d.finish()
+    }
+}
+
+/// Display form of a field's value: secrets and URL passwords redacted.
+fn render_field(f: &Field, cfg: &Config) -> String {
+    match (f.get)(cfg) {
+        Value::Str(s) if f.opts.url => crate::nats::redact_url(&s),
+        v => render(v),
     }
 }
 
@@ -586,7 +622,7 @@ impl Loaded {
             .map(|f| ConfigRow {
                 key: f.name,
                 env: f.env.to_string(),
-                value: render((f.get)(&self.config)),
+                value: render_field(f, &self.config),
                 source: self
                     .sources
                     .get(f.name)
@@ -643,6 +679,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("NATS credentials: {reason}; fix: {fix}")]
+    NatsAuth { reason: String, fix: String },
     #[error("{origin}: both {first} and {second} are set; fix: set only one of them")]
     Conflict {
         origin: String,
@@ -748,7 +786,7 @@ impl Builder {
     fn current(&self, f: &Field) -> String {
         format!(
             "{} ({})",
-            render((f.get)(&self.config)),
+            render_field(f, &self.config),
             self.sources[f.name]
         )
     }
@@ -1109,6 +1147,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     b.apply_minimums();
     let cwd = b.cwd.clone();
     b.apply_paths(&cwd);
+    // Bad credentials are a configuration error at start, not an endless reconnect loop.
+    crate::nats::NatsAuth::check_config(&b.config)?;
 
     Ok(Loaded {
         config: b.config,
@@ -1720,6 +1760,43 @@ mod tests {
     }
 
     #[test]
+    fn nats_credentials_load_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        fs::write(&pw, "hunter2\n").unwrap();
+        let l = load(&env_opts(&[
+            ("PYOCO_NATS_USER", "alice"),
+            ("PYOCO_NATS_PASSWORD_FILE", pw.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(l.config.nats_password.as_deref(), Some("hunter2"));
+        let value =
+            |l: &Loaded, k: &str| l.describe().into_iter().find(|r| r.key == k).unwrap().value;
+        assert_eq!(value(&l, "nats_password"), "<set>");
+        assert!(!format!("{:?}", l.config).contains("hunter2"));
+
+        let l = load(&env_opts(&[(
+            "PYOCO_NATS_URL",
+            "nats://alice:urlpass@h:4222",
+        )]))
+        .unwrap();
+        assert_eq!(value(&l, "nats_url"), "nats://alice:***@h:4222");
+        assert!(!format!("{:?}", l.config).contains("urlpass"));
+
+        // A user without a password fails the load, naming the fix.
+        let err = load(&env_opts(&[("PYOCO_NATS_USER", "alice")])).unwrap_err();
+        assert!(matches!(err, ConfigError::NatsAuth { .. }), "{err}");
+        // A relative creds path is resolved against the start directory before the check.
+        let mut opts = env_opts(&[("PYOCO_NATS_CREDS_FILE", "x.creds")]);
+        opts.base_dir = Some(dir.path().to_path_buf());
+        let msg = load(&opts).unwrap_err().to_string();
+        assert!(
+            msg.contains(&dir.path().join("x.creds").display().to_string()),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn log_vars_ignore_dotenv() {
         let dir = tempfile::tempdir().unwrap();
         let env_path = dir.path().join(".env");
@@ -1786,7 +1863,8 @@ mod tests {
 
     #[test]
     fn close_matches_work() {
-        assert_eq!(close_matches("nats_ur"), vec!["nats_url".to_string()]);
+        // Both are one edit away; the nearer one first.
+        assert_eq!(close_matches("nats_ur"), vec!["nats_url", "nats_user"]);
         assert_eq!(
             close_matches("PYOCO_HTTP_PORT"),
             vec!["http_port".to_string()]

@@ -247,7 +247,7 @@ impl DevStack {
         let managed = format!("nats://{}:{}", args.nats_listen_host, args.nats_client_port);
         let default_url = "nats://127.0.0.1:4222";
         if nats_url != default_url && nats_url != managed {
-            anyhow::bail!("--nats-url {nats_url} conflicts with --with-nats, which serves {managed}; drop one of them");
+            anyhow::bail!("--nats-url {} conflicts with --with-nats, which serves {managed}; drop one of them", pyoco_core::nats::redact_url(nats_url));
         }
         Ok(managed)
     }

@@ -45,9 +45,12 @@ struct ServeArgs {
     /// Port to bind when no socket is passed by systemd [PYOCO_HTTP_PORT].
     #[arg(long)]
     port: Option<String>,
-    /// NATS server URL [PYOCO_NATS_URL].
+    /// NATS server URL [PYOCO_NATS_URL]; shown with its password as `***`.
     #[arg(long)]
     nats_url: Option<String>,
+    /// NATS credentials file (.creds: user JWT and seed) [PYOCO_NATS_CREDS_FILE]; other methods: PYOCO_NATS_USER + PYOCO_NATS_PASSWORD_FILE, PYOCO_NATS_TOKEN_FILE, PYOCO_NATS_NKEY_SEED_FILE.
+    #[arg(long)]
+    nats_creds: Option<String>,
     /// Log level: DEBUG, INFO, WARNING, ERROR [PYOCO_LOG_LEVEL].
     #[arg(long)]
     log_level: Option<String>,
@@ -75,6 +78,7 @@ impl ServeArgs {
         push("http_host", &self.host);
         push("http_port", &self.port);
         push("nats_url", &self.nats_url);
+        push("nats_creds_file", &self.nats_creds);
         push("log_level", &self.log_level);
         push("log_format", &self.log_format);
         push("http_auth_mode", &self.auth_mode);

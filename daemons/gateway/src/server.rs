@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyoco_core::config::Config;
+use pyoco_core::nats::redact_url;
 use pyoco_core::resources::{self, Resources};
 use pyoco_core::systemd;
 
@@ -164,7 +165,8 @@ pub async fn serve(
     on_ready: Option<tokio::sync::oneshot::Sender<bool>>,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
-    let client = pyoco_core::nats::connect(&cfg.nats_url, "pyoco-http-api").await?;
+    let auth = pyoco_core::nats::NatsAuth::from_config(&cfg)?;
+    let client = pyoco_core::nats::connect(&cfg.nats_url, &auth, "pyoco-http-api").await?;
     let state = AppState::new(cfg, settings, client, runtime.clone());
     start_background(&state, &local.to_string());
 
@@ -181,8 +183,8 @@ pub async fn serve(
             let nats = if ready {
                 "NATS connected".to_string()
             } else {
-                tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, ready_timeout_sec = state.settings.ready_timeout.as_secs_f64(), "NATS not reachable yet; serving anyway (requests that need NATS answer 503 until it is). Is nats-server running there? (`pyococtl up`, or `pyoco-server up --with-nats`)");
-                format!("NATS unreachable at {}, retrying", state.cfg.nats_url)
+                tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %redact_url(&state.cfg.nats_url), ready_timeout_sec = state.settings.ready_timeout.as_secs_f64(), "NATS not reachable yet; serving anyway (requests that need NATS answer 503 until it is). Is nats-server running there? (`pyococtl up`, or `pyoco-server up --with-nats`)");
+                format!("NATS unreachable at {}, retrying", redact_url(&state.cfg.nats_url))
             };
             systemd::notify_ready(&format!("listening on {local} · {nats}"));
             if let Some(tx) = on_ready {
@@ -289,7 +291,7 @@ async fn supervise_nats(state: SharedState, address: String) -> Result<(), Strin
                     start_followers(&state, &res);
                     *state.resources.write().unwrap() = Some(res);
                     state.ready.send_replace(true);
-                    tracing::info!(target: LOG_TARGET, nats_url = %state.cfg.nats_url, "NATS connected; resources ensured");
+                    tracing::info!(target: LOG_TARGET, nats_url = %redact_url(&state.cfg.nats_url), "NATS connected; resources ensured");
                     was_connected = true;
                     backoff = Duration::from_millis(200);
                 }
@@ -305,7 +307,7 @@ async fn supervise_nats(state: SharedState, address: String) -> Result<(), Strin
             }
         }
         if !connected && was_connected {
-            tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %state.cfg.nats_url, "NATS disconnected; retrying");
+            tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %redact_url(&state.cfg.nats_url), "NATS disconnected; retrying");
             was_connected = false;
         }
         systemd::notify_status(&status_line(&state, &address, connected));
@@ -318,9 +320,12 @@ fn status_line(state: &AppState, address: &str, connected: bool) -> String {
     let nats = if connected {
         "NATS connected".to_string()
     } else if state.client.connection_state() == async_nats::connection::State::Pending {
-        format!("NATS connecting to {}", state.cfg.nats_url)
+        format!("NATS connecting to {}", redact_url(&state.cfg.nats_url))
     } else {
-        format!("NATS unreachable at {}, retrying", state.cfg.nats_url)
+        format!(
+            "NATS unreachable at {}, retrying",
+            redact_url(&state.cfg.nats_url)
+        )
     };
     let indexed = if state.runs.is_loaded() {
         format!("{} runs indexed", state.runs.len())

@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use pyoco_core::config::Config;
+use pyoco_core::nats::NatsAuth;
 use pyoco_server::{router, start_background, AppState, Runtime, SharedState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -85,7 +86,7 @@ async fn gateway(nats: &Nats, tweak: impl FnOnce(&mut Config)) -> SharedState {
     let mut cfg = Config::defaults();
     cfg.nats_url = nats.url();
     tweak(&mut cfg);
-    let client = pyoco_core::nats::connect(&cfg.nats_url, "pyoco-gateway-test")
+    let client = pyoco_core::nats::connect(&cfg.nats_url, &NatsAuth::none(), "pyoco-gateway-test")
         .await
         .unwrap();
     let state = AppState::from_config(cfg, client, Runtime::new()).unwrap();

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use pyoco_core::nats::{redact_url, NatsAuth};
 use pyoco_core::{resources, systemd};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -95,10 +96,15 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
     }
 
     // NATS: retried until reachable (an outage at start is not fatal).
-    let client =
-        pyoco_core::nats::connect(&cfg.nats_url, &format!("pyoco-nats-worker:{worker_id}"))
-            .await
-            .map_err(|e| WorkerError::Start(format!("NATS URL {}: {e}", cfg.nats_url)))?;
+    let shown_url = redact_url(&cfg.nats_url);
+    let auth = NatsAuth::from_config(&cfg).map_err(|e| WorkerError::Config(e.to_string()))?;
+    let client = pyoco_core::nats::connect(
+        &cfg.nats_url,
+        &auth,
+        &format!("pyoco-nats-worker:{worker_id}"),
+    )
+    .await
+    .map_err(|e| WorkerError::Start(format!("NATS URL {shown_url}: {e}")))?;
     let js = async_nats::jetstream::new(client.clone());
     let mut backoff = Duration::from_millis(200);
     let waited_since = Instant::now();
@@ -122,9 +128,9 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
                 }
             }
         } else {
-            systemd::notify_status(&format!("NATS unreachable at {}, retrying", cfg.nats_url));
+            systemd::notify_status(&format!("NATS unreachable at {shown_url}, retrying"));
             if waited_since.elapsed() >= next_warning {
-                tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %cfg.nats_url, waited_sec = waited_since.elapsed().as_secs(), "NATS is not reachable yet; retrying. Is nats-server running there? (start one with `pyococtl up`, or `pyoco-server up --with-nats` for a local stack; or point --nats-url / PYOCO_NATS_URL at yours)");
+                tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %shown_url, waited_sec = waited_since.elapsed().as_secs(), "NATS is not reachable yet; retrying. Is nats-server running there? (start one with `pyococtl up`, or `pyoco-server up --with-nats` for a local stack; or point --nats-url / PYOCO_NATS_URL at yours)");
                 next_warning = waited_since.elapsed() + Duration::from_secs(10);
             }
         }

@@ -21,9 +21,12 @@ struct Cli {
     /// TOML configuration file (default: $PYOCO_CONFIG, else /etc/pyoco/pyoco.toml when present).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// NATS server URL [PYOCO_NATS_URL].
+    /// NATS server URL [PYOCO_NATS_URL]; shown with its password as `***`.
     #[arg(long)]
     nats_url: Option<String>,
+    /// NATS credentials file (.creds: user JWT and seed) [PYOCO_NATS_CREDS_FILE]; other methods: PYOCO_NATS_USER + PYOCO_NATS_PASSWORD_FILE, PYOCO_NATS_TOKEN_FILE, PYOCO_NATS_NKEY_SEED_FILE.
+    #[arg(long)]
+    nats_creds: Option<String>,
     /// Tags to serve, comma-separated [PYOCO_WORKER_TAGS; default: PYOCO_DEFAULT_TAG].
     #[arg(long)]
     tags: Option<String>,
@@ -77,6 +80,7 @@ impl Cli {
             }
         };
         push("nats_url", &self.nats_url);
+        push("nats_creds_file", &self.nats_creds);
         push("worker_tags", &self.tags);
         push("worker_id", &self.worker_id);
         push("worker_flow_resolver", &self.flow_resolver);

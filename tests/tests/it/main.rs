@@ -12,5 +12,6 @@ mod gateway_config;
 mod gateway_systemd;
 mod harness_smoke;
 mod interop_original;
+mod nats_auth;
 mod runner_bounds;
 mod worker;
