@@ -125,11 +125,12 @@ mod tests {
                 limit: 2
             }
         );
-        let _b1 = l.acquire("b").unwrap();
+        let b1 = l.acquire("b").unwrap();
         assert_eq!(l.acquire("c").unwrap_err(), Full::Total { limit: 3 });
         drop(a1);
         assert_eq!(l.open(), 2);
         let _a3 = l.acquire("a").expect("a slot came back");
+        drop(b1); // room in total again: now the tenant's own limit is what stops `a`
         assert_eq!(
             l.acquire("a").unwrap_err().setting(),
             "PYOCO_SSE_MAX_STREAMS_PER_TENANT"
