@@ -258,6 +258,52 @@ fn compare(
     );
 }
 
+/// Why [`ensure_until_ready`] is still waiting, for the caller's status line and logs.
+#[derive(Debug)]
+pub enum Waiting<'a> {
+    /// Not connected to NATS (yet); `waited` since the call began.
+    Unreachable { waited: Duration },
+    /// Connected, but creating or binding a resource failed.
+    Failing(&'a EnsureError),
+}
+
+/// The one "ensure resources until ready" loop of the daemons: waits for the connection, then
+/// [`ensure`]s every resource, retrying with backoff (200 ms doubling to 5 s) and telling
+/// `on_wait` why after each failed round. Drift is logged once, on success. `None` when `stop`
+/// is cancelled first.
+pub async fn ensure_until_ready(
+    client: &async_nats::Client,
+    cfg: &Config,
+    stop: &tokio_util::sync::CancellationToken,
+    mut on_wait: impl FnMut(Waiting<'_>),
+) -> Option<Resources> {
+    let js = jetstream::new(client.clone());
+    let began = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if crate::nats::is_connected(client) {
+            match ensure(&js, cfg).await {
+                Ok((res, drift)) => {
+                    for d in drift {
+                        tracing::warn!(err_id = "ERR-PYOCO-0003", resource = %d.resource, field = d.field, expected = %d.expected, actual = %d.actual, "resource configuration drift: {d}");
+                    }
+                    return Some(res);
+                }
+                Err(e) => on_wait(Waiting::Failing(&e)),
+            }
+        } else {
+            on_wait(Waiting::Unreachable {
+                waited: began.elapsed(),
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Creates what is missing, reports drift of what exists, and binds the buckets.
 pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>), EnsureError> {
     let names = Names::from_config(cfg);

@@ -277,41 +277,39 @@ fn start_followers(state: &SharedState, res: &Resources) {
 /// systemd status line current. NATS being down never stops the gateway: requests that need it
 /// answer 503 meanwhile.
 async fn supervise_nats(state: SharedState, address: String) -> Result<(), String> {
-    let mut was_connected = false;
-    let mut backoff = Duration::from_millis(200);
+    let stop = state.runtime.shutdown.clone();
     loop {
-        let connected = state.nats_connected();
-        if connected && (!was_connected || state.resources.read().unwrap().is_none()) {
-            let js = async_nats::jetstream::new(state.client.clone());
-            match resources::ensure(&js, &state.cfg).await {
-                Ok((res, drift)) => {
-                    for d in drift {
-                        tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", resource = %d.resource, field = d.field, expected = %d.expected, actual = %d.actual, "resource configuration drift: {d}");
-                    }
-                    start_followers(&state, &res);
-                    *state.resources.write().unwrap() = Some(res);
-                    state.ready.send_replace(true);
-                    tracing::info!(target: LOG_TARGET, nats_url = %redact_url(&state.cfg.nats_url), "NATS connected; resources ensured");
-                    was_connected = true;
-                    backoff = Duration::from_millis(200);
+        // Connected (again): make sure every resource exists, then serve from it.
+        let ensured = resources::ensure_until_ready(&state.client, &state.cfg, &stop, |w| {
+            match w {
+                resources::Waiting::Unreachable { .. } => {
+                    systemd::notify_status(&status_line(&state, &address, false))
                 }
-                Err(e) => {
+                resources::Waiting::Failing(e) => {
                     tracing::error!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", error = %e, "ensuring JetStream resources failed; retrying");
                     systemd::notify_status(&format!(
                         "listening on {address} · NATS resources failing: {e}"
                     ));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
                 }
             }
+        })
+        .await;
+        let Some(res) = ensured else {
+            return Ok(()); // shutting down
+        };
+        start_followers(&state, &res);
+        *state.resources.write().unwrap() = Some(res);
+        state.ready.send_replace(true);
+        tracing::info!(target: LOG_TARGET, nats_url = %redact_url(&state.cfg.nats_url), "NATS connected; resources ensured");
+        // Keep the status line current until the connection drops.
+        while state.nats_connected() {
+            systemd::notify_status(&status_line(&state, &address, true));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return Ok(()),
+            }
         }
-        if !connected && was_connected {
-            tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %redact_url(&state.cfg.nats_url), "NATS disconnected; retrying");
-            was_connected = false;
-        }
-        systemd::notify_status(&status_line(&state, &address, connected));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tracing::warn!(target: LOG_TARGET, err_id = "ERR-PYOCO-0003", nats_url = %redact_url(&state.cfg.nats_url), "NATS disconnected; retrying");
     }
 }
 

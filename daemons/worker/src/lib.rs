@@ -106,39 +106,40 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
     .await
     .map_err(|e| WorkerError::Start(format!("NATS URL {shown_url}: {e}")))?;
     let js = async_nats::jetstream::new(client.clone());
-    let mut backoff = Duration::from_millis(200);
-    let waited_since = Instant::now();
     let mut next_warning = Duration::from_secs(3);
+    let mut backoff = Duration::from_millis(200);
     let (res, consumers) = loop {
-        if pyoco_core::nats::is_connected(&client) {
-            match resources::ensure(&js, &cfg).await {
-                Ok((res, drift)) => {
-                    for d in drift {
-                        tracing::warn!(err_id = "ERR-PYOCO-0003", resource = %d.resource, "resource configuration drift: {d}");
-                    }
-                    match fetch::bind_consumers(&js, &settings).await {
-                        Ok(c) => break (res, c),
-                        Err(e) => {
-                            tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "binding consumers failed; retrying")
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring resources failed; retrying")
+        let ensured = resources::ensure_until_ready(&client, &cfg, &shutdown, |w| match w {
+            resources::Waiting::Unreachable { waited } => {
+                systemd::notify_status(&format!("NATS unreachable at {shown_url}, retrying"));
+                if waited >= next_warning {
+                    tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %shown_url, waited_sec = waited.as_secs(), "NATS is not reachable yet; retrying. Is nats-server running there? (start one with `pyococtl up`, or `pyoco-server up --with-nats` for a local stack; or point --nats-url / PYOCO_NATS_URL at yours)");
+                    next_warning = waited + Duration::from_secs(10);
                 }
             }
-        } else {
-            systemd::notify_status(&format!("NATS unreachable at {shown_url}, retrying"));
-            if waited_since.elapsed() >= next_warning {
-                tracing::warn!(err_id = "ERR-PYOCO-0003", nats_url = %shown_url, waited_sec = waited_since.elapsed().as_secs(), "NATS is not reachable yet; retrying. Is nats-server running there? (start one with `pyococtl up`, or `pyoco-server up --with-nats` for a local stack; or point --nats-url / PYOCO_NATS_URL at yours)");
-                next_warning = waited_since.elapsed() + Duration::from_secs(10);
+            resources::Waiting::Failing(e) => {
+                tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring resources failed; retrying")
+            }
+        })
+        .await;
+        let Some(res) = ensured else {
+            // Stopped before NATS was ever usable: nothing was fetched, nothing to drain.
+            tracing::info!(worker_id = %worker_id, "stopped before NATS was reachable");
+            for r in runners {
+                r.shutdown(Duration::from_secs(5)).await;
+            }
+            return Ok(());
+        };
+        match fetch::bind_consumers(&js, &settings).await {
+            Ok(c) => break (res, c),
+            Err(e) => {
+                tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "binding consumers failed; retrying")
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.cancelled() => {
-                // Stopped before NATS was ever usable: nothing was fetched, nothing to drain.
-                tracing::info!(worker_id = %worker_id, "stopped before NATS was reachable");
+                tracing::info!(worker_id = %worker_id, "stopped before the consumers could be bound");
                 for r in runners {
                     r.shutdown(Duration::from_secs(5)).await;
                 }
