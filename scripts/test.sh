@@ -16,7 +16,7 @@ cargo build --workspace --bins
 echo "== runner shim tests (Python $("$PYOCO_TEST_PY311" -c 'import sys;print(sys.version.split()[0])'), real pyoco)"
 "$PYOCO_TEST_PY311" -m unittest discover -s daemons/worker/runner -t daemons/worker/runner
 cargo test --workspace -- --test-threads="${PYOCO_TEST_THREADS:-4}"
-echo "== gateway tests again against nats-server $("$PYOCO_TEST_NATS_PYPI" -v 2>&1 | grep -o 'v[0-9.]*')"
+echo "== gateway tests again against nats-server $("$PYOCO_TEST_NATS_PYPI" -v 2>&1 | grep -o 'v[0-9][0-9.]*')"
 PYOCO_TEST_NATS=pypi cargo test -p pyoco-tests --test it -- gateway_api:: --test-threads="${PYOCO_TEST_THREADS:-4}"
 echo "== system test: the .deb/.rpm packages and units on a real systemd (tests/system/run.sh)"
 tests/system/run.sh
