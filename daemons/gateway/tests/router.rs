@@ -1,9 +1,7 @@
 //! The gateway in-process: its router driven with `tower::ServiceExt::oneshot` (as in axum's
-//! `examples/testing`), against a real nats-server started here on a free loopback port.
+//! `examples/testing`), against a real nats-server from the test harness (random loopback port,
+//! throw-away store).
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -12,77 +10,13 @@ use axum::Router;
 use pyoco_core::config::Config;
 use pyoco_core::nats::NatsAuth;
 use pyoco_server::{router, start_background, AppState, Runtime, SharedState};
+use pyoco_tests::NatsServer;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-/// `nats-server -js` on a free port with a throw-away store; killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let bin = std::env::var_os("PYOCO_TEST_NATS_DEBIAN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
-        assert!(
-            bin.is_file(),
-            "nats-server not found at {} (set PYOCO_TEST_NATS_DEBIAN: source .test-env/env)",
-            bin.display()
-        );
-        // The port can be taken between probing and binding: retry with another one.
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let store = tempfile::tempdir().unwrap();
-            let mut child = Command::new(&bin)
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nats-server");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Nats {
-                        child,
-                        port,
-                        _store: store,
-                    };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nats-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A gateway state on `nats` with its background tasks running, resources ensured and
 /// indexes loaded.
-async fn gateway(nats: &Nats, tweak: impl FnOnce(&mut Config)) -> SharedState {
+async fn gateway(nats: &NatsServer, tweak: impl FnOnce(&mut Config)) -> SharedState {
     let mut cfg = Config::defaults();
     cfg.nats_url = nats.url();
     tweak(&mut cfg);
@@ -134,7 +68,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -
 
 #[tokio::test]
 async fn health_submit_get_list_metrics_and_errors() {
-    let nats = Nats::start();
+    let nats = NatsServer::start().await;
     let state = gateway(&nats, |_| {}).await;
     let app = router(state.clone());
 
@@ -216,7 +150,7 @@ async fn health_submit_get_list_metrics_and_errors() {
 
 #[tokio::test]
 async fn api_key_mode_refuses_requests_without_a_key() {
-    let nats = Nats::start();
+    let nats = NatsServer::start().await;
     let state = gateway(&nats, |c| c.http_auth_mode = "api_key".into()).await;
     let app = router(state.clone());
     let (status, body) = get(&app, "/runs").await;
@@ -230,7 +164,7 @@ async fn api_key_mode_refuses_requests_without_a_key() {
 
 #[tokio::test]
 async fn shutdown_ends_an_open_watch_and_every_task() {
-    let nats = Nats::start();
+    let nats = NatsServer::start().await;
     let state = gateway(&nats, |_| {}).await;
     let app = router(state.clone());
     let (_, body) = post_json(&app, "/runs", json!({"flow_name": "hello"})).await;
@@ -309,7 +243,7 @@ impl pyoco_server::index::Follower for PanicsOnce {
 
 #[tokio::test]
 async fn a_follower_that_panics_is_restarted_and_replays_the_bucket() {
-    let nats = Nats::start();
+    let nats = NatsServer::start().await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     // The buckets as the gateway creates them (core's `ensure`, which also waits out a
