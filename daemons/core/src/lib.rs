@@ -7,6 +7,7 @@ pub mod apikey;
 pub mod config;
 pub mod dotenv;
 pub mod flow_yaml;
+pub mod io;
 pub mod jsapi;
 pub mod json;
 pub mod kv;

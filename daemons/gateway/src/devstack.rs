@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use pyoco_core::io::{read_bounded, Bounded};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 /// Lines of each child's output kept to explain its death.
@@ -177,10 +178,9 @@ async fn forward(stream: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let mut limited = (&mut reader).take(MAX_LINE as u64);
-        match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        match read_bounded(&mut reader, &mut buf, MAX_LINE).await {
+            Ok(Bounded::Eof) | Err(_) => return,
+            Ok(Bounded::Line | Bounded::Cut) => {}
         }
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end_matches(['\n', '\r']);
