@@ -29,6 +29,19 @@ use crate::runs::{check_tenant, include_records, load_run};
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// One event on the wire: `event:`, `id:` (snapshots only), `data:` as the original's compact
+/// ASCII JSON, blank line.
+fn sse_frame(event: &str, id: Option<u64>, data: &Value) -> Bytes {
+    let mut frame = format!("event: {event}\n").into_bytes();
+    if let Some(id) = id {
+        frame.extend(format!("id: {id}\n").into_bytes());
+    }
+    frame.extend_from_slice(b"data: ");
+    frame.extend(to_ascii_vec(data));
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}
+
 pub async fn watch(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -82,10 +95,7 @@ pub async fn watch(
                 return None;
             }
             let data = json!({"run_id": run_id, "snapshot": Value::Object(wire::run_view(doc, with_records)), "ts": now()});
-            let mut frame = format!("event: snapshot\nid: {rev}\ndata: ").into_bytes();
-            frame.extend(to_ascii_vec(&data));
-            frame.extend_from_slice(b"\n\n");
-            Some(Bytes::from(frame))
+            Some(sse_frame("snapshot", Some(rev), &data))
         };
         let terminal = |doc: &Doc| run_status::is_terminal(str_field(doc, fields::run::STATUS).unwrap_or(""));
 
@@ -138,10 +148,7 @@ pub async fn watch(
                 }
                 _ = tokio::time::sleep_until(heartbeat_at) => {
                     let data = json!({"run_id": run_id, "ts": now()});
-                    let mut frame = b"event: heartbeat\ndata: ".to_vec();
-                    frame.extend(to_ascii_vec(&data));
-                    frame.extend_from_slice(b"\n\n");
-                    if tx.send(Ok(Bytes::from(frame))).await.is_err() {
+                    if tx.send(Ok(sse_frame("heartbeat", None, &data))).await.is_err() {
                         return;
                     }
                     last_event = Instant::now();
@@ -151,10 +158,7 @@ pub async fn watch(
                 // instead of holding the shutdown until systemd's SIGKILL.
                 _ = shutdown.cancelled() => {
                     let data = json!({"run_id": run_id, "ts": now(), "reason": "gateway stopping"});
-                    let mut frame = b"event: shutdown\ndata: ".to_vec();
-                    frame.extend(to_ascii_vec(&data));
-                    frame.extend_from_slice(b"\n\n");
-                    let _ = tx.send(Ok(Bytes::from(frame))).await;
+                    let _ = tx.send(Ok(sse_frame("shutdown", None, &data))).await;
                     return;
                 }
             }
