@@ -388,6 +388,163 @@ class GraphNotAllowed(Exception):
     pass
 
 
+class CallableNotAllowed(BuildError):
+    """A task callable the callable policy refuses (error kind `callable_not_allowed`)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Callable policy: which `module:function` a submitted flow.yaml may name.
+#
+# A flow.yaml comes from whoever may submit; without a rule it could name any importable
+# function (`subprocess:getoutput`) and run it as the worker's user.  Allowed are:
+#   * prefixes in PYOCO_CALLABLE_ALLOW (`--callable-allow`; `*` = anything, the original's rule);
+#   * the original's example module pyoco_server._workflow_test_tasks, by name;
+#   * modules found under the worker's PYTHONPATH directories (--pythonpath), as the runner
+#     saw them at start, before any task code ran;
+#   * modules of `pyoco.tasks` entry points (pyoco task plug-ins the operator installed);
+#   * top-level packages of the distributions recorded in <venv>/pyoco-task-packages.txt
+#     (`pyococtl runtime setup PACKAGE…` writes it).
+# The standard library is refused by name whatever its location, and so is everything else
+# (other site-packages, the runner itself).  The check runs before the module is imported, and
+# again on the attribute's defining module, so an allowed module cannot re-export `os.system`.
+# --------------------------------------------------------------------------------------------
+
+EXAMPLE_TASK_MODULE = "pyoco_server._workflow_test_tasks"
+TASK_PACKAGES_FILE = "pyoco-task-packages.txt"
+# Never task code, wherever found: the runner's own modules.
+_ALWAYS_REFUSED = frozenset({"__main__", "__mp_main__", "pyoco_runner"})
+
+
+def _canonical_dist(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _under(path, dirs):
+    real = os.path.realpath(path)
+    return any(real == d or real.startswith(d + os.sep) for d in dirs)
+
+
+class CallablePolicy:
+    def __init__(self, allow_spec, pythonpath_dirs, packages_file):
+        self.anything = False
+        self.prefixes = []
+        for part in (allow_spec or "").split(","):
+            part = part.strip()
+            if part == "*":
+                self.anything = True
+            elif part:
+                self.prefixes.append(part)
+        self.dirs = [os.path.realpath(d) for d in pythonpath_dirs if d and os.path.isdir(d)]
+        self.packages_file = packages_file
+        self._recorded_tops = None
+        self._plugin_modules = None
+
+    @classmethod
+    def from_environment(cls, allow_spec):
+        dirs = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        return cls(allow_spec, dirs, os.path.join(sys.prefix, TASK_PACKAGES_FILE))
+
+    def describe(self):
+        allow = "*" if self.anything else (",".join(self.prefixes) or "(unset)")
+        return f"PYOCO_CALLABLE_ALLOW={allow}; pythonpath={os.pathsep.join(self.dirs) or '(none)'}"
+
+    def _prefix_allowed(self, module, attr):
+        for p in self.prefixes:
+            if ":" in p:
+                if p == f"{module}:{attr}":
+                    return True
+            elif module == p or module.startswith(p.rstrip(".") + "."):
+                return True
+        return False
+
+    def _recorded(self):
+        """Top-level module names of the recorded distributions (read once per runner)."""
+        if self._recorded_tops is None:
+            tops = set()
+            try:
+                with open(self.packages_file, encoding="utf-8") as f:
+                    wanted = {_canonical_dist(line.strip()) for line in f
+                              if line.strip() and not line.startswith("#")}
+            except OSError:
+                wanted = set()
+            if wanted:
+                import importlib.metadata as md
+                for top, dists in md.packages_distributions().items():
+                    if any(_canonical_dist(d) in wanted for d in dists):
+                        tops.add(top)
+            self._recorded_tops = tops
+        return self._recorded_tops
+
+    def _plugins(self):
+        if self._plugin_modules is None:
+            mods = set()
+            try:
+                import importlib.metadata as md
+                for ep in md.entry_points(group="pyoco.tasks"):
+                    mods.add(ep.value.split(":", 1)[0].strip())
+            except Exception as exc:  # a broken dist must not stop every run
+                _log(f"reading pyoco.tasks entry points failed: {_exc_text(exc)}")
+            self._plugin_modules = mods
+        return self._plugin_modules
+
+    def refusal(self, module, attr):
+        """None when `module:attr` may run, else why not (a sentence naming the rule)."""
+        if self.anything or self._prefix_allowed(module, attr):
+            return None
+        if module == EXAMPLE_TASK_MODULE:
+            return None
+        top = module.split(".", 1)[0]
+        if top in _ALWAYS_REFUSED:
+            return f"module {module!r} is the runner itself"
+        if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+            return f"module {module!r} is part of the Python standard library"
+        if any(module == m or module.startswith(m + ".") for m in self._plugins()):
+            return None
+        if top in self._recorded():
+            return None
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return None  # not importable: the import reports ModuleNotFoundError as before
+        locations = list(spec.submodule_search_locations or [])
+        if spec.origin and spec.origin not in ("built-in", "frozen", "namespace"):
+            locations.append(spec.origin)
+        if locations and all(_under(loc, self.dirs) for loc in locations):
+            return None
+        where = locations[0] if locations else "an unknown location"
+        return f"module {module!r} is at {where}, outside the worker's --pythonpath directories"
+
+    def check(self, task_name, path, module, attr):
+        why = self.refusal(module, attr)
+        if why is not None:
+            raise CallableNotAllowed(self._text(task_name, path, why))
+
+    def check_object(self, task_name, path, obj):
+        """The function a callable names must be defined in an allowed module too."""
+        target = getattr(obj, "func", obj)  # a pyoco @task object wraps its function
+        defined_in = getattr(target, "__module__", None)
+        if defined_in is None and hasattr(target, "__self__"):
+            defined_in = getattr(getattr(target, "__self__"), "__name__", None)
+        if not isinstance(defined_in, str):
+            return
+        why = self.refusal(defined_in, getattr(target, "__name__", ""))
+        if why is not None:
+            raise CallableNotAllowed(self._text(
+                task_name, path, f"it is defined in {defined_in!r} and {why}"))
+
+    def _text(self, task_name, path, why):
+        return (f"callable_not_allowed: task {task_name!r} names {path!r}: {why}; "
+                f"allowed are modules under the worker's --pythonpath, pyoco task plug-ins, packages "
+                f"installed with `pyococtl runtime setup PACKAGE`, and PYOCO_CALLABLE_ALLOW prefixes "
+                f"({self.describe()}); fix: put the task in your own module there, or add its module "
+                f"to PYOCO_CALLABLE_ALLOW on the worker")
+
+
+POLICY = CallablePolicy("", [], os.devnull)
+
+
 def _cache_entry_points():
     """pyoco's TaskLoader re-reads every installed distribution's entry points on every load
     (about 1 ms per run, more in big environments). The installed packages cannot change under a
@@ -515,6 +672,7 @@ def preimport_callables(config):
             # pyoco unpacks `module, attr = path.split(':')` and fails with a ValueError.
             fail("ValueError: a callable must be 'module:function' with exactly one ':'")
         module_name, attr = parts
+        POLICY.check(task_name, path, module_name, attr)
         try:
             module = importlib.import_module(module_name)
         except BaseException as exc:
@@ -527,6 +685,7 @@ def preimport_callables(config):
             if "." in attr:
                 hint = " (pyoco looks the attribute up with a single getattr: dotted paths such as 'Cls.method' are not supported; expose a module-level function)"
             fail(f"AttributeError: module {module_name!r} has no attribute {attr!r}{hint}")
+        POLICY.check_object(task_name, path, getattr(module, attr))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1072,14 +1231,31 @@ class Run:
             if not isinstance(flow, PY.Flow):
                 raise BuildError(
                     f"flow resolver returned {type(flow).__name__} for {self.flow_name!r}, expected a pyoco Flow")
+            self._check_resolver_tasks(flow)
             return flow, None
         return build_flow_from_yaml(self.flow_name, self.workflow_yaml), None
+
+    def _check_resolver_tasks(self, flow):
+        """A resolver's flow follows the callable policy too; the resolver's own module (the
+        operator named it with --flow-resolver) counts as allowed."""
+        own = getattr(self.runner.resolver, "__module__", None) or ""
+        own_top = own.split(".", 1)[0]
+        for task in list(getattr(flow, "tasks", []) or []):
+            func = getattr(task, "func", None)
+            defined_in = getattr(func, "__module__", None)
+            if not isinstance(defined_in, str) or defined_in.split(".", 1)[0] == own_top:
+                continue
+            name = getattr(task, "name", "?")
+            POLICY.check_object(name, f"{defined_in}:{getattr(func, '__name__', '?')}", func)
 
     def _execute(self):
         try:
             flow, failure = self._build()
         except GraphNotAllowed as exc:
             return self._finished("FAILED", str(exc), "graph_not_allowed", None)
+        except CallableNotAllowed as exc:
+            _log(f"run {self.run_id}: {exc}")
+            return self._finished("FAILED", str(exc), "callable_not_allowed", None)
         except MemoryError as exc:
             _log(f"run {self.run_id}: building the flow ran out of memory")
             return self._finished("FAILED", _memory_limit_text("building the flow"), "resource_limit", exc)
@@ -1374,14 +1550,18 @@ def _rid(msg):
 
 
 def _parse_args(argv):
-    """Returns (resolver spec or None, compat dirs to append to sys.path)."""
+    """Returns (resolver spec or None, compat dirs to append to sys.path, PYOCO_CALLABLE_ALLOW)."""
     resolver = None
     compat = []
+    allow = ""
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--compat-path" and i + 1 < len(argv):
             compat.append(argv[i + 1])
+            i += 2
+        elif arg == "--callable-allow" and i + 1 < len(argv):
+            allow = argv[i + 1]
             i += 2
         elif arg == "--flow-resolver":
             if i + 1 >= len(argv):
@@ -1393,12 +1573,12 @@ def _parse_args(argv):
             resolver = arg.split("=", 1)[1]
             i += 1
         else:
-            raise Fatal("usage", f"unknown argument {arg!r}; usage: pyoco_runner.py [--flow-resolver module:function|path/file.py:function] [--compat-path DIR]")
-    return resolver, compat
+            raise Fatal("usage", f"unknown argument {arg!r}; usage: pyoco_runner.py [--flow-resolver module:function|path/file.py:function] [--compat-path DIR] [--callable-allow PREFIXES]")
+    return resolver, compat, allow
 
 
 def main():
-    global _ERR
+    global _ERR, POLICY
     # 1. Reserve the original stdout for the protocol; fd 1 and sys.stdout go to stderr.
     #    Likewise stdin: requests are read from a private duplicate, fd 0 becomes /dev/null, so
     #    neither a task (input(), sys.stdin.read()) nor a child process it starts can swallow
@@ -1423,7 +1603,9 @@ def main():
 
     # 2. pyoco and the resolver.
     try:
-        resolver_spec, compat = _parse_args(sys.argv[1:])
+        resolver_spec, compat, allow = _parse_args(sys.argv[1:])
+        # Taken before any other code runs: the PYTHONPATH the worker set is the allowed tree.
+        POLICY = CallablePolicy.from_environment(allow)
         # Last on the path: stand-ins (the original's example module) never shadow a real
         # installed package of the same name.
         sys.path.extend(compat)

@@ -744,6 +744,165 @@ class SharedRunnerTests(RunnerTestBase):
         self.assertIsNone(self.r.proc.poll())
 
 
+REEXPORT_PY = r'''
+from os import getpid as innocent          # a stdlib function re-exported under a harmless name
+from subprocess import getoutput
+
+def own():
+    return "own"
+'''
+
+
+class CallablePolicyTests(RunnerTestBase):
+    """The callable policy (issue: any submitter ran any code): what a flow.yaml may name."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        with open(os.path.join(cls.tmp, "reexport_tasks.py"), "w") as f:
+            f.write(REEXPORT_PY)
+        cls.r = RunnerProcess(cls.tmp)
+        assert cls.r.ready()["type"] == "ready"
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.r.close()
+        super().tearDownClass()
+
+    def refused(self, fin, callable_path, why):
+        self.assertEqual((fin["status"], fin["error_kind"]), ("FAILED", "callable_not_allowed"), fin)
+        self.assertTrue(fin["error"].startswith("callable_not_allowed: "), fin["error"])
+        self.assertIn(repr(callable_path), fin["error"])
+        self.assertIn(why, fin["error"])
+        self.assertIn("fix: ", fin["error"])
+        self.assertEqual(self.r.events(fin["run_id"]), [], "nothing may run")
+
+    def test_standard_library_refused_before_import(self):
+        for path in ("subprocess:getoutput", "os:system", "os.path:join", "builtins:exec",
+                     "posix:system", "importlib:import_module", "_io:open"):
+            with self.subTest(path=path):
+                fin = self.run_flow(self.r, "t", {"t": path}, params={"cmd": "id"})
+                self.refused(fin, path, "part of the Python standard library")
+
+    def test_site_packages_and_runner_refused(self):
+        # yaml and pyoco are installed in the runner's site-packages: not task code
+        fin = self.run_flow(self.r, "t", {"t": "yaml:safe_load"})
+        self.refused(fin, "yaml:safe_load", "outside the worker's --pythonpath directories")
+        fin = self.run_flow(self.r, "t", {"t": "pyoco_runner:main"})
+        self.refused(fin, "pyoco_runner:main", "the runner itself")
+        fin = self.run_flow(self.r, "t", {"t": "__main__:main"})
+        self.refused(fin, "__main__:main", "the runner itself")
+
+    def test_reexported_stdlib_function_refused(self):
+        fin = self.run_flow(self.r, "t", {"t": "reexport_tasks:getoutput"}, params={"cmd": "id"})
+        self.refused(fin, "reexport_tasks:getoutput", "defined in 'subprocess'")
+        fin = self.run_flow(self.r, "t", {"t": "reexport_tasks:innocent"})
+        self.refused(fin, "reexport_tasks:innocent", "standard library")
+        fin = self.run_flow(self.r, "t", {"t": "reexport_tasks:own"})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+
+    def test_pythonpath_modules_allowed_and_missing_module_reported_as_before(self):
+        fin = self.run_flow(self.r, "add_one >> to_text", T("add_one", "to_text"), params={"x": 1})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        fin = self.run_flow(self.r, "t", {"t": "no_such_mod_abc:f"})
+        self.assertEqual(fin["error_kind"], "build_error")
+        self.assertIn("No module named 'no_such_mod_abc'", fin["error"])
+
+    def test_allow_list_and_star(self):
+        r = self.new_runner("--callable-allow", " json , yaml:safe_dump")
+        self.assertEqual(r.ready()["type"], "ready")
+        fin = self.run_flow(r, "t", {"t": "json:dumps"}, params={"obj": [1]})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        fin = self.run_flow(r, "t", {"t": "yaml:safe_dump"}, params={"data": 1})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        fin = self.run_flow(r, "t", {"t": "yaml:safe_load"}, params={"stream": "1"})
+        self.assertEqual(fin["error_kind"], "callable_not_allowed", fin)
+        self.assertIn("PYOCO_CALLABLE_ALLOW=json,yaml:safe_dump", fin["error"])
+        # `json` does not allow `jsonschema` or `json2`: prefixes end at a dot
+        fin = self.run_flow(r, "t", {"t": "json2x:f"})
+        self.assertEqual(fin["error_kind"], "build_error", fin)
+        star = self.new_runner("--callable-allow", "*")
+        self.assertEqual(star.ready()["type"], "ready")
+        fin = self.run_flow(star, "t", {"t": "os:getpid"})
+        self.assertEqual((fin["status"], fin["task_records"]["t"]["output"]), ("COMPLETED", star.proc.pid))
+
+    def test_example_module_allowed_by_name(self):
+        compat = os.path.join(HERE, "compat")
+        r = self.new_runner("--compat-path", compat)
+        self.assertEqual(r.ready()["type"], "ready")
+        fin = self.run_flow(r, "add_one >> to_text",
+                            {"add_one": "pyoco_server._workflow_test_tasks:add_one",
+                             "to_text": "pyoco_server._workflow_test_tasks:to_text"}, params={"x": 1})
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+        # only that module: the rest of the package is not task code
+        fin = self.run_flow(r, "t", {"t": "pyoco_server:__init__"})
+        self.assertEqual(fin["error_kind"], "callable_not_allowed", fin)
+
+    def test_recorded_packages_allowed(self):
+        """A distribution listed in <venv>/pyoco-task-packages.txt (what `pyococtl runtime setup
+        PACKAGE` records) and a pyoco task plug-in may be named; an unlisted package in the same
+        site-packages may not."""
+        # outside self.tmp, which is the runner's PYTHONPATH (everything there is allowed)
+        venv = tempfile.mkdtemp(prefix="pyoco-policy-venv-")
+        self.addCleanup(shutil.rmtree, venv, True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+        site = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                               "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        # the test venv's packages (pyoco, yaml) through a .pth, as a venv would have them
+        import sysconfig
+        with open(os.path.join(site, "parent.pth"), "w") as f:
+            f.write(sysconfig.get_paths()["purelib"] + "\n")
+        for dist, mod in (("My_Tasks", "my_tasks_pkg"), ("other-lib", "other_lib_pkg")):
+            os.makedirs(os.path.join(site, mod))
+            with open(os.path.join(site, mod, "__init__.py"), "w") as f:
+                f.write("def hello(name='x'):\n    return 'hello ' + name\n")
+            info = os.path.join(site, f"{dist.replace('-', '_')}-1.0.dist-info")
+            os.makedirs(info)
+            with open(os.path.join(info, "METADATA"), "w") as f:
+                f.write(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+            with open(os.path.join(info, "top_level.txt"), "w") as f:
+                f.write(mod + "\n")
+        # a pyoco task plug-in (entry point group pyoco.tasks): its module may be named
+        os.makedirs(os.path.join(site, "plug_pkg"))
+        with open(os.path.join(site, "plug_pkg", "__init__.py"), "w") as f:
+            f.write("def register(registry):\n    pass\n\ndef ptask():\n    return 'plugged'\n")
+        info = os.path.join(site, "plug_dist-1.0.dist-info")
+        os.makedirs(info)
+        with open(os.path.join(info, "METADATA"), "w") as f:
+            f.write("Metadata-Version: 2.1\nName: plug-dist\nVersion: 1.0\n")
+        with open(os.path.join(info, "entry_points.txt"), "w") as f:
+            f.write("[pyoco.tasks]\nplug = plug_pkg:register\n")
+        with open(os.path.join(venv, "pyoco-task-packages.txt"), "w") as f:
+            f.write("# recorded by pyococtl runtime setup\nmy-tasks\n")
+        r = self.new_runner(python=os.path.join(venv, "bin", "python"))
+        self.assertEqual(r.ready()["type"], "ready", r.stderr())
+        fin = self.run_flow(r, "t", {"t": "my_tasks_pkg:hello"})
+        self.assertEqual((fin["status"], fin["task_records"]["t"]["output"]), ("COMPLETED", "hello x"), fin)
+        fin = self.run_flow(r, "t", {"t": "plug_pkg:ptask"})
+        self.assertEqual((fin["status"], fin["task_records"]["t"]["output"]), ("COMPLETED", "plugged"), fin)
+        fin = self.run_flow(r, "t", {"t": "other_lib_pkg:hello"})
+        self.assertEqual(fin["error_kind"], "callable_not_allowed", fin)
+        self.assertIn("pyococtl runtime setup PACKAGE", fin["error"])
+
+    def test_resolver_flows_follow_the_rule(self):
+        with open(os.path.join(self.tmp, "evil_resolver.py"), "w") as f:
+            f.write("import os\nfrom pyoco.core.models import Flow, Task\n"
+                    "def resolve(name):\n    flow = Flow(name=name)\n"
+                    "    flow.add_task(Task(func=os.getpid, name='pid'))\n    return flow\n"
+                    "def own_task():\n    return 7\n"
+                    "def resolve_own(name):\n    flow = Flow(name=name)\n"
+                    "    flow.add_task(Task(func=own_task, name='own'))\n    return flow\n")
+        r = self.new_runner("--flow-resolver", os.path.join(self.tmp, "evil_resolver.py") + ":resolve")
+        self.assertEqual(r.ready()["type"], "ready", r.stderr())
+        fin = self.run_flow(r, flow_name="x")
+        self.assertEqual(fin["error_kind"], "callable_not_allowed", fin)
+        ok = self.new_runner("--flow-resolver", os.path.join(self.tmp, "evil_resolver.py") + ":resolve_own")
+        self.assertEqual(ok.ready()["type"], "ready", ok.stderr())
+        fin = self.run_flow(ok, flow_name="x")
+        self.assertEqual(fin["status"], "COMPLETED", fin)
+
+
 class GraphBoundsTests(RunnerTestBase):
     """Graph strings that would make the runner allocate or compute without bound are refused
     before anything is evaluated: fast, and the runner's peak memory does not move."""
