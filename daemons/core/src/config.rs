@@ -357,6 +357,9 @@ config_fields! {
     idempotency_kv_bucket: String = "pyoco_idempotency".into(), "PYOCO_IDEMPOTENCY_KV_BUCKET";
     /// TTL of idempotency keys.
     idempotency_ttl_sec: f64 = 86400.0, "PYOCO_IDEMPOTENCY_TTL_SEC";
+    /// Gateway and worker: module prefixes (`a.b`), callables (`a.b:f`) or `*` a flow.yaml task may
+    /// name besides the default rule (see `docs/security.md`); comma-separated.
+    callable_allow: String = "".into(), "PYOCO_CALLABLE_ALLOW";
     /// Worker: routing tags served, comma-separated (the original's `--tags`).
     worker_tags: String = "".into(), "PYOCO_WORKER_TAGS";
     /// Worker: its id; empty = `<hostname>-<tags>` (unique per host and tag set).

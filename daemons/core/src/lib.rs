@@ -4,6 +4,7 @@
 //! names and the JSON documents on the wire are defined exactly once.
 
 pub mod apikey;
+pub mod callables;
 pub mod config;
 pub mod dotenv;
 pub mod flow_yaml;

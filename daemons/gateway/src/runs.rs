@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use pyoco_core::callables;
 use pyoco_core::flow_yaml;
 use pyoco_core::json::to_ascii_vec;
 use pyoco_core::kv::{Decision, ModifyError};
@@ -271,6 +272,21 @@ pub async fn submit_yaml(
         tracing::info!(err_id = "ERR-PYOCO-0002", reason = %e.code, "invalid workflow yaml");
         ApiError::unprocessable(format!("invalid workflow yaml: {e}"))
     })?;
+    // What every worker would refuse anyway (and what this gateway's allow list leaves out)
+    // is refused here, so the submitter gets the reason now instead of a FAILED run.
+    for task in &parsed.tasks {
+        let Some(callable) = &task.callable else {
+            continue;
+        };
+        if let Some(why) =
+            callables::submit_refusal(&state.settings.callable_allow, &task.name, callable)
+        {
+            tracing::info!(err_id = "ERR-PYOCO-0002", reason = "callable_not_allowed", task = %task.name, "invalid workflow yaml");
+            return Err(ApiError::unprocessable(format!(
+                "invalid workflow yaml: {why}"
+            )));
+        }
+    }
     let flow_name = flow_name.trim().to_string();
     if flow_name.is_empty() {
         return Err(ApiError::unprocessable("missing flow_name"));

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pyoco_core::callables::CallableAllow;
 use pyoco_core::config::{env_var_of, Config};
 
 /// A setting the gateway cannot use, named as the user wrote it.
@@ -28,6 +29,8 @@ pub struct GatewaySettings {
     /// Passed as seconds to core's worker normalization, which compares it the way the
     /// original does (a plain float comparison, negative values included).
     pub worker_disconnect_timeout_sec: f64,
+    /// `PYOCO_CALLABLE_ALLOW`: what a submitted flow.yaml's callables may name.
+    pub callable_allow: CallableAllow,
 }
 
 /// Seconds → Duration. Negative values mean "none" (0), as the gateway always treated them;
@@ -54,6 +57,13 @@ impl GatewaySettings {
             auth_cache_ttl: seconds("auth_cache_ttl_sec", cfg.auth_cache_ttl_sec)?,
             run_retention: (!retention.is_zero()).then_some(retention),
             worker_disconnect_timeout_sec: cfg.worker_disconnect_timeout_sec,
+            callable_allow: CallableAllow::parse(&cfg.callable_allow).map_err(|_| SettingsError {
+                name: "callable_allow",
+                env: "PYOCO_CALLABLE_ALLOW",
+                value: format!("{:?}", cfg.callable_allow),
+                reason: "not a comma-separated list of module prefixes (a.b), callables (a.b:func) or *",
+                fix: "PYOCO_CALLABLE_ALLOW=mycorp.tasks,other_mod:func",
+            })?,
         })
     }
 }

@@ -67,6 +67,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
         shim_dir,
         compat_dir: Some(compat_dir),
         flow_resolver: settings.flow_resolver.clone(),
+        callable_allow: settings.callable_allow.as_setting(),
         pythonpath: settings.pythonpath.clone(),
         work_dir: work_dir.clone(),
         ready_timeout: settings.ready_timeout,
@@ -78,7 +79,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
             tracing::warn!(err_id = "ERR-PYOCO-0002", path = %dir.display(), "--pythonpath / PYOCO_WORKER_PYTHONPATH entry is not a directory; task modules there cannot be imported");
         }
     }
-    tracing::info!(python = %python.display(), pythonpath = %cfg.worker_pythonpath, work_dir = %work_dir.display(), flow_resolver = %cfg.worker_flow_resolver, "starting runners");
+    tracing::info!(python = %python.display(), pythonpath = %cfg.worker_pythonpath, work_dir = %work_dir.display(), flow_resolver = %cfg.worker_flow_resolver, callable_allow = %settings.callable_allow.describe(), "starting runners");
     // Runners first: a missing or too old pyoco is a start-up error, not a failed run later.
     systemd::notify_status("starting Python runners");
     let mut runners = Vec::new();

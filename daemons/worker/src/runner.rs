@@ -48,6 +48,10 @@ pub struct RunnerSpec {
     /// Stand-in packages appended to the runners' `sys.path` (see `COMPAT_FILES`).
     pub compat_dir: Option<PathBuf>,
     pub flow_resolver: Option<String>,
+    /// `PYOCO_CALLABLE_ALLOW` as parsed (`--callable-allow`); empty = the default rule.
+    pub callable_allow: String,
+    /// Prepended to the runners' `PYTHONPATH`; what lies under these (and an inherited `PYTHONPATH`)
+    /// is task code the callable policy allows.
     pub pythonpath: Vec<PathBuf>,
     /// Parent of the per-slot working directories.
     pub work_dir: PathBuf,
@@ -142,6 +146,9 @@ impl Runner {
         }
         if let Some(dir) = &spec.compat_dir {
             cmd.arg("--compat-path").arg(dir);
+        }
+        if !spec.callable_allow.is_empty() {
+            cmd.arg("--callable-allow").arg(&spec.callable_allow);
         }
         let mut pythonpath: Vec<String> = spec
             .pythonpath

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyoco_core::callables::CallableAllow;
 use pyoco_core::config::Config;
 
 use crate::error::WorkerError;
@@ -23,6 +24,8 @@ pub struct WorkerSettings {
     pub python: PathBuf,
     pub pythonpath: Vec<PathBuf>,
     pub flow_resolver: Option<String>,
+    /// `PYOCO_CALLABLE_ALLOW`, passed to every runner (which enforces the callable policy).
+    pub callable_allow: CallableAllow,
     /// Where the runners' working directories live (created at start).
     pub work_dir: PathBuf,
     pub poll_timeout: Duration,
@@ -110,7 +113,10 @@ impl WorkerSettings {
                 "worker_runner_memory_max_bytes = {memory_max}: must be 0 (no limit) or at least {RUNNER_MEMORY_MIN_BYTES} (64 MiB); example: worker_runner_memory_max_bytes = 4294967296"
             )));
         }
+        let callable_allow = CallableAllow::parse(&cfg.callable_allow)
+            .map_err(|e| WorkerError::Config(format!("callable_allow: {e}")))?;
         Ok(WorkerSettings {
+            callable_allow,
             tags,
             worker_id,
             concurrency: cfg.worker_concurrency as usize,

@@ -1,0 +1,221 @@
+//! Attack catalogue, callables: a flow.yaml naming code outside the task modules
+//! (`subprocess:getoutput` ran `id` as the worker's user before the callable policy). The
+//! gateway refuses the standard library at submit (422); the worker's runner enforces the
+//! whole rule for jobs from any gateway — here the Python original's, which accepts anything.
+//! The runner's rule in detail (site-packages, plug-ins, recorded packages, re-exports,
+//! resolver flows) is proven by `daemons/worker/runner/test_runner.py::CallablePolicyTests`.
+
+use std::time::Duration;
+
+use pyoco_tests::*;
+use serde_json::Value;
+
+const TASKS: &str = "from subprocess import getoutput  # re-exported: still refused\n\ndef ok(x=1):\n    return x + 1\n";
+
+fn flow(callable: &str, defaults: &str) -> String {
+    format!("version: 1\nflow:\n  graph: t\n  defaults: {defaults}\ntasks:\n  t: {{callable: \"{callable}\"}}\n")
+}
+
+/// `POST /runs/yaml`; (status, JSON body).
+async fn submit(base_url: &str, yaml: &str, tag: &str) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "workflow",
+            reqwest::multipart::Part::bytes(yaml.as_bytes().to_vec()).file_name("flow.yaml"),
+        )
+        .text("flow_name", "main")
+        .text("tag", tag.to_string());
+    let r = http()
+        .post(format!("{base_url}/runs/yaml"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST /runs/yaml");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn run_count(base_url: &str) -> usize {
+    let runs: Value = http()
+        .get(format!("{base_url}/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    runs.as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn gateway_refuses_standard_library_callables_at_submit() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
+    for callable in [
+        "subprocess:getoutput",
+        "os:system",
+        "os.path:join",
+        "builtins:exec",
+        "__main__:main",
+    ] {
+        let (code, body) = submit(&gw.base_url(), &flow(callable, "{cmd: id}"), "cp").await;
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert_eq!(code, 422, "{callable}: {body}");
+        assert!(
+            detail.starts_with("invalid workflow yaml: callable_not_allowed: tasks.t.callable")
+                && detail.contains(&format!("{callable:?}"))
+                && detail.contains("standard library")
+                && detail.contains("fix: "),
+            "{callable}: {detail}"
+        );
+    }
+    assert_eq!(
+        run_count(&gw.base_url()).await,
+        0,
+        "a refused submit stores nothing"
+    );
+    // the default rule leaves everything else to the workers
+    let (code, body) = submit(&gw.base_url(), &flow("mytasks:ok", "{}"), "cp").await;
+    assert_eq!(code, 200, "{body}");
+}
+
+#[tokio::test]
+async fn worker_refuses_what_another_gateway_let_through() {
+    let nats = NatsServer::start().await;
+    // The original gateway checks nothing but the shape `module:function`.
+    let gw = OrigGateway::start(&nats.url(), &[]).await;
+    let tasks = TestDir::new("cp-tasks");
+    tasks.write("cptasks.py", TASKS);
+    let marker = tasks.join("pwned");
+    let _w = Worker::start(
+        &nats.url(),
+        "cp",
+        &unique("cp-worker"),
+        tasks.path(),
+        &[],
+        &[],
+    )
+    .await;
+
+    let cases = [
+        (
+            "os:system",
+            format!("{{command: 'touch {}'}}", marker.display()),
+            "part of the Python standard library",
+        ),
+        (
+            "cptasks:getoutput",
+            format!("{{cmd: 'touch {}'}}", marker.display()),
+            "defined in 'subprocess'",
+        ),
+        (
+            "yaml:safe_load",
+            "{stream: '1'}".to_string(),
+            "outside the worker's --pythonpath directories",
+        ),
+    ];
+    for (callable, defaults, why) in &cases {
+        let id = submit_flow_yaml(&gw.base_url(), &flow(callable, defaults), "main", "cp").await;
+        let done = wait_for_run_status(
+            &gw.base_url(),
+            &id,
+            &["COMPLETED", "FAILED"],
+            Duration::from_secs(60),
+            None,
+        )
+        .await;
+        let error = done["error"].as_str().unwrap_or_default();
+        assert_eq!(done["status"], "FAILED", "{callable}: {done}");
+        assert!(
+            error.starts_with("callable_not_allowed: ")
+                && error.contains(&format!("{callable:?}").replace('"', "'"))
+                && error.contains(why),
+            "{callable}: {error}"
+        );
+        assert!(!marker.exists(), "{callable} ran");
+    }
+    // the worker's own task module still runs
+    let id = submit_flow_yaml(&gw.base_url(), &flow("cptasks:ok", "{x: 41}"), "main", "cp").await;
+    let done = wait_for_run_status(
+        &gw.base_url(),
+        &id,
+        &["COMPLETED", "FAILED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+}
+
+#[tokio::test]
+async fn allow_lists_restrict_the_gateway_and_star_restores_anything() {
+    let nats = NatsServer::start().await;
+    let tasks = TestDir::new("cp-allow");
+    tasks.write("cptasks.py", TASKS);
+
+    // A gateway with a list refuses what it leaves out (the example module stays allowed).
+    let gw = Gateway::start(&nats.url(), &[("PYOCO_CALLABLE_ALLOW", "cptasks")]).await;
+    gw.wait_nats_connected().await;
+    let (code, body) = submit(&gw.base_url(), &flow("other_mod:f", "{}"), "cp").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("outside this gateway's PYOCO_CALLABLE_ALLOW (cptasks)"),
+        "{body}"
+    );
+    let (code, body) = submit(
+        &gw.base_url(),
+        &flow("pyoco_server._workflow_test_tasks:add_one", "{}"),
+        "cp",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = submit(&gw.base_url(), &flow("cptasks:ok", "{x: 1}"), "cp").await;
+    assert_eq!(code, 200, "{body}");
+    drop(gw);
+
+    // `*` on both sides: the original's anything-goes, for deployments that rely on it.
+    let gw = Gateway::start(&nats.url(), &[("PYOCO_CALLABLE_ALLOW", "*")]).await;
+    gw.wait_nats_connected().await;
+    let w = Worker::start(
+        &nats.url(),
+        "star",
+        &unique("cp-star"),
+        tasks.path(),
+        &[],
+        &[("PYOCO_CALLABLE_ALLOW", "*")],
+    )
+    .await;
+    let id = submit_flow_yaml(&gw.base_url(), &flow("os:getcwd", "{}"), "main", "star").await;
+    let done = wait_for_run_status(
+        &gw.base_url(),
+        &id,
+        &["COMPLETED", "FAILED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}\n{}", w.log_text());
+}
+
+#[tokio::test]
+async fn a_malformed_allow_list_stops_the_daemons_with_its_name() {
+    for bin in ["pyoco-server", "pyoco-worker"] {
+        let out = run_workspace_bin(
+            bin,
+            &["--nats-url", "nats://127.0.0.1:1", "--tags", "x"]
+                [..if bin == "pyoco-worker" { 4 } else { 2 }],
+            &[("PYOCO_CALLABLE_ALLOW", "good.mod, bad mod")],
+        )
+        .await;
+        let err = out.stderr_text() + &out.stdout_text();
+        assert_ne!(out.code(), Some(0), "{bin}: {err}");
+        assert!(
+            err.contains("PYOCO_CALLABLE_ALLOW") && err.contains("bad mod"),
+            "{bin}: {err}"
+        );
+    }
+}
