@@ -31,6 +31,9 @@ pub struct RunState {
     pub end_time: Option<f64>,
     pub error: Option<String>,
     pub worker_id: String,
+    /// This execution's identity (`<worker_id>/<delivery>/<start ms>`), stored in the snapshot
+    /// so a second execution of the same run can tell, and stop the first (fencing).
+    pub attempt_id: String,
     /// Set when this process put the run back in the queue (drain).
     pub note: Option<String>,
 }
@@ -40,7 +43,34 @@ pub struct RunState {
 pub enum WriteError {
     /// The stored run is already terminal (e.g. cancelled while pending): nothing was written.
     Terminal(Doc),
+    /// Another execution owns the run now (it took over after this one went silent): this one
+    /// must stop without writing or acknowledging anything.
+    Fenced(Doc),
+    /// Another execution is running it and alive (its heartbeat is fresh): not claimed.
+    Busy(Doc),
     Nats(String),
+}
+
+/// Whether `stored` belongs to another execution than (`attempt_id`, `worker_id`): its
+/// `attempt_id` differs, or — written by a worker without attempts (the original) — its
+/// `worker_id` is another's.
+pub fn foreign_attempt(stored: &Doc, attempt_id: &str, worker_id: &str) -> bool {
+    match str_field(stored, fields::run::ATTEMPT_ID) {
+        Some(a) if !a.is_empty() => a != attempt_id,
+        _ => str_field(stored, fields::run::WORKER_ID)
+            .is_some_and(|w| !w.is_empty() && w != worker_id),
+    }
+}
+
+/// Whether the execution that wrote `stored` still looks alive: it is executing (RUNNING or
+/// CANCELLING) and its last heartbeat is younger than `stale_after`.
+pub fn live_execution(stored: &Doc, t: f64, stale_after: f64) -> bool {
+    let executing = matches!(
+        str_field(stored, fields::run::STATUS),
+        Some(run_status::RUNNING) | Some(run_status::CANCELLING)
+    );
+    let beat = f64_field(stored, fields::run::HEARTBEAT_AT).unwrap_or(0.0);
+    executing && t - beat < stale_after
 }
 
 impl std::fmt::Display for WriteError {
@@ -50,6 +80,20 @@ impl std::fmt::Display for WriteError {
                 f,
                 "run already {}",
                 str_field(d, fields::run::STATUS).unwrap_or("terminal")
+            ),
+            WriteError::Fenced(d) => write!(
+                f,
+                "another execution owns the run now ({})",
+                str_field(d, fields::run::ATTEMPT_ID)
+                    .or(str_field(d, fields::run::WORKER_ID))
+                    .unwrap_or("?")
+            ),
+            WriteError::Busy(d) => write!(
+                f,
+                "another execution is running it ({})",
+                str_field(d, fields::run::ATTEMPT_ID)
+                    .or(str_field(d, fields::run::WORKER_ID))
+                    .unwrap_or("?")
             ),
             WriteError::Nats(e) => f.write_str(e),
         }
@@ -146,6 +190,7 @@ impl RunState {
         put(&mut d, fields::run::UPDATED_AT, json!(updated));
         put(&mut d, fields::run::ERROR, json!(self.error));
         put(&mut d, fields::run::WORKER_ID, json!(self.worker_id));
+        put(&mut d, fields::run::ATTEMPT_ID, json!(self.attempt_id));
         match &self.note {
             Some(n) => put(&mut d, "worker_note", json!(n)),
             None => {
@@ -187,10 +232,18 @@ pub fn encode(mut doc: Doc, limits: Limits) -> Vec<u8> {
 /// Writes one run's snapshots with compare-and-set, remembering the revision and document of
 /// its own last write: the next write is a single `update` at that revision, and only when
 /// someone else wrote in between (a cancel, another worker) does it read and merge again.
+///
+/// Fencing: until its first write succeeds the writer is *claiming* — it may replace another
+/// execution's snapshot only when that one is no longer live (see [`live_execution`]), else
+/// [`WriteError::Busy`]. Afterwards a stored snapshot of another execution means this one was
+/// superseded: [`WriteError::Fenced`], nothing written.
 pub struct Writer {
     store: kv::Store,
     limits: Limits,
     last: Option<(u64, Doc)>,
+    claimed: bool,
+    /// Another execution whose heartbeat is older than this is taken over (seconds).
+    stale_after: f64,
 }
 
 impl Writer {
@@ -199,7 +252,15 @@ impl Writer {
             store,
             limits,
             last: None,
+            claimed: false,
+            stale_after: f64::INFINITY,
         }
+    }
+
+    /// Sets how old another execution's heartbeat must be before a claim takes the run over.
+    pub fn stale_after(mut self, secs: f64) -> Writer {
+        self.stale_after = secs;
+        self
     }
 
     /// Starts from a stored version the caller already read.
@@ -212,6 +273,10 @@ impl Writer {
     /// was lost still gets its state recorded).
     pub async fn write(&mut self, state: &RunState, changed: bool) -> Result<Doc, WriteError> {
         if let Some((rev, stored)) = self.last.take() {
+            // The remembered document is what is stored at `rev`: judge it like a fresh read.
+            if let Some(e) = self.fence_check(&stored, state) {
+                return Err(e);
+            }
             let doc = state.merged(Some(&stored), now(), changed);
             match self
                 .store
@@ -220,6 +285,7 @@ impl Writer {
             {
                 Ok(new_rev) => {
                     self.last = Some((new_rev, doc.clone()));
+                    self.claimed = true;
                     return Ok(doc);
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
@@ -229,24 +295,26 @@ impl Writer {
         // Someone wrote in between (or nothing is remembered): read, merge with what they
         // wrote, and write at that revision.
         let limits = self.limits;
-        let mut terminal = None;
+        let mut refused = None;
         let outcome = pyoco_core::kv::modify_bounded(&self.store, &state.run_id, 30, |stored| {
             if let Some(s) = stored {
-                if run_status::is_terminal(str_field(s, fields::run::STATUS).unwrap_or("")) {
-                    terminal = Some(s.clone());
+                if let Some(e) = self.fence_check(s, state) {
+                    refused = Some(e);
                     return Decision::Keep;
                 }
             }
+            refused = None;
             let doc = state.merged(stored, now(), changed);
             let bytes = encode(doc.clone(), limits);
             Decision::WriteBytes(doc, bytes)
         })
         .await;
         match outcome {
-            Ok(_) if terminal.is_some() => Err(WriteError::Terminal(terminal.unwrap_or_default())),
+            Ok(_) if refused.is_some() => Err(refused.unwrap_or(WriteError::Nats(String::new()))),
             Ok(m) => {
                 let doc = m.doc.unwrap_or_default();
                 self.last = Some((m.revision, doc.clone()));
+                self.claimed = true;
                 Ok(doc)
             }
             Err(ModifyError::Conflict(_)) => Err(WriteError::Nats(
@@ -254,6 +322,24 @@ impl Writer {
             )),
             Err(e) => Err(WriteError::Nats(e.to_string())),
         }
+    }
+}
+
+impl Writer {
+    /// Why `stored` must not be overwritten by this execution, if it must not: it is terminal,
+    /// or it belongs to another execution (which, while claiming, is only a refusal while that
+    /// execution is live).
+    fn fence_check(&self, stored: &Doc, state: &RunState) -> Option<WriteError> {
+        if run_status::is_terminal(str_field(stored, fields::run::STATUS).unwrap_or("")) {
+            return Some(WriteError::Terminal(stored.clone()));
+        }
+        if !foreign_attempt(stored, &state.attempt_id, &state.worker_id) {
+            return None;
+        }
+        if self.claimed {
+            return Some(WriteError::Fenced(stored.clone()));
+        }
+        live_execution(stored, now(), self.stale_after).then(|| WriteError::Busy(stored.clone()))
     }
 }
 
@@ -295,6 +381,7 @@ mod tests {
             end_time: None,
             error: None,
             worker_id: "w1".into(),
+            attempt_id: "w1/1/1000".into(),
             note: None,
         }
     }
@@ -389,6 +476,52 @@ mod tests {
             (Value::Null, Value::Null)
         );
         assert_eq!(d["params"], json!({"x": 1}));
+    }
+
+    fn doc(v: Value) -> Doc {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn another_execution_is_told_by_its_attempt_or_worker_id() {
+        let ours = ("w1/1/1000", "w1");
+        let with = |v: Value| foreign_attempt(&doc(v), ours.0, ours.1);
+        assert!(!with(json!({"attempt_id": "w1/1/1000", "worker_id": "w1"})));
+        // a redelivery to the same worker is another execution
+        assert!(with(json!({"attempt_id": "w1/2/2000", "worker_id": "w1"})));
+        assert!(with(json!({"attempt_id": "w2/2/2000", "worker_id": "w2"})));
+        // written by a worker without attempts (the original): its worker id decides
+        assert!(with(json!({"worker_id": "orig-1"})));
+        assert!(!with(json!({"worker_id": "w1"})));
+        // created by a gateway: nobody's
+        assert!(!with(json!({"worker_id": null, "status": "PENDING"})));
+        assert!(!with(json!({})));
+    }
+
+    #[test]
+    fn an_execution_is_live_while_it_heartbeats() {
+        let d = |status: &str, beat: f64| doc(json!({"status": status, "heartbeat_at": beat}));
+        assert!(live_execution(&d("RUNNING", 99.0), 100.0, 3.0));
+        assert!(live_execution(&d("CANCELLING", 98.0), 100.0, 3.0));
+        assert!(
+            !live_execution(&d("RUNNING", 96.0), 100.0, 3.0),
+            "silent 4 s"
+        );
+        assert!(
+            !live_execution(&d("PENDING", 100.0), 100.0, 3.0),
+            "requeued runs are free"
+        );
+        assert!(!live_execution(
+            &doc(json!({"status": "RUNNING"})),
+            100.0,
+            3.0
+        ));
+    }
+
+    #[test]
+    fn the_snapshot_names_the_attempt() {
+        let d = state().merged(None, 10.0, true);
+        assert_eq!(d["attempt_id"], "w1/1/1000");
     }
 
     #[test]

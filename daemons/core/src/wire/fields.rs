@@ -30,6 +30,9 @@ pub mod run {
     pub const WORKER_ID: &str = "worker_id";
     /// Ours: the run timeout; the original ignores it.
     pub const TIMEOUT_SEC: &str = "timeout_sec";
+    /// Ours: which execution owns the run (`<worker_id>/<delivery>/<start ms>`), for fencing
+    /// between workers; the original ignores it.
+    pub const ATTEMPT_ID: &str = "attempt_id";
 }
 
 /// Job message (stream `PYOCO_WORK`, contract §2.5).

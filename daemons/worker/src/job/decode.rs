@@ -157,6 +157,7 @@ impl Job {
             end_time: None,
             error: None,
             worker_id: worker_id.to_string(),
+            attempt_id: String::new(),
             note: None,
         }
     }

@@ -32,6 +32,16 @@ struct Final {
     flow_name: Option<String>,
 }
 
+/// How `execute` left the run.
+enum Outcome {
+    Finished(Final),
+    /// The worker is draining: put the job back for another worker.
+    Drained,
+    /// Another execution took the run over (this one went silent past the ack wait and was
+    /// superseded): stop without writing or acknowledging.
+    Fenced,
+}
+
 impl Final {
     fn failed(error: String, kind: &str) -> Final {
         Final {
@@ -65,10 +75,18 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
 
     let mut state = job.run_state(&ctx.worker_id);
     state.start_time = Some(now());
+    state.attempt_id = format!(
+        "{}/{}/{}",
+        ctx.worker_id,
+        delivered,
+        (now() * 1000.0) as u64
+    );
     if job.workflow_yaml.is_some() && job.flow_name.is_empty() {
         state.flow_name = "main".into();
     }
-    let mut writer = snapshot::Writer::new(ctx.res.runs.clone(), ctx.limits);
+    let stale_after = stale_after(ctx);
+    let mut writer =
+        snapshot::Writer::new(ctx.res.runs.clone(), ctx.limits).stale_after(stale_after);
 
     // One read decides: already over (finished, or cancelled while pending) → not run again;
     // a cancel requested before it started (the original gateway marks a PENDING run
@@ -90,7 +108,26 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
                     state.status = run_status::CANCELLED.into();
                     state.start_time = None;
                     state.end_time = Some(now());
-                    return match writer.write(&state, true).await {
+                    let mut written = writer.write(&state, true).await;
+                    while let Err(WriteError::Busy(other)) | Err(WriteError::Fenced(other)) =
+                        &written
+                    {
+                        // A live execution has it: that one answers the cancel.
+                        match wait_out_other(ctx, &msg, &job, other, stale_after, &mut key_changes)
+                            .await
+                        {
+                            WaitEnd::Terminal => {
+                                let _ = msg.double_ack().await;
+                                return RunnerFate::Reusable(runner);
+                            }
+                            WaitEnd::Silent => written = writer.write(&state, true).await,
+                            WaitEnd::Drained => {
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                                return RunnerFate::Reusable(runner);
+                            }
+                        }
+                    }
+                    return match written {
                         Ok(_) | Err(WriteError::Terminal(_)) => {
                             tracing::info!(run_id = %job.run_id, "run was cancelled before it started; not running it");
                             let _ = msg.double_ack().await;
@@ -121,25 +158,42 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         }
     }
 
-    match writer.write(&state, true).await {
-        Ok(_) => {}
-        Err(WriteError::Terminal(stored)) => {
-            tracing::info!(run_id = %job.run_id, status = str_field(&stored, fields::run::STATUS).unwrap_or(""), "run finished before pickup; acknowledging without running");
-            let _ = msg.double_ack().await;
-            return RunnerFate::Reusable(runner);
-        }
-        Err(e) => {
-            return retry_later(
-                ctx,
-                &msg,
-                &job,
-                &mut state,
-                delivered,
-                last_delivery,
-                &e.to_string(),
-                runner,
-            )
-            .await;
+    // The claim: RUNNING under this attempt, unless another execution is live (then wait for
+    // it to end or go silent, keeping this delivery alive so the job is never lost).
+    loop {
+        match writer.write(&state, true).await {
+            Ok(_) => break,
+            Err(WriteError::Terminal(stored)) => {
+                tracing::info!(run_id = %job.run_id, status = str_field(&stored, fields::run::STATUS).unwrap_or(""), "run finished before pickup; acknowledging without running");
+                let _ = msg.double_ack().await;
+                return RunnerFate::Reusable(runner);
+            }
+            Err(WriteError::Busy(other)) | Err(WriteError::Fenced(other)) => {
+                match wait_out_other(ctx, &msg, &job, &other, stale_after, &mut key_changes).await {
+                    WaitEnd::Terminal => {
+                        let _ = msg.double_ack().await;
+                        return RunnerFate::Reusable(runner);
+                    }
+                    WaitEnd::Silent => continue,
+                    WaitEnd::Drained => {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        return RunnerFate::Reusable(runner);
+                    }
+                }
+            }
+            Err(e) => {
+                return retry_later(
+                    ctx,
+                    &msg,
+                    &job,
+                    &mut state,
+                    delivered,
+                    last_delivery,
+                    &e.to_string(),
+                    runner,
+                )
+                .await;
+            }
         }
     }
     ctx.registry.run_started(&job.run_id).await;
@@ -155,9 +209,15 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
         &mut key_changes,
     )
     .await;
-    let Some(fin) = fin else {
+    let fin = match fin {
+        Outcome::Finished(f) => f,
         // Drained: put back for another worker.
-        return requeue(ctx, &msg, &mut state, runner).await;
+        Outcome::Drained => return requeue(ctx, &msg, &mut state, runner).await,
+        Outcome::Fenced => {
+            ctx.registry.run_finished(&job.run_id, "FENCED").await;
+            *runner.current.lock().unwrap() = None;
+            return RunnerFate::Replace(runner);
+        }
     };
 
     // Terminal snapshot first, then the DLQ entry, then ACK.
@@ -185,6 +245,13 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
                 tracing::warn!(run_id = %job.run_id, status = str_field(&stored, fields::run::STATUS).unwrap_or(""), "run was already terminal at our final write; kept");
                 written = true;
                 break;
+            }
+            Err(WriteError::Fenced(other)) | Err(WriteError::Busy(other)) => {
+                // Superseded while cut off: the other execution's result is the run's.
+                let (_, runner, _) = fenced(&job, runner, &other).await;
+                ctx.registry.run_finished(&job.run_id, "FENCED").await;
+                *runner.current.lock().unwrap() = None;
+                return RunnerFate::Replace(runner);
             }
             Err(e) => {
                 tracing::warn!(run_id = %job.run_id, error = %e, err_id = "ERR-PYOCO-0003", attempt, "terminal snapshot write failed; retrying");
@@ -249,13 +316,13 @@ async fn execute(
     writer: &mut snapshot::Writer,
     mut runner: Runner,
     key_changes: &mut Option<async_nats::Subscriber>,
-) -> (Option<Final>, Runner, bool) {
+) -> (Outcome, Runner, bool) {
     *runner.current.lock().unwrap() = Some(job.run_id.clone());
     // A flow.yaml job is checked again with the policy (as the original worker does).
     if let Some(yaml) = &job.workflow_yaml {
         if let Err(e) = flow_yaml::parse_workflow_yaml(yaml.as_bytes(), true) {
             return (
-                Some(Final::failed(e.to_string(), "build_error")),
+                Outcome::Finished(Final::failed(e.to_string(), "build_error")),
                 runner,
                 true,
             );
@@ -270,7 +337,7 @@ async fn execute(
     if let Err(e) = runner.send(&request).await {
         let text = runner.exit_text().await;
         return (
-            Some(Final::failed(
+            Outcome::Finished(Final::failed(
                 format!("runner_exited: {text} ({e})"),
                 "runner_exited",
             )),
@@ -319,7 +386,7 @@ async fn execute(
                         tracing::info!(run_id = %job.run_id, task = task.as_deref().unwrap_or(""), stream = "task", "{}", truncate(text.as_deref().unwrap_or(""), 8192));
                     }
                     Event::RunFinished(f) if f.run_id.as_deref() == Some(job.run_id.as_str()) => {
-                        return (Some(Final::from_event(*f)), runner, true);
+                        return (Outcome::Finished(Final::from_event(*f)), runner, true);
                     }
                     Event::Error { kind, message, run_id } => tracing::warn!(run_id = %job.run_id, kind = kind.as_deref().unwrap_or(""), message = message.as_deref().unwrap_or(""), for_run = run_id.as_deref().unwrap_or(""), "runner reported an error"),
                     _ => {}
@@ -329,20 +396,30 @@ async fn execute(
                     tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", "runner exited during the run ({text})");
                     let mut f = Final::failed(format!("runner_exited: {text}"), "runner_exited");
                     f.tasks = Some(end_open_tasks(&state.tasks, "FAILED"));
-                    return (Some(f), runner, false);
+                    return (Outcome::Finished(f), runner, false);
                 }
             },
             _ = tokio::time::sleep_until(flush_at) => {
-                if let Ok(stored) = writer.write(state, true).await {
-                    if cancel_requested(&stored) && !cancel_sent {
+                match writer.write(state, true).await {
+                    Ok(stored) if cancel_requested(&stored) && !cancel_sent => {
                         send_cancel(&mut runner, job, &mut cancel_sent, &mut cancel_kill_at, ctx.settings.cancel_kill_after).await;
                     }
+                    Err(WriteError::Fenced(other)) => return fenced(job, runner, &other).await,
+                    _ => {}
                 }
                 dirty = false;
                 last_flush = Instant::now();
             }
             _ = tokio::time::sleep_until(next_heartbeat) => {
-                let _ = writer.write(state, false).await;
+                // A cancel written meanwhile makes this compare-and-set re-read and merge: the
+                // merged snapshot shows it even when the key subscription missed it (reconnect).
+                match writer.write(state, false).await {
+                    Ok(stored) if cancel_requested(&stored) && !cancel_sent => {
+                        send_cancel(&mut runner, job, &mut cancel_sent, &mut cancel_kill_at, ctx.settings.cancel_kill_after).await;
+                    }
+                    Err(WriteError::Fenced(other)) => return fenced(job, runner, &other).await,
+                    _ => {}
+                }
                 next_heartbeat = Instant::now() + heartbeat_every;
             }
             _ = tokio::time::sleep_until(next_progress) => {
@@ -369,23 +446,37 @@ async fn execute(
                     end_time: now(),
                     flow_name: None,
                 };
-                return (Some(f), runner, false);
+                return (Outcome::Finished(f), runner, false);
             }
             _ = tokio::time::sleep_until(timeout_deadline.unwrap_or(far)) => {
                 tracing::warn!(run_id = %job.run_id, "run timed out; killing its runner");
                 runner.kill(Duration::from_secs(2)).await;
                 let mut f = Final::failed("timeout".into(), "timeout");
                 f.tasks = Some(end_open_tasks(&state.tasks, "CANCELLED"));
-                return (Some(f), runner, false);
+                return (Outcome::Finished(f), runner, false);
             }
             _ = tokio::time::sleep_until(drain_at) => {
                 tracing::warn!(run_id = %job.run_id, "drain timeout reached; stopping the run and putting it back in the queue");
                 runner.kill(Duration::from_secs(2)).await;
-                return (None, runner, false);
+                return (Outcome::Drained, runner, false);
             }
             _ = drain.changed() => {}
         }
     }
+}
+
+/// This execution was superseded: its runner is killed (the task's side effects stop here) and
+/// nothing more is written or acknowledged; the other execution owns the run.
+async fn fenced(job: &Job, mut runner: Runner, other: &Doc) -> (Outcome, Runner, bool) {
+    tracing::warn!(
+        run_id = %job.run_id,
+        err_id = "ERR-PYOCO-0003",
+        other_attempt = str_field(other, fields::run::ATTEMPT_ID).unwrap_or(""),
+        other_worker = str_field(other, fields::run::WORKER_ID).unwrap_or(""),
+        "another execution took this run over while we were cut off; stopping ours without writing or acknowledging"
+    );
+    runner.kill(Duration::from_secs(2)).await;
+    (Outcome::Fenced, runner, false)
 }
 
 async fn next_change(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -447,6 +538,78 @@ fn apply_task_event(
             }
         }
         _ => {}
+    }
+}
+
+/// Another execution's heartbeat older than this means it is gone (killed, frozen, cut off):
+/// three run heartbeats, at least 2 s.
+fn stale_after(ctx: &JobCtx) -> f64 {
+    (3.0 * ctx.settings.run_heartbeat.as_secs_f64()).max(2.0)
+}
+
+enum WaitEnd {
+    /// The other execution ended the run.
+    Terminal,
+    /// It stopped heartbeating: claim again.
+    Silent,
+    /// This worker is draining.
+    Drained,
+}
+
+/// Waits while another, live execution runs the job: this delivery is kept alive with
+/// in-progress acks, so if that execution dies the job is still ours to run.
+async fn wait_out_other(
+    ctx: &JobCtx,
+    msg: &jetstream::Message,
+    job: &Job,
+    other: &Doc,
+    stale_after: f64,
+    key_changes: &mut Option<async_nats::Subscriber>,
+) -> WaitEnd {
+    tracing::info!(
+        run_id = %job.run_id,
+        other_attempt = str_field(other, fields::run::ATTEMPT_ID).unwrap_or(""),
+        other_worker = str_field(other, fields::run::WORKER_ID).unwrap_or(""),
+        "the run is being executed by another live execution; waiting for it to end or go silent instead of running it twice"
+    );
+    let recheck = Duration::from_secs_f64((stale_after / 2.0).max(0.5));
+    let mut next_check = Instant::now() + recheck;
+    let mut next_progress = Instant::now() + ctx.settings.ack_progress;
+    let mut drain = ctx.drain.clone();
+    loop {
+        if drain.borrow().is_some() {
+            return WaitEnd::Drained;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_progress) => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+                next_progress = Instant::now() + ctx.settings.ack_progress;
+            }
+            _ = tokio::time::sleep_until(next_check) => {
+                next_check = Instant::now() + recheck;
+                match ctx.res.runs.get(&job.run_id).await {
+                    Ok(Some(bytes)) => {
+                        let Ok(stored) = serde_json::from_slice::<Doc>(&bytes) else { return WaitEnd::Silent };
+                        if run_status::is_terminal(str_field(&stored, fields::run::STATUS).unwrap_or("")) {
+                            return WaitEnd::Terminal;
+                        }
+                        if !snapshot::live_execution(&stored, now(), stale_after) {
+                            return WaitEnd::Silent;
+                        }
+                    }
+                    Ok(None) => return WaitEnd::Silent,
+                    Err(e) => tracing::warn!(run_id = %job.run_id, error = %e, "reading the run while waiting failed; still waiting"),
+                }
+            }
+            Some(change) = next_change(key_changes) => {
+                if let Ok(stored) = serde_json::from_slice::<Doc>(&change.payload) {
+                    if run_status::is_terminal(str_field(&stored, fields::run::STATUS).unwrap_or("")) {
+                        return WaitEnd::Terminal;
+                    }
+                }
+            }
+            _ = drain.changed() => {}
+        }
     }
 }
 
