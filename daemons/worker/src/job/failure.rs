@@ -236,6 +236,11 @@ async fn handle_max_deliveries(ctx: &JobCtx, advisory: &[u8]) -> Result<(), Stri
                 if let Some(w) = str_field(s, fields::run::WORKER_ID) {
                     state.worker_id = w.to_string();
                 }
+                // A verdict on the message, not a new execution: written as the last attempt,
+                // so fencing (which refuses writes over a live execution) lets it through.
+                if let Some(a) = str_field(s, fields::run::ATTEMPT_ID) {
+                    state.attempt_id = a.to_string();
+                }
             }
             // A previous attempt may have failed the run already and then stumbled: its letter
             // is still owed. A run that ended on its own gets none.
