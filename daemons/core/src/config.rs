@@ -322,6 +322,9 @@ config_fields! {
     dlq_max_msgs: i64 = 100_000, "PYOCO_DLQ_MAX_MSGS";
     /// DLQ stream `max_bytes` (stream creation).
     dlq_max_bytes: i64 = 536_870_912, "PYOCO_DLQ_MAX_BYTES";
+    /// Replicas of the streams, buckets and object store this process creates (existing ones
+    /// are kept): 0 = 3 when the server is in a cluster of 3 or more servers, else 1; at most 5.
+    nats_replicas: i64 = 0, "PYOCO_NATS_REPLICAS", min(0.0);
     /// Size guard of run snapshots written by workers.
     max_run_snapshot_bytes: i64 = 262_144, "PYOCO_MAX_RUN_SNAPSHOT_BYTES";
     /// Size limit of submitted `flow.yaml` documents.

@@ -256,6 +256,16 @@ fn compare(
         limit(expected.max_messages_per_subject),
         limit(actual.max_messages_per_subject),
     );
+    // Fewer replicas than this process would create (an R1 stream on a cluster) loses data
+    // with a node; more is fine.
+    if actual.num_replicas.max(1) < expected.num_replicas {
+        out.push(Drift {
+            resource: resource.to_string(),
+            field: "num_replicas",
+            expected: expected.num_replicas.to_string(),
+            actual: actual.num_replicas.max(1).to_string(),
+        });
+    }
 }
 
 /// Why [`ensure_until_ready`] is still waiting, for the caller's status line and logs.
@@ -304,16 +314,41 @@ pub async fn ensure_until_ready(
     }
 }
 
+/// Replicas for what this process creates: `nats_replicas`, or with 0 (auto) 3 when the
+/// server reports a cluster of at least 3 servers (`connect_urls` lists every server's client
+/// URL), else 1 — so a cluster made by `pyococtl up/join` survives the loss of a node.
+pub fn replicas(cfg: &Config, info: &async_nats::ServerInfo) -> usize {
+    match cfg.nats_replicas {
+        n if n > 0 => n.min(5) as usize,
+        _ => {
+            let clustered = info.cluster.as_deref().is_some_and(|c| !c.is_empty());
+            if clustered && info.connect_urls.len() >= 3 {
+                3
+            } else {
+                1
+            }
+        }
+    }
+}
+
 /// Creates what is missing, reports drift of what exists, and binds the buckets.
 pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>), EnsureError> {
     let names = Names::from_config(cfg);
     let mut drift = Vec::new();
+    let r = replicas(cfg, &js.client().server_info());
+    let with_replicas = |mut c: stream::Config| {
+        c.num_replicas = r;
+        c
+    };
     let err = |resource: &str, e: &dyn std::fmt::Display| EnsureError {
         resource: resource.to_string(),
         message: e.to_string(),
     };
 
-    for expected in [work_stream_config(&names), dlq_stream_config(&names, cfg)] {
+    for expected in [
+        with_replicas(work_stream_config(&names)),
+        with_replicas(dlq_stream_config(&names, cfg)),
+    ] {
         match stream_info(js, &expected.name).await? {
             Some(info) => {
                 // The duplicate window is ours alone; an original-created stream has 2 min too.
@@ -340,12 +375,16 @@ pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>
                     max_messages: info.config.max_messages,
                     max_bytes: info.config.max_bytes,
                     retention: info.config.retention,
+                    num_replicas: r,
                     ..Default::default()
                 };
                 compare(&stream_name, &expected, &info.config, &mut drift);
             }
             None => {
-                if let Err(e) = js.create_stream(kv_stream_config(&bucket, ttl)).await {
+                if let Err(e) = js
+                    .create_stream(with_replicas(kv_stream_config(&bucket, ttl)))
+                    .await
+                {
                     if stream_info(js, &stream_name).await?.is_none() {
                         return Err(err(&stream_name, &e));
                     }
@@ -359,6 +398,7 @@ pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>
         let oc = object_store::Config {
             bucket: names.wheels_bucket.clone(),
             max_bytes: cfg.wheel_max_bytes,
+            num_replicas: r,
             ..Default::default()
         };
         if let Err(e) = js.create_object_store(oc).await {
@@ -383,4 +423,27 @@ pub async fn ensure(js: &Context, cfg: &Config) -> Result<(Resources, Vec<Drift>
         names,
     };
     Ok((resources, drift))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_follow_the_cluster_unless_set() {
+        let info = |cluster: Option<&str>, servers: usize| async_nats::ServerInfo {
+            cluster: cluster.map(str::to_string),
+            connect_urls: (0..servers).map(|i| format!("10.0.0.{i}:4222")).collect(),
+            ..Default::default()
+        };
+        let mut cfg = Config::defaults();
+        assert_eq!(replicas(&cfg, &info(None, 0)), 1, "a single server");
+        assert_eq!(replicas(&cfg, &info(Some("c"), 2)), 1, "two servers cannot keep a quorum");
+        assert_eq!(replicas(&cfg, &info(Some("c"), 3)), 3);
+        assert_eq!(replicas(&cfg, &info(Some("c"), 7)), 3);
+        cfg.nats_replicas = 2;
+        assert_eq!(replicas(&cfg, &info(None, 0)), 2);
+        cfg.nats_replicas = 9;
+        assert_eq!(replicas(&cfg, &info(Some("c"), 9)), 5, "JetStream allows at most 5");
+    }
 }
