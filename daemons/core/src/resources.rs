@@ -438,12 +438,20 @@ mod tests {
         };
         let mut cfg = Config::defaults();
         assert_eq!(replicas(&cfg, &info(None, 0)), 1, "a single server");
-        assert_eq!(replicas(&cfg, &info(Some("c"), 2)), 1, "two servers cannot keep a quorum");
+        assert_eq!(
+            replicas(&cfg, &info(Some("c"), 2)),
+            1,
+            "two servers cannot keep a quorum"
+        );
         assert_eq!(replicas(&cfg, &info(Some("c"), 3)), 3);
         assert_eq!(replicas(&cfg, &info(Some("c"), 7)), 3);
         cfg.nats_replicas = 2;
         assert_eq!(replicas(&cfg, &info(None, 0)), 2);
         cfg.nats_replicas = 9;
-        assert_eq!(replicas(&cfg, &info(Some("c"), 9)), 5, "JetStream allows at most 5");
+        assert_eq!(
+            replicas(&cfg, &info(Some("c"), 9)),
+            5,
+            "JetStream allows at most 5"
+        );
     }
 }

@@ -335,8 +335,8 @@ fn new_run(
     }
 }
 
-/// Stores the PENDING snapshot and queues the job. With an `Idempotency-Key` header, a key seen
-/// before (same tenant, within the TTL) returns the first run instead of creating another.
+/// Queues the job, then stores the PENDING snapshot. With an `Idempotency-Key` header, a key
+/// seen before (same tenant, within the TTL) returns the first run instead of creating another.
 async fn create_run(
     state: &SharedState,
     headers: &HeaderMap,
@@ -344,12 +344,12 @@ async fn create_run(
     run: NewRun,
 ) -> ApiResult<Response> {
     let res = state.res().await?;
-    let job = to_ascii_vec(&run.job_message());
+    let job_len = to_ascii_vec(&run.job_message()).len();
     let max_payload = state.client.server_info().max_payload;
-    if max_payload > 0 && job.len() > max_payload {
+    if max_payload > 0 && job_len > max_payload {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("run too large: the job message is {} bytes, above the NATS max_payload of {max_payload} bytes; send smaller params", job.len()),
+            format!("run too large: the job message is {job_len} bytes, above the NATS max_payload of {max_payload} bytes; send smaller params"),
         ));
     }
 
@@ -365,35 +365,75 @@ async fn create_run(
                 .unwrap_or("_");
             format!("{tenant}.{}", hex::encode(Sha256::digest(k.as_bytes())))
         });
+    let mut run = run;
     if let Some(key) = &idem_key {
         if let Some(existing) = claim_idempotency_key(&res.idempotency, key, &run.run_id).await? {
-            let status = match res.runs.get(existing.clone()).await {
+            match res.runs.get(existing.clone()).await {
+                Ok(Some(b)) => {
+                    let status = serde_json::from_slice::<Doc>(&b)
+                        .ok()
+                        .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string))
+                        .unwrap_or_else(|| run_status::PENDING.to_string());
+                    return Ok(Json(json!({"run_id": existing, "status": status})).into_response());
+                }
+                // The key is claimed but the run was never stored: the earlier submit is still
+                // in flight, or its publish failed. Submit again *as that run*: the same
+                // Nats-Msg-Id makes the stream drop the job if the first one got there after all.
+                Ok(None) => {
+                    tracing::info!(run_id = %existing, "retry of an unfinished submit with the same Idempotency-Key; submitting it again as the same run");
+                    run.run_id = existing;
+                }
+                Err(e) => return Err(ApiError::nats(e.kind())),
+            }
+        }
+    }
+    let job = to_ascii_vec(&run.job_message());
+
+    // The job first, then the snapshot: a run is stored only once its job is queued, so a
+    // gateway that dies (or loses NATS) half-way leaves no PENDING run without a job. A worker
+    // that is faster than the create writes the snapshot itself (from the job), and then the
+    // create below finds it. A failed publish keeps the idempotency claim: a retry with the
+    // same key resubmits the same run id instead of minting a second run whose work might
+    // run twice (the first job may have been stored with its ack lost).
+    if let Err(e) = publish_job(&res, &run.tag, &run.run_id, job).await {
+        tracing::error!(err_id = "ERR-PYOCO-0003", run_id = %run.run_id, tag = %run.tag, error = %e, "queueing the job failed");
+        return Err(ApiError::nats(e));
+    }
+    let snapshot = to_ascii_vec(&run.initial_snapshot());
+    match res.runs.create(&run.run_id, snapshot.clone().into()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            // A worker picked the job up first: its snapshot stands.
+            let status = match res.runs.get(run.run_id.clone()).await {
                 Ok(Some(b)) => serde_json::from_slice::<Doc>(&b)
                     .ok()
                     .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string)),
                 _ => None,
             }
             .unwrap_or_else(|| run_status::PENDING.to_string());
-            return Ok(Json(json!({"run_id": existing, "status": status})).into_response());
+            tracing::info!(run_id = %run.run_id, status = %status, "run submitted (picked up before its snapshot was stored)");
+            return Ok(Json(json!({"run_id": run.run_id, "status": status})).into_response());
         }
-    }
-
-    let snapshot = to_ascii_vec(&run.initial_snapshot());
-    let stored = res.runs.create(&run.run_id, snapshot.into()).await;
-    if let Err(e) = stored {
-        if let Some(key) = &idem_key {
-            let _ = res.idempotency.delete(key).await;
+        Err(e) => {
+            // The job is queued durably and will run (the worker stores the snapshot if we
+            // cannot): the submit succeeded. Keep trying to store the PENDING snapshot for a
+            // while, in the background, so the run is visible before a worker takes it.
+            tracing::warn!(err_id = "ERR-PYOCO-0003", run_id = %run.run_id, error = %e, "the job is queued but storing its snapshot failed; retrying in the background");
+            let runs = res.runs.clone();
+            let run_id = run.run_id.clone();
+            let shutdown = state.runtime.shutdown.clone();
+            state.runtime.spawn(shutdown.run_until_cancelled_owned(async move {
+                for attempt in 0..8u32 {
+                    tokio::time::sleep(Duration::from_millis(250 << attempt.min(5))).await;
+                    match runs.create(&run_id, snapshot.clone().into()).await {
+                        Ok(_) => return,
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
+                        Err(_) => {}
+                    }
+                }
+                tracing::warn!(run_id = %run_id, "gave up storing the PENDING snapshot; the worker that runs the job stores it");
+            }));
         }
-        tracing::error!(err_id = "ERR-PYOCO-0003", run_id = %run.run_id, error = %e, "storing the run snapshot failed");
-        return Err(ApiError::nats(e.kind()));
-    }
-    if let Err(e) = publish_job(&res, &run.tag, &run.run_id, job).await {
-        let _ = res.runs.delete(&run.run_id).await;
-        if let Some(key) = &idem_key {
-            let _ = res.idempotency.delete(key).await;
-        }
-        tracing::error!(err_id = "ERR-PYOCO-0003", run_id = %run.run_id, tag = %run.tag, error = %e, "queueing the job failed");
-        return Err(ApiError::nats(e));
     }
     tracing::info!(run_id = %run.run_id, flow_name = %run.flow_name, tag = %run.tag, "run submitted");
     Ok(Json(json!({"run_id": run.run_id, "status": run_status::PENDING})).into_response())

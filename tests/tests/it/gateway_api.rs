@@ -699,6 +699,48 @@ async fn idempotency_key_returns_the_first_run() {
     assert_eq!(yaml().await, yaml().await);
 }
 
+/// A submit whose publish failed keeps its Idempotency-Key claim but stored nothing (the job is
+/// queued before the snapshot). The client's retry with the same key resubmits *that* run id,
+/// so work whose first job was stored with a lost ack is not minted a second run.
+#[tokio::test]
+async fn a_retry_after_a_failed_publish_resubmits_the_same_run() {
+    use sha2::Digest as _;
+    let (nats, gw) = start().await;
+    // The state a failed publish leaves: the claim (tenant "_" without auth), no run, no job.
+    let claimed = uuid::Uuid::new_v4().to_string();
+    let js = nats.jetstream().await;
+    let idem = js.get_key_value("pyoco_idempotency").await.unwrap();
+    let key = format!("_.{}", hex::encode(sha2::Sha256::digest(b"order-77")));
+    idem.create(&key, claimed.clone().into()).await.unwrap();
+    let send = || {
+        let url = gw.url("/runs");
+        async move {
+            let r = http()
+                .post(url)
+                .header("Idempotency-Key", "order-77")
+                .json(&json!({"flow_name": "main", "tag": "revive"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let body = send().await;
+    assert_eq!(body["run_id"], json!(claimed), "{body}");
+    assert_eq!(body["status"], "PENDING");
+    let (code, run) = get_run(&gw.base_url(), &claimed, None).await;
+    assert_eq!(
+        (code, run["flow_name"].clone()),
+        (200, json!("main")),
+        "{run}"
+    );
+    // Once stored, the same key answers with the run and queues nothing more.
+    assert_eq!(send().await["run_id"], json!(claimed));
+    let mut stream = js.get_stream("PYOCO_WORK").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
 #[tokio::test]
 async fn sse_pushes_changes_with_revision_ids_and_resumes() {
     let (nats, gw) = start().await;
