@@ -34,7 +34,7 @@ struct Final {
 
 /// How `execute` left the run.
 enum Outcome {
-    Finished(Final),
+    Finished(Box<Final>),
     /// The worker is draining: put the job back for another worker.
     Drained,
     /// Another execution took the run over (this one went silent past the ack wait and was
@@ -210,7 +210,7 @@ pub async fn process(ctx: &JobCtx, msg: jetstream::Message, runner: Runner) -> R
     )
     .await;
     let fin = match fin {
-        Outcome::Finished(f) => f,
+        Outcome::Finished(f) => *f,
         // Drained: put back for another worker.
         Outcome::Drained => return requeue(ctx, &msg, &mut state, runner).await,
         Outcome::Fenced => {
@@ -322,7 +322,7 @@ async fn execute(
     if let Some(yaml) = &job.workflow_yaml {
         if let Err(e) = flow_yaml::parse_workflow_yaml(yaml.as_bytes(), true) {
             return (
-                Outcome::Finished(Final::failed(e.to_string(), "build_error")),
+                Outcome::Finished(Box::new(Final::failed(e.to_string(), "build_error"))),
                 runner,
                 true,
             );
@@ -337,10 +337,10 @@ async fn execute(
     if let Err(e) = runner.send(&request).await {
         let text = runner.exit_text().await;
         return (
-            Outcome::Finished(Final::failed(
+            Outcome::Finished(Box::new(Final::failed(
                 format!("runner_exited: {text} ({e})"),
                 "runner_exited",
-            )),
+            ))),
             runner,
             false,
         );
@@ -386,7 +386,7 @@ async fn execute(
                         tracing::info!(run_id = %job.run_id, task = task.as_deref().unwrap_or(""), stream = "task", "{}", truncate(text.as_deref().unwrap_or(""), 8192));
                     }
                     Event::RunFinished(f) if f.run_id.as_deref() == Some(job.run_id.as_str()) => {
-                        return (Outcome::Finished(Final::from_event(*f)), runner, true);
+                        return (Outcome::Finished(Box::new(Final::from_event(*f))), runner, true);
                     }
                     Event::Error { kind, message, run_id } => tracing::warn!(run_id = %job.run_id, kind = kind.as_deref().unwrap_or(""), message = message.as_deref().unwrap_or(""), for_run = run_id.as_deref().unwrap_or(""), "runner reported an error"),
                     _ => {}
@@ -396,7 +396,7 @@ async fn execute(
                     tracing::error!(run_id = %job.run_id, err_id = "ERR-PYOCO-0007", "runner exited during the run ({text})");
                     let mut f = Final::failed(format!("runner_exited: {text}"), "runner_exited");
                     f.tasks = Some(end_open_tasks(&state.tasks, "FAILED"));
-                    return (Outcome::Finished(f), runner, false);
+                    return (Outcome::Finished(Box::new(f)), runner, false);
                 }
             },
             _ = tokio::time::sleep_until(flush_at) => {
@@ -446,14 +446,14 @@ async fn execute(
                     end_time: now(),
                     flow_name: None,
                 };
-                return (Outcome::Finished(f), runner, false);
+                return (Outcome::Finished(Box::new(f)), runner, false);
             }
             _ = tokio::time::sleep_until(timeout_deadline.unwrap_or(far)) => {
                 tracing::warn!(run_id = %job.run_id, "run timed out; killing its runner");
                 runner.kill(Duration::from_secs(2)).await;
                 let mut f = Final::failed("timeout".into(), "timeout");
                 f.tasks = Some(end_open_tasks(&state.tasks, "CANCELLED"));
-                return (Outcome::Finished(f), runner, false);
+                return (Outcome::Finished(Box::new(f)), runner, false);
             }
             _ = tokio::time::sleep_until(drain_at) => {
                 tracing::warn!(run_id = %job.run_id, "drain timeout reached; stopping the run and putting it back in the queue");
