@@ -297,7 +297,8 @@ impl Clock {
     pub fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
         let s = self.state.lock().unwrap();
         if s.in_flight > 0 {
-            return (s.bodies > 0).then(|| (s.last_read + limits.idle_timeout, Expiry::BodyStalled));
+            return (s.bodies > 0)
+                .then(|| (s.last_read + limits.idle_timeout, Expiry::BodyStalled));
         }
         Some(match s.head_started {
             Some(t) => (t + limits.header_read_timeout, Expiry::HeaderRead),
