@@ -39,8 +39,9 @@ const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub async fn submit(
     State(state): State<SharedState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = params::body_bytes(body)?;
     let obj = params::json_object_body(&headers, &body)?;
     let mut errs = Errors::default();
     let flow_name = match obj.get("flow_name") {
