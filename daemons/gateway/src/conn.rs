@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::metrics::Metrics;
+
 const LOG_TARGET: &str = "pyoco_server::conn";
 /// How long a connection over the cap waits for a slot before it is answered 503.
 pub const CAP_WAIT: Duration = Duration::from_secs(1);
@@ -48,6 +51,62 @@ pub const MAX_WAITING: usize = 256;
 const REJECT_LINGER: Duration = Duration::from_millis(500);
 /// After an accept error other than a dropped connection (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Counters of the connections, shown by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    open: AtomicU64,
+    refused: AtomicU64,
+    header_read: AtomicU64,
+    idle: AtomicU64,
+    body_stalled: AtomicU64,
+}
+
+impl Stats {
+    pub fn render(&self, o: &mut String) {
+        use std::fmt::Write;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = write!(
+            o,
+            "# HELP pyoco_http_connections_open HTTP connections being served now.\n# TYPE pyoco_http_connections_open gauge\npyoco_http_connections_open {}\n\
+             # HELP pyoco_http_connections_refused_total Connections answered 503 at the connection cap (PYOCO_HTTP_MAX_CONNECTIONS).\n# TYPE pyoco_http_connections_refused_total counter\npyoco_http_connections_refused_total {}\n\
+             # HELP pyoco_http_connections_closed_total Connections closed by the gateway on a timeout, by reason.\n# TYPE pyoco_http_connections_closed_total counter\n\
+             pyoco_http_connections_closed_total{{reason=\"header_read_timeout\"}} {}\n\
+             pyoco_http_connections_closed_total{{reason=\"idle_timeout\"}} {}\n\
+             pyoco_http_connections_closed_total{{reason=\"body_stalled\"}} {}\n",
+            get(&self.open),
+            get(&self.refused),
+            get(&self.header_read),
+            get(&self.idle),
+            get(&self.body_stalled),
+        );
+    }
+
+    fn closed(&self, why: Expiry) {
+        let c = match why {
+            Expiry::HeaderRead => &self.header_read,
+            Expiry::Idle => &self.idle,
+            Expiry::BodyStalled => &self.body_stalled,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn new(m: &Arc<Metrics>) -> Open {
+        m.connections.open.fetch_add(1, Ordering::Relaxed);
+        Open(m.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The connection limits, from the settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,6 +135,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -105,6 +165,7 @@ pub async fn serve(
         let conn = Conn {
             router: router.clone(),
             limits,
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         };
         if let Ok(slot) = slots.clone().try_acquire_owned() {
@@ -126,6 +187,10 @@ pub async fn serve(
                             conn.serve(tcp, slot).await;
                         }
                         _ => {
+                            conn.metrics
+                                .connections
+                                .refused
+                                .fetch_add(1, Ordering::Relaxed);
                             refuse(tcp, &refusal).await;
                             drop(turn);
                         }
@@ -134,6 +199,7 @@ pub async fn serve(
             }
             Err(_) => {
                 // Far over the cap: no task, no wait; the answer fits the socket buffer.
+                metrics.connections.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = tcp.try_write(&refusal);
             }
         }
@@ -172,6 +238,7 @@ async fn refuse(mut tcp: TcpStream, refusal: &[u8]) {
 struct Conn {
     router: Router,
     limits: Limits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -188,6 +255,7 @@ pub enum Expiry {
 
 impl Conn {
     async fn serve(self, tcp: TcpStream, _slot: OwnedSemaphorePermit) {
+        let _open = Open::new(&self.metrics);
         let clock = Arc::new(Clock::new(Instant::now()));
         let io = TokioIo::new(Watched {
             inner: tcp,
@@ -233,6 +301,7 @@ impl Conn {
                     if let Some((at, why)) = clock.deadline(&self.limits) {
                         if at <= Instant::now() {
                             tracing::debug!(target: LOG_TARGET, reason = ?why, "closing the connection");
+                            self.metrics.connections.closed(why);
                             return; // dropping the connection closes the socket
                         }
                     }

@@ -198,6 +198,7 @@ pub async fn serve(
         listener,
         app::router(state.clone()),
         state.settings.http,
+        state.metrics.clone(),
         runtime.shutdown.clone(),
     );
     // Graceful, but bounded: a slow client must not hold the exit past systemd's stop timeout.

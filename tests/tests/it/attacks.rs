@@ -103,6 +103,21 @@ async fn wait_closed(s: &mut TcpStream, limit: Duration) -> (Option<Duration>, V
     }
 }
 
+/// The value of one metric line of `/metrics` (auth off).
+async fn metric(gw: &Gateway, series: &str) -> u64 {
+    let text = fresh_client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
 async fn keyed(method: reqwest::Method, url: &str, key: &str) -> (u16, String) {
     let r = http()
         .request(method, url)
@@ -206,6 +221,12 @@ async fn slowloris_is_cut_at_the_header_timeout() {
         );
     }
     eprintln!("worst /health during the attack: {worst:?}");
+    let cut = metric(
+        &gw,
+        "pyoco_http_connections_closed_total{reason=\"header_read_timeout\"}",
+    )
+    .await;
+    assert!(cut >= 40, "{cut} connections counted as cut");
 }
 
 /// Idle keep-alive connections and request bodies that stop halfway hold connections too:
@@ -286,6 +307,14 @@ async fn idle_and_stalled_connections_close_but_streams_do_not() {
     );
 
     let (seen, lasted) = watch.await.unwrap();
+    for reason in ["idle_timeout", "body_stalled"] {
+        let n = metric(
+            &gw,
+            &format!("pyoco_http_connections_closed_total{{reason=\"{reason}\"}}"),
+        )
+        .await;
+        assert!(n >= 1, "{reason}: {n}");
+    }
     assert_eq!(
         seen.first().map(|e| e.0.as_str()),
         Some("snapshot"),
@@ -414,6 +443,9 @@ async fn connection_flood_past_the_cap() {
     )
     .await;
     assert!(ok, "served again after the flood");
+    assert!(metric(&gw, "pyoco_http_connections_refused_total").await >= 401);
+    let open = metric(&gw, "pyoco_http_connections_open").await;
+    assert!(open <= 2, "only the metrics request itself is open: {open}");
     assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
 }
 
