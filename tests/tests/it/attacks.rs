@@ -8,6 +8,7 @@
 //! | idle keep-alive / stalled request body | closed at `PYOCO_HTTP_IDLE_TIMEOUT_SEC`; a `/watch` stream is never cut | [`idle_and_stalled_connections_close_but_streams_do_not`] |
 //! | connection flood past the cap | waits ≤ 1 s, then `503` naming `PYOCO_HTTP_MAX_CONNECTIONS`; accepted requests never 5xx; served again after | [`connection_flood_past_the_cap`] |
 //! | SSE streams configured to take every connection | refused at start | [`stream_cap_must_leave_connections_for_requests`] |
+//! | running out of file descriptors below the cap | soft `RLIMIT_NOFILE` raised at start | [`the_open_files_limit_fits_the_connection_cap`] |
 //! | 10 000 bogus API keys (+ wrong secrets for a real key id) | all 403, bounded time; the valid key stays cached and fast | [`ten_thousand_bogus_keys_do_not_thrash_the_cache`] |
 //! | revocation during in-flight verifications | refused within 1 s, never cached as valid | [`revocation_during_inflight_verifications`]; plain revocation: `gateway_auth::auth_matrix_tenants_and_revocation` |
 //! | cross-tenant reads/writes on every run endpoint and list | 404 `run not found`; lists, `/workers`, `/metrics` never show the run | [`cross_tenant_on_every_endpoint`]; `gateway_auth::auth_matrix_tenants_and_revocation`, `gateway_auth::workers_do_not_show_another_tenants_run_ids` |
@@ -31,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PEPPER: &str = "pepper-for-attacks";
+const GATEWAY_START: Duration = Duration::from_secs(30);
 
 fn addr(gw: &Gateway) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], gw.port()))
@@ -447,6 +449,37 @@ async fn connection_flood_past_the_cap() {
     let open = metric(&gw, "pyoco_http_connections_open").await;
     assert!(open <= 2, "only the metrics request itself is open: {open}");
     assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
+}
+
+/// The cap is only a cap if the gateway can open that many sockets: it raises its soft
+/// open-files limit at start (the usual soft limit, 1024, would fail accepts well below the
+/// default cap of 4096).
+#[tokio::test]
+async fn the_open_files_limit_fits_the_connection_cap() {
+    let nats = NatsServer::start().await;
+    let port = free_port();
+    // Started with the usual soft limit of 1024.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""])
+        .arg(bin_path("pyoco-server"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--nats-url", &nats.url()]);
+    scrub_pyoco_env(&mut cmd);
+    cmd.env("PYOCO_LOAD_DOTENV", "0");
+    let mut gw = Daemon::spawn("pyoco-server(ulimit 1024)", cmd);
+    wait_healthy(&mut gw, &format!("http://127.0.0.1:{port}"), GATEWAY_START).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (soft, hard) = (nums[0], nums[1]);
+    assert!(soft >= hard.min(4096 + 512), "{line}");
+    assert!(soft > 1024 || hard <= 1024, "{line}");
 }
 
 /// Watch streams each hold a connection: a stream cap at or above the connection cap would
