@@ -49,6 +49,9 @@ pub const MAX_WAITING: usize = 256;
 /// After a 503, how long the refused client's request is read (and discarded) so that closing
 /// does not reset the connection before the client has read the answer.
 const REJECT_LINGER: Duration = Duration::from_millis(500);
+/// The largest request head (431 above): hyper's default, its read buffer (~400 KiB), times
+/// the connection cap would let slow heads pin gigabytes.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// After an accept error other than a dropped connection (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -284,7 +287,9 @@ impl Conn {
                 }))
             }
         });
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_header_size(MAX_HEAD_BYTES)
+            .serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
         let mut draining = false;
         loop {
