@@ -354,6 +354,15 @@ config_fields! {
     sse_max_streams: i64 = 2000, "PYOCO_SSE_MAX_STREAMS";
     /// Gateway: open `/watch` streams at once per tenant (`api_key` mode; one pool without auth).
     sse_max_streams_per_tenant: i64 = 200, "PYOCO_SSE_MAX_STREAMS_PER_TENANT";
+    /// Gateway: a request head (request line and headers) must arrive within this many seconds
+    /// (slowloris); counted from the accept, then from a request's first byte.
+    http_header_read_timeout_sec: f64 = 10.0, "PYOCO_HTTP_HEADER_READ_TIMEOUT_SEC";
+    /// Gateway: a keep-alive connection without a request, or whose request body stalls, is
+    /// closed after this many seconds (a response in progress, e.g. `/watch`, never is).
+    http_idle_timeout_sec: f64 = 60.0, "PYOCO_HTTP_IDLE_TIMEOUT_SEC";
+    /// Gateway: HTTP connections served at once; more wait up to 1 s, then get 503. Must be
+    /// above `sse_max_streams` (every stream holds a connection).
+    http_max_connections: i64 = 4096, "PYOCO_HTTP_MAX_CONNECTIONS";
     /// Finished runs older than this are removed (0 = keep forever).
     run_retention_sec: f64 = 2_592_000.0, "PYOCO_RUN_RETENTION_SEC";
     /// KV bucket of idempotency keys.

@@ -8,11 +8,12 @@
 //! Hardened against abuse: keys that verified and keys that did not are cached apart (a flood
 //! of well-formed bogus keys fills only its own bounded map and never evicts the valid ones), at
 //! most [`MAX_CONCURRENT_KDF`] PBKDF2 runs happen at once (the rest wait their turn instead of
-//! taking every core), and an invalidation epoch keeps a verification that was in flight when a
-//! key changed from caching a result the change made stale (the revocation race).
+//! taking every core; past [`MAX_KDF_WAITING`] waiting, 503 at once), and an invalidation
+//! epoch keeps a verification that was in flight when a key changed from caching a result the
+//! change made stale (the revocation race).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -51,12 +52,27 @@ pub struct Auth {
     /// happened since it read the record.
     epoch: AtomicU64,
     kdf: tokio::sync::Semaphore,
+    /// Verifications waiting for a PBKDF2 turn.
+    kdf_waiting: AtomicUsize,
 }
 
 /// Each cache never grows past this; a full one is simply cleared (entries are cheap to redo).
 const CACHE_MAX: usize = 10_000;
 /// PBKDF2 verifications at once (200 000 iterations each: ~0.1 s of one core).
 pub const MAX_CONCURRENT_KDF: usize = 4;
+/// Verifications that may wait for a turn; more are answered 503 at once. A flood of wrong
+/// secrets for a real key id (each one a PBKDF2) then costs a newly presented valid key at
+/// most this many turns of waiting (~1.6 s), not minutes.
+pub const MAX_KDF_WAITING: usize = 64;
+
+/// Counts a verification as waiting until dropped (also when the client goes away).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn invalid() -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "invalid api key")
@@ -73,6 +89,7 @@ impl Auth {
             rejected: Mutex::default(),
             epoch: AtomicU64::new(0),
             kdf: tokio::sync::Semaphore::new(MAX_CONCURRENT_KDF),
+            kdf_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -116,7 +133,7 @@ impl Auth {
                 let pepper = self.pepper.clone();
                 let secret = secret.to_string();
                 let tenant = record.tenant_id.clone();
-                let _turn = self.kdf.acquire().await.ok();
+                let _turn = self.kdf_turn().await?;
                 let ok = tokio::task::spawn_blocking(move || {
                     apikey::verify(&record, &secret, pepper.as_deref())
                 })
@@ -130,6 +147,23 @@ impl Auth {
         };
         self.remember(digest, key_id, principal.clone(), epoch);
         principal.map(Some).ok_or_else(invalid)
+    }
+
+    /// A PBKDF2 turn, or 503 when too many verifications wait already.
+    async fn kdf_turn(&self) -> ApiResult<Option<tokio::sync::SemaphorePermit<'_>>> {
+        if let Ok(turn) = self.kdf.try_acquire() {
+            return Ok(Some(turn));
+        }
+        let waiting = Waiting(&self.kdf_waiting);
+        if self.kdf_waiting.fetch_add(1, Ordering::SeqCst) >= MAX_KDF_WAITING {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("too many api key verifications in progress ({MAX_KDF_WAITING} waiting); retry shortly"),
+            ));
+        }
+        let turn = self.kdf.acquire().await.ok();
+        drop(waiting);
+        Ok(turn)
     }
 
     /// Caches a verification made from the record as it was at `epoch`, unless a key changed
@@ -214,6 +248,30 @@ mod tests {
         assert_eq!(auth.cache.lock().unwrap().len(), 1);
         auth.invalidate("k");
         assert!(auth.cache.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn verifications_past_the_waiting_bound_are_503_at_once() {
+        let auth = std::sync::Arc::new(Auth::new(true, "X-API-Key", None, Duration::from_secs(1)));
+        let busy: Vec<_> = (0..MAX_CONCURRENT_KDF)
+            .map(|_| auth.kdf.try_acquire().unwrap())
+            .collect();
+        let mut waiters = vec![];
+        for _ in 0..MAX_KDF_WAITING {
+            let auth = auth.clone();
+            waiters.push(tokio::spawn(async move { auth.kdf_turn().await.is_ok() }));
+        }
+        while auth.kdf_waiting.load(Ordering::SeqCst) < MAX_KDF_WAITING {
+            tokio::task::yield_now().await;
+        }
+        let e = auth.kdf_turn().await.unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        drop(busy);
+        for w in waiters {
+            assert!(w.await.unwrap(), "the waiting ones get their turn");
+        }
+        assert_eq!(auth.kdf_waiting.load(Ordering::SeqCst), 0);
+        assert!(auth.kdf_turn().await.is_ok());
     }
 
     #[test]

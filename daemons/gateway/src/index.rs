@@ -232,9 +232,8 @@ impl RunIndex {
                 updated_at,
                 run_id: key.to_string(),
             });
-            let summary = Bytes::from(
-                serde_json::to_vec(&pyoco_core::wire::run_summary(&snapshot)).unwrap_or_default(),
-            );
+            let summary =
+                Bytes::from(serde_json::to_vec(&bounded_summary(&snapshot)).unwrap_or_default());
             let status = inner.intern(&status);
             let flow_name = str_field(&snapshot, fields::run::FLOW_NAME).map(|v| inner.intern(v));
             let tag = str_field(&snapshot, fields::run::TAG).map(|v| inner.intern(v));
@@ -544,6 +543,23 @@ pub async fn follow_bucket<F: Follower>(store: &kv::Store, follower: &F) -> Resu
     Ok(())
 }
 
+/// Characters of a run's `error` the index keeps for lists; `GET /runs/{id}` reads the whole
+/// snapshot from KV. Workers write the error (an exception message can be any size), and the
+/// index holds every run in memory: without a bound 10 000 runs could hold gigabytes.
+pub const MAX_SUMMARY_ERROR_CHARS: usize = 4096;
+
+/// The list summary with `error` cut to [`MAX_SUMMARY_ERROR_CHARS`] (marked as cut).
+fn bounded_summary(snapshot: &Doc) -> Doc {
+    let mut summary = pyoco_core::wire::run_summary(snapshot);
+    if let Some(serde_json::Value::String(e)) = summary.get_mut(fields::run::ERROR) {
+        if let Some((cut, _)) = e.char_indices().nth(MAX_SUMMARY_ERROR_CHARS) {
+            e.truncate(cut);
+            e.push_str("… (cut; GET /runs/{run_id} has the whole error)");
+        }
+    }
+    summary
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,6 +697,24 @@ mod tests {
         );
         assert_eq!(all(&ix, &RunFilter::default()), ["r1"]);
         assert_eq!(ix.status_counts(), [("RUNNING".to_string(), 1)]);
+    }
+
+    #[test]
+    fn the_summary_bounds_the_error() {
+        let (ix, _) = index();
+        let long = "é".repeat(MAX_SUMMARY_ERROR_CHARS * 50);
+        put(&ix, "r1", "FAILED", 1.0, 1, json!({"error": long}));
+        put(&ix, "r2", "FAILED", 1.0, 2, json!({"error": "short"}));
+        let e = str_field(&ix.get("r1").unwrap().summary_doc(), "error")
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with(&"é".repeat(MAX_SUMMARY_ERROR_CHARS)), "{e}");
+        assert!(e.ends_with("has the whole error)"), "{e}");
+        assert!(e.chars().count() < MAX_SUMMARY_ERROR_CHARS + 100);
+        assert_eq!(
+            str_field(&ix.get("r2").unwrap().summary_doc(), "error"),
+            Some("short")
+        );
     }
 
     #[test]

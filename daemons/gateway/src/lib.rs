@@ -10,12 +10,14 @@
 //!   [`metrics_route`]: the handlers.
 //! - [`index`]: the in-memory run and worker indexes fed by KV watches.
 //! - [`metrics`]: the Prometheus text.
-//! - [`server`]: bind, serve, background tasks, shutdown; [`tasks`]: the shutdown token, task
+//! - [`server`]: bind, serve, background tasks, shutdown; [`conn`]: the accept loop with the
+//!   connection cap and the header-read and idle timeouts; [`tasks`]: the shutdown token, task
 //!   tracker and registry of named supervised tasks; [`settings`]: typed settings.
 //! - [`devstack`]: `pyoco-server up --with-nats --with-worker`.
 
 pub mod app;
 pub mod auth;
+pub mod conn;
 pub mod devstack;
 pub mod error;
 pub mod index;

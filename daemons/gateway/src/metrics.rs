@@ -74,6 +74,8 @@ struct Inner {
 
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The HTTP connections (updated by [`crate::conn`] without taking the lock).
+    pub connections: crate::conn::Stats,
 }
 
 impl Default for Metrics {
@@ -87,6 +89,7 @@ impl Default for Metrics {
                 http_requests: BTreeMap::new(),
                 http_duration: BTreeMap::new(),
             }),
+            connections: crate::conn::Stats::default(),
         }
     }
 }
@@ -211,6 +214,8 @@ impl Metrics {
                 &format!("route=\"{}\"", esc(r)),
             );
         }
+        drop(m);
+        self.connections.render(o);
         out
     }
 }

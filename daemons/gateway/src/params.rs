@@ -145,6 +145,29 @@ pub fn query_bool(q: &Query, key: &str, default: bool, errs: &mut Errors) -> boo
 }
 
 /// A JSON object body the way FastAPI reads a pydantic model body.
+/// The JSON bodies' size limit (axum's default body limit, which the handlers keep).
+pub const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
+
+/// A buffered request body, or a JSON error: 413 naming the limit for an oversized one
+/// (instead of axum's plain-text rejection), 400 for a body that could not be read.
+pub fn body_bytes(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                e.status(),
+                format!("request body too large: at most {MAX_JSON_BODY} bytes"),
+            )
+        } else {
+            ApiError::new(
+                e.status(),
+                format!("invalid request body: {}", e.body_text()),
+            )
+        }
+    })
+}
+
 pub fn json_object_body(
     headers: &HeaderMap,
     body: &Bytes,

@@ -7,7 +7,6 @@
 //! indexes and the auth cache) and `retention`. The watchdog pings only while all of them are
 //! alive.
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,21 +191,23 @@ pub async fn serve(
             }
         }
     });
-    // No Nagle: small SSE frames and JSON answers go out at once instead of waiting up to
-    // 40 ms for a delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app::router(state.clone()))
-        .with_graceful_shutdown(runtime.shutdown.clone().cancelled_owned())
-        .into_future();
+    if let Some(warning) = crate::conn::raise_fd_limit(state.settings.http.max_connections) {
+        tracing::warn!(target: LOG_TARGET, "{warning}");
+    }
+    let server = crate::conn::serve(
+        listener,
+        app::router(state.clone()),
+        state.settings.http,
+        state.metrics.clone(),
+        runtime.shutdown.clone(),
+    );
     // Graceful, but bounded: a slow client must not hold the exit past systemd's stop timeout.
     let drained = async {
         runtime.shutdown.cancelled().await;
         tokio::time::sleep(HTTP_DRAIN).await;
     };
     let served = tokio::select! {
-        r = server => r.map_err(anyhow::Error::from),
+        () = server => Ok(()),
         _ = drained => {
             tracing::warn!(target: LOG_TARGET, drain_sec = HTTP_DRAIN.as_secs(), "open HTTP requests did not finish in time; closing them");
             Ok(())

@@ -29,8 +29,77 @@ pub struct GatewaySettings {
     /// Passed as seconds to core's worker normalization, which compares it the way the
     /// original does (a plain float comparison, negative values included).
     pub worker_disconnect_timeout_sec: f64,
+<<<<<<< HEAD
     /// `PYOCO_CALLABLE_ALLOW`: what a submitted flow.yaml's callables may name.
     pub callable_allow: CallableAllow,
+=======
+    /// The HTTP connection limits (header-read and idle timeouts, connection cap).
+    pub http: crate::conn::Limits,
+}
+
+/// Bounds of the HTTP limits: below, the gateway would refuse honest clients on a slow link;
+/// above, the limit no longer protects anything.
+const HEADER_READ_TIMEOUT_RANGE: (f64, f64) = (0.1, 600.0);
+const IDLE_TIMEOUT_RANGE: (f64, f64) = (0.1, 86_400.0);
+const MAX_CONNECTIONS_RANGE: (i64, i64) = (1, 1_000_000);
+
+fn bounded_seconds(
+    name: &'static str,
+    value: f64,
+    (lo, hi): (f64, f64),
+    fix: &'static str,
+) -> Result<Duration, SettingsError> {
+    if !(lo..=hi).contains(&value) {
+        return Err(SettingsError {
+            name,
+            env: env_var_of(name).unwrap_or(""),
+            value: format!("{value:?}"),
+            reason: "out of range",
+            fix,
+        });
+    }
+    seconds(name, value)
+}
+
+fn http_limits(cfg: &Config) -> Result<crate::conn::Limits, SettingsError> {
+    let header_read_timeout = bounded_seconds(
+        "http_header_read_timeout_sec",
+        cfg.http_header_read_timeout_sec,
+        HEADER_READ_TIMEOUT_RANGE,
+        "use 0.1 to 600 seconds (default 10)",
+    )?;
+    let idle_timeout = bounded_seconds(
+        "http_idle_timeout_sec",
+        cfg.http_idle_timeout_sec,
+        IDLE_TIMEOUT_RANGE,
+        "use 0.1 to 86400 seconds (default 60)",
+    )?;
+    let max = cfg.http_max_connections;
+    let err = |reason, fix| SettingsError {
+        name: "http_max_connections",
+        env: env_var_of("http_max_connections").unwrap_or(""),
+        value: max.to_string(),
+        reason,
+        fix,
+    };
+    if !(MAX_CONNECTIONS_RANGE.0..=MAX_CONNECTIONS_RANGE.1).contains(&max) {
+        return Err(err("out of range", "use 1 to 1000000 (default 4096)"));
+    }
+    // Every open /watch stream holds a connection: with streams allowed up to the connection
+    // cap, streams could take every connection, ordinary requests would wait for a slot and
+    // the stream limit's clear 429 would never be reached.
+    if cfg.sse_max_streams >= max {
+        return Err(err(
+            "not above PYOCO_SSE_MAX_STREAMS (every watch stream holds a connection, so streams could take them all)",
+            "raise PYOCO_HTTP_MAX_CONNECTIONS above PYOCO_SSE_MAX_STREAMS (the difference is what stays for other requests) or lower PYOCO_SSE_MAX_STREAMS",
+        ));
+    }
+    Ok(crate::conn::Limits {
+        header_read_timeout,
+        idle_timeout,
+        max_connections: max as usize,
+    })
+>>>>>>> gwlimits
 }
 
 /// Seconds → Duration. Negative values mean "none" (0), as the gateway always treated them;
@@ -57,6 +126,7 @@ impl GatewaySettings {
             auth_cache_ttl: seconds("auth_cache_ttl_sec", cfg.auth_cache_ttl_sec)?,
             run_retention: (!retention.is_zero()).then_some(retention),
             worker_disconnect_timeout_sec: cfg.worker_disconnect_timeout_sec,
+<<<<<<< HEAD
             callable_allow: CallableAllow::parse(&cfg.callable_allow).map_err(|_| SettingsError {
                 name: "callable_allow",
                 env: "PYOCO_CALLABLE_ALLOW",
@@ -64,6 +134,9 @@ impl GatewaySettings {
                 reason: "not a comma-separated list of module prefixes (a.b), callables (a.b:func) or *",
                 fix: "PYOCO_CALLABLE_ALLOW=mycorp.tasks,other_mod:func",
             })?,
+=======
+            http: http_limits(cfg)?,
+>>>>>>> gwlimits
         })
     }
 }
@@ -100,6 +173,52 @@ mod tests {
         assert_eq!(
             GatewaySettings::from_config(&c).unwrap().run_retention,
             Some(Duration::from_millis(250))
+        );
+    }
+
+    #[test]
+    fn http_limits_default_and_bounds() {
+        let s = GatewaySettings::from_config(&Config::defaults()).unwrap();
+        assert_eq!(
+            s.http,
+            crate::conn::Limits {
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 4096,
+            }
+        );
+        let mut c = Config::defaults();
+        for bad in [0.0, -1.0, 601.0, f64::NAN] {
+            c.http_header_read_timeout_sec = bad;
+            let e = GatewaySettings::from_config(&c).unwrap_err();
+            assert_eq!(e.env, "PYOCO_HTTP_HEADER_READ_TIMEOUT_SEC", "{bad}");
+        }
+        c = Config::defaults();
+        c.http_idle_timeout_sec = 0.0;
+        assert_eq!(
+            GatewaySettings::from_config(&c).unwrap_err().env,
+            "PYOCO_HTTP_IDLE_TIMEOUT_SEC"
+        );
+        c = Config::defaults();
+        c.http_max_connections = 0;
+        assert_eq!(
+            GatewaySettings::from_config(&c).unwrap_err().env,
+            "PYOCO_HTTP_MAX_CONNECTIONS"
+        );
+        // The stream cap must stay below the connection cap.
+        c.http_max_connections = 2000;
+        let msg = GatewaySettings::from_config(&c).unwrap_err().to_string();
+        assert!(
+            msg.contains("PYOCO_HTTP_MAX_CONNECTIONS") && msg.contains("PYOCO_SSE_MAX_STREAMS"),
+            "{msg}"
+        );
+        c.sse_max_streams = 1999;
+        assert_eq!(
+            GatewaySettings::from_config(&c)
+                .unwrap()
+                .http
+                .max_connections,
+            2000
         );
     }
 

@@ -149,8 +149,9 @@ pub async fn patch(
     State(state): State<SharedState>,
     headers: HeaderMap,
     Path(worker_id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = params::body_bytes(body)?;
     let obj = params::json_object_body(&headers, &body)?;
     let hidden = match obj.get("hidden") {
         None => {

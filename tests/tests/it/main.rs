@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link instead of one per file): each module is a former
 //! test file. Run one group with a path filter, e.g. `cargo test -p pyoco-tests --test it gateway_api::`.
 
+mod attacks;
 mod callable_policy;
 mod ctl_admin;
 mod ctl_ops;
