@@ -29,10 +29,8 @@ pub struct GatewaySettings {
     /// Passed as seconds to core's worker normalization, which compares it the way the
     /// original does (a plain float comparison, negative values included).
     pub worker_disconnect_timeout_sec: f64,
-<<<<<<< HEAD
     /// `PYOCO_CALLABLE_ALLOW`: what a submitted flow.yaml's callables may name.
     pub callable_allow: CallableAllow,
-=======
     /// The HTTP connection limits (header-read and idle timeouts, connection cap).
     pub http: crate::conn::Limits,
 }
@@ -99,7 +97,6 @@ fn http_limits(cfg: &Config) -> Result<crate::conn::Limits, SettingsError> {
         idle_timeout,
         max_connections: max as usize,
     })
->>>>>>> gwlimits
 }
 
 /// Seconds → Duration. Negative values mean "none" (0), as the gateway always treated them;
@@ -126,7 +123,6 @@ impl GatewaySettings {
             auth_cache_ttl: seconds("auth_cache_ttl_sec", cfg.auth_cache_ttl_sec)?,
             run_retention: (!retention.is_zero()).then_some(retention),
             worker_disconnect_timeout_sec: cfg.worker_disconnect_timeout_sec,
-<<<<<<< HEAD
             callable_allow: CallableAllow::parse(&cfg.callable_allow).map_err(|_| SettingsError {
                 name: "callable_allow",
                 env: "PYOCO_CALLABLE_ALLOW",
@@ -134,9 +130,7 @@ impl GatewaySettings {
                 reason: "not a comma-separated list of module prefixes (a.b), callables (a.b:func) or *",
                 fix: "PYOCO_CALLABLE_ALLOW=mycorp.tasks,other_mod:func",
             })?,
-=======
             http: http_limits(cfg)?,
->>>>>>> gwlimits
         })
     }
 }
