@@ -269,16 +269,6 @@ pub async fn submit_yaml(
             "workflow too large",
         ));
     }
-    if let Some(at) = too_deep(&workflow) {
-        tracing::info!(
-            err_id = "ERR-PYOCO-0002",
-            reason = "too_deep",
-            "invalid workflow yaml"
-        );
-        return Err(ApiError::unprocessable(format!(
-            "invalid workflow yaml: too_deep: flow.yaml nests brackets more than {MAX_YAML_NESTING} levels deep (at byte {at}); flatten it"
-        )));
-    }
     let parsed = flow_yaml::parse_workflow_yaml(&workflow, true).map_err(|e| {
         tracing::info!(err_id = "ERR-PYOCO-0002", reason = %e.code, "invalid workflow yaml");
         ApiError::unprocessable(format!("invalid workflow yaml: {e}"))
@@ -318,30 +308,6 @@ pub async fn submit_yaml(
         None,
     );
     create_run(&state, &headers, &principal, run).await
-}
-
-/// Far above the parser's own recursion limit (128), so no document it accepts is refused.
-const MAX_YAML_NESTING: usize = 1000;
-
-/// Where `[`/`{` nesting first exceeds [`MAX_YAML_NESTING`], counted without regard to quotes
-/// (so only ever too lenient). The YAML scanner is quadratic in flow-collection depth: a
-/// 256 KiB document of brackets kept a core busy for seconds (a minute in a debug build)
-/// before the recursion limit refused it.
-fn too_deep(raw: &[u8]) -> Option<usize> {
-    let mut depth = 0usize;
-    for (i, b) in raw.iter().enumerate() {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_YAML_NESTING {
-                    return Some(i);
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    None
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -8,8 +8,10 @@
 //! `unknown_flow_keys`, `missing_flow_graph`, `invalid_flow_defaults`, `invalid_tasks`,
 //! `invalid_task_name`, `invalid_task_config`, `unknown_task_keys`, `invalid_task_callable`,
 //! `invalid_task_inputs`, `invalid_task_outputs`, `invalid_runtime`, `unknown_runtime_keys`,
-//! `invalid_runtime_expose_env`, `invalid_version`. One code is ours alone:
-//! `unserializable_flow_defaults` (see below).
+//! `invalid_runtime_expose_env`, `invalid_version`. Two codes are ours alone:
+//! `unserializable_flow_defaults` (see below) and `too_deep` (brackets nested more than 1000
+//! levels, refused before the YAML scanner, which is quadratic in that depth), checked right
+//! after `invalid_utf8`.
 //!
 //! # YAML semantics
 //!

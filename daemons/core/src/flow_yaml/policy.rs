@@ -18,6 +18,30 @@ pub const ALLOWED_TASK_KEYS: [&str; 3] = ["callable", "inputs", "outputs"];
 /// Keys allowed under `runtime`.
 pub const ALLOWED_RUNTIME_KEYS: [&str; 1] = ["expose_env"];
 
+/// Far above the parser's own recursion limit (128), so no document it accepts is refused.
+const MAX_YAML_NESTING: usize = 1000;
+
+/// Where `[`/`{` nesting first exceeds [`MAX_YAML_NESTING`], counted without regard to quotes
+/// (so a string full of brackets can count too: 1000 unclosed ones is no real flow.yaml). The YAML scanner is quadratic in flow-collection depth: a
+/// 256 KiB document of brackets kept a core busy for seconds (a minute in a debug build)
+/// before the recursion limit refused it.
+fn too_deep(raw: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, b) in raw.iter().enumerate() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_YAML_NESTING {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Apply the flow.yaml policy to `raw` (contract §4). With `require_flow = false` a file
 /// without `flow` (or with `flow: null`) is accepted, with an empty `graph` and `defaults`.
 pub fn parse_workflow_yaml(
@@ -38,6 +62,16 @@ pub fn parse_workflow_yaml(
         )
     })?;
 
+    // Before the scanner, which is quadratic in bracket depth (jobs from any gateway reach the
+    // worker's copy of this check, so the bound lives here).
+    if let Some(at) = too_deep(raw) {
+        return Err(YamlPolicyError::new(
+            "too_deep",
+            format!(
+                "flow.yaml nests brackets more than {MAX_YAML_NESTING} levels deep (at byte {at}); flatten it"
+            ),
+        ));
+    }
     let root = safe_load(text).map_err(|e| {
         YamlPolicyError::new("invalid_yaml", format!("flow.yaml is not valid YAML: {e}"))
     })?;
@@ -361,6 +395,32 @@ fn py_int(v: &Py) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::super::EXAMPLE_FLOW_YAML;
+
+    #[test]
+    fn brackets_nested_too_deep_are_refused_before_parsing() {
+        let deep = format!(
+            "flow: {{graph: a, defaults: {{x: {}1{}}}}}\n",
+            "[".repeat(1001),
+            "]".repeat(1001)
+        );
+        let t = std::time::Instant::now();
+        let e = parse_workflow_yaml(deep.as_bytes(), true).unwrap_err();
+        assert_eq!(e.code, "too_deep", "{e}");
+        assert!(e.detail.contains("1000 levels"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_millis(200));
+        // within the bound the parser's own limit (128) answers as before
+        let nested = format!(
+            "flow: {{graph: a, defaults: {{x: {}1{}}}}}\n",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(
+            parse_workflow_yaml(nested.as_bytes(), true)
+                .unwrap_err()
+                .code,
+            "invalid_yaml"
+        );
+    }
     use super::*;
     use serde_json::{json, Value};
 
