@@ -37,6 +37,8 @@ pub struct Plan {
     secrets: Vec<String>,
     /// Warnings to print before starting (e.g. --insecure).
     pub warnings: Vec<String>,
+    /// A one-node store to carry over between the open and the secured layout: (from, to).
+    pub store_move: Option<(PathBuf, PathBuf)>,
 }
 
 impl Plan {
@@ -374,6 +376,74 @@ fn check_sys_user(a: &UpArgs, user: &str) -> CtlResult<()> {
     Ok(())
 }
 
+/// nats-server keeps JetStream data per account: the open layout's in `jetstream/$G`, the
+/// secured one's in `jetstream/PYOCO`. A one-node store is carried over by renaming that
+/// directory (the streams hold no account name); a cluster's cannot be (its meta group records
+/// the accounts), so `up` refuses rather than start on an empty account with the data hidden.
+fn store_move(
+    a: &UpArgs,
+    datafolder: &Path,
+    generated: bool,
+    secured: bool,
+    yaml: Option<&bootstrap_yaml::BootstrapYaml>,
+) -> CtlResult<Option<(PathBuf, PathBuf)>> {
+    if !generated {
+        return Ok(None);
+    }
+    let js = datafolder.join("jetstream");
+    let app = yaml
+        .map(|y| y.app_account.name.as_str())
+        .unwrap_or(secure::APP_ACCOUNT);
+    // The open layouts keep the data in `$G` (no accounts) or `APP` (0.0.9's --sys-user).
+    let candidates: Vec<&str> = if secured {
+        vec!["$G", "APP"]
+    } else {
+        vec![
+            secure::APP_ACCOUNT,
+            if a.sys_user.is_some() { "$G" } else { "APP" },
+        ]
+    };
+    let target = if secured {
+        app
+    } else if a.sys_user.is_some() {
+        "APP"
+    } else {
+        "$G"
+    };
+    let to = js.join(target);
+    let has_streams = |d: &Path| {
+        std::fs::read_dir(d.join("streams"))
+            .map(|mut e| e.next().is_some())
+            .unwrap_or(false)
+    };
+    let Some(from) = candidates
+        .iter()
+        .filter(|c| **c != target)
+        .map(|c| js.join(c))
+        .find(|d| has_streams(d))
+    else {
+        return Ok(None);
+    };
+    if has_streams(&to) {
+        return Ok(None);
+    }
+    if a.cluster.is_some() {
+        return Err(CtlError::new(
+            exit::ERROR,
+            format!(
+                "the JetStream store {} holds the {} layout's streams (account {}), which the {} layout cannot see, and a cluster's store cannot be moved between accounts\n- fix: start this node as before ({}), `pyococtl backup --dir DIR` with credentials that reach the data, stop it, start it {}, then `pyococtl restore --confirm --input DIR` as pyoco-admin",
+                js.display(),
+                if secured { "open" } else { "secured" },
+                from.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                if secured { "secured" } else { "open" },
+                if secured { "with --insecure" } else { "without --insecure" },
+                if secured { "without --insecure" } else { "with --insecure" },
+            ),
+        ));
+    }
+    Ok(Some((from, to)))
+}
+
 pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
     let cmd = if join { "join" } else { "up" };
     // nats-bootstrap 0.1.0's bootstrap.yaml: its values fill in the flags.
@@ -498,6 +568,7 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
     let generated = a.nats_config.is_none() && (a.cluster.is_some() || raw.is_empty());
     let secured = generated && !a.insecure;
     let mut warnings = Vec::new();
+    let store_move = store_move(a, &datafolder, generated, secured, yaml.as_ref())?;
     if a.insecure && generated {
         warnings.push("warning: --insecure: this NATS accepts anonymous clients with full access (client and route ports, monitoring on all interfaces); use it only while migrating, then restart without --insecure".to_string());
     }
@@ -655,6 +726,7 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         auth,
         secrets,
         warnings,
+        store_move,
     })
 }
 
@@ -729,6 +801,28 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
                     p.pid_file.display()
                 ),
             ));
+        }
+    }
+    if let Some((from, to)) = &p.store_move {
+        if a.dry_run {
+            eprintln!(
+                "up: would move the JetStream store {} to {} (the streams of the other layout's account)",
+                from.display(),
+                to.display()
+            );
+        } else {
+            std::fs::rename(from, to).map_err(|e| {
+                CtlError::new(
+                    exit::ERROR,
+                    format!("cannot move {} to {}: {e}", from.display(), to.display()),
+                )
+            })?;
+            eprintln!(
+                "up: moved the JetStream store {} to {}: the streams of the {} layout stay visible",
+                from.display(),
+                to.display(),
+                if p.auth.is_some() { "open" } else { "secured" }
+            );
         }
     }
     std::fs::create_dir_all(&p.datafolder).map_err(|e| {

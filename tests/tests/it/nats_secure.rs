@@ -936,3 +936,99 @@ async fn the_originals_gateway_serves_with_the_gateway_role() {
     let v = node.violations();
     assert!(v.is_empty(), "permission violations: {v:#?}");
 }
+
+#[tokio::test]
+async fn a_one_node_store_moves_between_the_open_and_the_secured_layout() {
+    // nats-server keeps JetStream data per account ($G open, PYOCO secured): restarting a node
+    // in the other layout carries its streams over instead of hiding them.
+    let d = TestDir::new("secure-migrate");
+    let data = s(&d.join("data"));
+    let (port, monitor) = (free_port(), free_port());
+    let (p, m, bin) = (port.to_string(), monitor.to_string(), nats_bin());
+    let url = format!("nats://127.0.0.1:{port}");
+    let start = |insecure: bool| {
+        let mut args = vec![
+            "up",
+            "--nats-server-path",
+            bin.as_str(),
+            "--datafolder",
+            data.as_str(),
+            "--client-port",
+            p.as_str(),
+            "--http-port",
+            m.as_str(),
+        ];
+        if insecure {
+            args.push("--insecure");
+        }
+        spawn_workspace_bin("pyococtl", &args, &[])
+    };
+    let stop = || async {
+        expect_code(
+            &ctl(&["down", "--confirm", "--datafolder", &data], &[]).await,
+            0,
+        );
+    };
+    let auth_dir = s(&d.join("data").join("auth"));
+    let open_env = [("PYOCO_NATS_URL", url.as_str())];
+    let admin_env = [
+        ("PYOCO_NATS_URL", url.as_str()),
+        ("PYOCO_CREDENTIALS_DIR", auth_dir.as_str()),
+    ];
+
+    let mut node = start(true);
+    wait_healthz(monitor, &node).await;
+    let out = ctl(&["key", "create", "--tenant", "acme"], &open_env).await;
+    let key: Value = serde_json::from_str(expect_code(&out, 0).stdout_text().trim()).unwrap();
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    stop().await;
+    node.wait_exit(Duration::from_secs(10)).await;
+
+    let mut node = start(false);
+    wait_healthz(monitor, &node).await;
+    assert!(
+        node.log_text().contains("up: moved the JetStream store"),
+        "{}",
+        node.log_tail(20)
+    );
+    let out = ctl(&["key", "list"], &admin_env).await;
+    assert!(
+        expect_code(&out, 0).stdout_text().contains(&key_id),
+        "the open layout's key is there, secured: {}",
+        out.stdout_text()
+    );
+    stop().await;
+    node.wait_exit(Duration::from_secs(10)).await;
+
+    let node = start(true);
+    wait_healthz(monitor, &node).await;
+    let out = ctl(&["key", "list"], &open_env).await;
+    assert!(
+        expect_code(&out, 0).stdout_text().contains(&key_id),
+        "and back with --insecure: {}",
+        out.stdout_text()
+    );
+
+    // A cluster member's store cannot be moved: refused, with the backup/restore way.
+    let member = d.join("member");
+    std::fs::create_dir_all(member.join("jetstream/$G/streams/KV_pyoco_runs")).unwrap();
+    let out = ctl(
+        &[
+            "up",
+            "--cluster",
+            "c",
+            "--datafolder",
+            &s(&member),
+            "--nats-server-path",
+            &bin,
+            "--dry-run",
+        ],
+        &[],
+    )
+    .await;
+    let err = expect_code(&out, 1).stderr_text();
+    assert!(
+        err.contains("cannot be moved") && err.contains("pyococtl backup"),
+        "{err}"
+    );
+}
