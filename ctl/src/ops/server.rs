@@ -39,6 +39,8 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// A one-node store to carry over between the open and the secured layout: (from, to).
     pub store_move: Option<(PathBuf, PathBuf)>,
+    /// The application account the role users are in.
+    pub app_account: String,
 }
 
 impl Plan {
@@ -727,6 +729,10 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         secrets,
         warnings,
         store_move,
+        app_account: yaml
+            .as_ref()
+            .map(|y| y.app_account.name.clone())
+            .unwrap_or_else(|| secure::APP_ACCOUNT.to_string()),
     })
 }
 
@@ -889,7 +895,7 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
             secure::GATEWAY.user,
             secure::WORKER.user,
             secure::ADMIN.user,
-            secure::APP_ACCOUNT,
+            p.app_account,
             dir.display()
         );
     }
