@@ -325,11 +325,20 @@ mod tests {
         let e = load(&bad).unwrap_err().message;
         assert!(e.contains("unknown key `pw` in `system_account`"), "{e}");
         let bad = write(&dir, "b3.yaml", "cluster: demo\ndatafolder: d\nclient_port: 70000\nsystem_account: {name: SYS, user: s, password_env: A}\napp_account: {name: APP, user: a, password_env: B}\n");
-        assert!(load(&bad).unwrap_err().message.contains("`client_port` is 70000"));
+        assert!(load(&bad)
+            .unwrap_err()
+            .message
+            .contains("`client_port` is 70000"));
         let bad = write(&dir, "b4.yaml", "datafolder: d\n");
-        assert!(load(&bad).unwrap_err().message.contains("`cluster` is required"));
+        assert!(load(&bad)
+            .unwrap_err()
+            .message
+            .contains("`cluster` is required"));
         let bad = write(&dir, "b5.yaml", "cluster: demo\ndatafolder: d\nsystem_account: {name: X, user: s, password_env: A}\napp_account: {name: X, user: a, password_env: 1B}\n");
-        assert!(load(&bad).unwrap_err().message.contains("not an identifier"));
+        assert!(load(&bad)
+            .unwrap_err()
+            .message
+            .contains("not an identifier"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

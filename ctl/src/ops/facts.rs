@@ -224,7 +224,9 @@ async fn gateway_health(base: &str) -> Result<Value, String> {
 
 fn loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What an anonymous client gets at the configured URL: (a) accepted by a NATS listening
@@ -297,7 +299,8 @@ fn local_config_check(a: &CheckArgs, r: &mut Report) {
     let secured = text.contains("accounts:") || text.contains("authorization");
     let loopback_only = text.lines().any(|l| {
         let l = l.trim();
-        l.starts_with("host:") && loopback_host(l.trim_start_matches("host:").trim().trim_matches('"'))
+        l.starts_with("host:")
+            && loopback_host(l.trim_start_matches("host:").trim().trim_matches('"'))
     }) && !text.contains("cluster {");
     r.lines.push(format!(
         "nats-config: {} ({})",

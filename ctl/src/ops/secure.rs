@@ -368,10 +368,7 @@ pub fn worker_permissions(n: &Names) -> Permissions {
             format!("$JS.API.CONSUMER.INFO.{work}.*"),
             "look its consumer up",
         ),
-        (
-            format!("$JS.API.CONSUMER.MSG.NEXT.{work}.*"),
-            "pull jobs",
-        ),
+        (format!("$JS.API.CONSUMER.MSG.NEXT.{work}.*"), "pull jobs"),
         (
             format!("$JS.ACK.{work}.>"),
             "ack, nak, in-progress and term of its jobs",
@@ -414,12 +411,18 @@ pub fn worker_permissions(n: &Names) -> Permissions {
             format!("$JS.API.CONSUMER.DELETE.{runs}.*"),
             "end a watch's consumer",
         ),
-        (format!("$JS.FC.{runs}.>"), "flow-control replies of watches"),
+        (
+            format!("$JS.FC.{runs}.>"),
+            "flow-control replies of watches",
+        ),
         (
             format!("{}.>", n.dlq_subject_prefix),
             "publish dead letters",
         ),
-        (format!("$JS.API.DIRECT.GET.{wheels}"), "read wheel metadata"),
+        (
+            format!("$JS.API.DIRECT.GET.{wheels}"),
+            "read wheel metadata",
+        ),
         (
             format!("$JS.API.DIRECT.GET.{wheels}.>"),
             "read wheel metadata by name",
@@ -542,8 +545,18 @@ pub fn accounts_text(
         }
         l.push("      }".to_string());
     };
-    user(&mut l, GATEWAY.user, &q(&c.gateway), Some(gateway_permissions(n)));
-    user(&mut l, WORKER.user, &q(&c.worker), Some(worker_permissions(n)));
+    user(
+        &mut l,
+        GATEWAY.user,
+        &q(&c.gateway),
+        Some(gateway_permissions(n)),
+    );
+    user(
+        &mut l,
+        WORKER.user,
+        &q(&c.worker),
+        Some(worker_permissions(n)),
+    );
     // The admin (pyococtl key/dlq/backup/restore) may do everything inside the account.
     user(&mut l, ADMIN.user, &q(&c.admin), None);
     for (u, pw) in app_extra {
@@ -607,7 +620,13 @@ mod tests {
             let p = dir.join(r.file);
             assert_eq!(mode(&p), 0o600, "{}", p.display());
             let pw = read_password(&p).unwrap();
-            assert!(pw.len() >= 32 && pw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{pw}");
+            assert!(
+                pw.len() >= 32
+                    && pw
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "{pw}"
+            );
         }
         std::fs::write(dir.join(ADMIN.file), "operator-chosen-password\n").unwrap();
         std::fs::remove_file(dir.join(WORKER.file)).unwrap();
@@ -619,7 +638,11 @@ mod tests {
         assert!(!format!("{c:?}").contains("operator-chosen"));
         std::fs::write(dir.join(ADMIN.file), "short\n").unwrap();
         let e = load_or_create(&dir).unwrap_err();
-        assert!(e.message.contains("admin.password") && e.message.contains("fewer than 16"), "{}", e.message);
+        assert!(
+            e.message.contains("admin.password") && e.message.contains("fewer than 16"),
+            "{}",
+            e.message
+        );
         std::fs::write(dir.join(ADMIN.file), "$2a$11$abcdefghijklmnopqrstuv\n").unwrap();
         assert!(load_or_create(&dir).unwrap_err().message.contains("bcrypt"));
         let _ = std::fs::remove_dir_all(&base);
@@ -631,7 +654,10 @@ mod tests {
             route_with_credentials("nats://10.0.0.1:6222", "a/b:c"),
             "nats://pyoco-route:a%2Fb%3Ac@10.0.0.1:6222"
         );
-        assert_eq!(route_with_credentials("nats://u:p@h:1", "x"), "nats://u:p@h:1");
+        assert_eq!(
+            route_with_credentials("nats://u:p@h:1", "x"),
+            "nats://u:p@h:1"
+        );
     }
 
     #[test]

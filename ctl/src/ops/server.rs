@@ -207,6 +207,9 @@ fn listen_and_routes(a: &UpArgs) -> (String, Vec<String>) {
     (listen, routes)
 }
 
+/// A secured configuration: its text, (credentials directory, files created), the secrets in it.
+type SecureText = (String, (PathBuf, Vec<PathBuf>), Vec<String>);
+
 /// What the secured layout needs besides the flags.
 struct SecureInputs<'a> {
     creds: &'a secure::Credentials,
@@ -226,7 +229,8 @@ fn secure_conf(
     s: &SecureInputs,
 ) -> CtlResult<String> {
     let mut lines = vec![
-        "# Written by `pyococtl up` at every start; edit the command line, not this file.".to_string(),
+        "# Written by `pyococtl up` at every start; edit the command line, not this file."
+            .to_string(),
         "# It holds passwords (from the --auth-dir files): mode 0600.".to_string(),
     ];
     if let Some(n) = server_name {
@@ -265,8 +269,13 @@ fn secure_conf(
             ("app_account", &y.app_account.user),
             ("system_account", &y.system_account.user),
         ] {
-            if [secure::GATEWAY.user, secure::WORKER.user, secure::ADMIN.user, secure::ROUTE.user]
-                .contains(&user.as_str())
+            if [
+                secure::GATEWAY.user,
+                secure::WORKER.user,
+                secure::ADMIN.user,
+                secure::ROUTE.user,
+            ]
+            .contains(&user.as_str())
             {
                 return Err(usage(format!(
                     "--bootstrap-config {}: {label}.user {user:?} is one of pyococtl's role users\n- fix: give the nats-bootstrap user another name",
@@ -311,7 +320,9 @@ fn secure_conf(
         if let Some(adv) = s.yaml.and_then(|y| y.advertise_cluster.as_deref()) {
             lines.push(format!("  advertise: {}", q(adv)));
         }
-        lines.push("  # Only members knowing the route password may connect as a route.".to_string());
+        lines.push(
+            "  # Only members knowing the route password may connect as a route.".to_string(),
+        );
         lines.push(format!(
             "  authorization {{ user: {}, password: {} }}",
             q(secure::ROUTE.user),
@@ -344,7 +355,9 @@ fn check_sys_user(a: &UpArgs, user: &str) -> CtlResult<()> {
         return Err(usage("--sys-user must not be empty"));
     }
     if user.contains('"') || user.contains('\\') {
-        return Err(usage("--sys-user: a plain user name, without quotes or backslashes"));
+        return Err(usage(
+            "--sys-user: a plain user name, without quotes or backslashes",
+        ));
     }
     if !is_identifier(&a.sys_password_env) {
         return Err(usage(format!(
@@ -467,7 +480,7 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         .clone()
         .unwrap_or_else(|| "127.0.0.1".to_string());
     let (mut auth, mut secrets) = (None, Vec::new());
-    let secure_text = |cluster: Option<&str>, name: Option<&str>| -> CtlResult<(String, (PathBuf, Vec<PathBuf>), Vec<String>)> {
+    let secure_text = |cluster: Option<&str>, name: Option<&str>| -> CtlResult<SecureText> {
         let dir = super::absolute(
             &a.auth_dir
                 .clone()

@@ -140,7 +140,8 @@ fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)>
 }
 
 fn flow_yaml(graph: &str, tasks: &[&str], defaults: &str) -> String {
-    let mut y = format!("version: 1\nflow:\n  graph: |\n    {graph}\n  defaults: {defaults}\ntasks:\n");
+    let mut y =
+        format!("version: 1\nflow:\n  graph: |\n    {graph}\n  defaults: {defaults}\ntasks:\n");
     for t in tasks {
         y.push_str(&format!("  {t}: {{callable: \"wtasks:{t}\"}}\n"));
     }
@@ -173,9 +174,11 @@ async fn a_secured_node_runs_the_product_with_role_users_and_refuses_the_rest() 
 
     // Anonymous: refused. A wrong password: refused.
     assert_refused_anonymous(try_connect(&node.url(), None).await);
-    assert!(try_connect(&node.url(), Some(("pyoco-admin", "wrong-password-123")))
-        .await
-        .is_err());
+    assert!(
+        try_connect(&node.url(), Some(("pyoco-admin", "wrong-password-123")))
+            .await
+            .is_err()
+    );
 
     // Gateway and worker with their role credentials: a flow end to end, and a cancel.
     let gw_env = node.role_env("pyoco-gateway", "gateway.password");
@@ -263,15 +266,15 @@ async fn a_secured_node_runs_the_product_with_role_users_and_refuses_the_rest() 
         ("PYOCO_NATS_URL", url.as_str()),
         ("PYOCO_CREDENTIALS_DIR", auth_dir.as_str()),
     ];
-    let out = ctl(
-        &["key", "create", "--tenant", "acme"],
-        &admin_env,
-    )
-    .await;
+    let out = ctl(&["key", "create", "--tenant", "acme"], &admin_env).await;
     let key: Value = serde_json::from_str(expect_code(&out, 0).stdout_text().trim()).unwrap();
     let key_id = key["key_id"].as_str().expect("key_id").to_string();
     let out = ctl(&["key", "list"], &[("PYOCO_NATS_URL", url.as_str())]).await;
-    assert_ne!(out.code(), Some(0), "no credentials configured or found: refused");
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "no credentials configured or found: refused"
+    );
     let backup = TestDir::new("secure-backup");
     let bdir = s(&backup.join("b"));
     expect_code(&ctl(&["backup", "--dir", &bdir], &admin_env).await, 0);
@@ -311,10 +314,7 @@ async fn a_secured_node_runs_the_product_with_role_users_and_refuses_the_rest() 
         kv.put(format!("acme.{}", unique("k")), "{}".into()),
     )
     .await;
-    assert!(
-        !matches!(put, Ok(Ok(_))),
-        "the worker wrote to pyoco_auth"
-    );
+    assert!(!matches!(put, Ok(Ok(_))), "the worker wrote to pyoco_auth");
     let get = tokio::time::timeout(Duration::from_secs(10), kv.get(key_id.clone())).await;
     assert!(
         !matches!(get, Ok(Ok(Some(_)))),
@@ -323,7 +323,8 @@ async fn a_secured_node_runs_the_product_with_role_users_and_refuses_the_rest() 
     let denied = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
         let v = node.violations();
         async move {
-            v.iter().any(|l| l.contains("pyoco-worker") && l.contains("$KV.pyoco_auth."))
+            v.iter()
+                .any(|l| l.contains("pyoco-worker") && l.contains("$KV.pyoco_auth."))
                 && v.iter().any(|l| {
                     l.contains("pyoco-worker") && l.contains("KV_pyoco_auth") && l.contains("GET")
                 })
@@ -349,7 +350,10 @@ async fn insecure_is_the_old_open_layout_with_a_warning() {
         "{}",
         node.daemon.log_tail(20)
     );
-    assert!(!node.auth.exists(), "no credentials are made for the open layout");
+    assert!(
+        !node.auth.exists(),
+        "no credentials are made for the open layout"
+    );
 }
 
 #[tokio::test]
@@ -365,7 +369,11 @@ async fn nats_credentials_creates_only_the_missing_files() {
     let v = expect_code(&out, 0).stdout_json();
     assert_eq!(v["created"], json!(["route.password"]));
     assert_eq!(v["present"].as_array().unwrap().len(), 4);
-    assert_eq!(password(&dir, "admin.password"), before, "never overwritten");
+    assert_eq!(
+        password(&dir, "admin.password"),
+        before,
+        "never overwritten"
+    );
     // The env default (the package's /etc/pyoco/credentials otherwise).
     let out = ctl(
         &["nats-credentials"],
@@ -469,18 +477,24 @@ async fn a_three_node_cluster_forms_with_route_auth_and_refuses_anonymous_client
         wait_healthz(m.monitor, &m.daemon).await;
     }
     let m1 = members[0].monitor;
-    let formed = wait_until(Duration::from_secs(40), Duration::from_millis(200), || async move {
-        let j: Value = match http()
-            .get(format!("http://127.0.0.1:{m1}/jsz"))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
-        j["meta_cluster"]["cluster_size"] == 3
-            && j["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
-    })
+    let formed = wait_until(
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+        || async move {
+            let j: Value = match http()
+                .get(format!("http://127.0.0.1:{m1}/jsz"))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            j["meta_cluster"]["cluster_size"] == 3
+                && j["meta_cluster"]["leader"]
+                    .as_str()
+                    .is_some_and(|l| !l.is_empty())
+        },
+    )
     .await;
     assert!(
         formed,
@@ -488,7 +502,9 @@ async fn a_three_node_cluster_forms_with_route_auth_and_refuses_anonymous_client
         members[0].daemon.log_tail(40)
     );
     for m in &members {
-        assert_refused_anonymous(try_connect(&format!("nats://127.0.0.1:{}", m.client), None).await);
+        assert_refused_anonymous(
+            try_connect(&format!("nats://127.0.0.1:{}", m.client), None).await,
+        );
     }
     let admin = password(&d.join("auth"), "admin.password");
     let c = try_connect(
@@ -500,7 +516,10 @@ async fn a_three_node_cluster_forms_with_route_auth_and_refuses_anonymous_client
     assert!(pyoco_core::jsapi::account_info(&c).await.is_ok());
     // A route without the route password is refused.
     let conf = std::fs::read_to_string(d.join("n2").join("nats-bootstrap.conf")).unwrap();
-    assert!(conf.contains("authorization { user: \"pyoco-route\""), "{conf}");
+    assert!(
+        conf.contains("authorization { user: \"pyoco-route\""),
+        "{conf}"
+    );
     assert!(
         !members[0].daemon.log_text().contains("Authorization Error"),
         "route logins failed:\n{}",
@@ -523,11 +542,21 @@ advertise: {{ client: \"127.0.0.1:{client}\" }}\n"
     );
     let bin = nats_bin();
     let app_pw = "app-password-from-env-123";
-    let env = [("T_SYS_PW", "sys-password-from-env-123"), ("T_APP_PW", app_pw)];
+    let env = [
+        ("T_SYS_PW", "sys-password-from-env-123"),
+        ("T_APP_PW", app_pw),
+    ];
 
     // The variable named by password_env must be set.
     let out = ctl(
-        &["up", "--bootstrap-config", &s(&yaml), "--nats-server-path", &bin, "--dry-run"],
+        &[
+            "up",
+            "--bootstrap-config",
+            &s(&yaml),
+            "--nats-server-path",
+            &bin,
+            "--dry-run",
+        ],
         &[("T_SYS_PW", "sys-password-from-env-123")],
     )
     .await;
@@ -542,7 +571,14 @@ advertise: {{ client: \"127.0.0.1:{client}\" }}\n"
         std::fs::read_to_string(&yaml).unwrap() + "listen: 0.0.0.0\n",
     );
     let out = ctl(
-        &["up", "--bootstrap-config", &s(&bad), "--nats-server-path", &bin, "--dry-run"],
+        &[
+            "up",
+            "--bootstrap-config",
+            &s(&bad),
+            "--nats-server-path",
+            &bin,
+            "--dry-run",
+        ],
         &env,
     )
     .await;
@@ -550,7 +586,14 @@ advertise: {{ client: \"127.0.0.1:{client}\" }}\n"
     assert!(err.contains("unknown key `listen`"), "{err}");
     // Flags the file sets are refused next to it.
     let out = ctl(
-        &["up", "--bootstrap-config", &s(&yaml), "--client-port", "5000", "--dry-run"],
+        &[
+            "up",
+            "--bootstrap-config",
+            &s(&yaml),
+            "--client-port",
+            "5000",
+            "--dry-run",
+        ],
         &env,
     )
     .await;
@@ -559,7 +602,13 @@ advertise: {{ client: \"127.0.0.1:{client}\" }}\n"
     // The valid file: a running node where the file's app user works next to the role users.
     let daemon = spawn_workspace_bin(
         "pyococtl",
-        &["up", "--bootstrap-config", &s(&yaml), "--nats-server-path", &bin],
+        &[
+            "up",
+            "--bootstrap-config",
+            &s(&yaml),
+            "--nats-server-path",
+            &bin,
+        ],
         &env,
     );
     wait_healthz(monitor, &daemon).await;
@@ -568,14 +617,27 @@ advertise: {{ client: \"127.0.0.1:{client}\" }}\n"
     let c = try_connect(&url, Some(("app", app_pw)))
         .await
         .expect("the bootstrap.yaml app user connects");
-    assert!(pyoco_core::jsapi::account_info(&c).await.is_ok());
+    // One clustered node has no JetStream quorum (that needs the other members); the app
+    // user's full access to its account shows with core messaging.
+    use futures::StreamExt as _;
+    let mut sub = c.subscribe("legacy.app.check").await.unwrap();
+    c.publish("legacy.app.check", "hi".into()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+    assert!(
+        matches!(got, Ok(Some(ref m)) if m.payload.as_ref() == b"hi"),
+        "the app user may publish and subscribe: {got:?}\n{}",
+        daemon.log_tail(30)
+    );
     let data = d.join("nb-data");
     assert!(
         data.join("auth").join("gateway.password").is_file(),
         "datafolder relative to the file"
     );
     let conf = std::fs::read_to_string(data.join("nats-bootstrap.conf")).unwrap();
-    assert!(conf.contains("system_account: SYSX") && conf.contains("  APP: {"), "{conf}");
+    assert!(
+        conf.contains("system_account: SYSX") && conf.contains("  APP: {"),
+        "{conf}"
+    );
     assert!(conf.contains("client_advertise:"), "{conf}");
 }
 
