@@ -719,3 +719,38 @@ async fn doctor_flags_an_open_nats_and_daemons_without_credentials() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_originals_worker_runs_a_flow_with_the_worker_role() {
+    // A mixed deployment: our gateway and the Python original's worker (nats-py), each with its
+    // role user, against a secured node; the worker's permissions must cover nats-py's calls.
+    let node = Node::up(&[], &[]).await;
+    let gw_env = node.role_env("pyoco-gateway", "gateway.password");
+    let gw = Gateway::start(&node.url(), &env_refs(&gw_env)).await;
+    gw.wait_nats_connected().await;
+    let tag = unique("orig");
+    let worker_url = format!(
+        "nats://pyoco-worker:{}@127.0.0.1:{}",
+        password(&node.auth, "worker.password"),
+        node.port
+    );
+    let mut worker = OrigWorker::spawn(&worker_url, &tag, &unique("ow"), &[], None, &[]);
+    let run_id = submit_flow_yaml(&gw.base_url(), example_flow_yaml(), "main", &tag).await;
+    let run = wait_for_run_status(
+        &gw.base_url(),
+        &run_id,
+        &["COMPLETED", "FAILED", "CANCELLED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(
+        run["status"],
+        "COMPLETED",
+        "{run}\nworker log:\n{}\nnats violations: {:#?}",
+        worker.daemon().log_tail(40),
+        node.violations()
+    );
+    let v = node.violations();
+    assert!(v.is_empty(), "permission violations: {v:#?}");
+}
