@@ -232,117 +232,107 @@ pub struct Permissions {
 }
 
 /// What the gateway needs: ensure every product stream, bucket and object store; read and
-/// write every bucket; publish work; watch runs, workers and keys (SSE and its indexes).
+/// write every bucket; publish work; watch runs, workers and keys (its indexes, SSE).
 pub fn gateway_permissions(n: &Names) -> Permissions {
-    let mut publish: Vec<Grant> = vec![
-        (
-            "$JS.API.INFO".into(),
-            "account info (readiness, JetStream check)",
-        ),
-        (
-            "$JS.API.STREAM.NAMES".into(),
-            "stream look-ups by the JetStream client",
-        ),
-    ];
+    let mut publish: Vec<Grant> = Vec::new();
     for s in n.all_streams() {
         publish.extend([
             (
                 format!("$JS.API.STREAM.INFO.{s}"),
-                "ensure: find the resource, report drift",
+                "ensure: find the resource, report drift; metrics (DLQ size)",
             ),
             (
                 format!("$JS.API.STREAM.CREATE.{s}"),
                 "ensure: create the resource when missing",
             ),
+        ]);
+    }
+    for b in [
+        &n.runs_bucket,
+        &n.workers_bucket,
+        &n.auth_bucket,
+        &n.idempotency_bucket,
+        &n.wheel_history_bucket,
+    ] {
+        let st = format!("KV_{b}");
+        publish.extend([
             (
-                format!("$JS.API.STREAM.MSG.GET.{s}"),
-                "KV/object get (streams without direct get)",
+                format!("$KV.{b}.>"),
+                "write the bucket (create, update, delete)",
             ),
-            (format!("$JS.API.DIRECT.GET.{s}"), "KV/object get"),
-            (format!("$JS.API.DIRECT.GET.{s}.>"), "KV get by key"),
+            (format!("$JS.API.STREAM.MSG.GET.{st}"), "read a key"),
             (
-                format!("$JS.API.STREAM.PURGE.{s}"),
-                "object store: replace an object, KV purge",
-            ),
-            (
-                format!("$JS.API.CONSUMER.CREATE.{s}"),
-                "KV watches and object reads (ordered consumers)",
-            ),
-            (
-                format!("$JS.API.CONSUMER.CREATE.{s}.>"),
-                "KV watches and object reads (ordered consumers, 2.9+ form)",
-            ),
-            (
-                format!("$JS.API.CONSUMER.DELETE.{s}.*"),
-                "end a watch's consumer",
-            ),
-            (
-                format!("$JS.API.CONSUMER.INFO.{s}.*"),
-                "consumer look-ups (metrics, workers' queues)",
-            ),
-            (
-                format!("$JS.FC.{s}.>"),
-                "flow-control replies of watches and object reads",
+                format!("$JS.API.DIRECT.GET.{st}.>"),
+                "read a key (buckets made with direct get, e.g. by the original)",
             ),
         ]);
     }
+    for b in [&n.runs_bucket, &n.workers_bucket, &n.auth_bucket] {
+        let st = format!("KV_{b}");
+        publish.extend([
+            (
+                format!("$JS.API.CONSUMER.CREATE.{st}"),
+                "watch the bucket (ordered consumer): run/worker indexes, SSE, key revocation",
+            ),
+            (
+                format!("$JS.API.CONSUMER.CREATE.{st}.>"),
+                "watch the bucket (the named-consumer API form)",
+            ),
+            (format!("$JS.FC.{st}.>"), "flow-control replies of a watch"),
+        ]);
+    }
+    let obj = format!("OBJ_{}", n.wheels_bucket);
     publish.extend([
-        (
-            format!("$JS.API.CONSUMER.LIST.{}", n.work_stream),
-            "queue depth per tag (metrics)",
-        ),
-        (
-            format!("$JS.API.CONSUMER.NAMES.{}", n.work_stream),
-            "queue depth per tag (metrics)",
-        ),
         (
             format!("{}.>", n.work_subject_prefix),
             "publish jobs to the work queue",
         ),
         (
-            format!("$KV.{}.>", n.runs_bucket),
-            "create runs, cancel, retention deletes",
+            format!("$O.{}.>", n.wheels_bucket),
+            "write the wheel object store",
         ),
         (
-            format!("$KV.{}.>", n.workers_bucket),
-            "PATCH /workers (hide/unhide)",
+            format!("$JS.API.STREAM.MSG.GET.{obj}"),
+            "read wheel metadata",
         ),
         (
-            format!("$KV.{}.>", n.auth_bucket),
-            "API keys (the gateway checks and may record use)",
+            format!("$JS.API.DIRECT.GET.{obj}.>"),
+            "read wheel metadata (direct get)",
         ),
         (
-            format!("$KV.{}.>", n.idempotency_bucket),
-            "Idempotency-Key claims",
+            format!("$JS.API.STREAM.PURGE.{obj}"),
+            "replace or delete a wheel (purges its chunks)",
         ),
         (
-            format!("$KV.{}.>", n.wheel_history_bucket),
-            "wheel registry history",
+            format!("$JS.API.CONSUMER.CREATE.{obj}"),
+            "read wheel chunks (ordered consumer)",
         ),
-        (format!("$O.{}.>", n.wheels_bucket), "wheel uploads"),
+        (
+            format!("$JS.API.CONSUMER.CREATE.{obj}.>"),
+            "read wheel chunks (the named-consumer API form)",
+        ),
+        (format!("$JS.FC.{obj}.>"), "flow control of wheel reads"),
     ]);
     Permissions {
         publish,
         subscribe: vec![(
             "_INBOX.>".into(),
-            "replies to its requests, watch and object-read deliveries",
+            "replies to its requests and watch deliveries",
         )],
     }
 }
 
 /// What a worker needs and no more: look the resources up (it never creates them: a worker
-/// started first waits for the gateway), pull from its work consumers and ack, write the runs
-/// and workers buckets, watch runs (cancel), publish dead letters, read the wheel store. Not:
-/// the API-key bucket, the idempotency bucket, stream creation or deletion.
+/// started first waits for the gateway), pull from its work consumers and ack, read and write
+/// the runs and workers buckets, follow its running run's key (cancel), publish dead letters,
+/// read the wheel store (the original's `--wheel-sync`). Not: the API-key bucket, the
+/// idempotency bucket, stream creation or deletion, other buckets' watches.
 pub fn worker_permissions(n: &Names) -> Permissions {
     let work = &n.work_stream;
     let runs = format!("KV_{}", n.runs_bucket);
     let workers = format!("KV_{}", n.workers_bucket);
     let wheels = format!("OBJ_{}", n.wheels_bucket);
-    let mut publish: Vec<Grant> = vec![(
-        "$JS.API.INFO".into(),
-        "account info (the JetStream check at start)",
-    )];
+    let mut publish: Vec<Grant> = Vec::new();
     for s in n.all_streams() {
         publish.push((
             format!("$JS.API.STREAM.INFO.{s}"),
@@ -398,22 +388,6 @@ pub fn worker_permissions(n: &Names) -> Permissions {
         (
             format!("$JS.API.STREAM.MSG.GET.{workers}"),
             "read its worker record (without direct get)",
-        ),
-        (
-            format!("$JS.API.CONSUMER.CREATE.{runs}"),
-            "watch runs for cancels (ordered consumer)",
-        ),
-        (
-            format!("$JS.API.CONSUMER.CREATE.{runs}.>"),
-            "watch runs for cancels (ordered consumer, 2.9+ form)",
-        ),
-        (
-            format!("$JS.API.CONSUMER.DELETE.{runs}.*"),
-            "end a watch's consumer",
-        ),
-        (
-            format!("$JS.FC.{runs}.>"),
-            "flow-control replies of watches",
         ),
         (
             format!("{}.>", n.dlq_subject_prefix),
@@ -676,5 +650,13 @@ mod tests {
         let g = gateway_permissions(&n);
         assert!(g.publish.iter().any(|(s, _)| s == "$KV.pyoco_auth.>"));
         assert!(g.publish.iter().all(|(s, _)| !s.contains("STREAM.DELETE")));
+        // Every wildcard is a whole token (nats-server ignores `abc*`).
+        for (s, _) in g.publish.iter().chain(&p.publish).chain(&p.subscribe) {
+            assert!(
+                s.split('.')
+                    .all(|t| t == "*" || t == ">" || !t.contains(['*', '>'])),
+                "{s}"
+            );
+        }
     }
 }
