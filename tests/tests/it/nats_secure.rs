@@ -514,16 +514,84 @@ async fn a_three_node_cluster_forms_with_route_auth_and_refuses_anonymous_client
     .await
     .expect("admin connects to n3");
     assert!(pyoco_core::jsapi::account_info(&c).await.is_ok());
-    // A route without the route password is refused.
+    // The controller logs in as the system user with its password file.
+    let ctl_port = free_port();
+    let base = format!("http://127.0.0.1:{ctl_port}");
+    let mut controller = spawn_workspace_bin(
+        "pyococtl",
+        &[
+            "--nats-url",
+            &format!("nats://127.0.0.1:{}", members[0].client),
+            "controller",
+            "start",
+            "--listen",
+            &format!("127.0.0.1:{ctl_port}"),
+            "--sys-user",
+            "system",
+            "--sys-password-file",
+            &format!("{auth}/system.password"),
+            "--state-dir",
+            &s(&d.join("controller")),
+        ],
+        &[],
+    );
+    wait_healthy(&mut controller, &base, Duration::from_secs(20)).await;
+    let r: Value = http()
+        .post(format!("{base}/v1/leave"))
+        .json(&json!({"request_id": "r1", "server_name": "not-a-member", "nats_url": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"request_id": "r1", "result": "already_done"}),
+        "the system account answers the meta-group query:\n{}",
+        controller.log_tail(20)
+    );
+
+    // A server that tries to route to n1 without the route password is refused.
+    let mut rogue_cmd = std::process::Command::new(&bin);
+    rogue_cmd.args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &free_port().to_string(),
+        "--cluster_name",
+        "pyoco",
+        "--cluster",
+        &format!("nats://127.0.0.1:{}", free_port()),
+        "--routes",
+        &format!("nats://127.0.0.1:{}", cluster_ports[0]),
+    ]);
+    let _rogue = Daemon::spawn("nats-server(rogue route)", rogue_cmd);
+    assert!(
+        members[0]
+            .daemon
+            .wait_for_log(" - rid:", Duration::from_secs(1))
+            .await,
+        "routes are logged"
+    );
+    let refused = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        let log = members[0].daemon.log_text();
+        async move {
+            log.lines()
+                .any(|l| l.contains("rid:") && l.to_lowercase().contains("authentication error"))
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "n1 did not refuse the unauthenticated route:\n{}",
+        members[0].daemon.log_tail(30)
+    );
+
     let conf = std::fs::read_to_string(d.join("n2").join("nats-bootstrap.conf")).unwrap();
     assert!(
         conf.contains("authorization { user: \"pyoco-route\""),
         "{conf}"
-    );
-    assert!(
-        !members[0].daemon.log_text().contains("Authorization Error"),
-        "route logins failed:\n{}",
-        members[0].daemon.log_tail(40)
     );
 }
 
