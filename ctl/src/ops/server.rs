@@ -109,7 +109,13 @@ pub fn bootstrap_conf(
         lines.push(format!("host: {}", q(h)));
     }
     lines.push(format!("port: {}", a.client_port));
-    lines.push(format!("http: {}", a.http_port));
+    match &a.http_host {
+        Some(h) => lines.push(format!(
+            "http: {}",
+            q(&format!("{}:{}", bracket(h), a.http_port))
+        )),
+        None => lines.push(format!("http: {}", a.http_port)),
+    }
     lines.push(format!(
         "jetstream: {{ store_dir: {} }}",
         q(&datafolder.display().to_string())
