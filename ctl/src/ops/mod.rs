@@ -125,6 +125,9 @@ pub struct UpArgs {
     /// Raw nats-server arguments, after `--`.
     #[arg(last = true, value_name = "NATS-SERVER ARGS")]
     pub nats_args: Vec<String>,
+    /// Only check the flags (`service install`): create no credential files.
+    #[arg(skip)]
+    pub check_only: bool,
 }
 
 /// Where the PID file is: `--pid-file`, else `<datafolder>/nats-server.pid`.

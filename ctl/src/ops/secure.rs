@@ -195,6 +195,21 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// Stand-ins for checking a layout without touching the files (`service install`).
+    pub fn placeholder(dir: &Path) -> Credentials {
+        let p = || "placeholder-not-a-password".to_string();
+        Credentials {
+            dir: dir.to_path_buf(),
+            gateway: p(),
+            worker: p(),
+            admin: p(),
+            system: p(),
+            route: p(),
+        }
+    }
+}
+
 /// The credentials of `dir`: when every file is there they are only read (the directory may be
 /// read-only, e.g. systemd's `$CREDENTIALS_DIRECTORY`); otherwise the missing ones are created
 /// first. `created` lists what was created.

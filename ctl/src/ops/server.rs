@@ -492,8 +492,17 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
                 .clone()
                 .unwrap_or_else(|| datafolder.join("auth")),
         );
-        let (creds, created) = secure::load_or_create(&dir)?;
+        let (creds, created) = if a.check_only {
+            (secure::Credentials::placeholder(&dir), Vec::new())
+        } else {
+            secure::load_or_create(&dir)?
+        };
         let yaml_passwords = match &yaml {
+            // The unit reads them from its environment file at start, not now.
+            Some(_) if a.check_only => Some((
+                "placeholder-not-a-password".to_string(),
+                "placeholder-not-a-password".to_string(),
+            )),
             Some(y) => Some((
                 bootstrap_yaml::password(&y.path, "app_account", &y.app_account)?,
                 bootstrap_yaml::password(&y.path, "system_account", &y.system_account)?,

@@ -297,6 +297,7 @@ pub fn unit_text(ctx: &Ctx, a: &InstallArgs, exe: &Path) -> CtlResult<(String, P
     // The same checks `up` makes, so a unit that cannot start is not written.
     let mut probe = a.up.clone();
     probe.dry_run = true;
+    probe.check_only = true;
     probe.datafolder = datafolder.clone();
     let _ = super::server::plan(ctx, &probe, false)?;
 
