@@ -416,6 +416,26 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         eff.cluster_port = y.cluster_port.unwrap_or(6222);
     }
     let a = &eff;
+    // Every flag value that lands in the generated configuration: one short line.
+    let conf_values = [
+        ("--cluster", a.cluster.as_deref()),
+        ("--server-name", a.server_name.as_deref()),
+        ("--client-host", a.client_host.as_deref()),
+        ("--http-host", a.http_host.as_deref()),
+        ("--listen", a.listen.as_deref()),
+    ];
+    for (flag, v) in conf_values
+        .into_iter()
+        .chain(a.seeds.iter().map(|s| ("--seed", Some(s.as_str()))))
+    {
+        if let Some(v) = v {
+            if v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(usage(format!(
+                    "{flag}: the value is longer than 256 characters or holds control characters (it goes into the nats-server configuration)\n- fix: give a plain name or address"
+                )));
+            }
+        }
+    }
     if let Some(c) = &a.cluster {
         if c.trim().is_empty() {
             return Err(usage("--cluster must not be empty"));
@@ -1159,6 +1179,61 @@ mod tests {
         assert!(c.contains("password: $NATS_SYS_PASSWORD"), "{c}");
         assert!(c.contains("system_account: SYS"), "{c}");
         assert!(c.contains("\"nats://127.0.0.1:6222\""), "self route: {c}");
+    }
+
+    #[test]
+    fn secured_cluster_conf() {
+        let a = args(&["--cluster", "demo", "--seed", "h1", "--listen", "10.0.0.5"]);
+        let creds = secure::Credentials::placeholder(Path::new("/auth"));
+        let names =
+            pyoco_core::resources::Names::from_config(&pyoco_core::config::Config::defaults());
+        let inputs = SecureInputs {
+            creds: &creds,
+            names: &names,
+            yaml: None,
+            yaml_passwords: None,
+        };
+        let c = secure_conf(
+            &a,
+            Some("demo"),
+            Some("n1"),
+            Path::new("/d"),
+            "127.0.0.1",
+            &inputs,
+        )
+        .unwrap();
+        assert!(c.contains("http: \"127.0.0.1:8222\""), "{c}");
+        assert!(
+            !c.contains("host: "),
+            "a member listens for clients everywhere: {c}"
+        );
+        assert!(!c.contains("no_auth_user"), "{c}");
+        assert!(c.contains("system_account: SYS"), "{c}");
+        assert!(
+            c.contains(
+                "authorization { user: \"pyoco-route\", password: \"placeholder-not-a-password\" }"
+            ),
+            "{c}"
+        );
+        assert!(
+            c.contains("\"nats://pyoco-route:placeholder-not-a-password@h1:6222\""),
+            "{c}"
+        );
+        for user in ["pyoco-gateway", "pyoco-worker", "pyoco-admin", "system"] {
+            assert!(c.contains(&format!("user: \"{user}\"")), "{user}: {c}");
+        }
+        // --sys-user adds a system user read from the environment, as before.
+        let a = args(&["--cluster", "demo", "--sys-user", "sys"]);
+        let c = secure_conf(
+            &a,
+            Some("demo"),
+            None,
+            Path::new("/d"),
+            "127.0.0.1",
+            &inputs,
+        )
+        .unwrap();
+        assert!(c.contains("password: $NATS_SYS_PASSWORD"), "{c}");
     }
 
     #[test]
