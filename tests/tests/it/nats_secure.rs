@@ -822,3 +822,35 @@ async fn the_originals_worker_runs_a_flow_with_the_worker_role() {
     let v = node.violations();
     assert!(v.is_empty(), "permission violations: {v:#?}");
 }
+
+#[tokio::test]
+async fn a_worker_started_before_any_gateway_waits_for_it() {
+    // The worker role may not create streams: on an empty NATS it waits until a gateway has
+    // created them, then serves.
+    let node = Node::up(&[], &[]).await;
+    let tasks = TestDir::new("wtasks");
+    tasks.write("wtasks.py", TEST_TASKS);
+    let tag = unique("early");
+    let w_env = node.role_env("pyoco-worker", "worker.password");
+    let gw_env = node.role_env("pyoco-gateway", "gateway.password");
+    let url = node.url();
+    let (w_refs, gw_refs, w_id) = (env_refs(&w_env), env_refs(&gw_env), unique("w"));
+    let worker = Worker::start(&url, &tag, &w_id, tasks.path(), &[], &w_refs);
+    let gateway = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let gw = Gateway::start(&url, &gw_refs).await;
+        gw.wait_nats_connected().await;
+        gw
+    };
+    let (_worker, gw) = tokio::join!(worker, gateway);
+    let run_id = submit_flow_yaml(&gw.base_url(), example_flow_yaml(), "main", &tag).await;
+    let run = wait_for_run_status(
+        &gw.base_url(),
+        &run_id,
+        &["COMPLETED", "FAILED", "CANCELLED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+}
