@@ -6,6 +6,7 @@ pyoco_setup_user_and_dirs
 if pyoco_systemd_running; then
     systemctl daemon-reload >/dev/null 2>&1 || true
 fi
+pyoco_start_moved_nats
 if [ "$1" -eq 1 ]; then
     systemctl enable pyoco-server.socket >/dev/null 2>&1 || true
     if pyoco_systemd_running; then
