@@ -212,7 +212,14 @@ check "completions-and-man" 'test -s /usr/share/bash-completion/completions/pyoc
 # The workers' runtime, NATS, a worker, socket activation
 
 check "runtime-check-before-setup" 'out=$(pyococtl runtime check 2>&1); rc=$?; echo "$out"; [ $rc = 1 ] && echo "$out" | grep -q "pyococtl runtime setup"'
-check "runtime-setup-offline" "pyococtl runtime setup --wheel-dir $T/wheels 2>&1 | tail -n 8 | tee /dev/stderr | grep -q '^ok: pyoco-worker can run flows'"
+if [ "$OLD_LAYOUT" = 1 ]; then
+    # This pyococtl will not install, as root, below a /var/lib/pyoco the workers' user owns;
+    # the venv is made the way the old pyococtl made it (python3 -m venv, then pip, as root).
+    check "runtime-setup-refuses-old-layout" 'out=$(pyococtl runtime setup --wheel-dir '"$T"'/wheels 2>&1); rc=$?; echo "$out"; [ $rc != 0 ] && ! test -e /var/lib/pyoco/venv && echo "$out" | grep -q "refusing to use --venv /var/lib/pyoco/venv as root: /var/lib/pyoco is owned by pyoco" && echo "$out" | grep -q "fix: chown root:root /var/lib/pyoco"'
+    check "runtime-setup-offline" "python3 -m venv /var/lib/pyoco/venv && /var/lib/pyoco/venv/bin/python -m pip install -q --disable-pip-version-check --no-index --find-links $T/wheels 'pyoco>=0.6.2' && pyococtl runtime check | tail -n 1 | grep -q '^ok: pyoco-worker can run flows'"
+else
+    check "runtime-setup-offline" "pyococtl runtime setup --wheel-dir $T/wheels 2>&1 | tail -n 8 | tee /dev/stderr | grep -q '^ok: pyoco-worker can run flows'"
+fi
 check "runtime-venv-root-owned-readable" 'test "$(stat -c "%U %a" /var/lib/pyoco/venv)" = "root 755" && pyococtl runtime check | grep -q "as user pyoco"'
 # Task modules where the packaged worker.env looks for them (PYOCO_WORKER_PYTHONPATH).
 check "task-modules" "cp /usr/share/doc/pyoco-server/examples/hello_tasks.py $T/flows/systest_tasks.py /var/lib/pyoco/flows/ && pyococtl runtime check --pythonpath /var/lib/pyoco/flows --import hello_tasks --import systest_tasks"
@@ -274,7 +281,8 @@ if [ "$OLD_LAYOUT" = 1 ]; then
     [ -n "$PRE_RID" ] && check "upgrade-keeps-runs" "curl -fsS http://127.0.0.1:8000/runs/$PRE_RID | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[\"status\"]); assert d[\"status\"]==\"COMPLETED\"'"
 fi
 check "nats-runs-as-pyoco-nats" 'pid=$(systemctl show -p MainPID --value pyoco-nats); test "$(stat -c %U /proc/$pid)" = pyoco-nats && test -n "$(pgrep -u pyoco-nats -x nats-server)"'
-check "gateway-own-dynamic-user" 'u=$(stat -c %U /proc/$(systemctl show -p MainPID --value pyoco-server.service)); echo "gateway runs as $u"; [ "$u" = pyoco-gateway ]'
+# (The container's NSS has no nss-systemd: the dynamic user shows as a uid in systemd's range.)
+check "gateway-own-dynamic-user" 'uid=$(stat -c %u /proc/$(systemctl show -p MainPID --value pyoco-server.service)); echo "gateway runs as uid $uid"; [ "$(systemctl show -p DynamicUser --value pyoco-server.service)" = yes ] && [ "$uid" -ge 61184 ] && [ "$uid" -le 65519 ]'
 check "credentials-root-only" 'test "$(stat -c "%U %a" /etc/pyoco/credentials)" = "root 700" && for f in gateway worker admin system route; do test "$(stat -c "%U %a" /etc/pyoco/credentials/$f.password)" = "root 600" && test "$(wc -c </etc/pyoco/credentials/$f.password)" -ge 16 || exit 1; done'
 # As the workers' user (what a task can do): nothing root executes or NATS keeps is writable;
 # the store, the passwords and the gateway's environment are not even readable.
@@ -314,6 +322,7 @@ print('pyoco-worker:', worker)
 assert worker == 'PONG'
 EOF"
 check "daemons-log-in" 'tr "\0" "\n" </proc/$(systemctl show -p MainPID --value pyoco-worker@hello)/environ | grep -qx PYOCO_NATS_USER=pyoco-worker && curl -fsS http://127.0.0.1:8000/health | grep -q "\"nats\": *\"connected\""'
+check "runtime-setup-after-upgrade" "pyococtl runtime setup --wheel-dir $T/wheels 2>&1 | tail -n 8 | tee /dev/stderr | grep -q '^ok: pyoco-worker can run flows'"
 # Root never runs a venv the workers' user could have planted (here in the one directory that
 # user may write); the planted "python" would leave /root/planted-ran behind.
 check "runtime-setup-refuses-planted-venv" "rm -f /root/planted-ran; runuser -u pyoco -- sh -c 'python3 -m venv --without-pip /var/lib/pyoco/worker-hello/planted && rm /var/lib/pyoco/worker-hello/planted/bin/python && printf \"#!/bin/sh\\necho ran >/root/planted-ran\\n\" >/var/lib/pyoco/worker-hello/planted/bin/python && chmod 755 /var/lib/pyoco/worker-hello/planted/bin/python' || exit 1
