@@ -280,7 +280,7 @@ if [ "$OLD_LAYOUT" = 1 ]; then
     check "upgrade-moves-nats-store" "test \"\$(stat -c '%U %a' /var/lib/pyoco/nats)\" = 'pyoco-nats 700' && n=\$(find /var/lib/pyoco/nats ! -user pyoco-nats | wc -l) && echo \"\$n entries not owned by pyoco-nats\" && [ \$n = 0 ] && test \"\$(systemctl show -p InvocationID --value pyoco-nats)\" != '$nats_inv'"
     [ -n "$PRE_RID" ] && check "upgrade-keeps-runs" "curl -fsS http://127.0.0.1:8000/runs/$PRE_RID | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[\"status\"]); assert d[\"status\"]==\"COMPLETED\"'"
 fi
-check "nats-runs-as-pyoco-nats" 'pid=$(systemctl show -p MainPID --value pyoco-nats); test "$(stat -c %U /proc/$pid)" = pyoco-nats && test -n "$(pgrep -u pyoco-nats -x nats-server)"'
+check "nats-runs-as-pyoco-nats" 'pid=$(systemctl show -p MainPID --value pyoco-nats); test "$(stat -c %U /proc/$pid)" = pyoco-nats || exit 1; for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = nats-server ] && echo "nats-server: $(stat -c %U $p)"; done | tee /dev/stderr | grep -qx "nats-server: pyoco-nats"'
 # (The container's NSS has no nss-systemd: the dynamic user shows as a uid in systemd's range.)
 check "gateway-own-dynamic-user" 'uid=$(stat -c %u /proc/$(systemctl show -p MainPID --value pyoco-server.service)); echo "gateway runs as uid $uid"; [ "$(systemctl show -p DynamicUser --value pyoco-server.service)" = yes ] && [ "$uid" -ge 61184 ] && [ "$uid" -le 65519 ]'
 check "credentials-root-only" 'test "$(stat -c "%U %a" /etc/pyoco/credentials)" = "root 700" && for f in gateway worker admin system route; do test "$(stat -c "%U %a" /etc/pyoco/credentials/$f.password)" = "root 600" && test "$(wc -c </etc/pyoco/credentials/$f.password)" -ge 16 || exit 1; done'
