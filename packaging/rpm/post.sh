@@ -1,4 +1,5 @@
-# %post of pyoco-server ($1: 1 = install, 2+ = upgrade): system user, /var/lib/pyoco, systemd.
+# %post of pyoco-server ($1: 1 = install, 2+ = upgrade): system users, /var/lib/pyoco, the NATS
+# passwords, systemd.
 
 #PYOCO_COMMON#
 
