@@ -26,7 +26,9 @@ pyoco_setup_user_and_dirs() {
     [ -d /var/lib/pyoco/flows ] || install -d -m 0755 -o root -g root /var/lib/pyoco/flows
     for d in /var/lib/pyoco/venv /var/lib/pyoco/flows; do
         # Not chowned: under the old layout the workers' user may have replaced it.
-        if [ -e "$d" ] && [ "$(stat -c %u "$d")" != 0 ]; then
+        if [ -L "$d" ]; then
+            echo "pyoco-server: warning: $d is a symbolic link (to $(readlink "$d")); under the old layout the workers' user could have made it: check it, or remove it and make it again as root" >&2
+        elif [ -e "$d" ] && [ "$(stat -c %u "$d")" != 0 ]; then
             echo "pyoco-server: warning: $d is owned by $(stat -c %U "$d"), not root; root will not run it (pyococtl runtime setup refuses). If you did not do this, remove it and make it again as root (pyococtl runtime setup)." >&2
         fi
     done
@@ -57,19 +59,28 @@ pyoco_setup_credentials() {
 PYOCO_START_NATS=0
 pyoco_move_nats_store() {
     d=/var/lib/pyoco/nats
+    # The old owner could have planted links: never follow one, never chown a file with a
+    # second hard link (it may be someone else's file).
+    if [ -L "$d" ]; then
+        echo "pyoco-server: warning: $d is a symbolic link (to $(readlink "$d")), not moved to the user pyoco-nats: replace it with the store directory itself" >&2
+        return 0
+    fi
     [ -d "$d" ] || return 0
     [ "$(stat -c %U "$d")" = pyoco-nats ] && return 0
     if pyoco_systemd_running && systemctl is-active --quiet pyoco-nats.service; then
         PYOCO_START_NATS=1
         systemctl stop pyoco-nats.service >/dev/null 2>&1 || true
     fi
-    chown -R pyoco-nats:pyoco-nats "$d"
+    find "$d" -xdev \( -type d -o -links 1 \) -exec chown -h pyoco-nats:pyoco-nats {} +
+    if [ -n "$(find "$d" -xdev ! -type d -links +1 -print -quit)" ]; then
+        echo "pyoco-server: warning: files with several hard links in $d were left to their owner: $(find "$d" -xdev ! -type d -links +1 | head -n 3 | tr '\n' ' ')" >&2
+    fi
     chmod 0700 "$d"
     # The old open server kept JetStream in the global account ($G); the secured one serves
     # its clients from the account PYOCO: move runs, API keys and queues there (unless
     # nats.env chooses the layout itself, e.g. NATS_AUTH=--insecure).
     js=$d/jetstream
-    if [ -d "$js/\$G" ] && [ ! -e "$js/PYOCO" ] && ! grep -q '^[[:space:]]*NATS_AUTH=' /etc/pyoco/nats.env 2>/dev/null; then
+    if [ ! -L "$js" ] && [ -d "$js/\$G" ] && [ ! -L "$js/\$G" ] && [ ! -e "$js/PYOCO" ] && ! grep -q '^[[:space:]]*NATS_AUTH=' /etc/pyoco/nats.env 2>/dev/null; then
         mv "$js/\$G" "$js/PYOCO"
     fi
 }

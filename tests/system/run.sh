@@ -263,6 +263,9 @@ inside sh -c 'echo "# local change kept across upgrades" >>/etc/pyoco/pyoco.toml
 worker_inv=$(value 'systemctl show -p InvocationID --value pyoco-worker@hello')
 gateway_inv=$(value 'systemctl show -p InvocationID --value pyoco-server.service')
 inside sh -c 'rm -rf /etc/systemd/system/pyoco-nats.service.d && systemctl daemon-reload'
+# What the workers' user could plant in the old store: a link to a file of root's, which the
+# upgrade's chown must not follow.
+[ "$OLD_LAYOUT" = 1 ] && inside sh -c 'echo root-only >/var/tmp/victim && chmod 600 /var/tmp/victim && runuser -u pyoco -- ln -s /var/tmp/victim /var/lib/pyoco/nats/planted-link'
 nats_inv=$(value 'systemctl show -p InvocationID --value pyoco-nats')
 check "upgrade-deb" "cd $T && $APT install ./$(basename "$DEB") 2>&1 | tail -n 5 && dpkg-query -W -f='\${Version}' pyoco-server | grep -qx '$VERSION-1'"
 check "upgrade-keeps-config" 'grep -q "^# local change kept across upgrades" /etc/pyoco/pyoco.toml && grep -q CONCURRENCY=2 /etc/pyoco/worker-hello.env && ! ls /etc/pyoco/*.dpkg-* 2>/dev/null'
@@ -278,6 +281,7 @@ check "state-dir-root-owned" 'for d in /var/lib/pyoco /var/lib/pyoco/venv /var/l
 check "worker-dir-own" 'test "$(stat -c "%U:%G %a" /var/lib/pyoco/worker-hello)" = "pyoco:pyoco 750"'
 if [ "$OLD_LAYOUT" = 1 ]; then
     check "upgrade-moves-nats-store" "test \"\$(stat -c '%U %a' /var/lib/pyoco/nats)\" = 'pyoco-nats 700' && n=\$(find /var/lib/pyoco/nats ! -user pyoco-nats | wc -l) && echo \"\$n entries not owned by pyoco-nats\" && [ \$n = 0 ] && test \"\$(systemctl show -p InvocationID --value pyoco-nats)\" != '$nats_inv'"
+    check "upgrade-follows-no-planted-link" 'test "$(stat -c "%U %a" /var/tmp/victim)" = "root 600" && test "$(stat -c %U /var/lib/pyoco/nats/planted-link)" = pyoco-nats'
     [ -n "$PRE_RID" ] && check "upgrade-keeps-runs" "curl -fsS http://127.0.0.1:8000/runs/$PRE_RID | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d[\"status\"]); assert d[\"status\"]==\"COMPLETED\"'"
 fi
 check "nats-runs-as-pyoco-nats" 'pid=$(systemctl show -p MainPID --value pyoco-nats); test "$(stat -c %U /proc/$pid)" = pyoco-nats || exit 1; for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = nats-server ] && echo "nats-server: $(stat -c %U $p)"; done | tee /dev/stderr | grep -qx "nats-server: pyoco-nats"'
