@@ -305,6 +305,8 @@ try "cat /etc/pyoco/credentials/worker.password"
 try "cat /etc/pyoco/pyoco-server.env"
 try "cat /proc/$(systemctl show -p MainPID --value pyoco-server.service)/environ"
 try "cat /proc/$(systemctl show -p MainPID --value pyoco-nats)/environ"
+# (The same user can write its own directory: the refusals above are permissions, not runuser.)
+runuser -u pyoco -- sh -c "touch /var/lib/pyoco/worker-hello/probe && rm /var/lib/pyoco/worker-hello/probe" || { echo "pyoco cannot even write /var/lib/pyoco/worker-hello"; exit 1; }
 [ $fail = 0 ] && echo "every attempt refused"; exit $fail'
 # NATS asks every client to log in: anonymous is refused, the workers' password is accepted.
 check "nats-refuses-anonymous" "python3 - /etc/pyoco/credentials/worker.password <<'EOF'
