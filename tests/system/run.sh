@@ -28,7 +28,8 @@
 # `system: N passed, M failed[, K skipped]`; the exit code is non-zero when a check failed.
 # Needs root (systemd-nspawn). Environment: SDH_HARNESS (path of systemd-harness.sh),
 # PYOCO_SYSTEST_KEEP=1 (leave the container up on exit for debugging; `SDH_NAME=pyoco-systest
-# ../shared/tools/systemd-harness.sh exec …`, then `… down`).
+# ../shared/tools/systemd-harness.sh exec …`, then `… down`), PYOCO_SYSTEST_OLD_LAYOUT_REF (the
+# commit whose packaging is the previous version).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -36,7 +37,7 @@ build=1
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument '$a'" >&2; exit 2 ;;
     esac
 done
@@ -53,7 +54,7 @@ export SDH_EXTRA_PACKAGES=nats-server,python3-venv,rpm
 OUT=$ROOT/target/system-test
 PREV_VERSION=0.0.1
 # The last commit whose packages had the old layout (see "previous version" below).
-OLD_LAYOUT_REF=37b9131e4024ea234f4ea7d3da5096d1a31b7018
+OLD_LAYOUT_REF=${PYOCO_SYSTEST_OLD_LAYOUT_REF:-37b9131e4024ea234f4ea7d3da5096d1a31b7018}
 mkdir -p "$OUT"
 log() { printf '[system %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -427,6 +428,10 @@ check "remove-stops-units" '! systemctl is-active pyoco-server.socket pyoco-serv
 check "remove-keeps-config-and-data" 'test -f /etc/pyoco/pyoco.toml && test -f /etc/pyoco/worker-hello.env && test -s /etc/pyoco/credentials/gateway.password && test -x /var/lib/pyoco/venv/bin/python && test -d /var/lib/pyoco/nats/jetstream && getent passwd pyoco >/dev/null && getent passwd pyoco-nats >/dev/null'
 check "reinstall-after-remove" "cd $T && $APT install ./$(basename "$DEB") 2>&1 | tail -n 2; systemctl is-enabled pyoco-server.socket && systemctl is-active pyoco-server.socket && grep -q '^# local change' /etc/pyoco/pyoco.toml"
 check "apt-purge" "$APT purge pyoco-server 2>&1 | tail -n 2; ! test -e /etc/pyoco && ! test -e /var/lib/pyoco && ! ls /etc/systemd/system/*.wants/pyoco* 2>/dev/null && ! systemctl is-active pyoco-server.socket"
+
+# A fresh installation, in the order install.md gives: NATS, the runtime, a worker — which is
+# ready before any gateway ran (pyoco-nats made the streams), and runs a flow.
+check "fresh-install-worker-before-gateway" "cd $T && $APT install ./$(basename "$DEB") 2>&1 | tail -n 1; systemctl start pyoco-nats && pyococtl runtime setup --wheel-dir $T/wheels >/dev/null 2>&1 && cp /usr/share/doc/pyoco-server/examples/hello_tasks.py /var/lib/pyoco/flows/ && timeout 60 systemctl start pyoco-worker@hello && ! systemctl is-active pyoco-server.service && systemctl is-active pyoco-worker@hello || exit 1; timeout 120 pyococtl run submit-yaml --workflow-file $T/flows/flow.yaml --flow-name main --tag hello --watch >/tmp/fresh.out 2>&1; rc=\$?; tail -n 3 /tmp/fresh.out; [ \$rc = 0 ]"
 
 "$H" down >/dev/null 2>&1 || true
 
