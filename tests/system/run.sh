@@ -21,7 +21,8 @@
 # (drained: the run completes, the worker record says STOPPED_GRACEFUL); the socket moved by a
 # drop-in; `pyococtl backup`; a worker without a runtime naming `pyococtl runtime setup`;
 # `systemd-analyze security` and `verify`; apt remove (data and configuration kept), reinstall,
-# apt purge (both deleted). Then the .rpm in a fresh container: `rpm -i --nodeps` runs the
+# apt purge (both deleted); a fresh install whose worker, started before any gateway, runs a
+# flow. Then the .rpm in a fresh container: `rpm -i --nodeps` runs the
 # scriptlets against systemd, the socket starts the gateway, `rpm -e` stops everything.
 #
 # Each check prints PASS/FAIL (SKIP when a feature is not there yet); the last line is
@@ -37,7 +38,7 @@ build=1
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument '$a'" >&2; exit 2 ;;
     esac
 done
