@@ -128,8 +128,10 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
     }
     let venv = absolute(&a.venv);
     let venv_python = venv.join("bin/python");
+    let create = a.recreate || !venv_python.exists();
+    refuse_untrusted_inputs(a, &venv, create)?;
 
-    if a.recreate || !venv_python.exists() {
+    if create {
         let version = python_version(&a.python).await?;
         let mut cmd = tokio::process::Command::new(&a.python);
         cmd.arg("-m").arg("venv");
@@ -189,6 +191,9 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
         pip.extend(["--requirement".into(), absolute(r).display().to_string()]);
     }
     pip.extend(a.packages.iter().cloned());
+    // pip, site-packages and their .pth files run as root from here on.
+    refuse_untrusted_exec(&venv_python.display().to_string())
+        .map_err(|m| CtlError::new(exit::ERROR, m))?;
     println!("+ {} {}", venv_python.display(), pip.join(" "));
     let status = tokio::process::Command::new(&venv_python)
         .args(&pip)
@@ -213,8 +218,9 @@ async fn setup(ctx: &Ctx, a: &SetupArgs) -> CtlResult<u8> {
             ),
         ));
     }
-    // Whatever the caller's umask was, the workers' user must be able to read the venv.
-    if let Err(e) = readable_by_all(&venv) {
+    // Whatever the caller's umask was, the workers' user must be able to read the venv, and
+    // only its owner write it.
+    if let Err(e) = normalise_modes(&venv) {
         return Err(CtlError::new(
             exit::ERROR,
             format!(
@@ -291,8 +297,51 @@ fn start_error(program: &str, e: &std::io::Error) -> CtlError {
     CtlError::new(exit::ERROR, format!("cannot run {program}: {e}{hint}"))
 }
 
-/// `chmod -R a+rX DIR` without following symlinks.
-fn readable_by_all(dir: &Path) -> std::io::Result<()> {
+/// Run as root, `setup` executes the interpreter that makes the venv, then the venv's own
+/// Python and pip, and installs what the wheel directory and requirement files name: none of
+/// them may be writable by a user other than root or the caller.
+fn refuse_untrusted_inputs(a: &SetupArgs, venv: &Path, create: bool) -> CtlResult<()> {
+    if effective_uid() != Some(0) {
+        return Ok(());
+    }
+    let refuse = |what: String, u: Untrusted| {
+        CtlError::new(
+            exit::ERROR,
+            format!(
+                "refusing to use {what} as root: {u}, so a user other than root (such as the \
+                 workers' user {WORKER_USER}) could change what root installs or runs; fix: \
+                 chown root:root {p} && chmod go-w {p}, or pass a directory only root can write",
+                p = u.path.display()
+            ),
+        )
+    };
+    if create {
+        refuse_untrusted_exec(&a.python).map_err(|m| CtlError::new(exit::ERROR, m))?;
+        // A new venv: where it goes must be root's, or it could be swapped under pip.
+        let existing = if a.recreate && venv.exists() {
+            check_path(venv, false)
+        } else {
+            check_path(venv, true)
+        };
+        existing.map_err(|u| refuse(format!("--venv {}", venv.display()), u))?;
+    }
+    let owners = trusted_owners();
+    if let Some(dir) = &a.wheel_dir {
+        let dir = absolute(dir);
+        check_path_with(&dir, false, &owners)
+            .and_then(|()| check_tree_with(&dir, &owners, &mut 1_000_000))
+            .map_err(|u| refuse(format!("--wheel-dir {}", dir.display()), u))?;
+    }
+    for r in &a.requirements {
+        let r = absolute(r);
+        check_path_with(&r, false, &owners)
+            .map_err(|u| refuse(format!("--requirement {}", r.display()), u))?;
+    }
+    Ok(())
+}
+
+/// `chmod -R a+rX,go-w DIR` without following symlinks.
+fn normalise_modes(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::symlink_metadata(dir)?;
     if meta.file_type().is_symlink() {
@@ -303,13 +352,13 @@ fn readable_by_all(dir: &Path) -> std::io::Result<()> {
         mode | 0o555
     } else {
         mode | 0o444
-    };
+    } & !0o022;
     if want != mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(want))?;
     }
     if meta.is_dir() {
         for entry in std::fs::read_dir(dir)? {
-            readable_by_all(&entry?.path())?;
+            normalise_modes(&entry?.path())?;
         }
     }
     Ok(())
@@ -317,6 +366,267 @@ fn readable_by_all(dir: &Path) -> std::io::Result<()> {
 
 fn absolute(p: &Path) -> PathBuf {
     crate::ops::absolute(p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What root may execute
+
+/// The system user of `pyoco-nats.service`: like the workers' user, never trusted by root.
+const NATS_USER: &str = "pyoco-nats";
+
+/// A file or directory that someone other than root (or the caller) could change: root must
+/// not execute what lies beneath it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted {
+    /// The path whose owner or mode is wrong.
+    pub path: PathBuf,
+    /// Why, e.g. "owned by pyoco (uid 998)" or "writable by its group (mode 0775)".
+    pub reason: String,
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is {}", self.path.display(), self.reason)
+    }
+}
+
+/// The effective uid, read from `/proc/self` (it belongs to the effective user).
+fn effective_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).ok()
+}
+
+/// `name`'s uid in /etc/passwd.
+fn passwd_uid(name: &str) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name).then(|| f[2].parse().ok())?
+    })
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[2].parse() == Ok(uid)).then(|| f[0].to_string())
+    })
+}
+
+/// Who may own what root executes: root, the caller and, under sudo, the user who ran sudo —
+/// never the daemons' users (what they can write is what an attacker in a task can write).
+fn trusted_owners() -> Vec<u32> {
+    let mut owners = vec![0];
+    if let Some(uid) = effective_uid() {
+        owners.push(uid);
+    }
+    if let Some(uid) = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
+        owners.push(uid);
+    }
+    let daemons: Vec<u32> = [WORKER_USER, NATS_USER]
+        .iter()
+        .filter_map(|u| passwd_uid(u))
+        .collect();
+    owners.retain(|o| *o == 0 || !daemons.contains(o));
+    owners
+}
+
+/// The owner and mode of one file or directory are safe: a trusted owner, and no group or
+/// world write bit (a sticky directory such as /tmp may be world-writable: there only an
+/// entry's owner can replace it, and the entry is checked next).
+fn check_node(path: &Path, meta: &std::fs::Metadata, owners: &[u32]) -> Result<(), Untrusted> {
+    use std::os::unix::fs::MetadataExt as _;
+    let untrusted = |reason: String| Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !owners.contains(&meta.uid()) {
+        let who = user_name(meta.uid()).unwrap_or_else(|| "another user".into());
+        return Err(untrusted(format!("owned by {who} (uid {})", meta.uid())));
+    }
+    let mode = meta.mode() & 0o7777;
+    let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky_dir {
+        let by = if mode & 0o002 != 0 {
+            "everyone"
+        } else {
+            "its group"
+        };
+        return Err(untrusted(format!("writable by {by} (mode {mode:04o})")));
+    }
+    Ok(())
+}
+
+/// Checks `path` the way the kernel reaches it: every directory a name is looked up in, every
+/// symlink's target (in turn), and the file itself. `allow_missing`: a path that does not
+/// exist yet (a venv to create) is fine once its existing ancestors are.
+pub fn check_path(path: &Path, allow_missing: bool) -> Result<(), Untrusted> {
+    check_path_with(path, allow_missing, &trusted_owners())
+}
+
+fn check_path_with(path: &Path, allow_missing: bool, owners: &[u32]) -> Result<(), Untrusted> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let io_error = |p: &Path, e: std::io::Error| Untrusted {
+        path: p.to_path_buf(),
+        reason: format!("not checkable ({e})"),
+    };
+    let path = absolute(path);
+    let root = PathBuf::from("/");
+    let meta = std::fs::metadata(&root).map_err(|e| io_error(&root, e))?;
+    check_node(&root, &meta, owners)?;
+    // Owned components (None = the root), so a symlink's target can be spliced in.
+    let owned = |p: &Path| -> Vec<Option<std::ffi::OsString>> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::RootDir | Component::Prefix(_) => Some(None),
+                Component::CurDir => None,
+                Component::ParentDir => Some(Some("..".into())),
+                Component::Normal(n) => Some(Some(n.to_os_string())),
+            })
+            .collect()
+    };
+    let mut pending: VecDeque<Option<std::ffi::OsString>> = owned(&path).into();
+    let mut cur = root.clone();
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        let Some(name) = c else {
+            cur = root.clone();
+            continue;
+        };
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&name);
+        let meta = match std::fs::symlink_metadata(&next) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && allow_missing => return Ok(()),
+            Err(e) => return Err(io_error(&next, e)),
+        };
+        if meta.file_type().is_symlink() {
+            // Only the directory holding a link can change it, and it was checked.
+            links += 1;
+            if links > 40 {
+                return Err(io_error(
+                    &next,
+                    std::io::Error::other("too many levels of symbolic links"),
+                ));
+            }
+            let target = std::fs::read_link(&next).map_err(|e| io_error(&next, e))?;
+            for t in owned(&target).into_iter().rev() {
+                pending.push_front(t);
+            }
+            continue;
+        }
+        check_node(&next, &meta, owners)?;
+        cur = next;
+    }
+    Ok(())
+}
+
+/// Every file and directory of a tree (a venv: its interpreter, pip, site-packages and their
+/// `.pth` files all run as root) passes [`check_node`]; symlinks are followed with [`check_path`].
+fn check_tree_with(dir: &Path, owners: &[u32], budget: &mut usize) -> Result<(), Untrusted> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Untrusted {
+        path: dir.to_path_buf(),
+        reason: format!("not checkable ({e})"),
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Untrusted {
+            path: dir.to_path_buf(),
+            reason: format!("not checkable ({e})"),
+        })?;
+        let p = entry.path();
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| Untrusted {
+            path: p.clone(),
+            reason: format!("not checkable ({e})"),
+        })?;
+        *budget = budget.saturating_sub(1);
+        if *budget == 0 {
+            return Err(Untrusted {
+                path: dir.to_path_buf(),
+                reason: "too large to check (over 1 000 000 entries)".into(),
+            });
+        }
+        if meta.file_type().is_symlink() {
+            check_path_with(&p, true, owners)?;
+        } else {
+            check_node(&p, &meta, owners)?;
+            if meta.is_dir() {
+                check_tree_with(&p, owners, budget)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The venv that holds `python` (`VENV/bin/python` with a `VENV/pyvenv.cfg`), if any.
+fn venv_of(python: &Path) -> Option<PathBuf> {
+    let venv = absolute(python).parent()?.parent()?.to_path_buf();
+    venv.join("pyvenv.cfg").is_file().then_some(venv)
+}
+
+/// A `PROGRAM` without a slash, as `execvp` finds it on PATH.
+fn on_path(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Refuses, when we are root, to execute `program` (a path, or a name looked up on PATH) if a
+/// user other than root or the caller — the workers' user `pyoco` above all — could have
+/// written it, a directory above it, or, for a venv's interpreter, anything in that venv.
+/// `Ok` when not root (nothing to escalate to). The error names the path, why, and the fix.
+/// `pyococtl doctor` calls this before running the workers' Python.
+pub fn refuse_untrusted_exec(program: &str) -> Result<(), String> {
+    if effective_uid() != Some(0) {
+        return Ok(());
+    }
+    let Some(path) = on_path(program) else {
+        return Ok(()); // not found: executing it fails on its own
+    };
+    let owners = trusted_owners();
+    let venv = venv_of(&path);
+    let found = check_path_with(&path, false, &owners).err().or_else(|| {
+        venv.as_ref().and_then(|v| {
+            check_path_with(v, false, &owners)
+                .and_then(|()| check_tree_with(v, &owners, &mut 1_000_000))
+                .err()
+        })
+    });
+    match found {
+        None => Ok(()),
+        Some(u) => Err(untrusted_message(program, &u, venv.as_deref())),
+    }
+}
+
+fn untrusted_message(program: &str, u: &Untrusted, venv: Option<&Path>) -> String {
+    let p = u.path.display();
+    let fix = match venv {
+        Some(v) if u.path.starts_with(v) => format!(
+            "make a fresh venv owned by root: rm -rf {v} && pyococtl runtime setup --venv {v} \
+             (only if you changed it yourself: chown -R root:root {v} && chmod -R go-w {v})",
+            v = v.display()
+        ),
+        Some(v) if v.starts_with(&u.path) => format!(
+            "chown root:root {p} && chmod go-w {p}; the venv below it may have been replaced \
+             meanwhile, so make it afresh: rm -rf {v} && pyococtl runtime setup --venv {v}",
+            v = v.display()
+        ),
+        _ => format!("chown root:root {p} && chmod go-w {p}"),
+    };
+    format!(
+        "refusing to run {program} as root: {u}, so a user other than root (such as the \
+         workers' user {WORKER_USER}) could have replaced what root would execute; fix: {fix}"
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,9 +652,7 @@ pub struct Report {
 /// The workers' user (uid, gid, home) when we are root and it exists: the interpreter then runs
 /// as that user, as under `pyoco-worker@.service`.
 fn worker_identity() -> Option<(u32, u32, String)> {
-    // /proc/self belongs to the effective user.
-    use std::os::unix::fs::MetadataExt as _;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok()? != 0 {
+    if effective_uid()? != 0 {
         return None;
     }
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
@@ -422,6 +730,13 @@ pub async fn check(python: &Path, pythonpath: &[PathBuf], imports: &[String]) ->
         return Ok(report);
     }
     let who = worker_identity();
+    if who.is_none() {
+        // Root without the workers' user runs the interpreter itself.
+        if let Err(m) = refuse_untrusted_exec(&python.display().to_string()) {
+            report.problem = Some(m);
+            return Ok(report);
+        }
+    }
     report.as_user = who.as_ref().map(|_| WORKER_USER.to_string());
     let dir = TempDir::new().map_err(|e| {
         CtlError::new(
@@ -591,5 +906,165 @@ fn print_report(ctx: &Ctx, r: &Report) {
     match &r.problem {
         None => println!("ok: pyoco-worker can run flows with {}", r.python_path),
         Some(p) => eprintln!("not usable: {p}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt as _};
+
+    /// A scratch directory under the system temp dir (sticky, root's: a trusted parent).
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("pyococtl-trust-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir(&dir).unwrap();
+            chmod(&dir, 0o755);
+            Scratch(dir)
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fn me() -> Vec<u32> {
+        vec![0, effective_uid().unwrap()]
+    }
+    fn file(p: &Path) {
+        std::fs::write(p, "#!/bin/sh\n").unwrap();
+        chmod(p, 0o755);
+    }
+
+    #[test]
+    fn a_trusted_chain_passes_and_missing_tails_are_allowed_on_request() {
+        let s = Scratch::new("ok");
+        let bin = s.0.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        chmod(&bin, 0o755);
+        file(&bin.join("python"));
+        assert_eq!(check_path_with(&bin.join("python"), false, &me()), Ok(()));
+        assert_eq!(check_path_with(&s.0.join("new/venv"), true, &me()), Ok(()));
+        let err = check_path_with(&s.0.join("new/venv"), false, &me()).unwrap_err();
+        assert_eq!(err.path, s.0.join("new"));
+    }
+
+    #[test]
+    fn a_group_writable_directory_on_the_way_is_named() {
+        let s = Scratch::new("gw");
+        let venv = s.0.join("venv");
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        chmod(&venv, 0o775);
+        chmod(&venv.join("bin"), 0o755);
+        file(&venv.join("bin/python"));
+        let err = check_path_with(&venv.join("bin/python"), false, &me()).unwrap_err();
+        assert_eq!(err.path, venv);
+        assert_eq!(err.reason, "writable by its group (mode 0775)");
+        // A world-writable file is refused too; a sticky world-writable directory is not.
+        chmod(&venv, 0o755);
+        chmod(&venv.join("bin/python"), 0o757);
+        let err = check_path_with(&venv.join("bin/python"), false, &me()).unwrap_err();
+        assert_eq!(err.reason, "writable by everyone (mode 0757)");
+        chmod(&venv.join("bin/python"), 0o755);
+        chmod(&venv.join("bin"), 0o1777);
+        assert_eq!(
+            check_path_with(&venv.join("bin/python"), false, &me()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn an_owner_outside_the_trusted_set_is_refused() {
+        let s = Scratch::new("owner");
+        file(&s.0.join("python"));
+        // Trust only uid 0 and a uid nobody has: our own files are then "another user's".
+        let owners = if effective_uid() == Some(0) {
+            vec![4_000_000]
+        } else {
+            vec![0]
+        };
+        let err = check_path_with(&s.0.join("python"), false, &owners).unwrap_err();
+        assert!(err.reason.starts_with("owned by "), "{err}");
+    }
+
+    #[test]
+    fn symlinks_are_followed_through_untrusted_targets() {
+        let s = Scratch::new("link");
+        let evil = s.0.join("evil");
+        std::fs::create_dir(&evil).unwrap();
+        chmod(&evil, 0o777);
+        file(&evil.join("python3"));
+        let bin = s.0.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        chmod(&bin, 0o755);
+        // bin/python -> python3 -> ../evil/python3: two hops, the second into a 0777 directory.
+        symlink("python3", bin.join("python")).unwrap();
+        symlink("../evil/python3", bin.join("python3")).unwrap();
+        let err = check_path_with(&bin.join("python"), false, &me()).unwrap_err();
+        assert_eq!(err.path, evil);
+        // A loop ends with an error, not a hang.
+        symlink("loop", s.0.join("loop")).unwrap();
+        let err = check_path_with(&s.0.join("loop"), false, &me()).unwrap_err();
+        assert!(err.reason.contains("symbolic links"), "{err}");
+    }
+
+    #[test]
+    fn a_venv_tree_with_one_writable_file_deep_inside_is_refused() {
+        let s = Scratch::new("tree");
+        let venv = s.0.join("venv");
+        let site = venv.join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(&site).unwrap();
+        for d in [
+            &venv,
+            &venv.join("lib"),
+            &venv.join("lib/python3.11"),
+            &site,
+        ] {
+            chmod(d, 0o755);
+        }
+        std::fs::write(site.join("ok.py"), "").unwrap();
+        chmod(&site.join("ok.py"), 0o644);
+        assert_eq!(check_tree_with(&venv, &me(), &mut 1000), Ok(()));
+        std::fs::write(site.join("evil.pth"), "import os").unwrap();
+        chmod(&site.join("evil.pth"), 0o664);
+        let err = check_tree_with(&venv, &me(), &mut 1000).unwrap_err();
+        assert_eq!(err.path, site.join("evil.pth"));
+        // normalise_modes (what setup runs after pip) makes it safe again.
+        normalise_modes(&venv).unwrap();
+        assert_eq!(check_tree_with(&venv, &me(), &mut 1000), Ok(()));
+    }
+
+    #[test]
+    fn the_refusal_names_the_path_the_reason_and_the_fix() {
+        let v = Path::new("/var/lib/pyoco/venv");
+        let above = Untrusted {
+            path: "/var/lib/pyoco".into(),
+            reason: "owned by pyoco (uid 998)".into(),
+        };
+        let m = untrusted_message("/var/lib/pyoco/venv/bin/python", &above, Some(v));
+        assert!(m.starts_with("refusing to run /var/lib/pyoco/venv/bin/python as root: /var/lib/pyoco is owned by pyoco (uid 998)"), "{m}");
+        assert!(
+            m.contains("chown root:root /var/lib/pyoco && chmod go-w /var/lib/pyoco"),
+            "{m}"
+        );
+        assert!(
+            m.contains("rm -rf /var/lib/pyoco/venv && pyococtl runtime setup"),
+            "{m}"
+        );
+        let inside = Untrusted {
+            path: "/var/lib/pyoco/venv/bin".into(),
+            reason: "writable by its group (mode 0775)".into(),
+        };
+        let m = untrusted_message("/var/lib/pyoco/venv/bin/python", &inside, Some(v));
+        assert!(
+            m.contains("fix: make a fresh venv owned by root: rm -rf /var/lib/pyoco/venv"),
+            "{m}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-# %post of pyoco-server ($1: 1 = install, 2+ = upgrade): system user, /var/lib/pyoco, systemd.
+# %post of pyoco-server ($1: 1 = install, 2+ = upgrade): system users, /var/lib/pyoco, the NATS
+# passwords, systemd.
 
 #PYOCO_COMMON#
 
@@ -6,6 +7,7 @@ pyoco_setup_user_and_dirs
 if pyoco_systemd_running; then
     systemctl daemon-reload >/dev/null 2>&1 || true
 fi
+pyoco_start_moved_nats
 if [ "$1" -eq 1 ]; then
     systemctl enable pyoco-server.socket >/dev/null 2>&1 || true
     if pyoco_systemd_running; then

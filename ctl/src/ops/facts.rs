@@ -159,6 +159,8 @@ fn workers_python(ctx: &Ctx) -> (String, &'static str) {
 }
 
 fn python_check(py: &str) -> Result<String, String> {
+    // doctor runs as root: never an interpreter the workers' user could have planted.
+    crate::runtime::refuse_untrusted_exec(py)?;
     let script = "import pyoco, importlib.metadata as m; print(m.version('pyoco'))";
     match resolve::run_with_timeout(
         Command::new(py).args(["-c", script]),

@@ -247,32 +247,35 @@ pub fn resolve_nats_server(
 }
 
 fn with_version(path: PathBuf, source: &str) -> Resolved {
-    let (version, version_raw, version_error) =
-        match run_with_timeout(Command::new(&path).arg("-v"), Duration::from_secs(5)) {
-            Ok((_, out)) => {
-                let text = out.trim().to_string();
-                let re = regex::Regex::new(r"v\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?")
-                    .expect("static regex");
-                match re.find(&text) {
-                    Some(m) => (Some(m.as_str().to_string()), Some(text), None),
-                    None if text.is_empty() => (
-                        None,
-                        None,
-                        Some("`nats-server -v` printed nothing".to_string()),
-                    ),
-                    None => (
-                        None,
-                        Some(text.clone()),
-                        Some(format!("no version in `nats-server -v` output: {text}")),
-                    ),
-                }
+    // As root (status, doctor, up), never run a candidate binary another user could have written.
+    let trusted = crate::runtime::refuse_untrusted_exec(&path.display().to_string());
+    let (version, version_raw, version_error) = match trusted
+        .and_then(|()| run_with_timeout(Command::new(&path).arg("-v"), Duration::from_secs(5)))
+    {
+        Ok((_, out)) => {
+            let text = out.trim().to_string();
+            let re =
+                regex::Regex::new(r"v\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?").expect("static regex");
+            match re.find(&text) {
+                Some(m) => (Some(m.as_str().to_string()), Some(text), None),
+                None if text.is_empty() => (
+                    None,
+                    None,
+                    Some("`nats-server -v` printed nothing".to_string()),
+                ),
+                None => (
+                    None,
+                    Some(text.clone()),
+                    Some(format!("no version in `nats-server -v` output: {text}")),
+                ),
             }
-            Err(e) => (
-                None,
-                None,
-                Some(format!("`{} -v` failed: {e}", path.display())),
-            ),
-        };
+        }
+        Err(e) => (
+            None,
+            None,
+            Some(format!("`{} -v` failed: {e}", path.display())),
+        ),
+    };
     Resolved {
         path,
         source: source.to_string(),
@@ -365,6 +368,9 @@ raise SystemExit(3)\n";
             continue;
         }
         tried.push(py.display().to_string());
+        if crate::runtime::refuse_untrusted_exec(&py.display().to_string()).is_err() {
+            continue;
+        }
         if let Ok((true, out)) = run_with_timeout(
             Command::new(py).args(["-c", script]),
             Duration::from_secs(10),
