@@ -119,7 +119,13 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
                 }
             }
             resources::Waiting::Failing(e) => {
-                tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring resources failed; retrying")
+                // NATS answers, but the streams are not there and this login may not create
+                // them (the worker role of a secured NATS): a gateway creates them at start.
+                systemd::notify_status(&format!(
+                    "waiting for the streams at {shown_url} ({}); a gateway creates them at start",
+                    e.resource
+                ));
+                tracing::error!(err_id = "ERR-PYOCO-0003", error = %e, "ensuring resources failed; retrying (with a worker-only NATS login the streams are created by a gateway, or once by `pyococtl key list` as admin)")
             }
         })
         .await;
