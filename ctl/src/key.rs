@@ -30,6 +30,11 @@ Example:\n  PYOCO_AUTH_PEPPER_FILE=/etc/pyoco/pepper pyococtl --nats-url nats://
         /// Tenant id: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'.
         #[arg(long)]
         tenant: String,
+        /// Only these task modules (prefixes `a.b`, callables `a.b:f`; comma-separated or
+        /// repeated) may be named by flow.yaml files submitted with this key — on top of the
+        /// gateways' and workers' own rules. Enforced by this project's gateways.
+        #[arg(long = "callable-allow", value_name = "MODULES", value_delimiter = ',')]
+        callable_allow: Vec<String>,
     },
     /// List API keys (no secrets), newest first. JSON; `--output table` for a table.
     List,
@@ -46,7 +51,10 @@ Example:\n  PYOCO_AUTH_PEPPER_FILE=/etc/pyoco/pepper pyococtl --nats-url nats://
 
 pub async fn dispatch(ctx: &Ctx, cmd: &KeyCmd) -> CtlResult<u8> {
     match cmd {
-        KeyCmd::Create { tenant } => create(ctx, tenant).await,
+        KeyCmd::Create {
+            tenant,
+            callable_allow,
+        } => create(ctx, tenant, callable_allow).await,
         KeyCmd::List => list(ctx).await,
         KeyCmd::Revoke { key_id } => revoke(ctx, key_id).await,
     }
@@ -64,10 +72,35 @@ async fn auth_bucket(ctx: &Ctx) -> CtlResult<kv::Store> {
     Ok(res.auth)
 }
 
-async fn create(ctx: &Ctx, tenant: &str) -> CtlResult<u8> {
+async fn create(ctx: &Ctx, tenant: &str, callable_allow: &[String]) -> CtlResult<u8> {
     // Validate (and pay for PBKDF2) before touching NATS.
-    let (api_key, record) = apikey::generate(tenant, ctx.config.auth_pepper.as_deref())
+    let entries: Vec<String> = callable_allow
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if !entries.is_empty() {
+        let parsed =
+            pyoco_core::callables::CallableAllow::parse(&entries.join(",")).map_err(|e| {
+                CtlError::usage(
+                    e.replace("PYOCO_CALLABLE_ALLOW", "--callable-allow"),
+                    "pyococtl key create --tenant acme --callable-allow acme_tasks,shared.reports",
+                )
+            })?;
+        if parsed.anything() {
+            return Err(CtlError::usage(
+                "--callable-allow *: a key cannot widen what the gateways and workers allow; leave the flag out for no per-key limit",
+                "pyococtl key create --tenant acme",
+            ));
+        }
+    }
+    let (api_key, mut record) = apikey::generate(tenant, ctx.config.auth_pepper.as_deref())
         .map_err(|e| CtlError::usage(e, "pyococtl key create --tenant acme"))?;
+    if !entries.is_empty() {
+        record
+            .extra
+            .insert(apikey::CALLABLE_ALLOW_FIELD.into(), json!(entries));
+    }
     let kv = auth_bucket(ctx).await?;
     kv.create(apikey::kv_key(&record.key_id), to_ascii_vec(&record).into())
         .await
@@ -81,12 +114,16 @@ async fn create(ctx: &Ctx, tenant: &str) -> CtlResult<u8> {
                 &e,
             )
         })?;
-    print_json(&json!({
+    let mut out = json!({
         "key_id": record.key_id,
         "tenant_id": record.tenant_id,
         "api_key": api_key,
         "created_at": record.created_at,
-    }));
+    });
+    if !entries.is_empty() {
+        out[apikey::CALLABLE_ALLOW_FIELD] = json!(entries);
+    }
+    print_json(&out);
     Ok(exit::OK)
 }
 
@@ -154,7 +191,14 @@ async fn list(ctx: &Ctx) -> CtlResult<u8> {
     }
     let out: Vec<Value> = records
         .iter()
-        .map(|r| json!({"key_id": r.key_id, "tenant_id": r.tenant_id, "created_at": r.created_at, "revoked_at": r.revoked_at}))
+        .map(|r| {
+            let mut v = json!({"key_id": r.key_id, "tenant_id": r.tenant_id, "created_at": r.created_at, "revoked_at": r.revoked_at});
+            // Ours alone; absent for keys without a list, so the original's output stays.
+            if let Some(allow) = r.extra.get(apikey::CALLABLE_ALLOW_FIELD) {
+                v[apikey::CALLABLE_ALLOW_FIELD] = allow.clone();
+            }
+            v
+        })
         .collect();
     print_json(&Value::Array(out));
     Ok(exit::OK)

@@ -93,9 +93,34 @@ pub struct ApiKeyRecord {
     pub extra: serde_json::Map<String, Value>,
 }
 
+/// Optional field of a key record (ours; the original ignores it): the callables flows
+/// submitted with this key may name, as `PYOCO_CALLABLE_ALLOW` entries.
+pub const CALLABLE_ALLOW_FIELD: &str = "callable_allow";
+
 impl ApiKeyRecord {
     pub fn is_revoked(&self) -> bool {
         self.revoked_at.is_some()
+    }
+
+    /// The key's own callable allow list: `None` without one, `Err` when it is malformed (a
+    /// submit with that key is then refused rather than left unrestricted).
+    pub fn callable_allow(&self) -> Option<Result<crate::callables::CallableAllow, String>> {
+        let v = self.extra.get(CALLABLE_ALLOW_FIELD)?;
+        if v.is_null() {
+            return None;
+        }
+        let entries: Option<Vec<&str>> = v
+            .as_array()
+            .map(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+            .unwrap_or(None);
+        Some(match entries {
+            Some(list) if !list.is_empty() => {
+                crate::callables::CallableAllow::parse(&list.join(","))
+            }
+            _ => Err(format!(
+                "{CALLABLE_ALLOW_FIELD} must be a non-empty list of module prefixes"
+            )),
+        })
     }
 
     /// Read a stored record.

@@ -132,6 +132,22 @@ pub fn submit_refusal(allow: &CallableAllow, task: &str, callable: &str) -> Opti
     None
 }
 
+/// Why a key with its own allow list (API-key record field `callable_allow`) may not submit
+/// task `task`'s `callable`, or `None`.
+pub fn key_refusal(key_allow: &CallableAllow, task: &str, callable: &str) -> Option<String> {
+    let (module, attr) = callable.split_once(':').unwrap_or((callable, ""));
+    let (module, attr) = (module.trim(), attr.trim());
+    if key_allow.allows(module, attr) || module == EXAMPLE_TASK_MODULE {
+        return None;
+    }
+    Some(format!(
+        "callable_not_allowed: tasks.{task}.callable {callable:?} is outside this API key's \
+         callable_allow ({}); fix: use a task module from that list, or ask the operator for a key \
+         that allows {module:?}",
+        key_allow.describe()
+    ))
+}
+
 /// Top-level module names of CPython 3.11 and 3.12's standard library
 /// (`sys.stdlib_module_names` ∪ `sys.builtin_module_names`), sorted for binary search.
 const STDLIB_TOP_LEVEL: &[&str] = &[

@@ -30,6 +30,8 @@ use crate::index::Follower;
 pub struct Principal {
     pub tenant_id: String,
     pub api_key_id: String,
+    /// The key's own callable allow list (record field `callable_allow`), if it has one.
+    pub callable_allow: Option<Result<pyoco_core::callables::CallableAllow, String>>,
 }
 
 #[derive(Clone)]
@@ -133,6 +135,7 @@ impl Auth {
                 let pepper = self.pepper.clone();
                 let secret = secret.to_string();
                 let tenant = record.tenant_id.clone();
+                let callable_allow = record.callable_allow();
                 let _turn = self.kdf_turn().await?;
                 let ok = tokio::task::spawn_blocking(move || {
                     apikey::verify(&record, &secret, pepper.as_deref())
@@ -142,6 +145,7 @@ impl Auth {
                 ok.then(|| Principal {
                     tenant_id: tenant,
                     api_key_id: key_id.clone(),
+                    callable_allow,
                 })
             }
         };
@@ -232,6 +236,7 @@ mod tests {
         Some(Principal {
             tenant_id: t.into(),
             api_key_id: "k".into(),
+            callable_allow: None,
         })
     }
 

@@ -279,9 +279,17 @@ pub async fn submit_yaml(
         let Some(callable) = &task.callable else {
             continue;
         };
-        if let Some(why) =
+        let by_key = match principal.as_ref().and_then(|p| p.callable_allow.as_ref()) {
+            None => None,
+            Some(Ok(key_allow)) => callables::key_refusal(key_allow, &task.name, callable),
+            Some(Err(e)) => Some(format!(
+                "callable_not_allowed: this API key's callable_allow is malformed ({e}); fix: \
+                 create a new key with `pyococtl key create --tenant T --callable-allow MODULES`"
+            )),
+        };
+        if let Some(why) = by_key.or_else(|| {
             callables::submit_refusal(&state.settings.callable_allow, &task.name, callable)
-        {
+        }) {
             tracing::info!(err_id = "ERR-PYOCO-0002", reason = "callable_not_allowed", task = %task.name, "invalid workflow yaml");
             return Err(ApiError::unprocessable(format!(
                 "invalid workflow yaml: {why}"

@@ -338,3 +338,116 @@ async fn runtime_setup_records_task_packages_that_flows_may_then_name() {
         "{done}"
     );
 }
+
+/// `POST /runs/yaml` with an API key; (status, JSON body).
+async fn submit_with_key(base_url: &str, yaml: &str, key: &str) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "workflow",
+            reqwest::multipart::Part::bytes(yaml.as_bytes().to_vec()).file_name("flow.yaml"),
+        )
+        .text("flow_name", "main")
+        .text("tag", "cp");
+    let r = http()
+        .post(format!("{base_url}/runs/yaml"))
+        .header("X-API-Key", key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST /runs/yaml");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A key made with `pyococtl key create --callable-allow` may name only those modules (plus the
+/// example module); another tenant's key without a list is not limited by it; the Python
+/// original's gateway, which ignores the field, still accepts the key.
+#[tokio::test]
+async fn an_api_key_may_carry_its_own_allow_list() {
+    let nats = NatsServer::start().await;
+    let env = [
+        ("PYOCO_HTTP_AUTH_MODE", "api_key"),
+        ("PYOCO_AUTH_PEPPER", "cp-pepper"),
+    ];
+    let gw = Gateway::start(&nats.url(), &env).await;
+    gw.wait_nats_connected().await;
+    let create = |tenant: &'static str, allow: Option<&'static str>| {
+        let url = nats.url();
+        async move {
+            let mut args = vec![
+                "--nats-url",
+                url.as_str(),
+                "key",
+                "create",
+                "--tenant",
+                tenant,
+            ];
+            if let Some(a) = allow {
+                args.extend(["--callable-allow", a]);
+            }
+            let out =
+                run_workspace_bin("pyococtl", &args, &[("PYOCO_AUTH_PEPPER", "cp-pepper")]).await;
+            out.assert_success();
+            out.stdout_json()
+        }
+    };
+    let limited = create("team-a", Some("cptasks,shared.reports")).await;
+    assert_eq!(
+        limited["callable_allow"],
+        serde_json::json!(["cptasks", "shared.reports"])
+    );
+    let open = create("team-b", None).await;
+    let (a, b) = (
+        limited["api_key"].as_str().unwrap(),
+        open["api_key"].as_str().unwrap(),
+    );
+
+    let (code, body) = submit_with_key(&gw.base_url(), &flow("other_mod:f", "{}"), a).await;
+    assert_eq!(code, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("outside this API key's callable_allow (cptasks,shared.reports)"),
+        "{detail}"
+    );
+    for ok in [
+        "cptasks:ok",
+        "shared.reports.daily:run",
+        "pyoco_server._workflow_test_tasks:add_one",
+    ] {
+        let (code, body) = submit_with_key(&gw.base_url(), &flow(ok, "{}"), a).await;
+        assert_eq!(code, 200, "{ok}: {body}");
+    }
+    let (code, body) = submit_with_key(&gw.base_url(), &flow("other_mod:f", "{}"), b).await;
+    assert_eq!(code, 200, "a key without a list: {body}");
+    // the gateway-wide rule still holds for a limited key
+    let (code, _) = submit_with_key(&gw.base_url(), &flow("os:system", "{}"), b).await;
+    assert_eq!(code, 422);
+
+    // A malformed flag is a usage error naming it.
+    let out = run_workspace_bin(
+        "pyococtl",
+        &[
+            "--nats-url",
+            &nats.url(),
+            "key",
+            "create",
+            "--tenant",
+            "t",
+            "--callable-allow",
+            "bad mod",
+        ],
+        &[("PYOCO_AUTH_PEPPER", "cp-pepper")],
+    )
+    .await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("--callable-allow"),
+        "{}",
+        out.stderr_text()
+    );
+
+    // The original's gateway reads the record and ignores the field.
+    let orig = OrigGateway::start(&nats.url(), &env).await;
+    let (code, body) = submit_with_key(&orig.base_url(), &flow("other_mod:f", "{}"), a).await;
+    assert_eq!(code, 200, "the original accepts the key: {body}");
+}
