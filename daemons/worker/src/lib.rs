@@ -169,7 +169,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
     );
     if let Some((dir, sets)) = wheels {
         registry.set_wheel_sync(wheels::initial_block(true));
-        match js.get_object_store(&cfg.wheel_object_store_bucket).await {
+        match wheels::WheelStore::open(&js, &cfg.wheel_object_store_bucket).await {
             Ok(store) => {
                 let mut sync = wheels::WheelSync::new(
                     &cfg,

@@ -18,13 +18,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::object_store::{ObjectInfo, ObjectStore};
 use base64::Engine;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+pub use store::{WheelInfo, WheelStore};
 use tokio::process::Command;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -34,6 +34,9 @@ use pyoco_core::config::Config;
 use pyoco_core::time::now;
 
 use crate::registry::Registry;
+use crate::text::truncate;
+
+pub mod store;
 
 /// The selection helper, run as `python -I -c` in the runners' interpreter.
 const SELECT_PY: &str = include_str!("select.py");
@@ -177,15 +180,12 @@ pub fn valid_wheel_name(name: &str) -> bool {
 }
 
 /// The wheel's tags from its meta header (CSV; tokens that are not valid tags are dropped).
-pub fn wheel_tags(info: &ObjectInfo) -> Vec<String> {
-    let Some(headers) = &info.headers else {
-        return vec![];
-    };
-    let raw = headers
+pub fn wheel_tags(info: &WheelInfo) -> Vec<String> {
+    let raw = info
+        .headers
         .get(TAGS_HEADER)
-        .or_else(|| headers.get("X-Pyoco-Wheel-Tags"))
-        .map(|v| v.as_str().to_string())
-        .unwrap_or_default();
+        .map(String::as_str)
+        .unwrap_or("");
     let mut tags: Vec<String> = raw
         .split(',')
         .map(str::trim)
@@ -211,7 +211,7 @@ struct Selection {
 }
 
 pub struct WheelSync {
-    pub store: ObjectStore,
+    pub store: WheelStore,
     pub bucket: String,
     pub python: PathBuf,
     pub tags: Vec<String>,
@@ -231,7 +231,7 @@ impl WheelSync {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &Config,
-        store: ObjectStore,
+        store: WheelStore,
         python: PathBuf,
         tags: Vec<String>,
         dir: PathBuf,
@@ -317,24 +317,16 @@ impl WheelSync {
     }
 
     async fn sync_once(&mut self, attempted_at: f64) -> Result<Value, String> {
-        let mut list = self
-            .store
-            .list()
-            .await
-            .map_err(|e| format!("listing the wheel store {}: {e}", self.bucket))?;
-        let mut infos: HashMap<String, (ObjectInfo, Vec<String>)> = HashMap::new();
+        let listed = self.store.list(MAX_OBJECTS).await?;
+        let mut infos: HashMap<String, (WheelInfo, Vec<String>)> = HashMap::new();
         let mut order = Vec::new();
-        while let Some(item) = list.next().await {
-            let info = item.map_err(|e| format!("listing the wheel store {}: {e}", self.bucket))?;
+        for info in listed {
             if info.deleted || !valid_wheel_name(&info.name) {
                 continue;
             }
             let tags = wheel_tags(&info);
             if !tags.is_empty() && !tags.iter().any(|t| self.tags.contains(t)) {
                 continue;
-            }
-            if infos.len() >= MAX_OBJECTS {
-                return Err(format!("the wheel store {} holds more than {MAX_OBJECTS} wheels for this worker; delete old versions", self.bucket));
             }
             order.push(info.name.clone());
             infos.insert(info.name.clone(), (info, tags));
@@ -417,7 +409,7 @@ impl WheelSync {
     async fn install_set(
         &self,
         picked: &[Picked],
-        infos: &HashMap<String, (ObjectInfo, Vec<String>)>,
+        infos: &HashMap<String, (WheelInfo, Vec<String>)>,
     ) -> Result<Manifest, String> {
         if picked.is_empty() {
             self.make_current(None)?;
@@ -545,68 +537,33 @@ pub fn digest_bytes(digest: Option<&str>) -> Option<Vec<u8>> {
         .filter(|b| b.len() == 32)
 }
 
-/// Streams one wheel to `path`, bounded by `max_bytes` and by the size its info declares, and
-/// checks the bytes against the object's digest. Returns (size, sha256 hex, nuid).
+/// Downloads one wheel to `path` and checks it against its object's digest and the size
+/// limit. Returns (size, sha256 hex, nuid).
 async fn download(
-    store: &ObjectStore,
-    listed: &ObjectInfo,
+    store: &WheelStore,
+    info: &WheelInfo,
     path: &Path,
     max_bytes: u64,
 ) -> Result<(u64, String, String), String> {
-    let name = &listed.name;
-    let mut obj = store
-        .get(name)
-        .await
-        .map_err(|e| format!("downloading wheel {name}: {e}"))?;
-    // The object as fetched (it may be newer than the listing; then the next sync sees that too).
-    let info = obj.info().clone();
-    let declared = info.size as u64;
-    if max_bytes > 0 && declared > max_bytes {
-        return Err(format!("wheel {name} is {declared} bytes, above the limit of {max_bytes} (PYOCO_WHEEL_MAX_BYTES); it is not installed"));
+    let name = &info.name;
+    if max_bytes > 0 && info.size > max_bytes {
+        return Err(format!("wheel {name} is {} bytes, above the limit of {max_bytes} (PYOCO_WHEEL_MAX_BYTES); it is not installed", info.size));
     }
     let Some(expected) = digest_bytes(info.digest.as_deref()) else {
         return Err(format!(
-            "wheel {name}: the object store gives no SHA-256 digest ({:?}); upload it again",
-            info.digest
+            "wheel {name}: its object has no SHA-256 digest ({:?}); upload it again",
+            info.digest.as_deref().map(|d| truncate(d, 80))
         ));
     };
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = obj
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("downloading wheel {name}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > declared {
-            return Err(format!(
-                "wheel {name}: more bytes than the {declared} its object declares; the store is corrupt, upload it again"
-            ));
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let got = hasher.finalize();
-    if got.as_slice() != expected.as_slice() {
+    let (size, got) = store.download(info, path).await?;
+    if got != expected {
         return Err(format!(
-            "wheel {name}: the downloaded bytes have SHA-256 {}, the object says {}; it is corrupt and not installed — upload it again",
-            hex::encode(got),
+            "wheel {name}: the downloaded bytes have SHA-256 {}, its object says {}; it is corrupt and not installed — upload it again",
+            hex::encode(&got),
             hex::encode(&expected)
         ));
     }
-    Ok((total, hex::encode(got), info.nuid))
+    Ok((size, hex::encode(got), info.nuid.clone()))
 }
 
 /// Runs the selection helper in the runners' Python.
@@ -761,6 +718,7 @@ fn tail(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn wheel_names_follow_the_original_rule() {
