@@ -160,6 +160,11 @@ impl Runner {
             .map(|p| p.display().to_string())
             .collect();
         let wheel_dir = spec.wheels.as_ref().and_then(|w| w.current());
+        if let Some(w) = &spec.wheels {
+            // Claimed before the interpreter starts, so the set cannot be deleted under it (the
+            // slot's previous runner is gone by now).
+            w.runner_started(slot, wheel_dir.clone());
+        }
         if let Some(dir) = &wheel_dir {
             pythonpath.push(dir.display().to_string());
         }
@@ -237,9 +242,6 @@ impl Runner {
                 other => return Err(SpawnError::NotReady(format!("unexpected first message from the runner: {other:?}"))),
             },
         };
-        if let Some(w) = &spec.wheels {
-            w.runner_started(slot, wheel_dir.clone());
-        }
         Ok(Runner {
             slot,
             info,

@@ -83,7 +83,8 @@ impl ActiveSets {
         self.current.subscribe()
     }
 
-    /// A runner of `slot` started with `dir`; the set its predecessor used may be deleted.
+    /// A runner of `slot` starts with `dir` (its predecessor is gone: the set that one used may
+    /// be deleted).
     pub fn runner_started(&self, slot: usize, dir: Option<PathBuf>) {
         self.in_use.lock().unwrap().insert(slot, dir);
         self.released.notify_one();
