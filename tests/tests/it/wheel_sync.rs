@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use base64::Engine;
 use pyoco_tests::*;
 use serde_json::Value;
 
@@ -495,6 +496,62 @@ async fn selection_by_tag_and_interpreter_and_the_record_fields() {
     assert_eq!(manifest[&mine]["tags"], serde_json::json!(["cpu", "sel"]));
     assert_eq!(manifest[&mine]["package_name"], "sel-mine");
     assert_eq!(manifest[&mine]["sha256_hex"].as_str().unwrap().len(), 64);
+
+    // An object whose bytes do not match its digest (written the object-store way by hand):
+    // refused, the current set stays, nothing half-written is left.
+    let bad = make_wheel(
+        dir.path(),
+        "sel-bad",
+        "1.0",
+        "sel_bad",
+        "py3-none-any",
+        "X = 1\n",
+    )
+    .await;
+    let bytes = std::fs::read(&bad).unwrap();
+    let nuid = "BADDIGEST0000000000001";
+    js.publish(format!("$O.pyoco_wheels.C.{nuid}"), bytes.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let name = "sel_bad-1.0-py3-none-any.whl";
+    let meta = serde_json::json!({
+        "name": name, "bucket": "pyoco_wheels", "nuid": nuid, "size": bytes.len(), "chunks": 1,
+        "mtime": "2026-01-01T00:00:00Z", "headers": {"x-pyoco-wheel-tags": "sel"},
+        // the SHA-256 of other bytes
+        "digest": "SHA-256=n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg=",
+    });
+    let subject = format!(
+        "$O.pyoco_wheels.M.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(name)
+    );
+    js.publish(subject, serde_json::to_vec(&meta).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let ws = wait_sync(
+        &js,
+        &worker_id,
+        Duration::from_secs(8),
+        "the digest error",
+        |ws| ws["last_result"] == "error",
+    )
+    .await;
+    let err = ws["last_error"].as_str().unwrap();
+    assert!(
+        err.contains(name) && err.contains("SHA-256") && err.contains("not installed"),
+        "{err}"
+    );
+    assert_eq!(
+        current_set(&sync_dir).unwrap(),
+        set,
+        "the previous set stays current"
+    );
+    let sets: Vec<_> = std::fs::read_dir(sync_dir.join("sets")).unwrap().collect();
+    assert_eq!(sets.len(), 1, "no partial set is left");
+    assert!(!sync_dir.join("incoming").exists());
 
     // Sync off: the block says so.
     let off_id = unique("ws-off");
