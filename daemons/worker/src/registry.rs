@@ -74,8 +74,8 @@ impl Registry {
         self.dirty.notify_one();
     }
 
-    /// Writes the record: stored document (keeps `hidden`, `wheel_sync`, unknown fields) with
-    /// our fields on top, by compare-and-set.
+    /// Writes the record: stored document (keeps `hidden` and unknown fields) with
+    /// our fields (and `wheel_sync`) on top, by compare-and-set.
     pub async fn write(&self) -> Result<(), String> {
         let _one_at_a_time = self.write_lock.lock().await;
         // Taken once per write: a change made meanwhile marks the record dirty and the

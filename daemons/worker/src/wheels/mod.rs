@@ -750,6 +750,29 @@ mod tests {
     }
 
     #[test]
+    fn wheel_tags_drop_invalid_tokens_and_read_either_header_case() {
+        let info = store::parse_meta(
+            br#"{"name":"a.whl","nuid":"N","headers":{"X-Pyoco-Wheel-Tags":" gpu, ,bad.tag,cpu,gpu"}}"#,
+        )
+        .unwrap();
+        assert_eq!(wheel_tags(&info), ["cpu", "gpu"]);
+        let none = store::parse_meta(br#"{"name":"a.whl","nuid":"N"}"#).unwrap();
+        assert!(wheel_tags(&none).is_empty());
+    }
+
+    #[test]
+    fn set_numbers_grow_past_every_existing_set() {
+        let dir = std::env::temp_dir().join(format!("pyoco-sets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(next_set_number(&dir), 1);
+        for n in ["3", "10", "junk"] {
+            std::fs::create_dir_all(dir.join(n)).unwrap();
+        }
+        assert_eq!(next_set_number(&dir), 11);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn tail_keeps_the_end_on_a_char_boundary() {
         assert_eq!(tail("abcdef", 3), "def");
         assert_eq!(tail("aéé", 3), "é");
