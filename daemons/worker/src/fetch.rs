@@ -158,9 +158,26 @@ impl FetchLoop {
         let mut last_fetch = Instant::now();
         let (tx, mut rx) = mpsc::channel::<Event>(64);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut wheel_rx = self.spec.wheels.as_ref().map(|w| w.subscribe());
 
         loop {
             let stopping = stop.is_cancelled() || (self.run_once && polled_once);
+            // A new wheel set: idle runners not reserved by a pull restart with it now (a reserved
+            // one restarts when its job arrives, busy ones after their run).
+            if !stopping {
+                while idle.len() > reserved {
+                    let Some(i) = idle.iter().position(|r| self.stale(r)) else {
+                        break;
+                    };
+                    let old = idle.swap_remove(i);
+                    busy += 1;
+                    let (spec, tx) = (self.spec.clone(), tx.clone());
+                    self.tracker.spawn(async move {
+                        let r = renew(&spec, old).await;
+                        let _ = tx.send(Event::RunnerReady(r)).await;
+                    });
+                }
+            }
             // Fill: give tags without an outstanding pull a share of the free runners.
             if !stopping {
                 let round = plan(idle.len().saturating_sub(reserved), &pulling, rr);
@@ -218,7 +235,11 @@ impl FetchLoop {
                         busy += 1;
                         let ctx = self.ctx.clone();
                         let tx = tx.clone();
+                        let stale = self.stale(&runner);
+                        let spec = self.spec.clone();
                         self.tracker.spawn(async move {
+                            // Runs fetched after a new wheel set became current run with it.
+                            let runner = if stale { renew(&spec, runner).await } else { runner };
                             let fate = job::process(&ctx, msg, runner).await;
                             let _ = tx.send(Event::JobDone(fate)).await;
                         });
@@ -229,6 +250,7 @@ impl FetchLoop {
                         last_fetch = Instant::now();
                     }
                     Event::JobDone(RunnerFate::Reusable(r)) => {
+                        // A stale one is renewed by the check at the top of the loop.
                         busy -= 1;
                         idle.push(r);
                     }
@@ -258,10 +280,37 @@ impl FetchLoop {
                     Event::RunnerRetired => busy -= 1,
                 },
                 _ = tick.tick() => {}
+                changed = async { wheel_rx.as_mut().expect("guarded").changed().await }, if wheel_rx.is_some() => {
+                    if changed.is_err() {
+                        wheel_rx = None;
+                    }
+                }
                 _ = stop.cancelled(), if !stop.is_cancelled() => {}
             }
         }
     }
+}
+
+impl FetchLoop {
+    /// The runner imports from a wheel set that is no longer current.
+    fn stale(&self, r: &Runner) -> bool {
+        self.spec
+            .wheels
+            .as_ref()
+            .is_some_and(|w| w.current() != r.wheel_dir)
+    }
+}
+
+/// Replaces an idle runner by one started with the current wheel set (no run is interrupted:
+/// it is between runs).
+async fn renew(spec: &RunnerSpec, old: Runner) -> Runner {
+    let slot = old.slot;
+    old.shutdown(Duration::from_secs(2)).await;
+    tracing::info!(
+        runner_slot = slot,
+        "restarting the runner with the new wheel set"
+    );
+    respawn(spec, slot).await
 }
 
 /// Starts a replacement runner, retrying with backoff (an interpreter may be briefly missing

@@ -22,6 +22,7 @@ pub mod runner;
 pub mod settings;
 pub mod snapshot;
 pub mod text;
+pub mod wheels;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
         WorkerError::Start(format!("cannot write the runner shim under {}: {e}; fix: point --work-dir at a writable directory", work_dir.display()))
     })?;
     let python = settings.python.clone();
+    // Wheel sync: the set a previous run made current is on the first runners' path already.
+    let wheels = wheels::prepare(&cfg).map_err(WorkerError::Start)?;
     let spec = RunnerSpec {
         python: python.clone(),
         shim_dir,
@@ -72,6 +75,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
         work_dir: work_dir.clone(),
         ready_timeout: settings.ready_timeout,
         memory_max: settings.runner_memory_max,
+        wheels: wheels.as_ref().map(|(_, sets)| sets.clone()),
     };
 
     for dir in &spec.pythonpath {
@@ -169,6 +173,29 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
             .clone()
             .writer_loop(settings.worker_heartbeat, halt.clone()),
     );
+    if let Some((dir, sets)) = wheels {
+        registry.set_wheel_sync(wheels::initial_block(true));
+        match wheels::WheelStore::open(&js, &cfg.wheel_object_store_bucket).await {
+            Ok(store) => {
+                let mut sync = wheels::WheelSync::new(
+                    &cfg,
+                    store,
+                    python.clone(),
+                    tags.clone(),
+                    dir,
+                    sets,
+                    registry.clone(),
+                );
+                // As the original: synced before the first fetch, so the first runs see the wheels.
+                systemd::notify_status("syncing wheels");
+                sync.attempt().await;
+                tracker.spawn(sync.run(client.clone(), halt.clone()));
+            }
+            Err(e) => {
+                tracing::error!(bucket = %cfg.wheel_object_store_bucket, error = %e, "cannot open the wheel store; wheel sync is off for this run")
+            }
+        }
+    }
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
     let max_payload = client.server_info().max_payload;

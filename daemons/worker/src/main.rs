@@ -69,6 +69,21 @@ struct Cli {
     /// Log level: DEBUG, INFO, WARNING, ERROR.
     #[arg(long)]
     log_level: Option<String>,
+    /// Install wheels from the wheel store and keep them in sync [PYOCO_WHEEL_SYNC_ENABLED].
+    #[arg(long, overrides_with = "no_wheel_sync")]
+    wheel_sync: bool,
+    /// Do not sync wheels (overrides the configuration).
+    #[arg(long, overrides_with = "wheel_sync")]
+    no_wheel_sync: bool,
+    /// Directory of the synced wheel sets [PYOCO_WHEEL_SYNC_DIR; default .pyoco/wheels].
+    #[arg(long)]
+    wheel_sync_dir: Option<String>,
+    /// Fallback sync interval in seconds; uploads and deletes are picked up at once [PYOCO_WHEEL_SYNC_INTERVAL_SEC].
+    #[arg(long)]
+    wheel_sync_interval_sec: Option<String>,
+    /// Time limit of one wheel-set install, seconds [PYOCO_WHEEL_INSTALL_TIMEOUT_SEC].
+    #[arg(long)]
+    wheel_install_timeout_sec: Option<String>,
 }
 
 impl Cli {
@@ -93,6 +108,14 @@ impl Cli {
         push("cancel_kill_after_sec", &self.cancel_kill_after);
         push("worker_runner_memory_max_bytes", &self.runner_memory_max);
         push("log_level", &self.log_level);
+        push("wheel_sync_dir", &self.wheel_sync_dir);
+        push("wheel_sync_interval_sec", &self.wheel_sync_interval_sec);
+        push("wheel_install_timeout_sec", &self.wheel_install_timeout_sec);
+        if self.wheel_sync {
+            flags.push(("wheel_sync_enabled".into(), "true".into()));
+        } else if self.no_wheel_sync {
+            flags.push(("wheel_sync_enabled".into(), "false".into()));
+        }
         if !self.pythonpath.is_empty() {
             flags.push(("worker_pythonpath".into(), self.pythonpath.join(":")));
         }

@@ -40,6 +40,8 @@ pub struct Registry {
     dirty: Arc<tokio::sync::Notify>,
     /// One write at a time, so the last change made is also the last one stored.
     write_lock: Arc<Mutex<()>>,
+    /// The `wheel_sync` block (contract §3.6), set by the wheel sync task.
+    wheel_sync: Arc<std::sync::Mutex<Value>>,
 }
 
 impl Registry {
@@ -62,11 +64,18 @@ impl Registry {
             })),
             dirty: Arc::new(tokio::sync::Notify::new()),
             write_lock: Arc::default(),
+            wheel_sync: Arc::new(std::sync::Mutex::new(crate::wheels::initial_block(false))),
         }
     }
 
-    /// Writes the record: stored document (keeps `hidden`, `wheel_sync`, unknown fields) with
-    /// our fields on top, by compare-and-set.
+    /// Replaces the `wheel_sync` block; the background writer stores it.
+    pub fn set_wheel_sync(&self, block: Value) {
+        *self.wheel_sync.lock().unwrap() = block;
+        self.dirty.notify_one();
+    }
+
+    /// Writes the record: stored document (keeps `hidden` and unknown fields) with
+    /// our fields (and `wheel_sync`) on top, by compare-and-set.
     pub async fn write(&self) -> Result<(), String> {
         let _one_at_a_time = self.write_lock.lock().await;
         // Taken once per write: a change made meanwhile marks the record dirty and the
@@ -118,6 +127,10 @@ impl Registry {
             ] {
                 doc.insert(k.to_string(), v);
             }
+            doc.insert(
+                "wheel_sync".to_string(),
+                self.wheel_sync.lock().unwrap().clone(),
+            );
             for (k, v) in &self.extra {
                 doc.insert(k.clone(), v.clone());
             }

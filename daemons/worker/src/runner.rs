@@ -58,6 +58,8 @@ pub struct RunnerSpec {
     pub ready_timeout: Duration,
     /// RLIMIT_AS of each runner (and the task subprocesses it starts); `None` = inherited.
     pub memory_max: Option<u64>,
+    /// Wheel sync: the current wheel set goes on a new runner's `PYTHONPATH` (after `pythonpath`).
+    pub wheels: Option<Arc<crate::wheels::ActiveSets>>,
 }
 
 /// Writes the shim into `<work_dir>/runner/` (a directory with nothing else in it) and the
@@ -131,6 +133,8 @@ pub struct Runner {
     stdin: ChildStdin,
     events: mpsc::Receiver<RunnerEvent>,
     pub current: CurrentRun,
+    /// The wheel set this runner imports from (fixed for its life).
+    pub wheel_dir: Option<PathBuf>,
 }
 
 impl Runner {
@@ -155,6 +159,15 @@ impl Runner {
             .iter()
             .map(|p| p.display().to_string())
             .collect();
+        let wheel_dir = spec.wheels.as_ref().and_then(|w| w.current());
+        if let Some(w) = &spec.wheels {
+            // Claimed before the interpreter starts, so the set cannot be deleted under it (the
+            // slot's previous runner is gone by now).
+            w.runner_started(slot, wheel_dir.clone());
+        }
+        if let Some(dir) = &wheel_dir {
+            pythonpath.push(dir.display().to_string());
+        }
         if let Ok(existing) = std::env::var("PYTHONPATH") {
             if !existing.is_empty() {
                 pythonpath.push(existing);
@@ -236,6 +249,7 @@ impl Runner {
             stdin,
             events,
             current,
+            wheel_dir,
         })
     }
 

@@ -17,4 +17,5 @@ mod interop_original;
 mod nats_auth;
 mod nats_secure;
 mod runner_bounds;
+mod wheel_sync;
 mod worker;
