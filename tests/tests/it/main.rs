@@ -16,4 +16,5 @@ mod harness_smoke;
 mod interop_original;
 mod nats_auth;
 mod runner_bounds;
+mod wheels_api;
 mod worker;

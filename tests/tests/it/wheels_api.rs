@@ -1,0 +1,606 @@
+//! The wheel registry (`/wheels*`): every check and detail string, the auth matrix, a large
+//! upload with bounded gateway memory, bad input leaving nothing in the store, and interop
+//! with the original's client and gateway (objects and meta written by either are read by
+//! the other).
+
+use pyoco_tests::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const PEPPER: &str = "pepper-for-tests";
+
+/// Builds a wheel by hand with Python's zipfile. `mode`: `ok`, `traversal` (a `../` member),
+/// `noinfo` (no dist-info). `pad` bytes of random (incompressible) data go into `pkg/blob.bin`.
+async fn mk_wheel(
+    dir: &TestDir,
+    dist: &str,
+    version: &str,
+    mode: &str,
+    pad: u64,
+) -> std::path::PathBuf {
+    let script = dir.write(
+        "mkwheel.py",
+        r#"import os, sys, zipfile
+out_dir, dist, version, mode, pad = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+out = f"{out_dir}/{dist}-{version}-py3-none-any.whl"
+info = f"{dist}-{version}.dist-info/"
+files = {
+    f"{dist}/__init__.py": "def hello():\n    return 'hi'\n",
+    info + "METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nSummary: test\n\n" + "Usage text. " * 10 + "\n",
+    info + "WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    info + "entry_points.txt": f"[pyoco.tasks]\nhello = {dist}:hello\n",
+}
+if mode == "traversal":
+    files["../evil.py"] = "x = 1\n"
+if mode == "noinfo":
+    files = {f"{dist}/__init__.py": "x = 1\n"}
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for n, t in files.items():
+        z.writestr(n, t)
+    if pad:
+        with z.open(f"{dist}/blob.bin", "w", force_zip64=True) as f:
+            left = pad
+            while left:
+                n = min(left, 1 << 20)
+                f.write(os.urandom(n))
+                left -= n
+    z.writestr(info + "RECORD", "")
+print(out)
+"#,
+    );
+    let out = run_python_program(
+        &py311(),
+        &[
+            script.to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+            dist,
+            version,
+            mode,
+            &pad.to_string(),
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    std::path::PathBuf::from(out.stdout_text().trim())
+}
+
+async fn upload_bytes(
+    base: &str,
+    filename: &str,
+    data: Vec<u8>,
+    tags: Option<&str>,
+    replace: Option<&str>,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    if let Some(r) = replace {
+        form = form.text("replace", r.to_string());
+    }
+    if let Some(t) = tags {
+        form = form.text("tags", t.to_string());
+    }
+    form = form.part(
+        "wheel",
+        reqwest::multipart::Part::bytes(data)
+            .file_name(filename.to_string())
+            .mime_str("application/octet-stream")
+            .unwrap(),
+    );
+    let mut req = http().post(format!("{base}/wheels")).multipart(form);
+    if let Some(k) = key {
+        req = req.header("X-API-Key", k);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn upload(base: &str, path: &std::path::Path, tags: Option<&str>) -> (u16, Value) {
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    upload_bytes(base, &name, std::fs::read(path).unwrap(), tags, None, None).await
+}
+
+async fn get_json(url: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = http().get(url);
+    if let Some(k) = key {
+        req = req.header("X-API-Key", k);
+    }
+    let r = req.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn endpoints_checks_and_detail_strings() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let base = gw.base_url();
+    let dir = TestDir::new("wheels-api");
+    let (s, v) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!((s, v.clone()), (200, Value::Array(vec![])), "{v}");
+
+    let w1 = mk_wheel(&dir, "demo_pkg", "1.0.0", "ok", 0).await;
+    let bytes1 = std::fs::read(&w1).unwrap();
+    let (s, v) = upload(&base, &w1, Some(" cpu, linux,cpu,, ")).await;
+    assert_eq!(s, 200, "{v}");
+    let sha = hex::encode(Sha256::digest(&bytes1));
+    assert_eq!(v["name"], "demo_pkg-1.0.0-py3-none-any.whl");
+    assert_eq!(v["size_bytes"], bytes1.len() as u64);
+    assert_eq!(v["sha256_hex"], sha.as_str());
+    assert_eq!(v["tags"], serde_json::json!(["cpu", "linux"]));
+    assert!(v["digest"].as_str().unwrap().starts_with("SHA-256="));
+    assert_eq!(
+        v["sha256_b64"].as_str().unwrap(),
+        &v["digest"].as_str().unwrap()[8..]
+    );
+    assert!(!v["nuid"].as_str().unwrap().is_empty());
+    assert!(!v["mtime"].as_str().unwrap().is_empty());
+
+    // The PEP 440 / PEP 503 version rule: same canonical name, equal or lower → 409.
+    let (s, v) = upload(&base, &w1, None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (409, "wheel version already exists; bump version")
+    );
+    let same = mk_wheel(&dir, "Demo.Pkg", "1.0", "ok", 0).await;
+    let (s, v) = upload(&base, &same, None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (409, "wheel version already exists; bump version"),
+        "1.0 == 1.0.0"
+    );
+    let w2 = mk_wheel(&dir, "demo_pkg", "1.10", "ok", 0).await;
+    assert_eq!(upload(&base, &w2, None).await.0, 200);
+    let low = mk_wheel(&dir, "demo_pkg", "1.9", "ok", 0).await;
+    let (s, v) = upload(&base, &low, None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (
+            409,
+            "wheel version must be greater than existing latest version"
+        )
+    );
+
+    // Name, filename, tags: the original's 422 details, in its order.
+    let (s, v) = upload_bytes(&base, "../evil.whl", bytes1.clone(), None, None, None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (422, "invalid wheel name")
+    );
+    let (s, v) = upload_bytes(
+        &base,
+        "demo-pkg.whl",
+        bytes1.clone(),
+        Some("bad tag"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (422, "invalid wheel filename")
+    );
+    let (s, v) = upload_bytes(
+        &base,
+        "other-1.0-py3-none-any.whl",
+        bytes1.clone(),
+        Some("a.b"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (422, "invalid wheel tags")
+    );
+    let (s, v) = upload_bytes(
+        &base,
+        "other-1.0-py3-none-any.whl",
+        bytes1.clone(),
+        None,
+        Some("maybe"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        v["detail"][0]["loc"],
+        serde_json::json!(["body", "replace"])
+    );
+
+    // Not a zip, a traversal member, no dist-info: 422 naming the reason, nothing stored.
+    let (s, v) = upload_bytes(
+        &base,
+        "junk-1.0-py3-none-any.whl",
+        b"not a zip at all".repeat(100),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid wheel file: not a zip archive"),
+        "{v}"
+    );
+    let trav = mk_wheel(&dir, "trav", "1.0", "traversal", 0).await;
+    let (s, v) = upload(&base, &trav, None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("'..' in a member path"),
+        "{v}"
+    );
+    let noinfo = mk_wheel(&dir, "noinfo", "1.0", "noinfo", 0).await;
+    let (s, v) = upload(&base, &noinfo, None).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no *.dist-info/METADATA"),
+        "{v}"
+    );
+    let (_, list) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(
+        names(&list),
+        vec![
+            "demo_pkg-1.0.0-py3-none-any.whl",
+            "demo_pkg-1.10-py3-none-any.whl"
+        ]
+    );
+    assert_eq!(list[0]["tags"], serde_json::json!(["cpu", "linux"]));
+
+    // Download: streamed bytes, headers.
+    let r = http()
+        .get(gw.url("/wheels/demo_pkg-1.0.0-py3-none-any.whl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"demo_pkg-1.0.0-py3-none-any.whl\""
+    );
+    assert_eq!(r.bytes().await.unwrap().to_vec(), bytes1);
+    for bad in ["/wheels/nope-1.0-py3-none-any.whl", "/wheels/not..a..wheel"] {
+        let (s, v) = get_json(&gw.url(bad), None).await;
+        assert_eq!(
+            (s, v["detail"].as_str().unwrap()),
+            (404, "wheel not found"),
+            "{bad}"
+        );
+    }
+
+    // Delete, then 404; history records both actions, newest first, filters work.
+    let r = http()
+        .delete(gw.url("/wheels/demo_pkg-1.0.0-py3-none-any.whl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        serde_json::json!({"name": "demo_pkg-1.0.0-py3-none-any.whl", "deleted": true})
+    );
+    let r = http()
+        .delete(gw.url("/wheels/demo_pkg-1.0.0-py3-none-any.whl"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let (s, h) = get_json(&gw.url("/wheels/history"), None).await;
+    assert_eq!(s, 200);
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(h[0]["action"], "delete");
+    assert_eq!(h[0]["sha256_hex"], sha.as_str());
+    assert_eq!(h[0]["tags"], serde_json::json!(["cpu", "linux"]));
+    assert_eq!(h[0]["replace"], Value::Null);
+    assert_eq!(h[2]["action"], "upload");
+    assert_eq!(h[2]["replace"], true);
+    assert_eq!(
+        h[2]["actor"],
+        serde_json::json!({"tenant_id": null, "api_key_id": null})
+    );
+    assert!(h[2]["source"]["host"].as_str().is_some());
+    assert_eq!(h[0]["event_id"].as_str().unwrap().len(), 32);
+    let (_, h) = get_json(&gw.url("/wheels/history?action=UPLOAD&limit=1"), None).await;
+    assert_eq!(h.as_array().unwrap().len(), 1);
+    assert_eq!(h[0]["wheel_name"], "demo_pkg-1.10-py3-none-any.whl");
+    let (_, h) = get_json(
+        &gw.url("/wheels/history?wheel_name=demo_pkg-1.0.0-py3-none-any.whl"),
+        None,
+    )
+    .await;
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    let (s, v) = get_json(&gw.url("/wheels/history?action=rename"), None).await;
+    assert_eq!((s, v["detail"].as_str().unwrap()), (422, "invalid action"));
+    let (s, v) = get_json(&gw.url("/wheels/history?wheel_name=x/y"), None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (422, "invalid wheel name")
+    );
+    let (s, v) = get_json(&gw.url("/wheels/history?limit=501"), None).await;
+    assert_eq!(s, 422);
+    assert_eq!(v["detail"][0]["loc"], serde_json::json!(["query", "limit"]));
+
+    // A deleted version is no longer "existing": re-uploading 1.0.0 is still lower than 1.10.
+    let (s, _) = upload(&base, &w1, None).await;
+    assert_eq!(s, 409);
+}
+
+#[tokio::test]
+async fn too_large_is_413_and_a_big_upload_streams_with_bounded_memory() {
+    let nats = NatsServer::start().await;
+    let mut gw = Gateway::start(&nats.url(), &[("PYOCO_WHEEL_MAX_FILE_BYTES", "120000000")]).await;
+    let base = gw.base_url();
+    let dir = TestDir::new("wheels-big");
+    let big = mk_wheel(&dir, "big", "1.0", "ok", 96 * 1024 * 1024).await;
+    let len = std::fs::metadata(&big).unwrap().len();
+    let pid = gw.daemon().pid();
+    let rss = |field: &str| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = rss("VmRSS:");
+    // Streamed from disk so the client does not hold it either.
+    let file = tokio::fs::File::open(&big).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_util_stream(file));
+    let part = reqwest::multipart::Part::stream_with_length(body, len)
+        .file_name("big-1.0-py3-none-any.whl")
+        .mime_str("application/octet-stream")
+        .unwrap();
+    let form = reqwest::multipart::Form::new().part("wheel", part);
+    let r = http()
+        .post(format!("{base}/wheels"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["size_bytes"], len);
+    let peak = rss("VmHWM:");
+    assert!(
+        peak < before + 48 * 1024 * 1024,
+        "gateway peak RSS {peak} grew more than 48 MiB over {before} for a {len}-byte upload"
+    );
+    // Download streams the same bytes back.
+    let r = http()
+        .get(gw.url("/wheels/big-1.0-py3-none-any.whl"))
+        .send()
+        .await
+        .unwrap();
+    let got = r.bytes().await.unwrap();
+    assert_eq!(
+        Sha256::digest(&got),
+        Sha256::digest(std::fs::read(&big).unwrap())
+    );
+
+    // Over the per-wheel limit: 413, nothing listed, no chunks left in the stream.
+    let over = vec![0u8; 120_000_001];
+    let (s, v) = upload_bytes(&base, "big-2.0-py3-none-any.whl", over, None, None, None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap_or("")),
+        (413, "wheel too large")
+    );
+    let (_, list) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(names(&list), vec!["big-1.0-py3-none-any.whl"]);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut st = js.get_stream("OBJ_pyoco_wheels").await.unwrap();
+    let info = st.info().await.unwrap();
+    assert!(
+        info.state.bytes < len + 4 * 1024 * 1024,
+        "{} bytes in the object stream after a refused upload",
+        info.state.bytes
+    );
+}
+
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+#[tokio::test]
+async fn api_key_mode_protects_every_wheel_endpoint_and_records_the_actor() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(
+        &nats.url(),
+        &[
+            ("PYOCO_HTTP_AUTH_MODE", "api_key"),
+            ("PYOCO_AUTH_PEPPER", PEPPER),
+        ],
+    )
+    .await;
+    let base = gw.base_url();
+    let out = orig_admin(
+        &nats.url(),
+        &["api-key", "create", "--tenant", "team-a"],
+        &[("PYOCO_AUTH_PEPPER", PEPPER)],
+    )
+    .await;
+    out.assert_success();
+    let k = out.stdout_json();
+    let (key, key_id) = (
+        k["api_key"].as_str().unwrap(),
+        k["key_id"].as_str().unwrap(),
+    );
+    let dir = TestDir::new("wheels-auth");
+    let w = mk_wheel(&dir, "authpkg", "1.0", "ok", 0).await;
+    let data = std::fs::read(&w).unwrap();
+    let name = "authpkg-1.0-py3-none-any.whl";
+
+    let (s, v) = upload_bytes(&base, name, data.clone(), None, None, None).await;
+    assert_eq!(
+        (s, v["detail"].as_str().unwrap()),
+        (401, "api key required")
+    );
+    let (s, v) = upload_bytes(&base, name, data.clone(), None, None, Some("pyoco_bad")).await;
+    assert_eq!(s, 403, "{v}");
+    for p in ["/wheels", "/wheels/history", &format!("/wheels/{name}")] {
+        let (s, v) = get_json(&gw.url(p), None).await;
+        assert_eq!(
+            (s, v["detail"].as_str().unwrap()),
+            (401, "api key required"),
+            "{p}"
+        );
+    }
+    let r = http()
+        .delete(gw.url(&format!("/wheels/{name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    let (s, v) = upload_bytes(&base, name, data, None, None, Some(key)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, list) = get_json(&gw.url("/wheels"), Some(key)).await;
+    assert_eq!((s, names(&list)), (200, vec![name.to_string()]));
+    let (_, h) = get_json(&gw.url("/wheels/history"), Some(key)).await;
+    assert_eq!(h[0]["actor"]["tenant_id"], "team-a");
+    assert_eq!(h[0]["actor"]["api_key_id"], key_id);
+}
+
+#[tokio::test]
+async fn original_client_and_gateway_interoperate_with_ours() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let orig = OrigGateway::start(&nats.url(), &[]).await;
+    let dir = TestDir::new("wheels-interop");
+    let w1 = mk_wheel(&dir, "interop_pkg", "1.0", "ok", 300 * 1024).await;
+    let w1s = w1.to_str().unwrap();
+
+    // The original's client against our gateway.
+    let out = orig_client(
+        &gw.base_url(),
+        &["wheel-upload", "--wheel-file", w1s, "--tags", "cpu,gpu"],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    let v = out.stdout_json();
+    assert_eq!(v["tags"], serde_json::json!(["cpu", "gpu"]));
+    let out = orig_client(&gw.base_url(), &["wheels"], &[]).await;
+    out.assert_success();
+    assert_eq!(
+        names(&out.stdout_json()),
+        vec!["interop_pkg-1.0-py3-none-any.whl"]
+    );
+    let out = orig_client(&gw.base_url(), &["wheel-upload", "--wheel-file", w1s], &[]).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr_text().contains("bump version"),
+        "{}",
+        out.stderr_text()
+    );
+
+    // The original's gateway reads what ours wrote: tags, size, bytes.
+    let (s, list) = get_json(&orig.url("/wheels"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list[0]["tags"], serde_json::json!(["cpu", "gpu"]));
+    assert_eq!(list[0]["size_bytes"], std::fs::metadata(&w1).unwrap().len());
+    let got = http()
+        .get(orig.url("/wheels/interop_pkg-1.0-py3-none-any.whl"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.to_vec(), std::fs::read(&w1).unwrap());
+
+    // Ours reads what the original's gateway wrote.
+    let w2 = mk_wheel(&dir, "interop_pkg", "2.0", "ok", 200 * 1024).await;
+    let out = orig_client(
+        &orig.base_url(),
+        &[
+            "wheel-upload",
+            "--wheel-file",
+            w2.to_str().unwrap(),
+            "--tags",
+            "linux",
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    let (_, list) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(
+        names(&list),
+        vec![
+            "interop_pkg-1.0-py3-none-any.whl",
+            "interop_pkg-2.0-py3-none-any.whl"
+        ]
+    );
+    assert_eq!(list[1]["tags"], serde_json::json!(["linux"]));
+    let got = http()
+        .get(gw.url("/wheels/interop_pkg-2.0-py3-none-any.whl"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.to_vec(), std::fs::read(&w2).unwrap());
+    // Both gateways' history entries are read by ours; the original's client deletes through ours.
+    let out = orig_client(
+        &gw.base_url(),
+        &["wheel-delete", "--name", "interop_pkg-2.0-py3-none-any.whl"],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout_text(),
+        "{\"name\": \"interop_pkg-2.0-py3-none-any.whl\", \"deleted\": true}\n"
+    );
+    let (_, list) = get_json(&orig.url("/wheels"), None).await;
+    assert_eq!(names(&list), vec!["interop_pkg-1.0-py3-none-any.whl"]);
+    let out = orig_client(&gw.base_url(), &["wheel-history", "--limit", "10"], &[]).await;
+    out.assert_success();
+    let h = out.stdout_json();
+    let actions: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["delete", "upload", "upload"]);
+    assert_eq!(h[0]["tags"], serde_json::json!(["linux"]));
+}
