@@ -32,6 +32,9 @@ files = {
 }
 if mode == "traversal":
     files["../evil.py"] = "x = 1\n"
+if mode == "bare":
+    del files[info + "entry_points.txt"]
+    files[info + "METADATA"] = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n\nshort\n"
 if mode == "noinfo":
     files = {f"{dist}/__init__.py": "x = 1\n"}
 with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
@@ -603,4 +606,160 @@ async fn original_client_and_gateway_interoperate_with_ours() {
         .collect();
     assert_eq!(actions, vec!["delete", "upload", "upload"]);
     assert_eq!(h[0]["tags"], serde_json::json!(["linux"]));
+}
+
+#[tokio::test]
+async fn pyococtl_wheel_commands_print_what_pyoco_client_prints() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let base = gw.base_url();
+    let dir = TestDir::new("wheels-ctl");
+    let ctl = |args: Vec<String>| {
+        let base = base.clone();
+        async move {
+            let mut all = vec!["--server".to_string(), base];
+            all.extend(args);
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            run_workspace_bin("pyococtl", &refs, &[]).await
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // Preflight strict refuses a wheel without entry points or usage docs, with 0.5.1's reasons,
+    // before sending anything.
+    let bare = mk_wheel(&dir, "bare_pkg", "1.0", "bare", 0).await;
+    let out = ctl(s(&[
+        "wheel",
+        "upload",
+        "--wheel-file",
+        bare.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr_text());
+    let reason = "- reason: wheel preflight failed: usage documentation is missing (need METADATA description>=80 chars or Project-URL: Documentation,...); entry_points are missing (dist-info/entry_points.txt)";
+    assert!(out.stderr_text().contains(reason), "{}", out.stderr_text());
+    assert!(out
+        .stderr_text()
+        .contains("[preflight][warn] METADATA Summary is empty"));
+    let orig = orig_client(
+        &base,
+        &["wheel-upload", "--wheel-file", bare.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    assert_eq!(orig.code(), Some(1));
+    assert!(
+        orig.stderr_text().contains(reason),
+        "{}",
+        orig.stderr_text()
+    );
+    let (_, list) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(list, Value::Array(vec![]));
+    let out = ctl(s(&[
+        "wheel",
+        "upload",
+        "--wheel-file",
+        bare.to_str().unwrap(),
+        "--allow-no-entry-points",
+        "--allow-missing-usage-doc",
+    ]))
+    .await;
+    out.assert_success();
+    let junk = dir.write("junk-1.0-py3-none-any.whl", "not a zip");
+    let out = ctl(s(&[
+        "wheel",
+        "upload",
+        "--wheel-file",
+        junk.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(out.code(), Some(2));
+    assert!(out
+        .stderr_text()
+        .contains("wheel preflight failed: wheel file is not a valid zip archive"));
+    let out = ctl(s(&[
+        "wheel",
+        "upload",
+        "--wheel-file",
+        junk.to_str().unwrap(),
+        "--preflight",
+        "off",
+    ]))
+    .await;
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr_text()
+            .contains("HTTP 422 POST /wheels: invalid wheel file: not a zip archive"),
+        "{}",
+        out.stderr_text()
+    );
+
+    // Upload with tags, list, history: the same bytes as pyoco-client's.
+    let w = mk_wheel(&dir, "ctl_pkg", "1.0", "ok", 0).await;
+    let out = ctl(s(&[
+        "wheel",
+        "upload",
+        "--wheel-file",
+        w.to_str().unwrap(),
+        "--tags",
+        "a, b",
+    ]))
+    .await;
+    out.assert_success();
+    let up = out.stdout_json();
+    assert_eq!(up["tags"], serde_json::json!(["a", "b"]));
+    let ours = ctl(s(&["wheel", "list"])).await;
+    let theirs = orig_client(&base, &["wheels"], &[]).await;
+    assert_eq!(ours.stdout_text(), theirs.stdout_text());
+    let ours = ctl(s(&[
+        "wheel", "history", "--action", "upload", "--limit", "5",
+    ]))
+    .await;
+    let theirs = orig_client(
+        &base,
+        &["wheel-history", "--action", "upload", "--limit", "5"],
+        &[],
+    )
+    .await;
+    assert_eq!(ours.stdout_text(), theirs.stdout_text());
+    let out = ctl(s(&["wheel", "upload", "--wheel-file", w.to_str().unwrap()])).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(out
+        .stderr_text()
+        .contains("HTTP 409 POST /wheels: wheel version already exists; bump version"));
+
+    // Download checks the digest and writes the same bytes.
+    let target = dir.join("dl.whl");
+    let out = ctl(s(&[
+        "wheel",
+        "download",
+        "--name",
+        "ctl_pkg-1.0-py3-none-any.whl",
+        "--file",
+        target.to_str().unwrap(),
+    ]))
+    .await;
+    out.assert_success();
+    assert_eq!(std::fs::read(&target).unwrap(), std::fs::read(&w).unwrap());
+    assert_eq!(out.stdout_json()["sha256_hex"], up["sha256_hex"]);
+
+    let out = ctl(s(&[
+        "wheel",
+        "delete",
+        "--name",
+        "ctl_pkg-1.0-py3-none-any.whl",
+    ]))
+    .await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout_text(),
+        "{\"name\": \"ctl_pkg-1.0-py3-none-any.whl\", \"deleted\": true}\n"
+    );
+    let out = ctl(s(&["wheel", "delete", "--name", "../runs"])).await;
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr_text().contains("HTTP 404"),
+        "{}",
+        out.stderr_text()
+    );
 }
