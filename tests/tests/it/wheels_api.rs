@@ -131,6 +131,10 @@ async fn endpoints_checks_and_detail_strings() {
     let dir = TestDir::new("wheels-api");
     let (s, v) = get_json(&gw.url("/wheels"), None).await;
     assert_eq!((s, v.clone()), (200, Value::Array(vec![])), "{v}");
+    let (_, spec) = get_json(&gw.url("/openapi.json"), None).await;
+    for p in ["/wheels", "/wheels/history", "/wheels/{wheel_name}"] {
+        assert!(spec["paths"][p].is_object(), "openapi.json documents {p}");
+    }
 
     let w1 = mk_wheel(&dir, "demo_pkg", "1.0.0", "ok", 0).await;
     let bytes1 = std::fs::read(&w1).unwrap();
