@@ -767,3 +767,143 @@ async fn pyococtl_wheel_commands_print_what_pyoco_client_prints() {
         out.stderr_text()
     );
 }
+
+async fn obj_stream_bytes(nats: &NatsServer) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut st = js.get_stream("OBJ_pyoco_wheels").await.unwrap();
+    st.info().await.unwrap().state.bytes
+}
+
+#[tokio::test]
+async fn nats_outage_mid_upload_is_503_and_leaves_nothing_behind() {
+    let mut nats = NatsServer::start().await;
+    let mut gw = Gateway::start(&nats.url(), &[]).await;
+    let base = gw.base_url();
+    // 40 MiB sent slowly (1 MiB every 50 ms) so NATS can die halfway.
+    let body = futures::stream::unfold(0u32, |i| async move {
+        if i == 40 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20])),
+            i + 1,
+        ))
+    });
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(body), 40 << 20)
+            .file_name("cut-1.0-py3-none-any.whl")
+            .mime_str("application/octet-stream")
+            .unwrap();
+    let form = reqwest::multipart::Form::new().part("wheel", part);
+    let req = tokio::spawn(async move {
+        let r = http()
+            .post(format!("{base}/wheels"))
+            .multipart(form)
+            .send()
+            .await;
+        match r {
+            Ok(r) => Some((
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )),
+            Err(_) => None,
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    nats.kill();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), req)
+        .await
+        .expect("the upload must end, not hang")
+        .unwrap();
+    eprintln!("outage upload answer: {got:?}");
+    if let Some((s, v)) = got {
+        assert_eq!(s, 503, "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("nats unavailable"),
+            "{v}"
+        );
+    }
+    nats.start_again().await;
+    gw.wait_nats_connected().await;
+    let (s, list) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!((s, list), (200, Value::Array(vec![])));
+    // The chunks written before the outage are purged once NATS is back.
+    let clean = wait_until(
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(250),
+        || async { obj_stream_bytes(&nats).await < 1 << 20 },
+    )
+    .await;
+    assert!(
+        clean,
+        "{} bytes of an aborted upload left in the object stream",
+        obj_stream_bytes(&nats).await
+    );
+    let _ = gw.daemon();
+}
+
+#[tokio::test]
+async fn a_download_whose_content_does_not_match_its_digest_is_cut_short() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let dir = TestDir::new("wheels-digest");
+    let w = mk_wheel(&dir, "digest_pkg", "1.0", "ok", 400 * 1024).await;
+    assert_eq!(upload(&gw.base_url(), &w, None).await.0, 200);
+    // Rewrite the meta with another digest, as a corrupted store would present it.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = "digest_pkg-1.0-py3-none-any.whl";
+    use base64::Engine;
+    let subj = format!(
+        "$O.pyoco_wheels.M.{}",
+        base64::engine::general_purpose::URL_SAFE.encode(name)
+    );
+    let st = js.get_stream("OBJ_pyoco_wheels").await.unwrap();
+    let m = st.get_last_raw_message_by_subject(&subj).await.unwrap();
+    let mut meta: Value = serde_json::from_slice(&m.payload).unwrap();
+    meta["digest"] = Value::String(format!(
+        "SHA-256={}",
+        base64::engine::general_purpose::URL_SAFE.encode([0u8; 32])
+    ));
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Rollup", "sub");
+    js.publish_with_headers(subj, h, serde_json::to_vec(&meta).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let r = http()
+        .get(gw.url(&format!("/wheels/{name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "a corrupt wheel must not arrive as a complete body"
+    );
+    // pyococtl's download fails and leaves no file.
+    let target = dir.join("out.whl");
+    let out = run_workspace_bin(
+        "pyococtl",
+        &[
+            "--server",
+            &gw.base_url(),
+            "wheel",
+            "download",
+            "--name",
+            name,
+            "--file",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code(), Some(1), "{}", out.stderr_text());
+    assert!(!target.exists());
+    assert!(!dir.join("out.whl.part").exists());
+}

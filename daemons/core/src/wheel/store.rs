@@ -424,11 +424,27 @@ impl Upload {
         Ok(self.hasher.clone().finalize().into())
     }
 
-    /// Removes whatever was written (best effort: a failure leaves unreferenced chunks that
-    /// the next upload of the same name does not see).
+    /// Removes whatever was written. The chunks are never referenced by any meta, so they are
+    /// invisible anyway; when NATS is down the purge is retried in the background (every 2 s for
+    /// 2 minutes) so an upload cut by an outage does not keep its space.
     pub async fn abort(&mut self) {
         self.acks.clear();
-        let _ = self.store.purge_chunks(&self.nuid).await;
+        if self.store.purge_chunks(&self.nuid).await.is_ok() {
+            return;
+        }
+        let (store, nuid) = (self.store.clone(), self.nuid.clone());
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                if store.purge_chunks(&nuid).await.is_ok() {
+                    return;
+                }
+            }
+            tracing::warn!(
+                nuid,
+                "could not purge the chunks of an aborted wheel upload"
+            );
+        });
     }
 
     /// Publishes the meta (the object becomes visible) and purges the chunks of the version it
