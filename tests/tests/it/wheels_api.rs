@@ -907,3 +907,120 @@ async fn a_download_whose_content_does_not_match_its_digest_is_cut_short() {
     assert!(!target.exists());
     assert!(!dir.join("out.whl.part").exists());
 }
+
+/// The scenario of the original's `tests/test_wheel_registry.py` (fake, non-zip bytes): refused by
+/// default (422 `invalid wheel file`), accepted as in 0.5 with `PYOCO_WHEEL_CHECK_ARCHIVE=0`.
+#[tokio::test]
+async fn original_registry_scenario_holds_with_the_archive_check_off() {
+    let nats = NatsServer::start().await;
+    let strict = Gateway::start(&nats.url(), &[]).await;
+    let gw = Gateway::start(&nats.url(), &[("PYOCO_WHEEL_CHECK_ARCHIVE", "0")]).await;
+    let name = "demo_pkg-0.1.0-py3-none-any.whl";
+    let data = b"fake-wheel-bytes-v1".to_vec();
+    let (s, v) = upload_bytes(
+        &strict.base_url(),
+        name,
+        data.clone(),
+        Some("gpu,linux"),
+        Some("true"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid wheel file: "));
+
+    let (s, body) = upload_bytes(
+        &gw.base_url(),
+        name,
+        data.clone(),
+        Some("gpu,linux"),
+        Some("true"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["name"], name);
+    assert_eq!(body["size_bytes"], data.len());
+    assert_eq!(body["tags"], serde_json::json!(["gpu", "linux"]));
+    let (_, h) = get_json(&gw.url("/wheels/history"), None).await;
+    assert_eq!(h[0]["action"], "upload");
+    assert_eq!(h[0]["wheel_name"], name);
+    assert_eq!(h[0]["tags"], serde_json::json!(["gpu", "linux"]));
+    assert!(h[0]["source"]
+        .as_object()
+        .unwrap()
+        .contains_key("remote_addr"));
+    let (_, items) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(names(&items), vec![name]);
+    assert_eq!(items[0]["tags"], serde_json::json!(["gpu", "linux"]));
+    let got = http()
+        .get(gw.url(&format!("/wheels/{name}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.to_vec(), data);
+    let r = http()
+        .delete(gw.url(&format!("/wheels/{name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["deleted"], true);
+    let (_, h) = get_json(&gw.url(&format!("/wheels/history?wheel_name={name}")), None).await;
+    assert_eq!(h[0]["action"], "delete");
+    assert_eq!(h[1]["action"], "upload");
+    let (_, items) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(items, Value::Array(vec![]));
+
+    // The strict version bump of the same file (test_http_wheel_registry_upload_requires_strict_version_bump).
+    let v1 = upload_bytes(
+        &gw.base_url(),
+        "bump_pkg-1.0.0-py3-none-any.whl",
+        b"v1".to_vec(),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(v1.0, 200);
+    let same = upload_bytes(
+        &gw.base_url(),
+        "bump_pkg-1.0.0-py3-none-any.whl",
+        b"v1b".to_vec(),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert!(same.1["detail"].as_str().unwrap().contains("bump version"));
+    let older = upload_bytes(
+        &gw.base_url(),
+        "bump_pkg-0.9.0-py3-none-any.whl",
+        b"v0".to_vec(),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(older.0, 409);
+    assert!(older.1["detail"]
+        .as_str()
+        .unwrap()
+        .contains("must be greater"));
+    let v2 = upload_bytes(
+        &gw.base_url(),
+        "bump_pkg-1.1.0-py3-none-any.whl",
+        b"v2".to_vec(),
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(v2.0, 200);
+}
