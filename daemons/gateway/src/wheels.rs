@@ -31,10 +31,15 @@ const SOURCE_HEADER_MAX: usize = 1024;
 /// A history listing reads at most this many events.
 const HISTORY_SCAN_MAX: usize = 200_000;
 
-fn store_of(state: &SharedState, res: &pyoco_core::resources::Resources) -> WheelStore {
-    let _ = state;
+fn store_of(res: &pyoco_core::resources::Resources) -> WheelStore {
     WheelStore::new(res.js.clone(), &res.names.wheels_bucket)
 }
+
+/// Serialises the version check and the meta publish of uploads in this gateway, so two
+/// concurrent uploads of one version cannot both pass the check (0.5's list-then-put race).
+/// Only this short step is serialised, not the streaming of the bytes.
+static COMMIT: std::sync::LazyLock<tokio::sync::Mutex<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 fn store_err(e: StoreError, state: &SharedState) -> ApiError {
     match e {
@@ -69,7 +74,7 @@ pub fn info_to_http(info: &ObjectInfo) -> Value {
 pub async fn list(State(state): State<SharedState>, headers: HeaderMap) -> ApiResult<Response> {
     state.authenticate(&headers).await?;
     let res = state.res().await?;
-    let infos = store_of(&state, &res)
+    let infos = store_of(&res)
         .list()
         .await
         .map_err(|e| store_err(e, &state))?;
@@ -127,7 +132,7 @@ pub async fn upload(
         )])
     })?;
     let res = state.res().await?;
-    let store = store_of(&state, &res);
+    let store = store_of(&res);
     let mut incoming: Option<Incoming> = None;
     let result = read_form(&state, &store, &mut mp, &mut incoming).await;
     match result {
@@ -285,6 +290,7 @@ async fn finish_upload(
             })?;
     }
     inc.tail = Vec::new();
+    let _serial = COMMIT.lock().await;
     let infos = store.list().await.map_err(|e| store_err(e, state))?;
     let mut newest: Option<wheel::Version> = None;
     for i in &infos {
@@ -485,7 +491,7 @@ pub async fn download(
     let name =
         wheel::normalize_wheel_name(&name).ok_or_else(|| ApiError::not_found("wheel not found"))?;
     let res = state.res().await?;
-    let store = store_of(&state, &res);
+    let store = store_of(&res);
     let info = store.info(&name).await.map_err(|e| store_err(e, &state))?;
     let body = store.read(&info).await.map_err(|e| store_err(e, &state))?;
     let body = body.map(|r| {
@@ -517,7 +523,7 @@ pub async fn delete(
     let name =
         wheel::normalize_wheel_name(&name).ok_or_else(|| ApiError::not_found("wheel not found"))?;
     let res = state.res().await?;
-    let store = store_of(&state, &res);
+    let store = store_of(&res);
     let info = store.info(&name).await.map_err(|e| store_err(e, &state))?;
     store
         .delete(&info)

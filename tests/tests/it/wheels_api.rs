@@ -1024,3 +1024,39 @@ async fn original_registry_scenario_holds_with_the_archive_check_off() {
     .await;
     assert_eq!(v2.0, 200);
 }
+
+/// Concurrent uploads of one version under different file names (as a pure and a platform wheel
+/// would be): exactly one is stored, the others get the bump-version 409.
+#[tokio::test]
+async fn concurrent_uploads_of_one_version_store_exactly_one() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let dir = TestDir::new("wheels-race");
+    let w = mk_wheel(&dir, "race_pkg", "1.0", "ok", 2 * 1024 * 1024).await;
+    let data = std::fs::read(&w).unwrap();
+    let names_ = [
+        "race_pkg-1.0-py3-none-any.whl",
+        "race_pkg-1.0-py2.py3-none-any.whl",
+        "race_pkg-1.0-cp311-none-any.whl",
+        "race_pkg-1.0-1-py3-none-any.whl",
+    ];
+    let tasks: Vec<_> = names_
+        .iter()
+        .map(|n| {
+            let (base, data, n) = (gw.base_url(), data.clone(), n.to_string());
+            tokio::spawn(async move { upload_bytes(&base, &n, data, None, None, None).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        match s {
+            200 => ok += 1,
+            409 => assert_eq!(v["detail"], "wheel version already exists; bump version"),
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let (_, list) = get_json(&gw.url("/wheels"), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
