@@ -1060,3 +1060,88 @@ async fn concurrent_uploads_of_one_version_store_exactly_one() {
     let (_, list) = get_json(&gw.url("/wheels"), None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
+
+/// Wheel file names, PEP 503 names and PEP 440 ordering agree with `packaging` (the library the
+/// original's gateway uses), on names that stress each rule.
+#[tokio::test]
+async fn file_names_and_versions_agree_with_packaging() {
+    let names = [
+        "demo_pkg-1.0.0-py3-none-any.whl",
+        "Demo.Pkg-1.0-py3-none-any.whl",
+        "demo-1.0-py3-none-any.whl",
+        "a-1.0.0-alpha1-py3-none-any.whl",
+        "a-1.0a1-py3-none-any.whl",
+        "a-1.0.0.RC1-py3-none-any.whl",
+        "a-1.0.post1-py3-none-any.whl",
+        "a-1.0-r1-py3-none-any.whl",
+        "a-1.0.dev3-py3-none-any.whl",
+        "a-1!2.0-py3-none-any.whl",
+        "a-1.0+local.7-py3-none-any.whl",
+        "a-v1.0-py3-none-any.whl",
+        "a-1.0-1-py3-none-any.whl",
+        "a-1.0-1abc-py3-none-any.whl",
+        "a-1.0-x1-py3-none-any.whl",
+        "a-1.0-py3-none.whl",
+        "a__b-1.0-py3-none-any.whl",
+        "a.b_c-1.0-py3-none-any.whl",
+        "a-1.0-1-2-py3-none-any.whl",
+        "a-not.a.version-py3-none-any.whl",
+        "a-1.0_1-py3-none-any.whl",
+        "a-01.00-py3-none-any.whl",
+        "A_B-2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    ];
+    let dir = TestDir::new("wheels-packaging");
+    let script = dir.write(
+        "cmp.py",
+        r#"import json, sys
+from packaging.utils import parse_wheel_filename, InvalidWheelFilename
+from packaging.version import Version
+out = []
+for n in sys.argv[1:]:
+    try:
+        name, v, _, _ = parse_wheel_filename(n)
+        out.append([str(name), str(v)])
+    except InvalidWheelFilename:
+        out.append(None)
+vs = [Version(x) for x in ["1.0", "1.0.0", "1.0a1", "1.0b2", "1.0rc1", "1.0.post1", "1.0.dev1", "1.0a1.dev1", "1!0.1", "1.0+a", "1.0+1", "1.10", "1.9", "0.9.post2.dev3"]]
+order = [str(v) for v in sorted(vs)]
+print(json.dumps({"names": out, "order": order}))
+"#,
+    );
+    let mut args = vec![script.to_str().unwrap().to_string()];
+    args.extend(names.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = orig_venv_run("python", &refs, &[]).await;
+    out.assert_success();
+    let v = out.stdout_json();
+    for (i, n) in names.iter().enumerate() {
+        let ours = pyoco_core::wheel::parse_wheel_filename(n)
+            .ok()
+            .map(|w| serde_json::json!([w.name, w.version.to_string()]))
+            .unwrap_or(Value::Null);
+        assert_eq!(ours, v["names"][i], "{n}");
+    }
+    use std::str::FromStr;
+    let mut ours: Vec<pyoco_core::wheel::Version> = [
+        "1.0",
+        "1.0.0",
+        "1.0a1",
+        "1.0b2",
+        "1.0rc1",
+        "1.0.post1",
+        "1.0.dev1",
+        "1.0a1.dev1",
+        "1!0.1",
+        "1.0+a",
+        "1.0+1",
+        "1.10",
+        "1.9",
+        "0.9.post2.dev3",
+    ]
+    .iter()
+    .map(|s| pyoco_core::wheel::Version::from_str(s).unwrap())
+    .collect();
+    ours.sort();
+    let ours: Vec<String> = ours.iter().map(|v| v.to_string()).collect();
+    assert_eq!(serde_json::json!(ours), v["order"]);
+}
