@@ -125,11 +125,9 @@ pub async fn upload(
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let principal = state.authenticate(&headers).await?;
-    let mut mp = mp.map_err(|e| {
-        ApiError::validation(vec![item::missing(
-            json!(["body", "wheel"]),
-            json!(format!("{}", e.body_text())),
-        )])
+    // Not a multipart body: FastAPI's answer, the `wheel` part is missing.
+    let mut mp = mp.map_err(|_| {
+        ApiError::validation(vec![item::missing(json!(["body", "wheel"]), Value::Null)])
     })?;
     let res = state.res().await?;
     let store = store_of(&res);
@@ -190,6 +188,7 @@ async fn read_form(
     let limit = size_limit(state);
     let mut replace_raw: Option<String> = None;
     let mut tags_raw: Option<String> = None;
+    let mut ignored = 0usize;
     while let Some(mut f) = mp.next_field().await.map_err(|e| bad_multipart(&e))? {
         match f.name().unwrap_or("") {
             "replace" => replace_raw = Some(small_field(f, "replace").await?),
@@ -242,7 +241,22 @@ async fn read_form(
                     }
                 }
             }
-            _ => while f.chunk().await.map_err(|e| bad_multipart(&e))?.is_some() {},
+            // Other parts (and a second `wheel`) are read and dropped, up to a bound, so a
+            // client cannot keep the request going forever outside the size limit.
+            _ => {
+                while let Some(c) = f.chunk().await.map_err(|e| bad_multipart(&e))? {
+                    ignored += c.len();
+                    if ignored > SMALL_FIELD_MAX * 128 {
+                        return Err(ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "unexpected form parts too large: at most {} bytes besides wheel, replace and tags",
+                                SMALL_FIELD_MAX * 128
+                            ),
+                        ));
+                    }
+                }
+            }
         }
     }
     let tags = wheel::parse_tags_csv(tags_raw.as_deref())

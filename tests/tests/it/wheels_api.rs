@@ -351,6 +351,42 @@ async fn endpoints_checks_and_detail_strings() {
     // A deleted version is no longer "existing": re-uploading 1.0.0 is still lower than 1.10.
     let (s, _) = upload(&base, &w1, None).await;
     assert_eq!(s, 409);
+
+    // Form errors: not multipart, no wheel part, oversized extra parts.
+    let r = http()
+        .post(gw.url("/wheels"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["detail"][0]["type"], "missing");
+    assert_eq!(v["detail"][0]["loc"], serde_json::json!(["body", "wheel"]));
+    let form = reqwest::multipart::Form::new().text("tags", "a");
+    let r = http()
+        .post(gw.url("/wheels"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let form = reqwest::multipart::Form::new().text("junk", "x".repeat(2 << 20));
+    let r = http()
+        .post(gw.url("/wheels"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("unexpected form parts too large"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
