@@ -17,6 +17,7 @@ mod ops;
 mod output;
 mod run;
 mod runtime;
+mod wheel;
 mod worker;
 
 use client::{Client, CtlError, CtlResult};
@@ -95,6 +96,9 @@ pub enum Command {
     /// List workers, hide and unhide them.
     #[command(subcommand)]
     Worker(worker::WorkerCmd),
+    /// The wheel registry: upload task packages, list, download, delete, history.
+    #[command(subcommand)]
+    Wheel(wheel::WheelCmd),
     /// Look after dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCmd),
@@ -208,6 +212,7 @@ async fn dispatch(ctx: &Ctx) -> CtlResult<u8> {
         Command::Key(cmd) => key::dispatch(ctx, cmd).await,
         Command::Worker(cmd) => worker::dispatch(ctx, cmd).await,
         Command::Dlq(cmd) => dlq::dispatch(ctx, cmd).await,
+        Command::Wheel(cmd) => wheel::dispatch(ctx, cmd).await,
         Command::Metrics(args) => info::metrics(ctx, args).await,
         Command::Health => info::health(ctx).await,
         Command::Bench(args) => bench::run(&ctx.cli, args)

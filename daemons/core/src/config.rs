@@ -333,6 +333,11 @@ config_fields! {
     wheel_object_store_bucket: String = "pyoco_wheels".into(), "PYOCO_WHEEL_OBJECT_STORE_BUCKET";
     /// Size limit of uploaded wheels (and bucket `max_bytes`).
     wheel_max_bytes: i64 = 536_870_912, "PYOCO_WHEEL_MAX_BYTES";
+    /// Size limit of one uploaded wheel (0 = only `PYOCO_WHEEL_MAX_BYTES`); the smaller of the two applies.
+    wheel_max_file_bytes: i64 = 268_435_456, "PYOCO_WHEEL_MAX_FILE_BYTES";
+    /// The gateway refuses uploads that are not zip archives with safe member names and a
+    /// `*.dist-info/` (METADATA, WHEEL). Off = 0.5's behaviour (any bytes named `*.whl`).
+    wheel_check_archive: bool = true, "PYOCO_WHEEL_CHECK_ARCHIVE";
     /// Workers sync and install wheels from the object store.
     wheel_sync_enabled: bool = false, "PYOCO_WHEEL_SYNC_ENABLED";
     /// Local directory of synced wheels.

@@ -19,4 +19,5 @@ pub mod resources;
 pub mod sse;
 pub mod systemd;
 pub mod time;
+pub mod wheel;
 pub mod wire;

@@ -20,7 +20,7 @@ use crate::index::{RunIndex, WorkerIndex};
 use crate::metrics::Metrics;
 use crate::settings::{GatewaySettings, SettingsError};
 use crate::tasks::Runtime;
-use crate::{runs, sse, workers};
+use crate::{runs, sse, wheels, workers};
 
 pub struct AppState {
     /// Open `/watch` streams, bounded in all and per tenant.
@@ -185,6 +185,18 @@ pub fn router(state: SharedState) -> Router {
         .route("/workers", get(workers::list))
         .route("/workers/{worker_id}", axum::routing::patch(workers::patch))
         .route("/metrics", get(crate::metrics_route::metrics))
+        // Uploads stream and enforce their own limit (wheels.rs), so no body limit here.
+        .route(
+            "/wheels",
+            get(wheels::list)
+                .post(wheels::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/wheels/history", get(wheels::history))
+        .route(
+            "/wheels/{wheel_name}",
+            get(wheels::download).delete(wheels::delete),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track_http))
         .with_state(state)

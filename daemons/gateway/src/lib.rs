@@ -31,6 +31,7 @@ pub mod settings;
 pub mod sse;
 pub mod streams;
 pub mod tasks;
+pub mod wheels;
 pub mod workers;
 
 pub use app::{router, AppState, SharedState};

@@ -18,4 +18,5 @@ mod nats_auth;
 mod nats_secure;
 mod runner_bounds;
 mod wheel_sync;
+mod wheels_api;
 mod worker;
