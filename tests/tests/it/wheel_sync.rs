@@ -644,3 +644,121 @@ async fn the_original_worker_installs_a_wheel_put_into_the_store_like_ours_reads
         ws["installed_wheels"][0]["nuid"]
     );
 }
+
+/// The whole path on our side: `pyococtl wheel upload` to **our** gateway, our worker syncs it
+/// (pushed, not polled) and a flow whose callable lives only in that wheel runs COMPLETED; the
+/// original's worker with `--wheel-sync` installs the same upload (our gateway writes the object
+/// store as the original does).
+#[tokio::test]
+async fn a_wheel_uploaded_through_our_gateway_runs_on_our_worker_and_the_originals_installs_it() {
+    let nats = NatsServer::start().await;
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    gw.wait_nats_connected().await;
+    let dir = TestDir::new("ws-ours-gw");
+    let tasks = dir.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let worker_id = unique("ws-gw");
+    let _w = Worker::start(
+        &nats.url(),
+        "wgw",
+        &worker_id,
+        &tasks,
+        &[
+            "--wheel-sync",
+            "--wheel-sync-dir",
+            dir.join("sync").to_str().unwrap(),
+            "--wheel-sync-interval-sec",
+            "120",
+        ],
+        &[],
+    )
+    .await;
+    let wheel = make_wheel(
+        dir.path(),
+        "gw-tasks",
+        "1.0",
+        "gw_tasks",
+        "py3-none-any",
+        &versioned_src("1.0"),
+    )
+    .await;
+    let uploaded = Instant::now();
+    let out = run_workspace_bin(
+        "pyococtl",
+        &[
+            "--server",
+            &gw.base_url(),
+            "wheel",
+            "upload",
+            "--preflight",
+            "off",
+            "--wheel-file",
+            wheel.to_str().unwrap(),
+            "--tags",
+            "wgw",
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    let js = jetstream::new(nats_connect(&nats.url()).await);
+    wait_sync(
+        &js,
+        &worker_id,
+        Duration::from_secs(10),
+        "the upload",
+        |ws| ws["last_result"] == "ok" && selected(ws) == ["gw_tasks-1.0-py3-none-any.whl"],
+    )
+    .await;
+    let synced_in = uploaded.elapsed();
+    assert!(
+        synced_in < Duration::from_secs(5),
+        "synced in {synced_in:?} (the fallback interval is 120 s)"
+    );
+    let marker = dir.join("ran");
+    let id = submit_flow_yaml(
+        &gw.base_url(),
+        &flow("gw_tasks:slow", 0.0, &marker),
+        "main",
+        "wgw",
+    )
+    .await;
+    let done = wait_for_run_status(
+        &gw.base_url(),
+        &id,
+        &["COMPLETED", "FAILED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "1.0");
+
+    // The original's worker installs the wheel our gateway stored.
+    let target = dir.join("pip-target");
+    let orig_id = unique("ws-orig-gw");
+    let mut ow = OrigWorker::spawn(
+        &nats.url(),
+        "wgw",
+        &orig_id,
+        &[("PIP_TARGET", target.to_str().unwrap())],
+        None,
+        &[
+            "--wheel-sync",
+            "--wheel-sync-dir",
+            dir.join("orig-sync").to_str().unwrap(),
+            "--wheel-sync-interval-sec",
+            "0.5",
+        ],
+    );
+    ow.wait_registered(Duration::from_secs(30)).await;
+    wait_sync(&js, &orig_id, Duration::from_secs(30), "installed", |ws| {
+        ws["last_result"] == "ok" && ws["selected_count"] == 1
+    })
+    .await;
+    assert!(
+        target.join("gw_tasks/__init__.py").is_file(),
+        "{}",
+        ow.log_text()
+    );
+}
