@@ -175,26 +175,22 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> Resul
     );
     if let Some((dir, sets)) = wheels {
         registry.set_wheel_sync(wheels::initial_block(true));
-        match wheels::WheelStore::open(&js, &cfg.wheel_object_store_bucket).await {
-            Ok(store) => {
-                let mut sync = wheels::WheelSync::new(
-                    &cfg,
-                    store,
-                    python.clone(),
-                    tags.clone(),
-                    dir,
-                    sets,
-                    registry.clone(),
-                );
-                // As the original: synced before the first fetch, so the first runs see the wheels.
-                systemd::notify_status("syncing wheels");
-                sync.attempt().await;
-                tracker.spawn(sync.run(client.clone(), halt.clone()));
-            }
-            Err(e) => {
-                tracing::error!(bucket = %cfg.wheel_object_store_bucket, error = %e, "cannot open the wheel store; wheel sync is off for this run")
-            }
-        }
+        // The store was ensured with the other resources; a listing that fails is retried by
+        // the sync itself (and reported in the record).
+        let store = wheels::WheelStore::new(js.clone(), &cfg.wheel_object_store_bucket);
+        let mut sync = wheels::WheelSync::new(
+            &cfg,
+            store,
+            python.clone(),
+            tags.clone(),
+            dir,
+            sets,
+            registry.clone(),
+        );
+        // As the original: synced before the first fetch, so the first runs see the wheels.
+        systemd::notify_status("syncing wheels");
+        sync.attempt().await;
+        tracker.spawn(sync.run(client.clone(), halt.clone()));
     }
 
     let (drain_tx, drain_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);

@@ -163,6 +163,10 @@ impl WheelStore {
             base64::engine::general_purpose::URL_SAFE.encode(name.as_bytes())
         )
     }
+    /// A nuid from a stored meta goes into a subject: it must be one plain, bounded token.
+    pub fn valid_nuid(nuid: &str) -> bool {
+        !nuid.is_empty() && nuid.len() <= 64 && nuid.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
     pub fn chunk_subject(&self, nuid: &str) -> String {
         format!("$O.{}.C.{}", self.bucket, nuid)
     }
@@ -292,6 +296,12 @@ impl WheelStore {
         &self,
         info: &ObjectInfo,
     ) -> Result<impl futures::Stream<Item = Result<Bytes, StoreError>>, StoreError> {
+        if !Self::valid_nuid(info.nuid()) {
+            return Err(StoreError::BadMeta(format!(
+                "invalid nuid {:?}",
+                info.nuid().chars().take(80).collect::<String>()
+            )));
+        }
         let s = self.stream().await?;
         let chunks = info.chunks();
         let size = info.size();
@@ -480,5 +490,50 @@ impl Upload {
             }
         }
         Ok(ObjectInfo(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_of_either_implementation_parses() {
+        // nats-py (the original): header values are strings.
+        let py = br#"{"name":"a-1.0-py3-none-any.whl","headers":{"content-type":"application/octet-stream","x-pyoco-wheel-tags":"x,y"},"nuid":"ABC123","size":10,"chunks":1,"digest":"SHA-256=xyz="}"#;
+        let i = parse_meta(py).unwrap();
+        assert_eq!(
+            (i.name(), i.nuid(), i.size(), i.deleted()),
+            ("a-1.0-py3-none-any.whl", "ABC123", 10, false)
+        );
+        assert_eq!(i.header("x-pyoco-wheel-tags").as_deref(), Some("x,y"));
+        // async-nats / Go: lists, title case.
+        let rs = br#"{"name":"b.whl","headers":{"X-Pyoco-Wheel-Tags":["gpu"]},"nuid":"N","size":0,"deleted":true}"#;
+        let i = parse_meta(rs).unwrap();
+        assert_eq!(i.header("x-pyoco-wheel-tags").as_deref(), Some("gpu"));
+        assert!(i.deleted());
+        assert!(parse_meta(b"not json").is_err());
+    }
+
+    #[test]
+    fn digests_decode_with_or_without_padding() {
+        let sha = Sha256::digest(b"wheel");
+        let info = |d: String| ObjectInfo(serde_json::from_value(json!({"digest": d})).unwrap());
+        let padded = format!(
+            "SHA-256={}",
+            base64::engine::general_purpose::URL_SAFE.encode(sha)
+        );
+        assert_eq!(info(padded.clone()).digest_bytes().unwrap(), sha.to_vec());
+        let bare = padded.trim_end_matches('=').to_string();
+        assert_eq!(info(bare).digest_bytes().unwrap(), sha.to_vec());
+        assert!(info("MD5=abc".into()).digest_bytes().is_none());
+    }
+
+    #[test]
+    fn nuids_are_single_plain_tokens() {
+        assert!(WheelStore::valid_nuid("Xo3bV9aQ2lJ7sKfP1mN4tR"));
+        for bad in ["", "a.b", "a*", ">", "a b", &"a".repeat(65)] {
+            assert!(!WheelStore::valid_nuid(bad), "{bad}");
+        }
     }
 }

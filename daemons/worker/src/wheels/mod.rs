@@ -18,13 +18,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-pub use store::{WheelInfo, WheelStore};
+// One reader of the wheel object store for the gateway and the worker (core's: it reads the
+// meta documents of both nats-py and async-nats).
+pub use pyoco_core::wheel::store::{ObjectInfo as WheelInfo, WheelStore};
 use tokio::process::Command;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -36,8 +37,6 @@ use pyoco_core::time::now;
 use crate::registry::Registry;
 use crate::text::truncate;
 
-pub mod store;
-
 /// The selection helper, run as `python -I -c` in the runners' interpreter.
 const SELECT_PY: &str = include_str!("select.py");
 /// Lists in the worker record are cut to this many items (as the original).
@@ -46,10 +45,6 @@ pub const MAX_ITEMS: usize = 50;
 pub const MAX_ERROR: usize = 2000;
 /// Of pip's output, only the tail is kept (the error shows its last lines).
 const PIP_TAIL: usize = 64 * 1024;
-/// At most this many wheels are considered (a bigger store is an error, not a memory hog).
-const MAX_OBJECTS: usize = 10_000;
-/// Object names longer than this are skipped (they cannot be file names).
-const MAX_NAME: usize = 200;
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 /// After an upload/delete event, wait this long for the rest of a burst before syncing.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -170,23 +165,14 @@ pub fn initial_block(enabled: bool) -> Value {
     })
 }
 
-/// Original's object-name rule: `^[A-Za-z0-9._+-]+\.whl$`.
+/// Original's object-name rule (`^[A-Za-z0-9._+-]+\.whl$`, bounded): core's.
 pub fn valid_wheel_name(name: &str) -> bool {
-    name.len() > 4
-        && name.len() <= MAX_NAME
-        && name.ends_with(".whl")
-        && name[..name.len() - 4]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+    pyoco_core::wheel::normalize_wheel_name(name).as_deref() == Some(name)
 }
 
 /// The wheel's tags from its meta header (CSV; tokens that are not valid tags are dropped).
 pub fn wheel_tags(info: &WheelInfo) -> Vec<String> {
-    let raw = info
-        .headers
-        .get(TAGS_HEADER)
-        .map(String::as_str)
-        .unwrap_or("");
+    let raw = info.header(TAGS_HEADER).unwrap_or_default();
     let mut tags: Vec<String> = raw
         .split(',')
         .map(str::trim)
@@ -318,25 +304,29 @@ impl WheelSync {
     }
 
     async fn sync_once(&mut self, attempted_at: f64) -> Result<Value, String> {
-        let listed = self.store.list(MAX_OBJECTS).await?;
+        let listed = self
+            .store
+            .list()
+            .await
+            .map_err(|e| format!("listing the wheel store {}: {e}", self.bucket))?;
         let mut infos: HashMap<String, (WheelInfo, Vec<String>)> = HashMap::new();
         let mut order = Vec::new();
         for info in listed {
-            if info.deleted || !valid_wheel_name(&info.name) {
+            if info.deleted() || !valid_wheel_name(info.name()) {
                 continue;
             }
             let tags = wheel_tags(&info);
             if !tags.is_empty() && !tags.iter().any(|t| self.tags.contains(t)) {
                 continue;
             }
-            order.push(info.name.clone());
-            infos.insert(info.name.clone(), (info, tags));
+            order.push(info.name().to_string());
+            infos.insert(info.name().to_string(), (info, tags));
         }
         let sel = select(&self.python, &order).await?;
         let fingerprint = sel
             .selected
             .iter()
-            .map(|p| format!("{}={}", p.wheel_name, infos[&p.wheel_name].0.nuid))
+            .map(|p| format!("{}={}", p.wheel_name, infos[&p.wheel_name].0.nuid()))
             .collect::<Vec<_>>()
             .join(",");
         let current = self.sets.current();
@@ -529,16 +519,8 @@ fn next_set_number(sets: &Path) -> u64 {
         + 1
 }
 
-/// The object's SHA-256 from its `digest` (`SHA-256=<base64url>`, with or without padding).
-pub fn digest_bytes(digest: Option<&str>) -> Option<Vec<u8>> {
-    let b64 = digest?.strip_prefix("SHA-256=")?.trim_end_matches('=');
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(b64)
-        .ok()
-        .filter(|b| b.len() == 32)
-}
-
-/// Downloads one wheel to `path` and checks it against its object's digest and the size
+/// Downloads one wheel to `path`, chunk by chunk (never whole in memory), checked against its
+/// object's digest and size (core's reader ends with an error on a mismatch) and the size
 /// limit. Returns (size, sha256 hex, nuid).
 async fn download(
     store: &WheelStore,
@@ -546,25 +528,39 @@ async fn download(
     path: &Path,
     max_bytes: u64,
 ) -> Result<(u64, String, String), String> {
-    let name = &info.name;
-    if max_bytes > 0 && info.size > max_bytes {
-        return Err(format!("wheel {name} is {} bytes, above the limit of {max_bytes} (PYOCO_WHEEL_MAX_BYTES); it is not installed", info.size));
+    let name = info.name();
+    if max_bytes > 0 && info.size() > max_bytes {
+        return Err(format!("wheel {name} is {} bytes, above the limit of {max_bytes} (PYOCO_WHEEL_MAX_BYTES); it is not installed", info.size()));
     }
-    let Some(expected) = digest_bytes(info.digest.as_deref()) else {
+    let Some(expected) = info.digest_bytes().filter(|d| d.len() == 32) else {
         return Err(format!(
             "wheel {name}: its object has no SHA-256 digest ({:?}); upload it again",
-            info.digest.as_deref().map(|d| truncate(d, 80))
+            truncate(info.digest(), 80)
         ));
     };
-    let (size, got) = store.download(info, path).await?;
-    if got != expected {
-        return Err(format!(
-            "wheel {name}: the downloaded bytes have SHA-256 {}, its object says {}; it is corrupt and not installed — upload it again",
-            hex::encode(&got),
-            hex::encode(&expected)
-        ));
+    let write_err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = tokio::fs::File::create(path).await.map_err(write_err)?;
+    let chunks = store
+        .read(info)
+        .await
+        .map_err(|e| format!("downloading wheel {name}: {e}"))?;
+    futures::pin_mut!(chunks);
+    let mut size = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            pyoco_core::wheel::store::StoreError::BadMeta(why) => {
+                format!("wheel {name}: {why}; it is corrupt and not installed — upload it again")
+            }
+            other => format!("downloading wheel {name}: {other}"),
+        })?;
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(write_err)?;
     }
-    Ok((size, hex::encode(got), info.nuid.clone()))
+    file.flush().await.map_err(write_err)?;
+    if size != info.size() {
+        return Err(format!("wheel {name}: got {size} of the {} bytes its object declares (replaced or deleted meanwhile?); not installed", info.size()));
+    }
+    Ok((size, hex::encode(expected), info.nuid().to_string()))
 }
 
 /// Runs the selection helper in the runners' Python.
@@ -719,7 +715,6 @@ fn tail(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
 
     #[test]
     fn wheel_names_follow_the_original_rule() {
@@ -729,34 +724,20 @@ mod tests {
         assert!(!valid_wheel_name("x y-1.0-py3-none-any.whl"));
         assert!(!valid_wheel_name(".whl"));
         assert!(!valid_wheel_name("demo.zip"));
-        assert!(!valid_wheel_name(&format!("{}.whl", "a".repeat(MAX_NAME))));
-    }
-
-    #[test]
-    fn digests_decode_with_or_without_padding() {
-        let sha = Sha256::digest(b"wheel");
-        let padded = format!(
-            "SHA-256={}",
-            base64::engine::general_purpose::URL_SAFE.encode(sha)
-        );
-        assert_eq!(digest_bytes(Some(&padded)).unwrap(), sha.to_vec());
-        assert_eq!(
-            digest_bytes(Some(padded.trim_end_matches('='))).unwrap(),
-            sha.to_vec()
-        );
-        assert!(digest_bytes(Some("MD5=abc")).is_none());
-        assert!(digest_bytes(Some("SHA-256=AAAA")).is_none());
-        assert!(digest_bytes(None).is_none());
+        assert!(!valid_wheel_name(&format!(
+            "{}.whl",
+            "a".repeat(pyoco_core::wheel::MAX_NAME_LEN)
+        )));
     }
 
     #[test]
     fn wheel_tags_drop_invalid_tokens_and_read_either_header_case() {
-        let info = store::parse_meta(
-            br#"{"name":"a.whl","nuid":"N","headers":{"X-Pyoco-Wheel-Tags":" gpu, ,bad.tag,cpu,gpu"}}"#,
-        )
-        .unwrap();
+        let meta = |j: &str| WheelInfo(serde_json::from_str(j).unwrap());
+        let info = meta(
+            r#"{"name":"a.whl","nuid":"N","headers":{"X-Pyoco-Wheel-Tags":" gpu, ,bad.tag,cpu,gpu"}}"#,
+        );
         assert_eq!(wheel_tags(&info), ["cpu", "gpu"]);
-        let none = store::parse_meta(br#"{"name":"a.whl","nuid":"N"}"#).unwrap();
+        let none = meta(r#"{"name":"a.whl","nuid":"N"}"#);
         assert!(wheel_tags(&none).is_empty());
     }
 
