@@ -404,7 +404,7 @@ fn letter_table(letters: &[Letter]) -> String {
 
 async fn show(ctx: &Ctx, seq: u64) -> CtlResult<u8> {
     let pretty = match ctx.cli.output {
-        Some(OutputFormat::Json) => false,
+        Some(OutputFormat::Json | OutputFormat::Plugins) => false,
         Some(OutputFormat::Table) => true,
         Some(OutputFormat::Status) => {
             return Err(CtlError::usage(

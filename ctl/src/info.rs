@@ -194,7 +194,7 @@ pub async fn metrics(ctx: &Ctx, args: &MetricsArgs) -> CtlResult<u8> {
                 ))
             }
             Some(OutputFormat::Table) => Some(true),
-            Some(OutputFormat::Json) => Some(false),
+            Some(OutputFormat::Json | OutputFormat::Plugins) => Some(false),
             None if stdout_is_terminal() => Some(true),
             None => None,
         }
@@ -226,7 +226,7 @@ pub async fn metrics(ctx: &Ctx, args: &MetricsArgs) -> CtlResult<u8> {
 pub async fn health(ctx: &Ctx) -> CtlResult<u8> {
     let table = match ctx.cli.output {
         Some(OutputFormat::Table) => true,
-        Some(OutputFormat::Json) | None => false,
+        Some(OutputFormat::Json | OutputFormat::Plugins) | None => false,
         Some(OutputFormat::Status) => {
             return Err(CtlError::usage(
                 "--output status is only for `run watch`; `health` prints json or table",

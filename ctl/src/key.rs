@@ -129,7 +129,7 @@ async fn create(ctx: &Ctx, tenant: &str, callable_allow: &[String]) -> CtlResult
 
 async fn list(ctx: &Ctx) -> CtlResult<u8> {
     let table = match ctx.cli.output {
-        None | Some(OutputFormat::Json) => false,
+        None | Some(OutputFormat::Json | OutputFormat::Plugins) => false,
         Some(OutputFormat::Table) => true,
         Some(OutputFormat::Status) => {
             return Err(CtlError::usage(

@@ -83,6 +83,8 @@ pub enum OutputFormat {
     Table,
     Json,
     Status,
+    /// `worker list` only: one row per installed wheel of each worker (pyoco-client's).
+    Plugins,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -207,6 +209,18 @@ fn load_config(cli: &Cli) -> CtlResult<pyoco_core::config::Config> {
 }
 
 async fn dispatch(ctx: &Ctx) -> CtlResult<u8> {
+    // One command knows `--output plugins`; every other refuses it here, by name.
+    if ctx.cli.output == Some(OutputFormat::Plugins)
+        && !matches!(
+            &ctx.cli.command,
+            Command::Worker(worker::WorkerCmd::List(_))
+        )
+    {
+        return Err(CtlError::usage(
+            "--output plugins is only for `worker list` (the wheels each worker installed)",
+            "pyococtl --output plugins worker list",
+        ));
+    }
     match &ctx.cli.command {
         Command::Run(cmd) => run::dispatch(ctx, cmd).await,
         Command::Key(cmd) => key::dispatch(ctx, cmd).await,

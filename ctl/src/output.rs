@@ -52,7 +52,7 @@ pub fn terminal_size() -> Option<(usize, usize)> {
 pub fn wants_table(ctx: &Ctx, command: &str) -> CtlResult<bool> {
     match ctx.cli.output {
         Some(OutputFormat::Table) => Ok(true),
-        Some(OutputFormat::Json) => Ok(false),
+        Some(OutputFormat::Json | OutputFormat::Plugins) => Ok(false),
         Some(OutputFormat::Status) => Err(CtlError::usage(
             format!("--output status is only for `run watch`; `{command}` prints table or json"),
             &format!("pyococtl --output json {command}"),

@@ -581,7 +581,7 @@ enum Mode {
 fn watch_mode(ctx: &Ctx) -> CtlResult<Mode> {
     Ok(match ctx.cli.output {
         None if out::stdout_is_terminal() => Mode::Live,
-        None | Some(OutputFormat::Json) => Mode::Json,
+        None | Some(OutputFormat::Json | OutputFormat::Plugins) => Mode::Json,
         Some(OutputFormat::Status) => Mode::Status,
         Some(OutputFormat::Table) => Mode::Live,
     })

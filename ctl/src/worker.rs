@@ -76,7 +76,8 @@ fn value_name<T: ValueEnum>(v: &T) -> String {
 }
 
 async fn list(ctx: &Ctx, args: &ListArgs) -> CtlResult<u8> {
-    let table = wants_table(ctx, "worker list")?;
+    let plugins = ctx.cli.output == Some(crate::OutputFormat::Plugins);
+    let table = plugins || wants_table(ctx, "worker list")?;
     let mut query: Vec<(&str, String)> = vec![("scope", value_name(&args.scope))];
     if let Some(s) = &args.state {
         query.push(("state", value_name(s)));
@@ -93,6 +94,10 @@ async fn list(ctx: &Ctx, args: &ListArgs) -> CtlResult<u8> {
         return Ok(exit::OK);
     }
     let items = workers.as_array().cloned().unwrap_or_default();
+    if plugins {
+        print!("{}", plugin_table(&items));
+        return Ok(exit::OK);
+    }
     if items.is_empty() {
         println!("(no workers)");
         return Ok(exit::OK);
@@ -152,6 +157,66 @@ pub(crate) fn worker_table(items: &[Value], with_hidden: bool, now: f64) -> Stri
     }
     headers.push("LAST SEEN");
     render_table(&headers, &rows, LastColumn::Trimmed)
+}
+
+/// `--output plugins`: one row per wheel each worker installed (`wheel_sync.installed_wheels`),
+/// a `-` row for a worker without any — pyoco-client's `workers --output plugins` table, byte
+/// for byte (its headers, every cell padded).
+pub(crate) fn plugin_table(items: &[Value]) -> String {
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let mut rows = Vec::new();
+    for w in items {
+        let tags: Vec<&str> = w
+            .get("tags")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tags = if tags.is_empty() {
+            "-".to_string()
+        } else {
+            tags.join(",")
+        };
+        let head = [text(w, "worker_id"), text(w, "state"), tags];
+        let installed: Vec<&Value> = w
+            .pointer("/wheel_sync/installed_wheels")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter(|p| p.is_object()).collect())
+            .unwrap_or_default();
+        if installed.is_empty() {
+            rows.push([head.to_vec(), vec!["-".into(); 3]].concat());
+        }
+        for p in installed {
+            let cols = ["package_name", "package_version", "wheel_name"].map(|k| text(p, k));
+            rows.push([head.to_vec(), cols.to_vec()].concat());
+        }
+    }
+    if rows.is_empty() {
+        return "(no items)\n".into();
+    }
+    render_table(
+        &[
+            "worker_id",
+            "state",
+            "tags",
+            "package",
+            "version",
+            "wheel_name",
+        ],
+        &rows,
+        LastColumn::Padded,
+    )
 }
 
 /// Percent-encodes one path segment (worker ids may contain `/`, `=`, …).

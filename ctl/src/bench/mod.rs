@@ -344,7 +344,9 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
         "client_cpu_ticks": self_cpu_ticks().zip(cpu_before).map(|(a, b)| a.saturating_sub(b)),
     });
     match cli.output.unwrap_or(OutputFormat::Table) {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Json | OutputFormat::Plugins => {
+            println!("{}", serde_json::to_string(&report)?)
+        }
         OutputFormat::Table | OutputFormat::Status => print_table(&report),
     }
     if failed {

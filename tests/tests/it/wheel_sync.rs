@@ -761,4 +761,37 @@ async fn a_wheel_uploaded_through_our_gateway_runs_on_our_worker_and_the_origina
         "{}",
         ow.log_text()
     );
+
+    // `--output plugins`: each worker's installed wheels, the same bytes as pyoco-client's.
+    let ours = run_workspace_bin(
+        "pyococtl",
+        &[
+            "--server",
+            &gw.base_url(),
+            "--output",
+            "plugins",
+            "worker",
+            "list",
+        ],
+        &[],
+    )
+    .await;
+    ours.assert_success();
+    let theirs = orig_client(&gw.base_url(), &["workers", "--output", "plugins"], &[]).await;
+    theirs.assert_success();
+    assert_eq!(ours.stdout_text(), theirs.stdout_text());
+    assert!(
+        ours.stdout_text().contains("gw-tasks")
+            && ours.stdout_text().contains("gw_tasks-1.0-py3-none-any.whl"),
+        "{}",
+        ours.stdout_text()
+    );
+    let misplaced = run_workspace_bin(
+        "pyococtl",
+        &["--server", &gw.base_url(), "--output", "plugins", "health"],
+        &[],
+    )
+    .await;
+    assert_eq!(misplaced.code(), Some(2), "{}", misplaced.stderr_text());
+    assert!(misplaced.stderr_text().contains("only for `worker list`"));
 }
