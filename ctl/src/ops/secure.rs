@@ -282,16 +282,30 @@ pub fn gateway_permissions(n: &Names) -> Permissions {
             ),
         ]);
     }
-    for b in [&n.runs_bucket, &n.workers_bucket, &n.auth_bucket] {
+    for b in [
+        &n.runs_bucket,
+        &n.workers_bucket,
+        &n.auth_bucket,
+        &n.idempotency_bucket,
+        &n.wheel_history_bucket,
+    ] {
         let st = format!("KV_{b}");
         publish.extend([
             (
                 format!("$JS.API.CONSUMER.CREATE.{st}"),
-                "watch the bucket (ordered consumer): run/worker indexes, SSE, key revocation",
+                "watch or list the bucket (ordered consumer): indexes, SSE, key revocation",
             ),
             (
                 format!("$JS.API.CONSUMER.CREATE.{st}.>"),
                 "watch the bucket (the named-consumer API form)",
+            ),
+            (
+                format!("$JS.API.CONSUMER.INFO.{st}.*"),
+                "the original's (nats-py) watches check their consumer",
+            ),
+            (
+                format!("$JS.API.CONSUMER.DELETE.{st}.*"),
+                "the original's (nats-py) watches delete their consumer when done",
             ),
             (format!("$JS.FC.{st}.>"), "flow-control replies of a watch"),
         ]);

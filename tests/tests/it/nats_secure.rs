@@ -854,3 +854,85 @@ async fn a_worker_started_before_any_gateway_waits_for_it() {
     .await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
 }
+
+#[tokio::test]
+async fn the_originals_gateway_serves_with_the_gateway_role() {
+    // The other mixed deployment: the Python original's gateway (nats-py, the role in its URL)
+    // with our worker; submit, watch and cancel must stay within the gateway's permissions.
+    let node = Node::up(&[], &[]).await;
+    let gw_url = format!(
+        "nats://pyoco-gateway:{}@127.0.0.1:{}",
+        password(&node.auth, "gateway.password"),
+        node.port
+    );
+    let gw = OrigGateway::start(&gw_url, &[]).await;
+    // The original creates no idempotency bucket, which our worker looks up and its role may
+    // not create: any pyococtl key command (as the admin) creates what is missing.
+    let url = node.url();
+    let auth_dir = s(&node.auth);
+    let out = ctl(
+        &["key", "list"],
+        &[
+            ("PYOCO_NATS_URL", url.as_str()),
+            ("PYOCO_CREDENTIALS_DIR", auth_dir.as_str()),
+        ],
+    )
+    .await;
+    expect_code(&out, 0);
+    let tasks = TestDir::new("wtasks");
+    tasks.write("wtasks.py", TEST_TASKS);
+    let tag = unique("og");
+    let w_env = node.role_env("pyoco-worker", "worker.password");
+    let _worker = Worker::start(
+        &node.url(),
+        &tag,
+        &unique("w"),
+        tasks.path(),
+        &[],
+        &env_refs(&w_env),
+    )
+    .await;
+    let run_id = submit_flow_yaml(&gw.base_url(), example_flow_yaml(), "main", &tag).await;
+    let run = wait_for_run_status(
+        &gw.base_url(),
+        &run_id,
+        &["COMPLETED", "FAILED", "CANCELLED"],
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    let r = http()
+        .post(gw.url(&format!("/runs/{run_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "cancel of a finished run: {}",
+        r.status()
+    );
+    let list = http().get(gw.url("/runs")).send().await.unwrap();
+    assert!(list.status().is_success());
+    let workers = http().get(gw.url("/workers")).send().await.unwrap();
+    assert!(workers.status().is_success());
+    // SSE: the original watches the run's key.
+    let mut events = sse_events(
+        http()
+            .get(gw.url(&format!("/runs/{run_id}/watch")))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut events),
+    )
+    .await;
+    assert!(
+        matches!(first, Ok(Some(Ok(_)))),
+        "a watch event from the original: {first:?}"
+    );
+    let v = node.violations();
+    assert!(v.is_empty(), "permission violations: {v:#?}");
+}
