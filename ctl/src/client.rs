@@ -169,6 +169,24 @@ impl Client {
 // ---------------------------------------------------------------------------------------------
 // NATS, for the commands that talk to it directly (`key`, `dlq`).
 
+/// `auth` when it has a method (or `url` carries credentials); otherwise, when the packaged
+/// admin password (`$PYOCO_CREDENTIALS_DIR/admin.password`, default
+/// `/etc/pyoco/credentials/admin.password`) is readable, user `pyoco-admin` with it — so that
+/// `pyococtl backup` as root on a packaged host needs no flags.
+pub fn admin_default(cfg: &pyoco_core::config::Config, url: &str, auth: NatsAuth) -> NatsAuth {
+    if auth.has_method() || redact_url(url) != url {
+        return auth;
+    }
+    let file = crate::ops::secure::packaged_credentials_dir().join(crate::ops::secure::ADMIN.file);
+    let Ok(password) = crate::ops::secure::read_password(&file) else {
+        return auth;
+    };
+    let mut c = cfg.clone();
+    c.nats_user = crate::ops::secure::ADMIN.user.to_string();
+    c.nats_password = Some(password);
+    NatsAuth::from_config(&c).unwrap_or(auth)
+}
+
 /// Connects to NATS once (no background retry: a CLI should fail fast), naming the URL and the
 /// flags to check when it cannot.
 pub async fn connect_nats(url: &str, auth: &NatsAuth) -> CtlResult<async_nats::Client> {

@@ -108,6 +108,8 @@ pub enum Command {
     Up(ops::UpArgs),
     /// `up` that joins a cluster through --seed.
     Join(ops::UpArgs),
+    /// Create the missing NATS credential files (one password per role) and report which.
+    NatsCredentials(ops::NatsCredentialsArgs),
     /// Stop the nats-server of the PID file (needs --confirm).
     Down(ops::DownArgs),
     /// Leave the cluster through a controller (needs --confirm).
@@ -170,9 +172,11 @@ impl Ctx {
     }
 
     /// The NATS credentials and TLS files of the configuration (checked when it was loaded).
+    /// Without any configured, the packaged admin credentials (see [`client::admin_default`]).
     pub fn nats_auth(&self) -> CtlResult<pyoco_core::nats::NatsAuth> {
-        pyoco_core::nats::NatsAuth::from_config(&self.config)
-            .map_err(|e| CtlError::new(exit::USAGE, format!("ERR-PYOCO-0018: {e}")))
+        let auth = pyoco_core::nats::NatsAuth::from_config(&self.config)
+            .map_err(|e| CtlError::new(exit::USAGE, format!("ERR-PYOCO-0018: {e}")))?;
+        Ok(client::admin_default(&self.config, &self.nats_url(), auth))
     }
 
     pub fn nats_url(&self) -> String {
@@ -212,6 +216,7 @@ async fn dispatch(ctx: &Ctx) -> CtlResult<u8> {
             .map_err(|e| CtlError::new(exit::ERROR, format!("{e:#}"))),
         Command::Up(a) => ops::dispatch(ctx, ops::Op::Up(a, false)).await,
         Command::Join(a) => ops::dispatch(ctx, ops::Op::Up(a, true)).await,
+        Command::NatsCredentials(a) => ops::dispatch(ctx, ops::Op::NatsCredentials(a)).await,
         Command::Down(a) => ops::dispatch(ctx, ops::Op::Down(a)).await,
         Command::Leave(a) => ops::dispatch(ctx, ops::Op::Leave(a)).await,
         Command::Status(a) => ops::dispatch(ctx, ops::Op::Status(a)).await,

@@ -25,13 +25,14 @@ use crate::{exit, Ctx};
 #[derive(Debug, Clone, Args)]
 #[command(
     after_help = "NATS: the global --nats-url (or nats_url of the config file), connected as a system-account user:\n\
---sys-creds FILE, or --sys-user/--sys-password (e.g. the user `pyococtl up --cluster … --sys-user sys` defines), or user:password in the URL.\n\n\
+--sys-creds FILE, or --sys-user/--sys-password[-file] (the secured layout of `pyococtl up`: --sys-user system --sys-password-file <auth-dir>/system.password;\n\
+or the user `--sys-user sys` defines), or user:password in the URL.\n\n\
 HTTP API:\n  GET  /health    → {\"status\":\"ok\"}\n  POST /v1/leave  {\"request_id\", \"server_name\", \"nats_url\"} → {\"request_id\", \"result\": \"ok\"|\"already_done\"};\n\
                   400 {\"error\":\"invalid_request\"} on a bad body; 502 {\"error\": …, \"detail\": …} when NATS refuses.\n\
 Requests are idempotent by request_id (kept in <state-dir>/controller_state.json). A server that is no longer a\n\
 member of the meta group is reported as already_done.\n\n\
 Note: the default --listen port 8222 is also nats-server's monitoring port; on a NATS node pick another one.\n\n\
-Example:\n  NATS_SYS_PASSWORD=… pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user sys"
+Examples:\n  pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user system --sys-password-file nats-bootstrap-data/auth/system.password\n  NATS_SYS_PASSWORD=… pyococtl --nats-url nats://127.0.0.1:4222 controller start --listen 0.0.0.0:8223 --sys-user sys"
 )]
 pub struct StartArgs {
     /// HOST:PORT to serve on.
@@ -51,6 +52,9 @@ pub struct StartArgs {
         value_name = "PASSWORD"
     )]
     pub sys_password: Option<String>,
+    /// Read the system account password from this file (first line), e.g. the system.password of `pyococtl up`'s --auth-dir.
+    #[arg(long, value_name = "FILE", conflicts_with = "sys_password")]
+    pub sys_password_file: Option<PathBuf>,
     /// Where the idempotency state lives [default: ~/.nats-bootstrap/controller].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -109,7 +113,14 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
             ));
         }
     }
-    let config_auth = ctx.nats_auth()?;
+    // The configuration's own credentials, not pyococtl's admin default: the admin user is not
+    // in the system account.
+    let config_auth = pyoco_core::nats::NatsAuth::from_config(&ctx.config)
+        .map_err(|e| CtlError::new(exit::USAGE, format!("ERR-PYOCO-0018: {e}")))?;
+    let sys_password = match &a.sys_password_file {
+        Some(f) => Some(super::secure::read_password(f)?),
+        None => a.sys_password.clone(),
+    };
     if a.sys_creds.is_none()
         && a.sys_user.is_none()
         && !url.contains('@')
@@ -162,7 +173,7 @@ pub async fn start(ctx: &Ctx, a: &StartArgs) -> CtlResult<u8> {
         None => async_nats::ConnectOptions::new(),
     };
     if let Some(u) = &a.sys_user {
-        opts = opts.user_and_password(u.clone(), a.sys_password.clone().unwrap_or_default());
+        opts = opts.user_and_password(u.clone(), sys_password.clone().unwrap_or_default());
     }
     if a.sys_creds.is_some() || a.sys_user.is_some() {
         // The system account's own credentials, over the configured TLS.

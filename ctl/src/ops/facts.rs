@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
+use pyoco_core::nats::NatsAuth;
 use serde_json::{json, Value};
 
 use super::jsapi;
@@ -221,11 +222,108 @@ async fn gateway_health(base: &str) -> Result<Value, String> {
     }
 }
 
+fn loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What an anonymous client gets at the configured URL: (a) accepted by a NATS listening
+/// beyond loopback is a problem; (b) refused while this configuration (the daemons' settings)
+/// has no credentials is a problem too. Returns whether (a) was reported.
+async fn anonymous_probe(ctx: &Ctx, raw_url: &str, url: &str, r: &mut Report) -> bool {
+    let tls = NatsAuth::from_config(&ctx.config).unwrap_or_default();
+    let opts = tls
+        .apply_tls(async_nats::ConnectOptions::new())
+        .name("pyococtl doctor (anonymous probe)")
+        .connection_timeout(Duration::from_secs(3));
+    let attempt = tokio::time::timeout(Duration::from_secs(6), async {
+        let c = opts.connect(raw_url).await.map_err(|e| e.to_string())?;
+        // A refused login arrives after CONNECT: a flush makes it show.
+        c.flush().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(c)
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    match attempt {
+        Ok(c) => {
+            let info = c.server_info();
+            let open_beyond_loopback = !loopback_host(&info.host);
+            r.facts.insert(
+                "anonymous".into(),
+                json!({"accepted": true, "listen": format!("{}:{}", info.host, info.port)}),
+            );
+            r.lines.push(format!(
+                "anonymous: accepted (NATS listens on {}:{})",
+                info.host, info.port
+            ));
+            if open_beyond_loopback {
+                r.problem(
+                    format!(
+                        "NATS at {url} accepts clients without credentials and listens on {}:{} (beyond loopback): anyone on the network can read every run and mint API keys",
+                        info.host, info.port
+                    ),
+                    "restart it with the secured layout: pyococtl up / join without --insecure (then give the daemons PYOCO_NATS_USER + PYOCO_NATS_PASSWORD_FILE), or add accounts/authorization to its configuration",
+                );
+            }
+            open_beyond_loopback
+        }
+        Err(e) if e.to_lowercase().contains("authorization") => {
+            r.facts
+                .insert("anonymous".into(), json!({"accepted": false}));
+            r.lines
+                .push("anonymous: refused (credentials required)".into());
+            let configured = NatsAuth::from_config(&ctx.config)
+                .map(|a| a.has_method())
+                .unwrap_or(true)
+                || pyoco_core::nats::redact_url(raw_url) != raw_url;
+            if !configured {
+                r.problem(
+                    format!("NATS at {url} requires credentials, but this configuration (what the daemons read: PYOCO_NATS_* variables, the TOML file) has none: the gateway and workers cannot connect"),
+                    "set PYOCO_NATS_USER and PYOCO_NATS_PASSWORD_FILE (or nats_user / nats_password_file in /etc/pyoco/pyoco.toml): the gateway as pyoco-gateway with gateway.password, workers as pyoco-worker with worker.password (files in pyococtl up's --auth-dir, /etc/pyoco/credentials on a packaged host)",
+                );
+            }
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// The local configuration `pyococtl up` wrote: an open one listening beyond loopback.
+fn local_config_check(a: &CheckArgs, r: &mut Report) {
+    let path = server::effective_datafolder(&a.pid).join(super::CONF_FILE_NAME);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let secured = text.contains("accounts:") || text.contains("authorization");
+    let loopback_only = text.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("host:")
+            && loopback_host(l.trim_start_matches("host:").trim().trim_matches('"'))
+    }) && !text.contains("cluster {");
+    r.lines.push(format!(
+        "nats-config: {} ({})",
+        path.display(),
+        if secured { "secured" } else { "open" }
+    ));
+    if !secured && !loopback_only {
+        r.problem(
+            format!("{} (written by `pyococtl up --insecure`) has no authorization and listens beyond loopback", path.display()),
+            "restart the node without --insecure (pyococtl up / join, or remove --insecure from the unit), then give the daemons their credentials",
+        );
+    }
+}
+
 /// NATS, JetStream, streams and workers.
 async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
     let raw_url = ctx.nats_url();
     // Shown in the report: never with a password.
     let url = pyoco_core::nats::redact_url(&raw_url);
+    let open = anonymous_probe(ctx, &raw_url, &url, r).await;
+    if !open {
+        local_config_check(a, r);
+    }
     let client = match jsapi::connect(
         &raw_url,
         &ctx.nats_auth().unwrap_or_default(),
@@ -250,6 +348,15 @@ async fn nats_facts(ctx: &Ctx, a: &CheckArgs, r: &mut Report) {
                 "nats".into(),
                 json!({"url": url, "reachable": false, "error": reason}),
             );
+            if reason.to_lowercase().contains("authorization") {
+                r.lines
+                    .push(format!("nats: {url} ng (login refused: {reason})"));
+                r.problem(
+                    format!("NATS at {url} refused pyococtl's login ({reason})"),
+                    "give pyococtl credentials: PYOCO_NATS_USER=pyoco-admin + PYOCO_NATS_PASSWORD_FILE=<auth dir>/admin.password (as root on a packaged host /etc/pyoco/credentials/admin.password is used by itself), or --creds FILE",
+                );
+                return;
+            }
             r.lines
                 .push(format!("nats: {url} ng (unreachable: {reason})"));
             r.problem(

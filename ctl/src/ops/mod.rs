@@ -8,7 +8,8 @@
 //! `--output` (the format; backup's directory is `--dir`).
 //!
 //! Files: `resolve` (which nats-server / nats CLI, the JSON config), `server` (up, join, down,
-//! PID files), `controller` (controller start, leave), `facts` (status, doctor), `service`
+//! PID files), `secure` (the secured layout: accounts, role permissions, credential files),
+//! `bootstrap_yaml` (nats-bootstrap 0.1.0's bootstrap.yaml), `controller` (controller start, leave), `facts` (status, doctor), `service`
 //! (systemd units), `backup` (backup, restore), `jsapi` (raw JetStream API requests).
 
 use std::path::PathBuf;
@@ -19,10 +20,12 @@ use crate::client::CtlResult;
 use crate::Ctx;
 
 mod backup;
+mod bootstrap_yaml;
 mod controller;
 mod facts;
 mod jsapi;
 mod resolve;
+pub(crate) mod secure;
 mod server;
 mod service;
 
@@ -37,14 +40,21 @@ pub const DEFAULT_SERVICE_NAME: &str = "pyoco-nats";
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Modes:\n  \
-  (default)             one node with JetStream in the data folder: nats-server -js -sd DIR -a HOST -p PORT -m HTTP_PORT -P PIDFILE\n  \
-  --cluster NAME        writes DIR/nats-bootstrap.conf (server_name, port, http, jetstream, cluster{name, listen, routes}) and runs nats-server -c on it\n  \
-  --nats-config FILE    runs nats-server -c FILE -P PIDFILE\n  \
+  (default)             one node with JetStream: writes DIR/nats-bootstrap.conf (0600; accounts, users, permissions) and runs nats-server -c on it\n  \
+  --cluster NAME        the same plus cluster{name, listen, routes, authorization}: a cluster member\n  \
+  --bootstrap-config F  nats-bootstrap 0.1.0's bootstrap.yaml (cluster, datafolder, ports, system_account, app_account, advertise)\n  \
+  --nats-config FILE    runs nats-server -c FILE -P PIDFILE (your configuration, your security)\n  \
   -- ARGS…              (without --cluster/--nats-config) runs nats-server ARGS… -P PIDFILE, nothing added\n\n\
+Secured by default: every client must log in. Users (account PYOCO, JetStream): pyoco-gateway, pyoco-worker (only what a worker\n\
+needs), pyoco-admin (everything: pyococtl key/dlq/backup/restore); account SYS (system_account) with user system; routes with user\n\
+pyoco-route; monitoring on 127.0.0.1 (--http-host to change). Passwords: one file each in --auth-dir (default DIR/auth):\n\
+gateway.password worker.password admin.password system.password route.password — missing ones are created (random, 0600), existing\n\
+ones never overwritten. A cluster shares one set: copy the directory from the first node to the others before they join.\n\
+--insecure writes the old open layout (anonymous clients with full access) for migrations.\n\n\
 The server runs in the foreground (pyococtl execs it, so a supervisor such as systemd sees nats-server itself).\n\
 --wait-ready instead keeps pyococtl as the parent: it prints `ready` (and notifies systemd) once JetStream answers,\n\
 forwards SIGTERM/SIGINT/SIGHUP and exits with the server.\n\n\
-Examples:\n  pyococtl up\n  pyococtl up --cluster pyoco --server-name n1 --seed 10.0.0.2 --seed 10.0.0.3 --sys-user sys\n  pyococtl join --cluster pyoco --server-name n2 --seed 10.0.0.1 --seed 10.0.0.3 --sys-user sys\n  pyococtl up --nats-config /etc/nats/nats.conf\n  pyococtl up -- -js -sd /srv/nats -p 4222")]
+Examples:\n  pyococtl up\n  pyococtl up --cluster pyoco --server-name n1 --seed 10.0.0.2 --seed 10.0.0.3\n  scp -rp n1:nats-bootstrap-data/auth nats-bootstrap-data/  # on n2 and n3, before:\n  pyococtl join --cluster pyoco --server-name n2 --seed 10.0.0.1 --seed 10.0.0.3\n  pyococtl up --bootstrap-config bootstrap.yaml\n  pyococtl up --nats-config /etc/nats/nats.conf\n  pyococtl up -- -js -sd /srv/nats -p 4222")]
 pub struct UpArgs {
     /// Cluster name: bootstrap mode (a generated nats-server configuration).
     #[arg(long)]
@@ -79,13 +89,22 @@ pub struct UpArgs {
     /// The nats-server binary (first step of the resolution order).
     #[arg(long, value_name = "PATH")]
     pub nats_server_path: Option<PathBuf>,
-    /// nats-bootstrap's JSON configuration (key `nats_server_path`) [default: ./nats-config.json, else ~/.nats-bootstrap/nats-config.json].
+    /// nats-bootstrap 0.1.0's bootstrap.yaml (*.yaml, *.yml), or 0.0.9's JSON configuration (key `nats_server_path`) [default: ./nats-config.json, else ~/.nats-bootstrap/nats-config.json].
     #[arg(long, value_name = "FILE")]
     pub bootstrap_config: Option<PathBuf>,
+    /// Directory of the credential files (gateway.password, worker.password, admin.password, system.password, route.password) [default: <datafolder>/auth].
+    #[arg(long, value_name = "DIR")]
+    pub auth_dir: Option<PathBuf>,
+    /// The old open layout: no accounts, anonymous clients with full access, monitoring on all interfaces (for migrations only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Address the monitoring (HTTP) port listens on [default: 127.0.0.1; all interfaces with --insecure].
+    #[arg(long, value_name = "HOST")]
+    pub http_host: Option<String>,
     /// PID file [default: <datafolder>/nats-server.pid].
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
-    /// Cluster mode: define a system account with this user (for `controller start`); its password is read by nats-server from the environment variable --sys-password-env. Clients without credentials land in an application account with JetStream.
+    /// Cluster mode: one more system-account user (for `controller start`; the secured layout always has `system`); its password is read by nats-server from the environment variable --sys-password-env. With --insecure, clients without credentials land in an application account with JetStream.
     #[arg(long, value_name = "USER")]
     pub sys_user: Option<String>,
     /// Environment variable holding the system user's password.
@@ -106,6 +125,9 @@ pub struct UpArgs {
     /// Raw nats-server arguments, after `--`.
     #[arg(last = true, value_name = "NATS-SERVER ARGS")]
     pub nats_args: Vec<String>,
+    /// Only check the flags (`service install`): create no credential files.
+    #[arg(skip)]
+    pub check_only: bool,
 }
 
 /// Where the PID file is: `--pid-file`, else `<datafolder>/nats-server.pid`.
@@ -333,8 +355,26 @@ pub struct RestoreArgs {
     pub engine: EngineArgs,
 }
 
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Creates the NATS credential files that are missing in DIR (mode 0700) — gateway.password, worker.password,\n\
+admin.password, system.password, route.password: one random URL-safe line of 43 characters each, mode 0600 — and reports\n\
+which it created. Existing files are never changed. `pyococtl up --auth-dir DIR` reads them; the daemons read theirs\n\
+through PYOCO_NATS_USER + PYOCO_NATS_PASSWORD_FILE (users pyoco-gateway, pyoco-worker, pyoco-admin).\n\n\
+Examples:\n  pyococtl nats-credentials\n  pyococtl nats-credentials --dir /srv/pyoco/auth --json"
+)]
+pub struct NatsCredentialsArgs {
+    /// The directory [default: $PYOCO_CREDENTIALS_DIR, else /etc/pyoco/credentials].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print {"dir", "created", "present"} as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Which operation to run.
 pub enum Op<'a> {
+    NatsCredentials(&'a NatsCredentialsArgs),
     Up(&'a UpArgs, bool),
     Down(&'a DownArgs),
     Leave(&'a LeaveArgs),
@@ -348,6 +388,7 @@ pub enum Op<'a> {
 
 pub async fn dispatch(ctx: &Ctx, op: Op<'_>) -> CtlResult<u8> {
     match op {
+        Op::NatsCredentials(a) => server::nats_credentials(ctx, a),
         Op::Up(a, join) => server::up(ctx, a, join).await,
         Op::Down(a) => server::down(a).await,
         Op::Leave(a) => controller::leave(ctx, a).await,

@@ -54,9 +54,12 @@ pub const PRIORITY: &[&str] = &[
     "system (/usr/sbin/nats-server)",
 ];
 
-/// `--bootstrap-config FILE` (must exist), else `./nats-config.json`, else
-/// `~/.nats-bootstrap/nats-config.json`. Only the key `nats_server_path` is accepted.
+/// `--bootstrap-config FILE` (must exist; a bootstrap.yaml is skipped), else
+/// `./nats-config.json`, else `~/.nats-bootstrap/nats-config.json`. Only the key
+/// `nats_server_path` is accepted.
 pub fn load_bootstrap_config(flag: Option<&Path>) -> Result<BootstrapConfig, CtlError> {
+    // A bootstrap.yaml (nats-bootstrap 0.1.0) names no nats-server: look where 0.0.9 would.
+    let flag = flag.filter(|p| !super::bootstrap_yaml::is_yaml(&super::expand_tilde(p)));
     let invalid = |msg: String| CtlError::new(exit::USAGE, format!("config is invalid: {msg}"));
     let path = match flag {
         Some(p) => {

@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use super::resolve::{self, Resolved};
+use super::{bootstrap_yaml, secure};
 use super::{PidArgs, UpArgs, CONF_FILE_NAME, PID_FILE_NAME};
 use crate::client::{CtlError, CtlResult};
 use crate::{exit, Ctx, OutputFormat};
@@ -30,6 +31,25 @@ pub struct Plan {
     pub datafolder: PathBuf,
     /// Monitoring base URL for --wait-ready.
     pub ready_url: String,
+    /// The secured layout's credentials directory and the files `up` created there.
+    pub auth: Option<(PathBuf, Vec<PathBuf>)>,
+    /// Secrets in `conf_text`, masked wherever it is shown.
+    secrets: Vec<String>,
+    /// Warnings to print before starting (e.g. --insecure).
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// The configuration with every password replaced by `***` (for --dry-run output).
+    pub fn conf_shown(&self) -> Option<String> {
+        self.conf_text.as_ref().map(|t| {
+            let mut t = t.clone();
+            for s in &self.secrets {
+                t = t.replace(s.as_str(), "***");
+            }
+            t
+        })
+    }
 }
 
 fn usage(msg: impl Into<String>) -> CtlError {
@@ -64,10 +84,7 @@ pub fn normalize_seed(seed: &str, cluster_port: u16) -> String {
     }
 }
 
-/// Quotes a value for the nats-server configuration format.
-fn q(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
+use super::secure::q;
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -75,31 +92,14 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The configuration bootstrap mode writes to `<datafolder>/nats-bootstrap.conf`.
+/// The open (`--insecure`) configuration bootstrap mode writes to `<datafolder>/nats-bootstrap.conf`.
 pub fn bootstrap_conf(
     a: &UpArgs,
     cluster: &str,
     server_name: &str,
     datafolder: &Path,
 ) -> CtlResult<String> {
-    let listen = with_port(a.listen.as_deref().unwrap_or("0.0.0.0"), a.cluster_port);
-    let mut routes: Vec<String> = a
-        .seeds
-        .iter()
-        .map(|s| normalize_seed(s, a.cluster_port))
-        .collect();
-    if routes.is_empty() {
-        // JetStream refuses to start clustered without a configured route; a route to ourselves
-        // satisfies it (nats-server recognises and drops it) until the others connect to us.
-        let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("0.0.0.0");
-        let host = if matches!(host, "0.0.0.0" | "[::]" | "::" | "") {
-            "127.0.0.1"
-        } else {
-            host
-        };
-        let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("6222");
-        routes.push(format!("nats://{host}:{port}"));
-    }
+    let (listen, routes) = listen_and_routes(a);
     let mut lines = vec![
         "# Written by `pyococtl up` at every start; edit the command line, not this file."
             .to_string(),
@@ -109,21 +109,19 @@ pub fn bootstrap_conf(
         lines.push(format!("host: {}", q(h)));
     }
     lines.push(format!("port: {}", a.client_port));
-    lines.push(format!("http: {}", a.http_port));
+    match &a.http_host {
+        Some(h) => lines.push(format!(
+            "http: {}",
+            q(&format!("{}:{}", bracket(h), a.http_port))
+        )),
+        None => lines.push(format!("http: {}", a.http_port)),
+    }
     lines.push(format!(
         "jetstream: {{ store_dir: {} }}",
         q(&datafolder.display().to_string())
     ));
     if let Some(user) = &a.sys_user {
-        if user.trim().is_empty() {
-            return Err(usage("--sys-user must not be empty"));
-        }
-        if !is_identifier(&a.sys_password_env) {
-            return Err(usage(format!(
-                "--sys-password-env {}: must be an environment variable name",
-                a.sys_password_env
-            )));
-        }
+        check_sys_user(a, user)?;
         lines.extend([
             String::new(),
             "# The system account (for `pyococtl controller start`); clients without credentials use APP.".to_string(),
@@ -192,8 +190,252 @@ fn reach(host: Option<&str>) -> String {
     }
 }
 
+/// The cluster listen address and the routes (a self-route when no seed is given).
+fn listen_and_routes(a: &UpArgs) -> (String, Vec<String>) {
+    let listen = with_port(a.listen.as_deref().unwrap_or("0.0.0.0"), a.cluster_port);
+    let mut routes: Vec<String> = a
+        .seeds
+        .iter()
+        .map(|s| normalize_seed(s, a.cluster_port))
+        .collect();
+    if routes.is_empty() {
+        // JetStream refuses to start clustered without a configured route; a route to ourselves
+        // satisfies it (nats-server recognises and drops it) until the others connect to us.
+        let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("0.0.0.0");
+        let host = if matches!(host, "0.0.0.0" | "[::]" | "::" | "") {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        let port = listen.rsplit_once(':').map(|(_, p)| p).unwrap_or("6222");
+        routes.push(format!("nats://{host}:{port}"));
+    }
+    (listen, routes)
+}
+
+/// A secured configuration: its text, (credentials directory, files created), the secrets in it.
+type SecureText = (String, (PathBuf, Vec<PathBuf>), Vec<String>);
+
+/// What the secured layout needs besides the flags.
+struct SecureInputs<'a> {
+    creds: &'a secure::Credentials,
+    names: &'a pyoco_core::resources::Names,
+    yaml: Option<&'a bootstrap_yaml::BootstrapYaml>,
+    /// bootstrap.yaml's (app, system) user passwords, from their `password_env`.
+    yaml_passwords: Option<(String, String)>,
+}
+
+/// The secured configuration (one node, or a cluster member when `cluster` is given).
+fn secure_conf(
+    a: &UpArgs,
+    cluster: Option<&str>,
+    server_name: Option<&str>,
+    datafolder: &Path,
+    http_host: &str,
+    s: &SecureInputs,
+) -> CtlResult<String> {
+    let mut lines = vec![
+        "# Written by `pyococtl up` at every start; edit the command line, not this file."
+            .to_string(),
+        "# It holds passwords (from the --auth-dir files): mode 0600.".to_string(),
+    ];
+    if let Some(n) = server_name {
+        lines.push(format!("server_name: {}", q(n)));
+    }
+    // One node listens on loopback unless asked; a cluster member on every interface.
+    let host = match (&a.client_host, cluster) {
+        (Some(h), _) => Some(h.clone()),
+        (None, None) => Some("127.0.0.1".to_string()),
+        (None, Some(_)) => None,
+    };
+    if let Some(h) = &host {
+        lines.push(format!("host: {}", q(h)));
+    }
+    lines.push(format!("port: {}", a.client_port));
+    lines.push(format!(
+        "http: {}",
+        q(&format!("{}:{}", bracket(http_host), a.http_port))
+    ));
+    lines.push(format!(
+        "jetstream: {{ store_dir: {} }}",
+        q(&datafolder.display().to_string())
+    ));
+    if let Some(adv) = s.yaml.and_then(|y| y.advertise_client.as_deref()) {
+        lines.push(format!("client_advertise: {}", q(adv)));
+    }
+    let (app_account, sys_account) = match s.yaml {
+        Some(y) => (y.app_account.name.as_str(), y.system_account.name.as_str()),
+        None => (secure::APP_ACCOUNT, secure::SYS_ACCOUNT),
+    };
+    let mut app_extra = Vec::new();
+    let mut sys_extra = Vec::new();
+    let mut creds = s.creds.clone();
+    if let (Some(y), Some((app_pw, sys_pw))) = (s.yaml, &s.yaml_passwords) {
+        for (label, user) in [
+            ("app_account", &y.app_account.user),
+            ("system_account", &y.system_account.user),
+        ] {
+            if [
+                secure::GATEWAY.user,
+                secure::WORKER.user,
+                secure::ADMIN.user,
+                secure::ROUTE.user,
+            ]
+            .contains(&user.as_str())
+            {
+                return Err(usage(format!(
+                    "--bootstrap-config {}: {label}.user {user:?} is one of pyococtl's role users\n- fix: give the nats-bootstrap user another name",
+                    y.path.display()
+                )));
+            }
+        }
+        app_extra.push((y.app_account.user.clone(), q(app_pw)));
+        if y.system_account.user == secure::SYSTEM.user {
+            // Their `system` user keeps its password (their controller keeps working).
+            creds.system = sys_pw.clone();
+        } else {
+            sys_extra.push((y.system_account.user.clone(), q(sys_pw)));
+        }
+    }
+    if let Some(user) = &a.sys_user {
+        check_sys_user(a, user)?;
+        if user == secure::SYSTEM.user {
+            return Err(usage(
+                "--sys-user system: the secured layout already has the system user `system` (password in system.password); leave --sys-user out",
+            ));
+        }
+        sys_extra.push((user.clone(), format!("${}", a.sys_password_env)));
+    }
+    lines.push(String::new());
+    lines.extend(secure::accounts_text(
+        &creds,
+        s.names,
+        app_account,
+        sys_account,
+        &app_extra,
+        &sys_extra,
+    ));
+    if let Some(cluster) = cluster {
+        let (listen, routes) = listen_and_routes(a);
+        lines.extend([
+            String::new(),
+            "cluster {".to_string(),
+            format!("  name: {}", q(cluster)),
+            format!("  listen: {}", q(&listen)),
+        ]);
+        if let Some(adv) = s.yaml.and_then(|y| y.advertise_cluster.as_deref()) {
+            lines.push(format!("  advertise: {}", q(adv)));
+        }
+        lines.push(
+            "  # Only members knowing the route password may connect as a route.".to_string(),
+        );
+        lines.push(format!(
+            "  authorization {{ user: {}, password: {} }}",
+            q(secure::ROUTE.user),
+            q(&s.creds.route)
+        ));
+        lines.push("  routes = [".to_string());
+        for r in &routes {
+            lines.push(format!(
+                "    {}",
+                q(&secure::route_with_credentials(r, &s.creds.route))
+            ));
+        }
+        lines.push("  ]".to_string());
+        lines.push("}".to_string());
+    }
+    lines.push(String::new());
+    Ok(lines.join("\n"))
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+fn check_sys_user(a: &UpArgs, user: &str) -> CtlResult<()> {
+    if user.trim().is_empty() {
+        return Err(usage("--sys-user must not be empty"));
+    }
+    if user.contains('"') || user.contains('\\') {
+        return Err(usage(
+            "--sys-user: a plain user name, without quotes or backslashes",
+        ));
+    }
+    if !is_identifier(&a.sys_password_env) {
+        return Err(usage(format!(
+            "--sys-password-env {}: must be an environment variable name",
+            a.sys_password_env
+        )));
+    }
+    Ok(())
+}
+
 pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
     let cmd = if join { "join" } else { "up" };
+    // nats-bootstrap 0.1.0's bootstrap.yaml: its values fill in the flags.
+    let yaml = match &a.bootstrap_config {
+        Some(p) if bootstrap_yaml::is_yaml(&super::expand_tilde(p)) => {
+            Some(bootstrap_yaml::load(&super::expand_tilde(p))?)
+        }
+        _ => None,
+    };
+    let mut eff = a.clone();
+    if let Some(y) = &yaml {
+        let shown = y.path.display();
+        let given: Vec<&str> = [
+            ("--cluster", a.cluster.is_some()),
+            (
+                "--datafolder",
+                a.datafolder != Path::new(super::DEFAULT_DATAFOLDER),
+            ),
+            ("--listen", a.listen.is_some()),
+            ("--client-port", a.client_port != 4222),
+            ("--http-port", a.http_port != 8222),
+            ("--cluster-port", a.cluster_port != 6222),
+            ("--nats-config", a.nats_config.is_some()),
+            ("--insecure", a.insecure),
+            ("--sys-user", a.sys_user.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, g)| g.then_some(f))
+        .collect();
+        if !given.is_empty() {
+            return Err(usage(format!(
+                "--bootstrap-config {shown} cannot be combined with {}: the file sets the cluster, data folder, ports and accounts\n- fix: put the values into the file, or leave --bootstrap-config out",
+                given.join(", ")
+            )));
+        }
+        eff.cluster = Some(y.cluster.clone());
+        eff.datafolder = y.datafolder.clone();
+        eff.client_port = y.client_port.unwrap_or(4222);
+        eff.http_port = y.http_port.unwrap_or(8222);
+        eff.cluster_port = y.cluster_port.unwrap_or(6222);
+    }
+    let a = &eff;
+    // Every flag value that lands in the generated configuration: one short line.
+    let conf_values = [
+        ("--cluster", a.cluster.as_deref()),
+        ("--server-name", a.server_name.as_deref()),
+        ("--client-host", a.client_host.as_deref()),
+        ("--http-host", a.http_host.as_deref()),
+        ("--listen", a.listen.as_deref()),
+    ];
+    for (flag, v) in conf_values
+        .into_iter()
+        .chain(a.seeds.iter().map(|s| ("--seed", Some(s.as_str()))))
+    {
+        if let Some(v) = v {
+            if v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(usage(format!(
+                    "{flag}: the value is longer than 256 characters or holds control characters (it goes into the nats-server configuration)\n- fix: give a plain name or address"
+                )));
+            }
+        }
+    }
     if let Some(c) = &a.cluster {
         if c.trim().is_empty() {
             return Err(usage("--cluster must not be empty"));
@@ -236,7 +478,12 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         }
     }
 
-    let bc = resolve::load_bootstrap_config(a.bootstrap_config.as_deref())?;
+    let json_config = if yaml.is_some() {
+        None
+    } else {
+        a.bootstrap_config.as_deref()
+    };
+    let bc = resolve::load_bootstrap_config(json_config)?;
     let (binary, attempts) =
         resolve::resolve_nats_server(a.nats_server_path.as_deref(), &bc, &ctx.config.python);
     let binary = binary.ok_or_else(|| resolve::not_found_error(&attempts))?;
@@ -248,16 +495,82 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         (None, Some(p)) => super::absolute(p),
         (None, None) => datafolder.join(PID_FILE_NAME),
     };
+    let generated = a.nats_config.is_none() && (a.cluster.is_some() || raw.is_empty());
+    let secured = generated && !a.insecure;
+    let mut warnings = Vec::new();
+    if a.insecure && generated {
+        warnings.push("warning: --insecure: this NATS accepts anonymous clients with full access (client and route ports, monitoring on all interfaces); use it only while migrating, then restart without --insecure".to_string());
+    }
+    let http_host = a
+        .http_host
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let (mut auth, mut secrets) = (None, Vec::new());
+    let secure_text = |cluster: Option<&str>, name: Option<&str>| -> CtlResult<SecureText> {
+        let dir = super::absolute(
+            &a.auth_dir
+                .clone()
+                .unwrap_or_else(|| datafolder.join("auth")),
+        );
+        let (creds, created) = if a.check_only {
+            (secure::Credentials::placeholder(&dir), Vec::new())
+        } else {
+            secure::load_or_create(&dir)?
+        };
+        let yaml_passwords = match &yaml {
+            // The unit reads them from its environment file at start, not now.
+            Some(_) if a.check_only => Some((
+                "placeholder-not-a-password".to_string(),
+                "placeholder-not-a-password".to_string(),
+            )),
+            Some(y) => Some((
+                bootstrap_yaml::password(&y.path, "app_account", &y.app_account)?,
+                bootstrap_yaml::password(&y.path, "system_account", &y.system_account)?,
+            )),
+            None => None,
+        };
+        let names = pyoco_core::resources::Names::from_config(&ctx.config);
+        let inputs = SecureInputs {
+            creds: &creds,
+            names: &names,
+            yaml: yaml.as_ref(),
+            yaml_passwords: yaml_passwords.clone(),
+        };
+        let text = secure_conf(a, cluster, name, &datafolder, &http_host, &inputs)?;
+        let mut secrets = vec![
+            creds.gateway.clone(),
+            creds.worker.clone(),
+            creds.admin.clone(),
+            creds.system.clone(),
+            creds.route.clone(),
+        ];
+        if let Some((x, y)) = yaml_passwords {
+            secrets.extend([x, y]);
+        }
+        Ok((text, (dir, created), secrets))
+    };
     let mut args: Vec<OsString> = Vec::new();
     let (mode, conf_path, conf_text, ready_url);
     if let Some(cluster) = &a.cluster {
         mode = "cluster";
         let name = a.server_name.clone().unwrap_or_else(super::hostname);
-        let text = bootstrap_conf(a, cluster.trim(), &name, &datafolder)?;
+        let text = if secured {
+            let (text, au, sec) = secure_text(Some(cluster.trim()), Some(&name))?;
+            auth = Some(au);
+            secrets = sec;
+            text
+        } else {
+            bootstrap_conf(a, cluster.trim(), &name, &datafolder)?
+        };
         let path = datafolder.join(CONF_FILE_NAME);
         args.push("-c".into());
         args.push(path.clone().into());
-        ready_url = format!("http://{}:{}", reach(a.client_host.as_deref()), a.http_port);
+        let monitor_host = if secured || a.http_host.is_some() {
+            Some(http_host.as_str())
+        } else {
+            a.client_host.as_deref()
+        };
+        ready_url = format!("http://{}:{}", reach(monitor_host), a.http_port);
         conf_path = Some(path);
         conf_text = Some(text);
     } else if let Some(c) = &a.nats_config {
@@ -281,6 +594,17 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
         );
         conf_path = None;
         conf_text = None;
+    } else if secured {
+        mode = "single";
+        let (text, au, sec) = secure_text(None, a.server_name.as_deref())?;
+        auth = Some(au);
+        secrets = sec;
+        let path = datafolder.join(CONF_FILE_NAME);
+        args.push("-c".into());
+        args.push(path.clone().into());
+        ready_url = format!("http://{}:{}", reach(Some(&http_host)), a.http_port);
+        conf_path = Some(path);
+        conf_text = Some(text);
     } else {
         mode = "single";
         let host = a
@@ -295,10 +619,17 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
             "-m".into(),
             a.http_port.to_string().into(),
         ]);
+        if let Some(h) = &a.http_host {
+            args.extend(["--http_host".into(), h.into()]);
+        }
         if let Some(n) = &a.server_name {
             args.extend(["-n".into(), n.into()]);
         }
-        ready_url = format!("http://{}:{}", reach(Some(&host)), a.http_port);
+        ready_url = format!(
+            "http://{}:{}",
+            reach(Some(a.http_host.as_deref().unwrap_or(&host))),
+            a.http_port
+        );
         conf_path = None;
         conf_text = None;
     }
@@ -321,7 +652,53 @@ pub fn plan(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<Plan> {
             .unwrap_or(ready_url)
             .trim_end_matches('/')
             .to_string(),
+        auth,
+        secrets,
+        warnings,
     })
+}
+
+/// `pyococtl nats-credentials`: create the missing files, report which.
+pub fn nats_credentials(ctx: &Ctx, a: &super::NatsCredentialsArgs) -> CtlResult<u8> {
+    let dir = super::absolute(
+        &a.dir
+            .clone()
+            .unwrap_or_else(secure::packaged_credentials_dir),
+    );
+    let created = secure::ensure_files(&dir)?;
+    // Every file must be usable by `up` (an operator may have written a bad one).
+    for r in secure::ROLES {
+        secure::read_password(&dir.join(r.file))?;
+    }
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let created_names: Vec<String> = created.iter().map(name).collect();
+    let present: Vec<&str> = secure::ROLES
+        .iter()
+        .map(|r| r.file)
+        .filter(|f| !created_names.iter().any(|c| c == f))
+        .collect();
+    if a.json || ctx.output(OutputFormat::Table) == OutputFormat::Json {
+        crate::output::print_json(&json!({
+            "dir": dir,
+            "created": created_names,
+            "present": present,
+        }));
+    } else {
+        for c in &created {
+            println!("created: {}", c.display());
+        }
+        println!(
+            "nats-credentials: {} created, {} already present in {}",
+            created.len(),
+            present.len(),
+            dir.display()
+        );
+    }
+    Ok(exit::OK)
 }
 
 fn command_line(p: &Plan) -> String {
@@ -367,9 +744,8 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
         let _ = std::fs::create_dir_all(parent);
     }
     if let (Some(path), Some(text)) = (&p.conf_path, &p.conf_text) {
-        std::fs::write(path, text).map_err(|e| {
-            CtlError::new(exit::ERROR, format!("cannot write {}: {e}", path.display()))
-        })?;
+        // 0600 either way: the secured one holds passwords, an open one is replaced in place.
+        secure::write_private(path, text)?;
     }
     let line = command_line(&p);
     if a.dry_run {
@@ -381,12 +757,21 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
                 "version": p.binary.version,
                 "args": p.args.iter().map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>(),
                 "config_file": p.conf_path,
-                "config": p.conf_text,
+                "config": p.conf_shown(),
+                "secured": p.auth.is_some(),
+                "auth_dir": p.auth.as_ref().map(|(d, _)| d),
+                "created_credentials": p.auth.as_ref().map(|(_, c)| c),
                 "pid_file": p.pid_file,
                 "datafolder": p.datafolder,
                 "ready_url": p.ready_url,
             }));
         } else {
+            for w in &p.warnings {
+                eprintln!("{w}");
+            }
+            if let Some((dir, created)) = &p.auth {
+                println!("credentials: {} ({} created)", dir.display(), created.len());
+            }
             if let Some(path) = &p.conf_path {
                 println!("config: {} (written)", path.display());
             }
@@ -397,6 +782,22 @@ pub async fn up(ctx: &Ctx, a: &UpArgs, join: bool) -> CtlResult<u8> {
     }
     if let Some(v) = &p.binary.version_error {
         eprintln!("warning: {v}");
+    }
+    for w in &p.warnings {
+        eprintln!("{w}");
+    }
+    if let Some((dir, created)) = &p.auth {
+        for c in created {
+            eprintln!("up: created {}", c.display());
+        }
+        eprintln!(
+            "up: secured: users {}, {}, {} (account {}), passwords in {}",
+            secure::GATEWAY.user,
+            secure::WORKER.user,
+            secure::ADMIN.user,
+            secure::APP_ACCOUNT,
+            dir.display()
+        );
     }
     if let Some(path) = &p.conf_path {
         eprintln!("up: wrote {}", path.display());
@@ -778,6 +1179,61 @@ mod tests {
         assert!(c.contains("password: $NATS_SYS_PASSWORD"), "{c}");
         assert!(c.contains("system_account: SYS"), "{c}");
         assert!(c.contains("\"nats://127.0.0.1:6222\""), "self route: {c}");
+    }
+
+    #[test]
+    fn secured_cluster_conf() {
+        let a = args(&["--cluster", "demo", "--seed", "h1", "--listen", "10.0.0.5"]);
+        let creds = secure::Credentials::placeholder(Path::new("/auth"));
+        let names =
+            pyoco_core::resources::Names::from_config(&pyoco_core::config::Config::defaults());
+        let inputs = SecureInputs {
+            creds: &creds,
+            names: &names,
+            yaml: None,
+            yaml_passwords: None,
+        };
+        let c = secure_conf(
+            &a,
+            Some("demo"),
+            Some("n1"),
+            Path::new("/d"),
+            "127.0.0.1",
+            &inputs,
+        )
+        .unwrap();
+        assert!(c.contains("http: \"127.0.0.1:8222\""), "{c}");
+        assert!(
+            !c.contains("host: "),
+            "a member listens for clients everywhere: {c}"
+        );
+        assert!(!c.contains("no_auth_user"), "{c}");
+        assert!(c.contains("system_account: SYS"), "{c}");
+        assert!(
+            c.contains(
+                "authorization { user: \"pyoco-route\", password: \"placeholder-not-a-password\" }"
+            ),
+            "{c}"
+        );
+        assert!(
+            c.contains("\"nats://pyoco-route:placeholder-not-a-password@h1:6222\""),
+            "{c}"
+        );
+        for user in ["pyoco-gateway", "pyoco-worker", "pyoco-admin", "system"] {
+            assert!(c.contains(&format!("user: \"{user}\"")), "{user}: {c}");
+        }
+        // --sys-user adds a system user read from the environment, as before.
+        let a = args(&["--cluster", "demo", "--sys-user", "sys"]);
+        let c = secure_conf(
+            &a,
+            Some("demo"),
+            None,
+            Path::new("/d"),
+            "127.0.0.1",
+            &inputs,
+        )
+        .unwrap();
+        assert!(c.contains("password: $NATS_SYS_PASSWORD"), "{c}");
     }
 
     #[test]

@@ -253,6 +253,13 @@ fn up_words(a: &UpArgs, datafolder: &Path) -> Vec<String> {
             .as_ref()
             .map(|p| super::absolute(p).display().to_string()),
     );
+    opt(
+        "--auth-dir",
+        a.auth_dir
+            .as_ref()
+            .map(|p| super::absolute(p).display().to_string()),
+    );
+    opt("--http-host", a.http_host.clone());
     opt("--sys-user", a.sys_user.clone());
     opt(
         "--sys-password-env",
@@ -263,6 +270,9 @@ fn up_words(a: &UpArgs, datafolder: &Path) -> Vec<String> {
         (a.ready_timeout != 60).then(|| a.ready_timeout.to_string()),
     );
     opt("--ready-url", a.ready_url.clone());
+    if a.insecure {
+        w.push("--insecure".into());
+    }
     if !a.nats_args.is_empty() {
         w.push("--".into());
         w.extend(a.nats_args.iter().cloned());
@@ -287,6 +297,7 @@ pub fn unit_text(ctx: &Ctx, a: &InstallArgs, exe: &Path) -> CtlResult<(String, P
     // The same checks `up` makes, so a unit that cannot start is not written.
     let mut probe = a.up.clone();
     probe.dry_run = true;
+    probe.check_only = true;
     probe.datafolder = datafolder.clone();
     let _ = super::server::plan(ctx, &probe, false)?;
 

@@ -93,10 +93,12 @@ async fn up_down_and_every_pid_file_failure() {
     let d = TestDir::new("ops-up");
     let data = d.join("data");
     let (port, mon) = (free_port(), free_port());
+    // The open layout (--insecure): this test is about PID files, and connects anonymously.
     let mut up = spawn_workspace_bin(
         "pyococtl",
         &[
             "up",
+            "--insecure",
             "--nats-server-path",
             &debian(),
             "--datafolder",
@@ -312,12 +314,14 @@ async fn up_modes_flags_and_resolution() {
         .stderr_text()
         .contains("PYOCO_TEST_UNSET_PW"));
 
-    // Bootstrap mode: the generated configuration (regenerated every time).
+    // Bootstrap mode: the generated configuration (regenerated every time); the open layout
+    // here (nats_secure tests the secured one).
     let out = ctl(
         &[
             "--output",
             "json",
             "join",
+            "--insecure",
             "--cluster",
             "demo",
             "--server-name",
@@ -377,12 +381,40 @@ async fn up_modes_flags_and_resolution() {
         ]
     );
 
-    // One node: -js in the data folder, client address 127.0.0.1.
+    // One node, secured (the default): a generated configuration, client address 127.0.0.1.
     let out = ctl(
         &[
             "--output",
             "json",
             "up",
+            "--datafolder",
+            &s(&data),
+            "--nats-server-path",
+            &dn,
+            "--dry-run",
+        ],
+        &[],
+    )
+    .await;
+    let plan = expect_code(&out, 0).stdout_json();
+    assert_eq!(plan["secured"], true);
+    assert_eq!(
+        plan["args"],
+        json!(["-c", s(&conf_path), "-P", s(&data.join("nats-server.pid"))])
+    );
+    let text = plan["config"].as_str().unwrap();
+    assert!(
+        text.contains("host: \"127.0.0.1\"") && text.contains("http: \"127.0.0.1:8222\""),
+        "{text}"
+    );
+
+    // One node, --insecure: -js in the data folder, client address 127.0.0.1.
+    let out = ctl(
+        &[
+            "--output",
+            "json",
+            "up",
+            "--insecure",
             "--datafolder",
             &s(&data),
             "--nats-server-path",
@@ -607,8 +639,11 @@ async fn three_node_cluster_and_leave_through_the_controller() {
             n.monitor_port.to_string(),
             s(&n.data),
         );
+        // The open layout with --sys-user (nats-bootstrap 0.0.9's): anonymous clients land in
+        // the JetStream account; nats_secure tests the secured cluster.
         let mut args = vec![
             if i == 0 { "up" } else { "join" },
+            "--insecure",
             "--cluster",
             "pyoco",
             "--server-name",

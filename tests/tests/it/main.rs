@@ -15,5 +15,6 @@ mod gateway_systemd;
 mod harness_smoke;
 mod interop_original;
 mod nats_auth;
+mod nats_secure;
 mod runner_bounds;
 mod worker;
