@@ -16,5 +16,6 @@ mod harness_smoke;
 mod interop_original;
 mod nats_auth;
 mod nats_secure;
+mod reliability;
 mod runner_bounds;
 mod worker;
