@@ -386,7 +386,10 @@ pub async fn connect(url: &str, auth: &NatsAuth, name: &str) -> Result<Client, C
 
 /// `a, b,c` → `["a", "b", "c"]` (empty entries dropped).
 fn server_list(url: &str) -> Vec<&str> {
-    url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Logs authentication and TLS failures; connection-refused noise is left to the daemons'
@@ -432,7 +435,10 @@ mod tests {
     fn a_comma_separated_url_is_a_server_list() {
         use async_nats::ToServerAddrs;
         let list = server_list("nats://a:4222, nats://b:4223,,nats://u:p@c:4224");
-        assert_eq!(list, ["nats://a:4222", "nats://b:4223", "nats://u:p@c:4224"]);
+        assert_eq!(
+            list,
+            ["nats://a:4222", "nats://b:4223", "nats://u:p@c:4224"]
+        );
         assert_eq!(list.to_server_addrs().unwrap().count(), 3);
         assert!("nats://a:4222,nats://b:4223".to_server_addrs().is_err());
     }

@@ -79,6 +79,16 @@ impl Rng {
     }
 }
 
+/// `PYOCO_RELIABILITY_SCALE=N` multiplies runs, kills, cancels and fuzz requests by N for a
+/// longer soak than CI's budget allows (default 1).
+fn scale() -> usize {
+    std::env::var("PYOCO_RELIABILITY_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
 fn seed_from_env(var: &str) -> u64 {
     std::env::var(var)
         .ok()
@@ -245,7 +255,13 @@ fn tasks_dir() -> TestDir {
     d
 }
 
-async fn start_worker(nats_url: &str, tag: &str, id: &str, dir: &Path, env: &[(&str, &str)]) -> Worker {
+async fn start_worker(
+    nats_url: &str,
+    tag: &str,
+    id: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Worker {
     Worker::start(nats_url, tag, id, dir, &["--concurrency", "2"], env).await
 }
 
@@ -288,16 +304,17 @@ async fn sigkilled_workers_lose_no_run_and_rerun_only_what_they_were_running() {
             body["run_id"].as_str().unwrap().to_string()
         }
     };
-    for n in 0..60 {
+    let (runs, kill_target) = (60 * scale(), 25 * scale());
+    for n in 0..runs {
         ids.push(submit(n, 800 + rng.below(1200)).await);
     }
     let mut killed_pids: HashSet<u32> = HashSet::new();
     let mut kills = 0;
     let mut mid_run = 0;
     let started = Instant::now();
-    while kills < 25 {
+    while kills < kill_target {
         assert!(
-            started.elapsed() < Duration::from_secs(150),
+            started.elapsed() < Duration::from_secs(150 * scale() as u64),
             "only {kills} kills in 150 s"
         );
         // Keep work queued so every kill lands on a busy worker.
@@ -332,7 +349,11 @@ async fn sigkilled_workers_lose_no_run_and_rerun_only_what_they_were_running() {
     let mut reruns = 0;
     for (n, id) in ids.iter().enumerate() {
         let pids = execs.get(&n).cloned().unwrap_or_default();
-        assert!(!pids.is_empty(), "run {n} ({id}) ended without executing: {}", done[id]);
+        assert!(
+            !pids.is_empty(),
+            "run {n} ({id}) ended without executing: {}",
+            done[id]
+        );
         let by_survivors = pids.iter().filter(|p| !killed_pids.contains(p)).count();
         assert!(
             by_survivors <= 1,
@@ -386,8 +407,7 @@ async fn sigkilled_gateway_mid_burst_keeps_every_accepted_run_and_one_run_per_ke
     let retries = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for c in 0..clients {
-        let (base, log, retries, stop) =
-            (base.clone(), log.clone(), retries.clone(), stop.clone());
+        let (base, log, retries, stop) = (base.clone(), log.clone(), retries.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let client = http();
             let mut got: Vec<(String, String)> = Vec::new();
@@ -413,8 +433,7 @@ async fn sigkilled_gateway_mid_burst_keeps_every_accepted_run_and_one_run_per_ke
                 };
                 // The same key again answers the same run.
                 let again = loop {
-                    if let Ok((200, b)) = try_submit(&client, &base, &yaml, tag, Some(&key)).await
-                    {
+                    if let Ok((200, b)) = try_submit(&client, &base, &yaml, tag, Some(&key)).await {
                         break b["run_id"].as_str().unwrap().to_string();
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -443,24 +462,42 @@ async fn sigkilled_gateway_mid_burst_keeps_every_accepted_run_and_one_run_per_ke
     }
     let ids: Vec<String> = accepted.iter().map(|(_, id)| id.clone()).collect();
     let unique_ids: HashSet<&String> = ids.iter().collect();
-    assert_eq!(unique_ids.len(), ids.len(), "two keys answered the same run");
+    assert_eq!(
+        unique_ids.len(),
+        ids.len(),
+        "two keys answered the same run"
+    );
     let done = wait_all_terminal(&base, &ids, Duration::from_secs(120)).await;
     let dist = distribution(&done);
-    assert_eq!(dist.get("COMPLETED").copied().unwrap_or(0), ids.len(), "{dist:?}");
+    assert_eq!(
+        dist.get("COMPLETED").copied().unwrap_or(0),
+        ids.len(),
+        "{dist:?}"
+    );
     // No orphans: the tag holds exactly the accepted runs, none PENDING.
     let listed = runs_of_tag(&base, tag).await;
     let listed_ids: HashSet<String> = listed
         .iter()
         .map(|r| r["run_id"].as_str().unwrap_or("").to_string())
         .collect();
-    let extra: Vec<&String> = listed_ids.iter().filter(|i| !unique_ids.contains(i)).collect();
-    assert!(extra.is_empty(), "runs nobody got a 200 for (duplicates/orphans): {extra:?}");
+    let extra: Vec<&String> = listed_ids
+        .iter()
+        .filter(|i| !unique_ids.contains(i))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "runs nobody got a 200 for (duplicates/orphans): {extra:?}"
+    );
     assert!(
         listed.iter().all(|r| r["status"] != "PENDING"),
         "PENDING orphans left"
     );
     let execs = executions(&log);
-    assert_eq!(execs.len(), accepted.len(), "executed keys vs accepted keys");
+    assert_eq!(
+        execs.len(),
+        accepted.len(),
+        "executed keys vs accepted keys"
+    );
     for (key, _) in &accepted {
         let n: usize = key.trim_start_matches("burst-").parse().unwrap();
         assert_eq!(
@@ -471,7 +508,10 @@ async fn sigkilled_gateway_mid_burst_keeps_every_accepted_run_and_one_run_per_ke
         );
     }
     let retries = retries.load(Ordering::Relaxed);
-    assert!(retries > 0, "no submit was cut off: the kills missed the burst");
+    assert!(
+        retries > 0,
+        "no submit was cut off: the kills missed the burst"
+    );
     eprintln!(
         "[reliability] gateway kills: runs {} keys {} gateway kills {gw_kills} client retries {retries} \
          lost 0 duplicates 0 pending 0 statuses {dist:?}",
@@ -544,7 +584,11 @@ async fn nats_restart_under_load_loses_nothing_and_health_tells_the_truth() {
     }
     let done = wait_all_terminal(&base, &ids, Duration::from_secs(120)).await;
     let dist = distribution(&done);
-    assert_eq!(dist.get("COMPLETED").copied().unwrap_or(0), ids.len(), "{dist:?}");
+    assert_eq!(
+        dist.get("COMPLETED").copied().unwrap_or(0),
+        ids.len(),
+        "{dist:?}"
+    );
     w1.daemon().assert_running();
     w2.daemon().assert_running();
     gw.daemon().assert_running();
@@ -573,7 +617,7 @@ async fn random_cancels_are_never_lost() {
     let tag = "cancels";
     let _w1 = start_worker(&nats.url(), tag, "c1", dir.path(), &FAST).await;
     let _w2 = start_worker(&nats.url(), tag, "c2", dir.path(), &FAST).await;
-    let total = 200;
+    let total = 200 * scale();
     let sem = Arc::new(tokio::sync::Semaphore::new(6));
     let mut handles = Vec::new();
     for n in 0..total {
@@ -609,13 +653,21 @@ async fn random_cancels_are_never_lost() {
     for (id, answered) in &answers {
         let end = done[id]["status"].as_str().unwrap().to_string();
         if !TERMINAL.contains(&answered.as_str()) || answered == "CANCELLED" {
-            assert_eq!(end, "CANCELLED", "run {id}: cancel answered {answered}, ended {end}");
+            assert_eq!(
+                end, "CANCELLED",
+                "run {id}: cancel answered {answered}, ended {end}"
+            );
         } else {
-            assert_eq!(&end, answered, "run {id}: a late cancel changed the end state");
+            assert_eq!(
+                &end, answered,
+                "run {id}: a late cancel changed the end state"
+            );
         }
         *table.entry((answered.clone(), end)).or_insert(0) += 1;
     }
-    eprintln!("[reliability] cancels: runs {total} (cancel answer, end) -> count: {table:?} lost 0");
+    eprintln!(
+        "[reliability] cancels: runs {total} (cancel answer, end) -> count: {table:?} lost 0"
+    );
     gw.daemon().assert_running();
 }
 
@@ -623,7 +675,9 @@ async fn random_cancels_are_never_lost() {
 /// answer or did not answer within 5 s — neither is a 5xx, both are counted).
 async fn raw_exchange(port: u16, request: &[u8]) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     s.write_all(request).await.ok()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -648,7 +702,9 @@ async fn raw_exchange(port: u16, request: &[u8]) -> Option<u16> {
 }
 
 fn fuzz_request(rng: &mut Rng, run_id: &str) -> Vec<u8> {
-    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO"];
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO",
+    ];
     let paths = [
         "/health".to_string(),
         "/runs".to_string(),
@@ -671,7 +727,9 @@ fn fuzz_request(rng: &mut Rng, run_id: &str) -> Vec<u8> {
         "//runs".to_string(),
         format!("/runs/{}", "x".repeat(5000)),
     ];
-    let odd = ["%", "%zz", "%ff%fe", "\u{7f}", "é", "..", "*", ">", " ", "\t", "%20", ";", "#"];
+    let odd = [
+        "%", "%zz", "%ff%fe", "\u{7f}", "é", "..", "*", ">", " ", "\t", "%20", ";", "#",
+    ];
     let queries = [
         "",
         "?limit=0",
@@ -733,13 +791,16 @@ fn fuzz_request(rng: &mut Rng, run_id: &str) -> Vec<u8> {
     let method = *rng.pick(&methods);
     let mut path = rng.pick(&paths).clone();
     if rng.below(3) == 0 {
-        path.push_str(*rng.pick(&odd));
+        let o: &&str = rng.pick(&odd);
+        path.push_str(o);
     }
-    path.push_str(*rng.pick(&queries));
+    let q: &&str = rng.pick(&queries);
+    path.push_str(q);
     let body = rng.pick(&bodies).clone();
     let ct = *rng.pick(&ctypes);
     let hdr = *rng.pick(&extra_headers);
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n").into_bytes();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n")
+        .into_bytes();
     if !ct.is_empty() {
         req.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
     }
@@ -770,9 +831,11 @@ async fn fuzzing_every_endpoint_yields_no_5xx() {
     let base = gw.base_url();
     let port = gw.port();
     let run_id = submit_flow_yaml(&base, example_flow_yaml(), "main", "fuzz").await;
-    let total = 2000;
+    let total = 2000 * scale();
     let mut rng = Rng::new(seed);
-    let requests: Vec<Vec<u8>> = (0..total).map(|_| fuzz_request(&mut rng, &run_id)).collect();
+    let requests: Vec<Vec<u8>> = (0..total)
+        .map(|_| fuzz_request(&mut rng, &run_id))
+        .collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(8));
     let mut handles = Vec::new();
     for (i, req) in requests.into_iter().enumerate() {
@@ -830,7 +893,9 @@ struct Member {
 
 async fn healthz(monitor: u16) -> bool {
     match http()
-        .get(format!("http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"))
+        .get(format!(
+            "http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
+        ))
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -897,16 +962,30 @@ async fn secured_cluster(d: &TestDir) -> Vec<Member> {
         });
     }
     let m1 = members[0].monitor;
-    let formed = wait_until(Duration::from_secs(60), Duration::from_millis(200), || async move {
-        let j: Value = match http().get(format!("http://127.0.0.1:{m1}/jsz")).send().await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
-        j["meta_cluster"]["cluster_size"] == 3
-            && j["meta_cluster"]["leader"].as_str().is_some_and(|l| !l.is_empty())
-    })
+    let formed = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async move {
+            let j: Value = match http()
+                .get(format!("http://127.0.0.1:{m1}/jsz"))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            j["meta_cluster"]["cluster_size"] == 3
+                && j["meta_cluster"]["leader"]
+                    .as_str()
+                    .is_some_and(|l| !l.is_empty())
+        },
+    )
     .await;
-    assert!(formed, "the meta group never formed:\n{}", members[0].daemon.log_tail(40));
+    assert!(
+        formed,
+        "the meta group never formed:\n{}",
+        members[0].daemon.log_tail(40)
+    );
     for m in &members {
         let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
             healthz(m.monitor)
@@ -989,8 +1068,26 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
         ids.push(b["run_id"].as_str().unwrap().to_string());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The node n1 (the first in every client's list) dies.
-    members[0].daemon.kill();
+    // The node holding most of the daemons' connections dies, so failover is exercised.
+    let mut conns = Vec::new();
+    for m in &members {
+        let j: Value = http()
+            .get(format!("http://127.0.0.1:{}/connz", m.monitor))
+            .send()
+            .await
+            .expect("connz")
+            .json()
+            .await
+            .expect("connz JSON");
+        conns.push(j["num_connections"].as_u64().unwrap_or(0));
+    }
+    let victim = (0..3).max_by_key(|i| conns[*i]).unwrap();
+    assert!(conns[victim] > 0, "no daemon connected anywhere: {conns:?}");
+    members[victim].daemon.kill();
+    assert!(
+        !healthz(members[victim].monitor).await,
+        "the killed node still answers"
+    );
     let mut after_retries = 0;
     for n in 20..40 {
         // A submit racing the failover may be refused (503) or cut off; retried like a client
@@ -998,29 +1095,44 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
         let key = format!("cl-{n}");
         let deadline = Instant::now() + Duration::from_secs(60);
         let id = loop {
-            match try_submit(&client, &gws[n % 2], &yaml_step(&log, n, 100), tag, Some(&key)).await
+            match try_submit(
+                &client,
+                &gws[n % 2],
+                &yaml_step(&log, n, 100),
+                tag,
+                Some(&key),
+            )
+            .await
             {
                 Ok((200, b)) => break b["run_id"].as_str().unwrap().to_string(),
                 Ok((code, b)) => assert!(code == 503, "{code} {b}"),
                 Err(_) => {}
             }
             after_retries += 1;
-            assert!(Instant::now() < deadline, "no gateway accepted {key} after the kill");
+            assert!(
+                Instant::now() < deadline,
+                "no gateway accepted {key} after the kill"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         ids.push(id);
     }
     let done = wait_all_terminal(&gws[1], &ids, Duration::from_secs(120)).await;
     let dist = distribution(&done);
-    assert_eq!(dist.get("COMPLETED").copied().unwrap_or(0), ids.len(), "{dist:?}");
+    assert_eq!(
+        dist.get("COMPLETED").copied().unwrap_or(0),
+        ids.len(),
+        "{dist:?}"
+    );
     for g in [&mut g1, &mut g2] {
         g.daemon().assert_running();
     }
     w1.daemon().assert_running();
     w2.daemon().assert_running();
     eprintln!(
-        "[reliability] cluster: replicas {replicas:?} runs {} (20 before, 20 after killing n1) \
-         retries after the kill {after_retries} lost 0 statuses {dist:?}",
+        "[reliability] cluster: replicas {replicas:?} client connections per node {conns:?}, killed n{} \
+         runs {} (20 before, 20 after the kill) retries after the kill {after_retries} lost 0 statuses {dist:?}",
+        victim + 1,
         ids.len()
     );
 }
