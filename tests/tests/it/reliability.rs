@@ -311,6 +311,7 @@ async fn sigkilled_workers_lose_no_run_and_rerun_only_what_they_were_running() {
     let mut killed_pids: HashSet<u32> = HashSet::new();
     let mut kills = 0;
     let mut mid_run = 0;
+    let mut cancelled: Vec<(String, String)> = Vec::new();
     let started = Instant::now();
     while kills < kill_target {
         assert!(
@@ -323,7 +324,10 @@ async fn sigkilled_workers_lose_no_run_and_rerun_only_what_they_were_running() {
             if let Some((code, b)) = status_of(&client, &base, id).await {
                 assert!(code < 500, "GET /runs/{id}: {code} {b}");
                 if code == 200 && b["status"] == "RUNNING" {
-                    live.push(b["worker_id"].as_str().unwrap_or("").to_string());
+                    live.push((
+                        id.clone(),
+                        b["worker_id"].as_str().unwrap_or("").to_string(),
+                    ));
                 }
             }
         }
@@ -334,15 +338,37 @@ async fn sigkilled_workers_lose_no_run_and_rerun_only_what_they_were_running() {
             }
         }
         // The victim is a worker seen executing a run (any worker if none was seen).
-        let busy: Vec<usize> = (0..3).filter(|i| live.contains(&format!("k{i}"))).collect();
+        let busy: Vec<usize> = (0..3)
+            .filter(|i| live.iter().any(|(_, w)| *w == format!("k{i}")))
+            .collect();
         let victim = if busy.is_empty() {
             rng.below(3) as usize
         } else {
             *rng.pick(&busy)
         };
         let vid = format!("k{victim}");
-        if live.contains(&vid) {
+        let victims_runs: Vec<&String> = live
+            .iter()
+            .filter(|(_, w)| *w == vid)
+            .map(|(id, _)| id)
+            .collect();
+        if !victims_runs.is_empty() {
             mid_run += 1;
+        }
+        // Every 5th kill also cancels one of the victim's runs just before: the cancel must
+        // survive the crash and the redelivery.
+        if kills % 5 == 0 {
+            if let Some(id) = victims_runs.first() {
+                let r = client
+                    .post(format!("{base}/runs/{id}/cancel"))
+                    .send()
+                    .await
+                    .expect("cancel");
+                assert_eq!(r.status().as_u16(), 200);
+                let c: Value = r.json().await.unwrap();
+                let answered = c["status"].as_str().unwrap_or("").to_string();
+                cancelled.push(((*id).clone(), answered));
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
         killed_pids.insert(workers[victim].daemon().pid());
@@ -370,16 +396,33 @@ async fn sigkilled_workers_lose_no_run_and_rerun_only_what_they_were_running() {
             reruns += 1;
         }
     }
+    let mut cancels_honoured = 0;
+    for (id, answered) in &cancelled {
+        let end = done[id]["status"].as_str().unwrap_or("");
+        if answered == "CANCELLING" || answered == "CANCELLED" {
+            assert_eq!(
+                end, "CANCELLED",
+                "run {id}: cancel answered {answered} before its worker was killed, ended {}",
+                done[id]
+            );
+            cancels_honoured += 1;
+        } else {
+            assert_eq!(end, answered, "run {id}");
+        }
+    }
+    let completed = dist.get("COMPLETED").copied().unwrap_or(0);
     assert_eq!(
-        dist.get("COMPLETED").copied().unwrap_or(0),
+        completed + cancels_honoured,
         ids.len(),
-        "every run completes after redelivery: {dist:?}"
+        "every run not cancelled completes after redelivery: {dist:?}"
     );
     let rss_after = rss_kib(gw_pid);
     eprintln!(
         "[reliability] worker kills: runs {} kills {kills} (victim had a RUNNING run: {mid_run}) \
+         cancelled just before the kill {} (ended CANCELLED {cancels_honoured}) \
          lost 0 stuck 0 re-executed after a kill {reruns} statuses {dist:?} gateway RSS {} -> {} KiB in {:?}",
         ids.len(),
+        cancelled.len(),
         rss_before,
         rss_after,
         started.elapsed()
