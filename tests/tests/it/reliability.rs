@@ -1183,7 +1183,7 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
             match try_submit(
                 &client,
                 &gws[n % 2],
-                &yaml_step(&log, n, 100),
+                &yaml_step(&log, n, 300),
                 tag,
                 Some(&key),
             )
@@ -1208,6 +1208,34 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
         dist.get("COMPLETED").copied().unwrap_or(0),
         ids.len(),
         "{dist:?}"
+    );
+    // Both gateways report NATS connected again (through a survivor) …
+    for g in &gws {
+        let url = format!("{g}/health");
+        let ok = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+            let url = url.clone();
+            async move {
+                match http().get(&url).send().await {
+                    Ok(r) => r
+                        .json::<Value>()
+                        .await
+                        .is_ok_and(|v| v["nats"] == "connected"),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        assert!(ok, "{g} does not report NATS connected after the node died");
+    }
+    // … and both workers executed runs submitted after the kill.
+    let execs = executions(&log);
+    let after_pids: HashSet<u32> = (20..40)
+        .flat_map(|n| execs.get(&n).cloned().unwrap_or_default())
+        .collect();
+    let worker_pids: HashSet<u32> = [w1.daemon().pid(), w2.daemon().pid()].into();
+    assert_eq!(
+        after_pids, worker_pids,
+        "runs after the kill were not executed by both workers"
     );
     for g in [&mut g1, &mut g2] {
         g.daemon().assert_running();
