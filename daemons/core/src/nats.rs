@@ -392,12 +392,25 @@ fn server_list(url: &str) -> Vec<&str> {
         .collect()
 }
 
+static CONNECTION_LOSSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times a NATS connection of this process (made by [`connect`]) was lost so far.
+/// A pull request pending on a lost connection is gone with it (the server, or the node that
+/// died, forgot it): whoever waits for its answer compares this counter to stop waiting.
+pub fn connection_losses() -> u64 {
+    CONNECTION_LOSSES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Logs authentication and TLS failures; connection-refused noise is left to the daemons'
 /// own "NATS unreachable" messages.
 fn log_event(event: &Event, last: &Mutex<Option<String>>, url: &str, method: &str) {
     let problem = match event {
         Event::Connected => {
             *last.lock().unwrap() = None;
+            return;
+        }
+        Event::Disconnected => {
+            CONNECTION_LOSSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
