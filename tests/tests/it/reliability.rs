@@ -1092,7 +1092,9 @@ fn password(auth: &Path, file: &str) -> String {
 /// --seed`) under load. Gateways and workers log in with their role users and list all three
 /// nodes in `nats_url`; resources are created with 3 replicas (asserted from stream info).
 /// Proves: runs submitted before and after the kill all complete, nothing is lost, and both
-/// gateways and both workers keep working through the surviving nodes.
+/// gateways and both workers keep working through the surviving nodes — the worker whose node
+/// died fetches again at once (its pending pull died with the node; before the fix it waited
+/// for the pull's expiry + 5 s while the other worker did all the work).
 #[tokio::test]
 async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
     let d = TestDir::new("rel-cluster");
@@ -1110,7 +1112,13 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
         ("PYOCO_NATS_PASSWORD_FILE", gw_pw.as_str()),
         ("PYOCO_NATS_REPLICAS", "0"),
     ];
-    let mut w_env: Vec<(&str, &str)> = FAST.to_vec();
+    // The default 5 s long poll (not FAST's 1 s): a pull lost with its node must be noticed
+    // at once, not after async-nats' expiry + 5 s.
+    let mut w_env: Vec<(&str, &str)> = FAST
+        .iter()
+        .filter(|(k, _)| *k != "PYOCO_WORKER_POLL_TIMEOUT_SEC")
+        .copied()
+        .collect();
     w_env.extend([
         ("PYOCO_NATS_USER", "pyoco-worker"),
         ("PYOCO_NATS_PASSWORD_FILE", w_pw.as_str()),
@@ -1153,9 +1161,11 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
         ids.push(b["run_id"].as_str().unwrap().to_string());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The node holding most of the daemons' connections dies, so failover is exercised.
+    // The node serving worker cl1 dies (so a worker's pending pull dies with it), and with it
+    // whatever else it served.
     let mut conns = Vec::new();
-    for m in &members {
+    let mut victim = None;
+    for (i, m) in members.iter().enumerate() {
         let j: Value = http()
             .get(format!("http://127.0.0.1:{}/connz", m.monitor))
             .send()
@@ -1165,9 +1175,15 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
             .await
             .expect("connz JSON");
         conns.push(j["num_connections"].as_u64().unwrap_or(0));
+        let names: Vec<&str> = j["connections"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+            .unwrap_or_default();
+        if names.contains(&"pyoco-nats-worker:cl1") {
+            victim = Some(i);
+        }
     }
-    let victim = (0..3).max_by_key(|i| conns[*i]).unwrap();
-    assert!(conns[victim] > 0, "no daemon connected anywhere: {conns:?}");
+    let victim = victim.unwrap_or_else(|| panic!("worker cl1 is connected nowhere: {conns:?}"));
     members[victim].daemon.kill();
     assert!(
         !healthz(members[victim].monitor).await,
