@@ -239,8 +239,9 @@ async fn runs_of_tag(base: &str, tag: &str) -> Vec<Value> {
             .send()
             .await
             .expect("GET /runs");
-        assert_eq!(r.status().as_u16(), 200);
+        let code = r.status().as_u16();
         let v: Value = r.json().await.expect("JSON");
+        assert_eq!(code, 200, "GET /runs?tag={tag}: {v}");
         out.extend(v["items"].as_array().cloned().unwrap_or_default());
         match v["next_cursor"].as_str() {
             Some(c) => cursor = c.to_string(),
