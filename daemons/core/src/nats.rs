@@ -379,7 +379,26 @@ pub async fn connect(url: &str, auth: &NatsAuth, name: &str) -> Result<Client, C
             async move { log_event(&event, &last_problem, &shown_url, method) }
         });
     let opts = auth.apply(url, opts).map_err(ConnectError::Credentials)?;
-    Ok(opts.connect(url).await?)
+    // async-nats parses a `&str` as ONE address: a `nats_url` listing a cluster's nodes must be
+    // handed over as a list, or it fails with "invalid port number".
+    Ok(opts.connect(server_list(url)).await?)
+}
+
+/// `a, b,c` → `["a", "b", "c"]` (empty entries dropped).
+fn server_list(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+static CONNECTION_LOSSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times a NATS connection of this process (made by [`connect`]) was lost so far.
+/// A pull request pending on a lost connection is gone with it (the server, or the node that
+/// died, forgot it): whoever waits for its answer compares this counter to stop waiting.
+pub fn connection_losses() -> u64 {
+    CONNECTION_LOSSES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Logs authentication and TLS failures; connection-refused noise is left to the daemons'
@@ -388,6 +407,10 @@ fn log_event(event: &Event, last: &Mutex<Option<String>>, url: &str, method: &st
     let problem = match event {
         Event::Connected => {
             *last.lock().unwrap() = None;
+            return;
+        }
+        Event::Disconnected => {
+            CONNECTION_LOSSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
@@ -420,6 +443,18 @@ pub fn is_connected(client: &Client) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comma_separated_url_is_a_server_list() {
+        use async_nats::ToServerAddrs;
+        let list = server_list("nats://a:4222, nats://b:4223,,nats://u:p@c:4224");
+        assert_eq!(
+            list,
+            ["nats://a:4222", "nats://b:4223", "nats://u:p@c:4224"]
+        );
+        assert_eq!(list.to_server_addrs().unwrap().count(), 3);
+        assert!("nats://a:4222,nats://b:4223".to_server_addrs().is_err());
+    }
 
     #[test]
     fn redacts_passwords_and_tokens() {

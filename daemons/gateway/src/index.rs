@@ -517,6 +517,12 @@ pub async fn follow_bucket<F: Follower>(store: &kv::Store, follower: &F) -> Resu
     let mut stream = store.stream.clone();
     let info = stream.info().await.map_err(|e| e.to_string())?;
     let empty = info.state.messages == 0;
+    // The replay has caught up once it delivered this sequence (or a later one): the server
+    // sends the last value per key in sequence order. `delta == 0` alone is not enough: the
+    // server's pending count for a last-per-subject consumer can stay above 0 (nats-server
+    // overcounts it under concurrent writes), and then the index never reported "loaded" and
+    // every list answered 503 until the next write.
+    let last_seq = info.state.last_sequence;
     let mut watch = store
         .watch_with_history(">")
         .await
@@ -535,7 +541,7 @@ pub async fn follow_bucket<F: Follower>(store: &kv::Store, follower: &F) -> Resu
             entry.revision,
             !replaying,
         );
-        if replaying && entry.delta == 0 {
+        if replaying && (entry.delta == 0 || entry.revision >= last_seq) {
             replaying = false;
             follower.finish(generation);
         }

@@ -340,6 +340,7 @@ async fn pull(
     tx: mpsc::Sender<Event>,
 ) {
     let mut got = 0usize;
+    let losses = pyoco_core::nats::connection_losses();
     match consumer
         .fetch()
         .max_messages(want)
@@ -348,7 +349,22 @@ async fn pull(
         .await
     {
         Ok(mut batch) => {
-            while let Some(item) = batch.next().await {
+            let mut check = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                let item = tokio::select! {
+                    item = batch.next() => item,
+                    _ = check.tick() => {
+                        // The connection was lost since the request went out: the request
+                        // is gone (its node died, or the restarted server forgot it), and
+                        // async-nats would wait for it until expiry + 5 s. Ask again now.
+                        if pyoco_core::nats::connection_losses() != losses {
+                            tracing::debug!("pull ended: the NATS connection was lost meanwhile");
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let Some(item) = item else { break };
                 match item {
                     Ok(msg) => {
                         got += 1;

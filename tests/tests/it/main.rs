@@ -16,6 +16,7 @@ mod harness_smoke;
 mod interop_original;
 mod nats_auth;
 mod nats_secure;
+mod reliability;
 mod runner_bounds;
 mod wheel_sync;
 mod wheels_api;
