@@ -270,7 +270,9 @@ inside sh -c 'rm -rf /etc/systemd/system/pyoco-nats.service.d && systemctl daemo
 [ "$OLD_LAYOUT" = 1 ] && inside sh -c 'echo root-only >/var/tmp/victim && chmod 600 /var/tmp/victim && runuser -u pyoco -- ln -s /var/tmp/victim /var/lib/pyoco/nats/planted-link'
 nats_inv=$(value 'systemctl show -p InvocationID --value pyoco-nats')
 check "upgrade-deb" "cd $T && $APT install ./$(basename "$DEB") 2>&1 | tail -n 5 && dpkg-query -W -f='\${Version}' pyoco-server | grep -qx '$VERSION-1'"
-check "upgrade-keeps-config" 'grep -q "^# local change kept across upgrades" /etc/pyoco/pyoco.toml && grep -q CONCURRENCY=2 /etc/pyoco/worker-hello.env && ! ls /etc/pyoco/*.dpkg-* 2>/dev/null'
+# A locally changed conffile is kept (dpkg's default without a prompt); when the new version
+# ships a different default, it lands beside it as *.dpkg-dist — never *.dpkg-old (replaced).
+check "upgrade-keeps-config" 'grep -q "^# local change kept across upgrades" /etc/pyoco/pyoco.toml && grep -q CONCURRENCY=2 /etc/pyoco/worker-hello.env && ! ls /etc/pyoco/*.dpkg-old 2>/dev/null'
 check "upgrade-keeps-data" 'test -x /var/lib/pyoco/venv/bin/python && test -d /var/lib/pyoco/nats/jetstream && test -f /var/lib/pyoco/flows/hello_tasks.py'
 check "upgrade-restarts-daemons" "systemctl is-active pyoco-server.socket pyoco-server.service pyoco-worker@hello pyoco-nats && test \"\$(systemctl show -p InvocationID --value pyoco-worker@hello)\" != '$worker_inv' && test \"\$(systemctl show -p InvocationID --value pyoco-server.service)\" != '$gateway_inv'"
 check "worker-instance-env" 'tr "\0" "\n" </proc/$(systemctl show -p MainPID --value pyoco-worker@hello)/environ | grep -qx PYOCO_WORKER_CONCURRENCY=2'
