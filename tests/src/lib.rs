@@ -13,6 +13,7 @@
 //! - `PYOCO_TEST_NATS_DEBIAN`, `PYOCO_TEST_NATS_PYPI`, `PYOCO_TEST_PY311`,
 //!   `PYOCO_TEST_ORIG_VENV`: from the process env, else `<workspace>/.test-env/env`.
 
+pub mod cluster;
 pub mod dirs;
 pub mod env;
 pub mod gateway;
@@ -22,10 +23,12 @@ pub mod nats;
 pub mod ports;
 pub mod process;
 pub mod sse;
+pub mod wheel;
 pub mod worker;
 
 use std::time::Duration;
 
+pub use cluster::{nats_healthz, start_secured_cluster, ClusterMember};
 pub use dirs::TestDir;
 pub use env::{
     bin_path, orig_bin, orig_venv, py311, target_profile_dir, test_env, test_env_path,
@@ -42,6 +45,7 @@ pub use nats::{nats_binary, NatsServer};
 pub use ports::free_port;
 pub use process::{scrub_pyoco_env, Daemon, OutputExt};
 pub use sse::{sse_events, SseEvent, SseEventJson, SseParser, SseStream};
+pub use wheel::make_task_wheel;
 pub use worker::{Worker, TEST_TASKS};
 
 /// Both nats-server flavours, for tests that run their body once per flavour.

@@ -220,41 +220,19 @@ async fn a_malformed_allow_list_stops_the_daemons_with_its_name() {
     }
 }
 
-/// Writes a minimal wheel `cp_pkg_tasks-1.0-py3-none-any.whl` (module `cp_pkg`) into `dir`.
-async fn task_wheel(dir: &TestDir) -> std::path::PathBuf {
-    let script = dir.write(
-        "mkwheel.py",
-        r#"import sys, zipfile
-out = sys.argv[1] + "/cp_pkg_tasks-1.0-py3-none-any.whl"
-info = "cp_pkg_tasks-1.0.dist-info/"
-files = {
-    "cp_pkg/__init__.py": "def hello(name='x'):\n    return 'recorded ' + name\n",
-    info + "METADATA": "Metadata-Version: 2.1\nName: cp-pkg-tasks\nVersion: 1.0\n",
-    info + "WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    info + "top_level.txt": "cp_pkg\n",
-}
-record = "".join(f"{n},,\n" for n in files) + info + "RECORD,,\n"
-with zipfile.ZipFile(out, "w") as z:
-    for n, t in files.items():
-        z.writestr(n, t)
-    z.writestr(info + "RECORD", record)
-print(out)
-"#,
-    );
-    let out = run_python_program(
-        &py311(),
-        &[script.to_str().unwrap(), dir.path().to_str().unwrap()],
-        &[],
-    )
-    .await;
-    out.assert_success();
-    std::path::PathBuf::from(out.stdout_text().trim())
-}
-
 #[tokio::test]
 async fn runtime_setup_records_task_packages_that_flows_may_then_name() {
     let dir = TestDir::new("cp-runtime");
-    let wheel = task_wheel(&dir).await;
+    // cp_pkg_tasks-1.0-py3-none-any.whl, distribution cp-pkg-tasks, module cp_pkg
+    let wheel = make_task_wheel(
+        dir.path(),
+        "cp-pkg-tasks",
+        "1.0",
+        "cp_pkg",
+        "py3-none-any",
+        "def hello(name='x'):\n    return 'recorded ' + name\n",
+    )
+    .await;
     let venv = dir.join("venv");
     let wheels = test_env_path("PYOCO_TEST_WHEELS");
     let out = run_workspace_bin(

@@ -414,93 +414,12 @@ async fn nats_credentials_creates_only_the_missing_files() {
     );
 }
 
-struct Member {
-    daemon: Daemon,
-    client: u16,
-    monitor: u16,
-}
-
 #[tokio::test]
 async fn a_three_node_cluster_forms_with_route_auth_and_refuses_anonymous_clients() {
     let d = TestDir::new("secure-cluster");
     let auth = s(&d.join("auth"));
     let bin = nats_bin();
-    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut members = Vec::new();
-    for i in 0..3 {
-        let (client, monitor) = (free_port(), free_port());
-        let (name, listen, cp, mp, data) = (
-            format!("n{}", i + 1),
-            format!("127.0.0.1:{}", cluster_ports[i]),
-            client.to_string(),
-            monitor.to_string(),
-            s(&d.join(format!("n{}", i + 1))),
-        );
-        let seeds: Vec<String> = (0..3)
-            .filter(|j| *j != i)
-            .map(|j| format!("127.0.0.1:{}", cluster_ports[j]))
-            .collect();
-        let mut args = vec![
-            if i == 0 { "up" } else { "join" },
-            "--cluster",
-            "pyoco",
-            "--server-name",
-            &name,
-            "--listen",
-            &listen,
-            "--client-port",
-            &cp,
-            "--http-port",
-            &mp,
-            "--datafolder",
-            &data,
-            "--auth-dir",
-            &auth,
-            "--nats-server-path",
-            &bin,
-        ];
-        for sd in &seeds {
-            args.extend(["--seed", sd]);
-        }
-        let daemon = spawn_workspace_bin("pyococtl", &args, &[]);
-        if i == 0 {
-            // The first node creates the shared credential files before the others read them.
-            wait_healthz(monitor, &daemon).await;
-        }
-        members.push(Member {
-            daemon,
-            client,
-            monitor,
-        });
-    }
-    for m in &members {
-        wait_healthz(m.monitor, &m.daemon).await;
-    }
-    let m1 = members[0].monitor;
-    let formed = wait_until(
-        Duration::from_secs(40),
-        Duration::from_millis(200),
-        || async move {
-            let j: Value = match http()
-                .get(format!("http://127.0.0.1:{m1}/jsz"))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.unwrap_or(Value::Null),
-                Err(_) => Value::Null,
-            };
-            j["meta_cluster"]["cluster_size"] == 3
-                && j["meta_cluster"]["leader"]
-                    .as_str()
-                    .is_some_and(|l| !l.is_empty())
-        },
-    )
-    .await;
-    assert!(
-        formed,
-        "the meta group of 3 never formed; n1:\n{}",
-        members[0].daemon.log_tail(40)
-    );
+    let members = start_secured_cluster(&d, &d.join("auth"), Duration::from_secs(40)).await;
     for m in &members {
         assert_refused_anonymous(
             try_connect(&format!("nats://127.0.0.1:{}", m.client), None).await,
@@ -564,7 +483,7 @@ async fn a_three_node_cluster_forms_with_route_auth_and_refuses_anonymous_client
         "--cluster",
         &format!("nats://127.0.0.1:{}", free_port()),
         "--routes",
-        &format!("nats://127.0.0.1:{}", cluster_ports[0]),
+        &format!("nats://127.0.0.1:{}", members[0].route),
     ]);
     let _rogue = Daemon::spawn("nats-server(rogue route)", rogue_cmd);
     assert!(

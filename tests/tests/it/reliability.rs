@@ -964,122 +964,10 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn nats_bin() -> String {
-    nats_binary(&test_env("PYOCO_TEST_NATS").unwrap_or_else(|| "debian".into()))
-        .0
-        .display()
-        .to_string()
-}
-
-struct Member {
-    daemon: Daemon,
-    client: u16,
-    monitor: u16,
-}
-
-async fn healthz(monitor: u16) -> bool {
-    match http()
-        .get(format!(
-            "http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
-        ))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-    {
-        Ok(r) => r.status().is_success(),
-        Err(_) => false,
-    }
-}
-
-/// `pyococtl up --cluster` + two `join --seed`, secured (the default), sharing one auth dir.
-async fn secured_cluster(d: &TestDir) -> Vec<Member> {
-    let auth = s(&d.join("auth"));
-    let bin = nats_bin();
-    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut members: Vec<Member> = Vec::new();
-    for i in 0..3 {
-        let (client, monitor) = (free_port(), free_port());
-        let (name, listen, cp, mp, data) = (
-            format!("n{}", i + 1),
-            format!("127.0.0.1:{}", cluster_ports[i]),
-            client.to_string(),
-            monitor.to_string(),
-            s(&d.join(format!("n{}", i + 1))),
-        );
-        let seeds: Vec<String> = (0..3)
-            .filter(|j| *j != i)
-            .map(|j| format!("127.0.0.1:{}", cluster_ports[j]))
-            .collect();
-        let mut args = vec![
-            if i == 0 { "up" } else { "join" },
-            "--cluster",
-            "pyoco",
-            "--server-name",
-            &name,
-            "--listen",
-            &listen,
-            "--client-port",
-            &cp,
-            "--http-port",
-            &mp,
-            "--datafolder",
-            &data,
-            "--auth-dir",
-            &auth,
-            "--nats-server-path",
-            &bin,
-        ];
-        for sd in &seeds {
-            args.extend(["--seed", sd]);
-        }
-        let daemon = spawn_workspace_bin("pyococtl", &args, &[]);
-        if i == 0 {
-            // The first node writes the shared credential files the others read.
-            let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-                healthz(monitor)
-            })
-            .await;
-            assert!(ok, "n1 never healthy:\n{}", daemon.log_tail(40));
-        }
-        members.push(Member {
-            daemon,
-            client,
-            monitor,
-        });
-    }
-    let m1 = members[0].monitor;
-    let formed = wait_until(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async move {
-            let j: Value = match http()
-                .get(format!("http://127.0.0.1:{m1}/jsz"))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.unwrap_or(Value::Null),
-                Err(_) => Value::Null,
-            };
-            j["meta_cluster"]["cluster_size"] == 3
-                && j["meta_cluster"]["leader"]
-                    .as_str()
-                    .is_some_and(|l| !l.is_empty())
-        },
-    )
-    .await;
-    assert!(
-        formed,
-        "the meta group never formed:\n{}",
-        members[0].daemon.log_tail(40)
-    );
-    for m in &members {
-        let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-            healthz(m.monitor)
-        })
-        .await;
-        assert!(ok, "member :{} never healthy", m.client);
-    }
-    members
+/// The secured cluster of the failover test: formed (60 s on a loaded machine), every node
+/// healthy.
+async fn secured_cluster(d: &TestDir) -> Vec<ClusterMember> {
+    start_secured_cluster(d, &d.join("auth"), Duration::from_secs(60)).await
 }
 
 fn password(auth: &Path, file: &str) -> String {
@@ -1187,7 +1075,7 @@ async fn a_killed_cluster_node_loses_nothing_and_clients_fail_over() {
     let victim = victim.unwrap_or_else(|| panic!("worker cl1 is connected nowhere: {conns:?}"));
     members[victim].daemon.kill();
     assert!(
-        !healthz(members[victim].monitor).await,
+        !nats_healthz(members[victim].monitor).await,
         "the killed node still answers"
     );
     let mut after_retries = 0;

@@ -12,52 +12,6 @@ use base64::Engine;
 use pyoco_tests::*;
 use serde_json::Value;
 
-/// Writes `<norm(dist)>-<version>-<tag>.whl` with package `module` (its `__init__.py` = `src`).
-async fn make_wheel(
-    dir: &Path,
-    dist: &str,
-    version: &str,
-    module: &str,
-    tag: &str,
-    src: &str,
-) -> PathBuf {
-    let script = r#"import sys, zipfile
-out_dir, dist, version, module, tag, src = sys.argv[1:7]
-norm = dist.replace("-", "_")
-out = f"{out_dir}/{norm}-{version}-{tag}.whl"
-info = f"{norm}-{version}.dist-info/"
-files = {
-    f"{module}/__init__.py": src,
-    info + "METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
-    info + "WHEEL": f"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: {tag}\n",
-    info + "top_level.txt": module + "\n",
-}
-record = "".join(f"{n},,\n" for n in files) + info + "RECORD,,\n"
-with zipfile.ZipFile(out, "w") as z:
-    for n, t in files.items():
-        z.writestr(n, t)
-    z.writestr(info + "RECORD", record)
-print(out)
-"#;
-    let out = run_python_program(
-        &py311(),
-        &[
-            "-c",
-            script,
-            dir.to_str().unwrap(),
-            dist,
-            version,
-            module,
-            tag,
-            src,
-        ],
-        &[],
-    )
-    .await;
-    out.assert_success();
-    PathBuf::from(out.stdout_text().trim())
-}
-
 /// The task module of version `v`: `slow` sleeps, writes its version to `out`, returns it.
 fn versioned_src(v: &str) -> String {
     format!(
@@ -189,7 +143,7 @@ async fn uploaded_wheels_run_switch_versions_between_runs_and_disappear_when_del
     assert_eq!(before["status"], "FAILED", "{before}");
 
     // v1: synced within seconds of the upload, then the flow runs on it.
-    let v1 = make_wheel(
+    let v1 = make_task_wheel(
         dir.path(),
         "wsync-pkg",
         "1.0",
@@ -260,7 +214,7 @@ async fn uploaded_wheels_run_switch_versions_between_runs_and_disappear_when_del
         )
         .await;
     }
-    let v2 = make_wheel(
+    let v2 = make_task_wheel(
         dir.path(),
         "wsync-pkg",
         "2.0",
@@ -429,7 +383,7 @@ async fn selection_by_tag_and_interpreter_and_the_record_fields() {
             name
         }
     };
-    let other = make_wheel(
+    let other = make_task_wheel(
         dir.path(),
         "other-only",
         "1.0",
@@ -438,7 +392,7 @@ async fn selection_by_tag_and_interpreter_and_the_record_fields() {
         "X = 1\n",
     )
     .await;
-    let mine = make_wheel(
+    let mine = make_task_wheel(
         dir.path(),
         "sel-mine",
         "1.0",
@@ -447,7 +401,7 @@ async fn selection_by_tag_and_interpreter_and_the_record_fields() {
         "X = 1\n",
     )
     .await;
-    let win = make_wheel(
+    let win = make_task_wheel(
         dir.path(),
         "win-only",
         "1.0",
@@ -499,7 +453,7 @@ async fn selection_by_tag_and_interpreter_and_the_record_fields() {
 
     // An object whose bytes do not match its digest (written the object-store way by hand):
     // refused, the current set stays, nothing half-written is left.
-    let bad = make_wheel(
+    let bad = make_task_wheel(
         dir.path(),
         "sel-bad",
         "1.0",
@@ -568,7 +522,7 @@ async fn the_original_worker_installs_a_wheel_put_into_the_store_like_ours_reads
     let nats = NatsServer::start().await;
     let gw = OrigGateway::start(&nats.url(), &[]).await;
     let dir = TestDir::new("ws-orig");
-    let wheel = make_wheel(
+    let wheel = make_task_wheel(
         dir.path(),
         "orig-sync-pkg",
         "1.0",
@@ -673,7 +627,7 @@ async fn a_wheel_uploaded_through_our_gateway_runs_on_our_worker_and_the_origina
         &[],
     )
     .await;
-    let wheel = make_wheel(
+    let wheel = make_task_wheel(
         dir.path(),
         "gw-tasks",
         "1.0",
