@@ -99,6 +99,12 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_alphanumeric())
 }
 
+/// `module:attr` → (module, attr), trimmed; no `:` → (the whole text, "").
+fn split_callable(callable: &str) -> (&str, &str) {
+    let (module, attr) = callable.split_once(':').unwrap_or((callable, ""));
+    (module.trim(), attr.trim())
+}
+
 /// Whether `module` (dotted) belongs to the Python standard library, by its top-level name.
 pub fn is_standard_library(module: &str) -> bool {
     let top = module.split('.').next().unwrap_or(module);
@@ -108,8 +114,7 @@ pub fn is_standard_library(module: &str) -> bool {
 /// Why the gateway refuses task `task`'s `callable` at submit, or `None`. The text names the
 /// callable, the rule and the fix (it becomes the 422 detail).
 pub fn submit_refusal(allow: &CallableAllow, task: &str, callable: &str) -> Option<String> {
-    let (module, attr) = callable.split_once(':').unwrap_or((callable, ""));
-    let (module, attr) = (module.trim(), attr.trim());
+    let (module, attr) = split_callable(callable);
     if allow.allows(module, attr) {
         return None;
     }
@@ -135,8 +140,7 @@ pub fn submit_refusal(allow: &CallableAllow, task: &str, callable: &str) -> Opti
 /// Why a key with its own allow list (API-key record field `callable_allow`) may not submit
 /// task `task`'s `callable`, or `None`.
 pub fn key_refusal(key_allow: &CallableAllow, task: &str, callable: &str) -> Option<String> {
-    let (module, attr) = callable.split_once(':').unwrap_or((callable, ""));
-    let (module, attr) = (module.trim(), attr.trim());
+    let (module, attr) = split_callable(callable);
     if key_allow.allows(module, attr) || module == EXAMPLE_TASK_MODULE {
         return None;
     }

@@ -379,10 +379,7 @@ async fn create_run(
         if let Some(existing) = claim_idempotency_key(&res.idempotency, key, &run.run_id).await? {
             match res.runs.get(existing.clone()).await {
                 Ok(Some(b)) => {
-                    let status = serde_json::from_slice::<Doc>(&b)
-                        .ok()
-                        .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string))
-                        .unwrap_or_else(|| run_status::PENDING.to_string());
+                    let status = status_of(&b);
                     return Ok(Json(json!({"run_id": existing, "status": status})).into_response());
                 }
                 // The key is claimed but the run was never stored: the earlier submit is still
@@ -414,12 +411,9 @@ async fn create_run(
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             // A worker picked the job up first: its snapshot stands.
             let status = match res.runs.get(run.run_id.clone()).await {
-                Ok(Some(b)) => serde_json::from_slice::<Doc>(&b)
-                    .ok()
-                    .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string)),
-                _ => None,
-            }
-            .unwrap_or_else(|| run_status::PENDING.to_string());
+                Ok(Some(b)) => status_of(&b),
+                _ => run_status::PENDING.to_string(),
+            };
             tracing::info!(run_id = %run.run_id, status = %status, "run submitted (picked up before its snapshot was stored)");
             return Ok(Json(json!({"run_id": run.run_id, "status": status})).into_response());
         }
@@ -446,6 +440,14 @@ async fn create_run(
     }
     tracing::info!(run_id = %run.run_id, flow_name = %run.flow_name, tag = %run.tag, "run submitted");
     Ok(Json(json!({"run_id": run.run_id, "status": run_status::PENDING})).into_response())
+}
+
+/// The `status` of a stored snapshot, `PENDING` when it cannot be read.
+fn status_of(snapshot: &[u8]) -> String {
+    serde_json::from_slice::<Doc>(snapshot)
+        .ok()
+        .and_then(|d| str_field(&d, fields::run::STATUS).map(str::to_string))
+        .unwrap_or_else(|| run_status::PENDING.to_string())
 }
 
 /// Claims `key` for `run_id`; returns the run id that already holds it, if any.
